@@ -1,0 +1,42 @@
+"""Names and settings shared by the producer (service) and the consumers (worker).
+
+Plain data: no Celery import here, so the service can enqueue by name without importing worker/.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.settings import Settings
+
+TRAIN_TASK = "fitserve.train"
+
+
+def train_queue(gpus: int) -> str:
+    """`train` for one device, `train.gpu<k>` for jobs that need a worker owning k GPUs."""
+    return "train" if gpus <= 1 else f"train.gpu{gpus}"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery settings of DESIGN.md, identical for whoever sends and whoever consumes."""
+    return {
+        "broker_url": settings.redis_url,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": "train",
+        "broker_transport_options": {
+            # Longer than the longest allowed job: redelivery after a lost worker is the
+            # reconciler's job (within seconds), not this timeout's.
+            "visibility_timeout": settings.max_job_seconds + 3600,
+            "priority_steps": list(range(10)),
+            "sep": ":",
+            "queue_order_strategy": "priority",
+        },
+    }

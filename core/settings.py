@@ -1,0 +1,62 @@
+"""Settings, read once from `FITSERVE_*` environment variables and passed down."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+PREFIX = "FITSERVE_"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every knob of the service and the workers; the README's configuration table lists them."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    data_dir: Path = Path("data")
+    api_keys: str = ""
+    max_upload_bytes: int = 1 << 30
+    max_json_bytes: int = 16 << 20
+    max_params: int = 50_000_000
+    max_layers: int = 512
+    max_epochs: int = 1000
+    max_batch_size: int = 65_536
+    max_predict_rows: int = 10_000
+    max_job_seconds: int = 24 * 3600
+    max_attempts: int = 3
+    max_gpus_per_job: int = 8
+    keep_checkpoints: int = 3
+    lease_seconds: int = 30
+    heartbeat_seconds: int = 5
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read `FITSERVE_<FIELD>` for every field; unknown or malformed values fail loudly."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field in dataclasses.fields(cls):
+            raw = environ.get(PREFIX + field.name.upper())
+            if raw is None:
+                continue
+            values[field.name] = _convert(field.name, field.default, raw)
+        values.update(overrides)
+        return cls(**values)
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _convert(name: str, default: object, raw: str) -> object:
+    if isinstance(default, bool):
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if isinstance(default, int):
+        try:
+            return int(raw.replace("_", ""))
+        except ValueError:
+            raise ValueError(f"{PREFIX}{name.upper()} must be an integer, got {raw!r}") from None
+    if isinstance(default, Path):
+        return Path(raw)
+    return raw

@@ -1,0 +1,92 @@
+"""`make run`: the whole stack without Docker, in the foreground, stopped together by Ctrl-C.
+
+Starts a local redis-server if none answers at FITSERVE_REDIS_URL, then one Celery worker and
+gunicorn with the command lines of docker-compose.yml (bound to 127.0.0.1:8000 unless
+FITSERVE_BIND says otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from urllib.parse import urlparse
+
+import redis
+
+from scripts.stack import ROOT, compose_command
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def start_redis(url: str, folder: str) -> subprocess.Popen:
+    port = str(urlparse(url).port or 6379)
+    os.makedirs(folder, exist_ok=True)
+    binary = shutil.which("redis-server") or sys.exit("redis-server is missing: run `make deps`")
+    argv = [
+        binary,
+        "--port",
+        port,
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        folder,
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--maxmemory-policy",
+        "noeviction",
+    ]
+    return subprocess.Popen(argv)
+
+
+def main() -> int:
+    env = dict(os.environ)
+    env.setdefault("FITSERVE_DATA_DIR", str(ROOT / "data"))
+    url = env.setdefault("FITSERVE_REDIS_URL", "redis://localhost:6379/0")
+    bind = env.get("FITSERVE_BIND", "127.0.0.1:8000")
+    bin_dir = os.path.dirname(sys.executable)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+
+    processes: list[subprocess.Popen] = []
+    if not redis_answers(url):
+        print(f"no Redis at {url}: starting one", flush=True)
+        processes.append(start_redis(url, os.path.join(env["FITSERVE_DATA_DIR"], "redis")))
+        deadline = time.monotonic() + 10
+        while not redis_answers(url) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    processes.append(subprocess.Popen(compose_command("worker"), cwd=ROOT, env=env))
+    processes.append(subprocess.Popen(compose_command("api", bind=bind), cwd=ROOT, env=env))
+    print(f"fitserve on http://{bind} (Ctrl-C stops everything)", flush=True)
+
+    def stop(*_: object) -> None:
+        for process in reversed(processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in reversed(processes):
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        sys.exit(0)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    while all(process.poll() is None for process in processes):
+        time.sleep(0.5)
+    print("a process of the stack exited; stopping the others", flush=True)
+    stop()
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

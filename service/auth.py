@@ -1,0 +1,43 @@
+"""Bearer API keys on every /v1 and /v2 route when `FITSERVE_API_KEYS` is set."""
+
+from __future__ import annotations
+
+from flask import Flask, current_app, g, request
+
+from core.errors import Unauthorized
+from core.keys import ApiKey, match_key
+
+OPEN_PATHS = ("/healthz", "/readyz")
+PROTECTED_PREFIXES = ("/v1/", "/v2/", "/v1", "/v2")
+
+
+def authenticate() -> None:
+    """Set `g.principal` (the key, or None when keys are off) or answer 401."""
+    keys: tuple[ApiKey, ...] = current_app.extensions["fitserve.keys"]
+    g.principal = None
+    if not keys or not request.path.startswith(PROTECTED_PREFIXES):
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("This route needs an API key: send 'Authorization: Bearer <key>'.")
+    key = match_key(keys, token.strip())
+    if key is None:
+        raise Unauthorized("The API key is not valid.")
+    g.principal = key
+
+
+def owner() -> str | None:
+    """The name that owns what this request creates (None when keys are off)."""
+    principal = g.get("principal")
+    return principal.name if principal else None
+
+
+def can_see(resource_owner: str | None) -> bool:
+    """Keys see their own resources; admin keys, and everyone when keys are off, see all."""
+    principal = g.get("principal")
+    return principal is None or principal.admin or principal.name == resource_owner
+
+
+def install(app: Flask) -> None:
+    app.before_request(authenticate)

@@ -1,0 +1,60 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import redis
+from flask import Blueprint, current_app
+
+from service.http import json_response
+from service.problems import problem
+from service.state import data_dir, redis_client
+
+bp = Blueprint("health", __name__)
+
+WORKER_KEYS = "fitserve:worker:*"
+
+
+@bp.get("/healthz")
+def healthz():
+    """The process answers."""
+    return json_response({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz():
+    """Redis answers and the data folder is writable; lists the workers seen by heartbeat."""
+    checks: dict[str, str] = {}
+    workers: list[dict] = []
+    try:
+        client = redis_client()
+        client.ping()
+        checks["redis"] = "ok"
+        workers = _workers(client)
+    except redis.RedisError as error:
+        checks["redis"] = f"unavailable: {error}"
+    try:
+        fd, path = tempfile.mkstemp(dir=data_dir().root, prefix=".ready.")
+        os.close(fd)
+        os.unlink(path)
+        checks["data_dir"] = "ok"
+    except OSError as error:
+        checks["data_dir"] = f"not writable: {error.strerror}"
+    if any(value != "ok" for value in checks.values()):
+        failing = ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok")
+        return problem(503, "not_ready", "Not ready", f"Not ready: {failing}.")
+    return json_response({"status": "ready", "checks": checks, "workers": workers})
+
+
+def _workers(client: redis.Redis) -> list[dict]:
+    import orjson
+
+    found = []
+    for key in client.scan_iter(WORKER_KEYS, count=100):
+        raw = client.get(key)
+        if raw:
+            found.append(orjson.loads(raw))
+    current_app.logger.debug("workers_seen count=%d", len(found))
+    return sorted(found, key=lambda w: w.get("name", ""))

@@ -1,0 +1,113 @@
+"""Every error leaves as `application/problem+json` (RFC 9457), Flask's own included."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from flask import Flask, Response, g
+from werkzeug.exceptions import HTTPException
+
+from core import errors
+
+log = logging.getLogger("fitserve.service")
+
+STATUS: dict[type[errors.FitserveError], int] = {
+    errors.MalformedRequest: 400,
+    errors.Unauthorized: 401,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.PayloadTooLarge: 413,
+    errors.UnsupportedMediaType: 415,
+    errors.InvalidRequest: 422,
+    errors.InvalidData: 422,
+    errors.RateLimited: 429,
+    errors.Unavailable: 503,
+}
+
+_HTTP_CODES = {
+    400: "malformed_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    414: "uri_too_long",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+def problem(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    *,
+    field_errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """Build a problem document; `error` repeats `detail` for TF Serving and OIP clients."""
+    body: dict[str, Any] = {
+        "type": f"/problems/{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "request_id": g.get("request_id"),
+        "error": detail,
+    }
+    if field_errors:
+        body["errors"] = field_errors
+    response = Response(orjson.dumps(body), status=status, mimetype="application/problem+json")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def status_of(error: errors.FitserveError) -> int:
+    for cls in type(error).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def handle_fitserve_error(error: errors.FitserveError) -> Response:
+    status = status_of(error)
+    headers = {}
+    if hasattr(error, "retry_after"):
+        headers["Retry-After"] = str(error.retry_after)
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="fitserve"'
+    log.info("client_error status=%s code=%s detail=%r", status, error.code, error.detail)
+    return problem(
+        status,
+        error.code,
+        error.title,
+        error.detail,
+        field_errors=[e.to_dict() for e in error.errors],
+        headers=headers,
+    )
+
+
+def handle_http_exception(error: HTTPException) -> Response:
+    status = error.code or 500
+    code = _HTTP_CODES.get(status, "http_error")
+    headers = {}
+    if status == 405 and error.valid_methods:
+        headers["Allow"] = ", ".join(sorted(error.valid_methods))
+    return problem(status, code, error.name, error.description or error.name, headers=headers)
+
+
+def handle_unexpected(error: Exception) -> Response:
+    """A bug of ours: logged with its traceback, answered without internals."""
+    if isinstance(error, HTTPException):
+        return handle_http_exception(error)
+    log.exception("unhandled_error request_id=%s", g.get("request_id"))
+    return problem(500, "internal", "Internal error", "An unexpected error occurred; it is logged.")
+
+
+def register(app: Flask) -> None:
+    app.register_error_handler(errors.FitserveError, handle_fitserve_error)
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(Exception, handle_unexpected)

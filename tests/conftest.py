@@ -1,0 +1,43 @@
+"""Fixtures every test package shares: a private Redis, settings on a temp data folder, the app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from core.settings import Settings
+from tests.support.processes import redis_server
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One redis-server for the session, on a free port, never the machine's own."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture
+def clean_redis(redis_url: str) -> str:
+    """The session Redis, emptied before the test."""
+    redis.Redis.from_url(redis_url).flushall()
+    return redis_url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, clean_redis: str) -> Settings:
+    return Settings(redis_url=clean_redis, data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+def app(settings: Settings):
+    from service import create_app
+
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
