@@ -1,0 +1,5 @@
+"""`python -m client` runs the `fitserve` command."""
+
+from client.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,448 @@
+"""The fitserve HTTP client: datasets, jobs and predictions from Python, numpy in and out.
+
+It speaks HTTP only (requests + numpy); Keras is imported only by `spec_from_keras` and by
+`download_model` without a path, so the client installs without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+import requests
+
+from client.errors import ConnectionFailed, FitserveError, JobFailed
+from client.progress import TERMINAL, ProgressDisplay
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+# Keys of `Model.get_compile_config()` our `compile` section takes (`run_eagerly` is local only).
+COMPILE_KEYS = (
+    "optimizer",
+    "loss",
+    "loss_weights",
+    "metrics",
+    "weighted_metrics",
+    "jit_compile",
+    "steps_per_execution",
+)
+
+ArrayInput = np.ndarray | list | Mapping[str, Any]
+
+
+class Client:
+    """A connection to one fitserve server.
+
+    Args:
+        url: the server's base URL; default `FITSERVE_URL`, else `http://127.0.0.1:8000`.
+        key: an API key sent as `Authorization: Bearer <key>`; default `FITSERVE_API_KEY`.
+        timeout: seconds to wait for each HTTP answer.
+
+    Example:
+        client = Client("http://127.0.0.1:8000")
+        dataset = client.upload_arrays({"x": x, "y": y})
+        job = client.submit_model(model, dataset["id"], fit={"epochs": 3})
+        client.wait(job["id"])
+        predictions = client.predict(job["id"], x[:5])
+    """
+
+    def __init__(
+        self, url: str | None = None, key: str | None = None, *, timeout: float = 60.0
+    ) -> None:
+        self.url = (url or os.environ.get("FITSERVE_URL") or DEFAULT_URL).rstrip("/")
+        self.key = key if key is not None else os.environ.get("FITSERVE_API_KEY") or None
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = "fitserve-client"
+        if self.key:
+            self.session.headers["Authorization"] = f"Bearer {self.key}"
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """Send one request; raise FitserveError with the problem document on 4xx/5xx."""
+        kwargs.setdefault("timeout", self.timeout)
+        try:
+            response = self.session.request(method, self.url + path, **kwargs)
+        except requests.RequestException as error:
+            raise ConnectionFailed(self.url, str(error)) from None
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        return response
+
+    def request_json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Send one request and return its JSON body."""
+        response = self.request(method, path, **kwargs)
+        return response.json() if response.content else None
+
+    def send_json(self, method: str, path: str, document: Any, **kwargs: Any) -> Any:
+        """Send `document` as strict JSON (NaN and Infinity are refused here, not by the server)."""
+        try:
+            body = json.dumps(document, allow_nan=False)
+        except ValueError:
+            raise ValueError(
+                "The request holds NaN or Infinity, which JSON cannot carry; "
+                "replace them before sending."
+            ) from None
+        headers = {"Content-Type": "application/json", **kwargs.pop("headers", {})}
+        return self.request_json(method, path, data=body.encode(), headers=headers, **kwargs)
+
+    def list_all(self, path: str, limit: int | None, params: dict[str, Any]) -> list[dict]:
+        """Follow `next_cursor` until `limit` items (or all of them) are collected."""
+        items: list[dict] = []
+        cursor = None
+        while limit is None or len(items) < limit:
+            page_size = 500 if limit is None else min(limit - len(items), 500)
+            query = {**params, "limit": page_size, **({"cursor": cursor} if cursor else {})}
+            page = self.request_json("GET", path, params=query)
+            items.extend(page.get("items", []))
+            cursor = page.get("next_cursor")
+            if not cursor:
+                break
+        return items
+
+    def ready(self) -> dict[str, Any]:
+        """`/readyz`: Redis and the data folder are fine; lists the workers seen."""
+        return self.request_json("GET", "/readyz")
+
+    # -- datasets -------------------------------------------------------------------------
+
+    def upload_arrays(self, arrays: Mapping[str, Any], *, filename: str = "arrays.npz") -> dict:
+        """Upload named numpy arrays as one dataset (an in-memory `.npz`, never pickled).
+
+        Returns the dataset's manifest (its `id`, arrays with shapes, dtypes and statistics).
+        """
+        buffer = io.BytesIO()
+        np.savez(buffer, **{name: plain_array(name, value) for name, value in arrays.items()})
+        files = {"file": (filename, buffer.getvalue(), "application/octet-stream")}
+        return self.request_json("POST", "/v1/datasets", files=files)
+
+    def upload_file(
+        self, path: str | Path, *, name: str | None = None, label: str | None = None
+    ) -> dict:
+        """Upload a `.npz`, `.npy` or `.csv` file as a dataset; returns its manifest.
+
+        Args:
+            path: the file; the server reads its format from the content.
+            name: for a `.npy`, the array's name (the server's default is `x`).
+            label: for a `.csv`, the label column (the server's default is `label`).
+        """
+        path = Path(path)
+        form = {key: value for key, value in (("name", name), ("label", label)) if value}
+        with open(path, "rb") as handle:
+            files = {"file": (path.name, handle, "application/octet-stream")}
+            return self.request_json("POST", "/v1/datasets", files=files, data=form)
+
+    def list_datasets(self, limit: int | None = None) -> list[dict]:
+        """The datasets this key may see, newest first (all of them unless `limit`)."""
+        return self.list_all("/v1/datasets", limit, {})
+
+    def get_dataset(self, dataset_id: str) -> dict:
+        """One dataset's manifest."""
+        return self.request_json("GET", f"/v1/datasets/{segment(dataset_id)}")
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete a dataset (409 while a live job uses it)."""
+        self.request("DELETE", f"/v1/datasets/{segment(dataset_id)}")
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def submit(self, spec: Mapping[str, Any], *, idempotency_key: str | None = None) -> dict:
+        """Submit a job request; returns the job (`id`, `status: queued`, links).
+
+        With `idempotency_key`, submitting the same request again returns the same job.
+        """
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self.send_json("POST", "/v1/jobs", dict(spec), headers=headers)
+
+    def submit_model(
+        self,
+        model: Any,
+        data: str | Mapping[str, Any],
+        *,
+        fit: Mapping[str, Any] | None = None,
+        compile: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        **fields: Any,
+    ) -> dict:
+        """Submit a live `keras.Model` for training; see `spec_from_keras` for the arguments."""
+        spec = spec_from_keras(model, data, fit=fit, compile=compile, **fields)
+        return self.submit(spec, idempotency_key=idempotency_key)
+
+    def validate(self, spec: Mapping[str, Any]) -> dict:
+        """Check a job request as a submit would, enqueueing nothing; returns the model summary.
+
+        Raises FitserveError (422) with every error in the request at once.
+        """
+        return self.send_json("POST", "/v1/jobs:validate", dict(spec))
+
+    def get_job(self, job_id: str) -> dict:
+        """The job's record: status, progress, metrics, checkpoints, timings, error."""
+        return self.request_json("GET", f"/v1/jobs/{segment(job_id)}")
+
+    def list_jobs(self, limit: int | None = None, *, status: str | None = None) -> list[dict]:
+        """The jobs this key may see, newest first; `status` filters on the server."""
+        return self.list_all("/v1/jobs", limit, {"status": status} if status else {})
+
+    def cancel_job(self, job_id: str) -> dict:
+        """Ask a job to stop; returns it `cancelling` (or already `cancelled`)."""
+        return self.request_json("POST", f"/v1/jobs/{segment(job_id)}:cancel")
+
+    def delete_job(self, job_id: str) -> None:
+        """Delete a finished job and its files (409 while it is live)."""
+        self.request("DELETE", f"/v1/jobs/{segment(job_id)}")
+
+    def job_logs(self, job_id: str) -> Any:
+        """The job's training log as the server returns it."""
+        return self.request_json("GET", f"/v1/jobs/{segment(job_id)}/logs")
+
+    def job_metrics(self, job_id: str) -> dict[str, list]:
+        """The job's history: `{metric: [value per epoch]}`."""
+        return self.request_json("GET", f"/v1/jobs/{segment(job_id)}/metrics").get("history", {})
+
+    def follow(
+        self, job_id: str, *, interval: float = 1.0, timeout: float | None = None
+    ) -> Iterator[dict]:
+        """Yield the job's record every `interval` seconds until it reaches a final state.
+
+        Raises TimeoutError when `timeout` seconds pass first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get_job(job_id)
+            yield job
+            if job.get("status") in TERMINAL:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"Job {job_id} is still {job.get('status')} after {timeout} seconds."
+                )
+            time.sleep(interval)
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        progress: bool = True,
+        interval: float = 1.0,
+        timeout: float | None = None,
+        check: bool = True,
+    ) -> dict:
+        """Wait for a job to finish, showing a progress bar on stderr; returns its last record.
+
+        Raises JobFailed when the job ends `failed` or `cancelled` (unless `check=False`).
+        """
+        display = ProgressDisplay() if progress else None
+        job: dict = {}
+        try:
+            for job in self.follow(job_id, interval=interval, timeout=timeout):
+                if display:
+                    display.update(job)
+        finally:
+            if display:
+                display.close()
+        if check and job.get("status") != "succeeded":
+            raise JobFailed(job)
+        return job
+
+    # -- models ---------------------------------------------------------------------------
+
+    def model_path(self, model: str, version: int | None, label: str | None) -> str:
+        if version is not None and label is not None:
+            raise ValueError("Give a version or a label, not both.")
+        path = f"/v1/models/{segment(model)}"
+        if version is not None:
+            path += f"/versions/{int(version)}"
+        elif label is not None:
+            path += f"/labels/{segment(label)}"
+        return path
+
+    def predict(
+        self,
+        model: str,
+        inputs: ArrayInput,
+        *,
+        version: int | None = None,
+        label: str | None = None,
+    ) -> np.ndarray | dict[str, np.ndarray]:
+        """Predict with a trained model: numpy in, numpy out.
+
+        Args:
+            model: a job id, or a job name (its newest succeeded job).
+            inputs: one array (a batch) for a single-input model, or `{input_name: array}`.
+            version: a checkpoint version (epochs completed); or `label`: best, latest, final.
+
+        Returns one array for a single-output model, else `{output_name: array}`.
+        """
+        if isinstance(inputs, Mapping):
+            body = {"inputs": {name: plain_array(name, v).tolist() for name, v in inputs.items()}}
+        else:
+            body = {"inputs": plain_array("inputs", inputs).tolist()}
+        path = self.model_path(model, version, label) + ":predict"
+        outputs = self.send_json("POST", path, body)["outputs"]
+        if isinstance(outputs, dict):
+            return {name: numeric_array(value) for name, value in outputs.items()}
+        return numeric_array(outputs)
+
+    def model_status(self, model: str, *, version: int | None = None) -> dict:
+        """TF Serving's model status: the versions and their states."""
+        return self.request_json("GET", self.model_path(model, version, None))
+
+    def model_metadata(
+        self, model: str, *, version: int | None = None, label: str | None = None
+    ) -> dict:
+        """The model's signature (inputs and outputs with names, shapes, dtypes) and record."""
+        return self.request_json("GET", self.model_path(model, version, label) + "/metadata")
+
+    def download_model(
+        self,
+        model: str,
+        path: str | Path | None = None,
+        *,
+        version: int | None = None,
+        label: str | None = None,
+        format: str = "keras",
+    ) -> Any:
+        """Download a trained model: to `path` (returned), or loaded as a `keras.Model`.
+
+        Without `path` the `.keras` file goes to a temporary file and is loaded with
+        `safe_mode=True` (this needs Keras installed). `format="savedmodel"` needs a path.
+        """
+        if path is not None:
+            return self.download_to(model, Path(path), version, label, format)
+        if format != "keras":
+            raise ValueError("Only a 'keras' download can be loaded; give a path for others.")
+        import keras
+
+        with tempfile.TemporaryDirectory(prefix="fitserve-") as folder:
+            file = self.download_to(model, Path(folder) / "model.keras", version, label, format)
+            return keras.saving.load_model(file, safe_mode=True)
+
+    def download_to(
+        self, model: str, path: Path, version: int | None, label: str | None, format: str
+    ) -> Path:
+        """Stream the download into `path` through a temp file beside it; returns `path`."""
+        url = self.model_path(model, version, label) + "/download"
+        response = self.request("GET", url, params={"format": format}, stream=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".part")
+        with response, open(partial, "wb") as handle:
+            for chunk in response.iter_content(1 << 20):
+                handle.write(chunk)
+        partial.replace(path)
+        return path
+
+
+def error_from_response(response: requests.Response) -> FitserveError:
+    """The problem document of an error answer (or one made from a non-JSON answer)."""
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = None
+    if not isinstance(problem, dict):
+        text = response.text.strip()[:500]
+        problem = {"title": response.reason, "detail": text or response.reason}
+    problem.setdefault("status", response.status_code)
+    return FitserveError(response.status_code, problem)
+
+
+def segment(value: str) -> str:
+    """An id or name made safe as one URL path segment."""
+    return quote(str(value), safe="")
+
+
+def plain_array(name: str, value: Any) -> np.ndarray:
+    """`value` as a numpy array that needs no pickle (object arrays are refused here)."""
+    array = np.asarray(value)
+    if array.dtype.hasobject:
+        raise ValueError(
+            f"Array {name!r} has dtype object, which would need pickle; "
+            "give numbers (or strings of one type)."
+        )
+    return array
+
+
+def numeric_array(value: Any) -> np.ndarray:
+    """A JSON list as an array; floats as float32, the dtype Keras models answer in."""
+    array = np.asarray(value)
+    return array.astype(np.float32) if array.dtype == np.float64 else array
+
+
+def spec_from_keras(
+    model: Any,
+    data: str | Mapping[str, Any],
+    *,
+    fit: Mapping[str, Any] | None = None,
+    compile: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> dict:
+    """A job request for a live `keras.Model`: its `to_json()` and its compile settings.
+
+    Args:
+        model: a Sequential or Functional model; compiled, unless `compile` is given.
+        data: a dataset id (its arrays `x` and `y` are used), a dataset manifest, or the
+            request's whole `data` section (`{"dataset": id, "x": ..., "y": ...}`).
+        fit: the `fit` section (`epochs`, `batch_size`, `validation_split`, ...).
+        compile: the `compile` section, instead of the model's own compile settings.
+        fields: other top-level sections: `name`, `seed`, `priority`, `checkpoint`, ...
+
+    Raises ValueError when the model is not compiled and no `compile` is given.
+    """
+    compile_section = dict(compile) if compile is not None else compile_of(model)
+    if not compile_section:
+        raise ValueError(
+            "The model is not compiled: call model.compile(...) or pass compile={...}."
+        )
+    spec = {
+        **fields,
+        "model": json.loads(model.to_json()),
+        "compile": compile_section,
+        "data": data_section(data),
+    }
+    if fit is not None:
+        spec["fit"] = dict(fit)
+    return spec
+
+
+def compile_of(model: Any) -> dict:
+    """The model's compile settings as our `compile` section ({} when it is not compiled).
+
+    Keras serializes objects with `module` and `registered_name`; the request takes
+    `{"class_name", "config"}`, and unset options are left out so the server's defaults apply.
+    """
+    config = model.get_compile_config() or {}
+    return {
+        key: strip_serialization(config[key]) for key in COMPILE_KEYS if config.get(key) is not None
+    }
+
+
+def strip_serialization(value: Any) -> Any:
+    """Keras's serialized objects reduced to `{"class_name", "config"}`, recursively."""
+    if isinstance(value, dict):
+        if "class_name" in value and "config" in value:
+            return {
+                "class_name": value["class_name"],
+                "config": strip_serialization(value["config"]),
+            }
+        return {key: strip_serialization(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [strip_serialization(item) for item in value]
+    return value
+
+
+def data_section(data: str | Mapping[str, Any]) -> dict:
+    """A dataset id or manifest becomes `{"dataset": id, "x": "x", "y": "y"}`."""
+    if isinstance(data, str):
+        return {"dataset": data, "x": "x", "y": "y"}
+    if "dataset" in data:
+        return dict(data)
+    if "id" in data:
+        return {"dataset": data["id"], "x": "x", "y": "y"}
+    raise ValueError("data must be a dataset id, a dataset manifest, or a data section.")

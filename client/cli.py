@@ -1,0 +1,439 @@
+"""The `fitserve` command: datasets, jobs, predictions and API keys from a terminal.
+
+Exit codes: 0 done; 1 the server refused the request (its problem document is printed);
+2 a usage or local input mistake; 3 the server could not be reached; 4 a followed job did
+not succeed (it ended failed or cancelled, or `--wait-timeout` passed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import secrets
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from client.api import Client
+from client.errors import ConnectionFailed, FitserveError, JobFailed
+from client.progress import ProgressDisplay, render_job
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_JOB_FAILED = 4
+
+
+class InputError(Exception):
+    """A local file or argument the command cannot use (exit code 2)."""
+
+
+# -- output ---------------------------------------------------------------------------------
+
+
+def print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2, sort_keys=False))
+
+
+def print_table(rows: list[list[Any]], headers: list[str]) -> None:
+    """Columns padded to their widest cell; `-` for missing values."""
+    cells = [[("-" if value is None else str(value)) for value in row] for row in rows]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+    for row in [headers, *cells]:
+        padded = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(padded).rstrip())
+
+
+def describe_arrays(manifest: dict) -> str:
+    arrays = manifest.get("arrays") or {}
+    return ", ".join(
+        f"{name}{tuple(info.get('shape', []))}:{info.get('dtype', '?')}"
+        for name, info in arrays.items()
+    )
+
+
+def show(args: argparse.Namespace, document: Any, human: Callable[[Any], None]) -> None:
+    """`--json` prints the document as the server sent it; otherwise `human` renders it."""
+    if args.json:
+        print_json(document)
+    else:
+        human(document)
+
+
+def print_datasets(items: list[dict]) -> None:
+    rows = [
+        [
+            d.get("id"),
+            d.get("created_at"),
+            d.get("rows"),
+            d.get("bytes"),
+            (d.get("source") or {}).get("filename"),
+            describe_arrays(d),
+        ]
+        for d in items
+    ]
+    print_table(rows, ["ID", "CREATED", "ROWS", "BYTES", "FILE", "ARRAYS"])
+
+
+def job_epoch(job: dict) -> str | None:
+    progress = job.get("progress") or {}
+    if progress.get("epoch") is None:
+        return None
+    epochs = progress.get("epochs")
+    return f"{progress['epoch']}/{epochs}" if epochs else str(progress["epoch"])
+
+
+def print_jobs(items: list[dict]) -> None:
+    rows = [
+        [j.get("id"), j.get("name"), j.get("status"), job_epoch(j), j.get("created_at")]
+        for j in items
+    ]
+    print_table(rows, ["ID", "NAME", "STATUS", "EPOCH", "CREATED"])
+
+
+# -- local inputs ---------------------------------------------------------------------------
+
+
+def read_json_file(path: str) -> Any:
+    """A JSON file (`-` for stdin), or InputError saying where it is broken."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        return json.loads(text)
+    except OSError as error:
+        raise InputError(f"Cannot read {path}: {error.strerror}.") from None
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path} is not valid JSON: {error}.") from None
+
+
+def read_inputs(path: str) -> Any:
+    """Model inputs from a `.npy`, `.npz` (one array, or one per named input) or `.json` file.
+
+    JSON may be a list (one input), `{"inputs": ...}`, `{"instances": [...]}` or
+    `{input_name: list}`.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix in {".npy", ".npz"}:
+        try:
+            loaded = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise InputError(f"Cannot read {path} as numpy data: {error}.") from None
+        if suffix == ".npy":
+            return loaded
+        with loaded:
+            arrays = {name: loaded[name] for name in loaded.files}
+        return next(iter(arrays.values())) if len(arrays) == 1 else arrays
+    if suffix == ".json":
+        return inputs_from_json(read_json_file(path))
+    raise InputError(f"{path}: inputs must be a .npy, .npz or .json file.")
+
+
+def inputs_from_json(document: Any) -> Any:
+    if isinstance(document, dict) and "inputs" in document:
+        return document["inputs"]
+    if isinstance(document, dict) and "instances" in document:
+        rows = document["instances"]
+        if rows and all(isinstance(row, dict) for row in rows):
+            return {name: [row[name] for row in rows] for name in rows[0]}
+        return rows
+    return document
+
+
+def save_outputs(outputs: Any, path: str) -> str:
+    """Save predictions: one array to `.npy`, named outputs to `.npz`."""
+    target = Path(path)
+    if isinstance(outputs, dict):
+        if target.suffix != ".npz":
+            raise InputError(f"The model has named outputs; save them to a .npz, not {path}.")
+        np.savez(target, **outputs)
+        return ", ".join(f"{name}{value.shape}" for name, value in outputs.items())
+    if target.suffix != ".npy":
+        raise InputError(f"Save predictions to a .npy file, not {path}.")
+    np.save(target, outputs, allow_pickle=False)
+    return str(outputs.shape)
+
+
+def jsonable(outputs: Any) -> Any:
+    if isinstance(outputs, dict):
+        return {name: value.tolist() for name, value in outputs.items()}
+    return outputs.tolist()
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def datasets_upload(client: Client, args: argparse.Namespace) -> int:
+    if not Path(args.file).is_file():
+        raise InputError(f"No such file: {args.file}.")
+    manifest = client.upload_file(args.file, name=args.name, label=args.label)
+    show(args, manifest, lambda m: print(f"{m['id']}  {m.get('rows')} rows  {describe_arrays(m)}"))
+    return 0
+
+
+def datasets_list(client: Client, args: argparse.Namespace) -> int:
+    items = client.list_datasets(args.limit)
+    show(args, {"items": items}, lambda d: print_datasets(d["items"]))
+    return 0
+
+
+def datasets_show(client: Client, args: argparse.Namespace) -> int:
+    print_json(client.get_dataset(args.id))
+    return 0
+
+
+def datasets_rm(client: Client, args: argparse.Namespace) -> int:
+    client.delete_dataset(args.id)
+    show(args, {"id": args.id, "deleted": True}, lambda d: print(f"deleted dataset {d['id']}"))
+    return 0
+
+
+def jobs_submit(client: Client, args: argparse.Namespace) -> int:
+    spec = read_json_file(args.spec)
+    if not isinstance(spec, dict):
+        raise InputError(f"{args.spec} must hold a JSON object (the job request).")
+    job = client.submit(spec, idempotency_key=args.idempotency_key)
+    if args.follow:
+        if not args.json:
+            print(job["id"])
+        return follow_job(client, job["id"], args)
+    show(args, job, lambda j: print(j["id"]))
+    return 0
+
+
+def jobs_validate(client: Client, args: argparse.Namespace) -> int:
+    summary = client.validate(read_json_file(args.spec))
+    show(args, summary, lambda s: print_json(s))
+    return 0
+
+
+def jobs_list(client: Client, args: argparse.Namespace) -> int:
+    items = client.list_jobs(args.limit, status=args.status)
+    show(args, {"items": items}, lambda d: print_jobs(d["items"]))
+    return 0
+
+
+def jobs_show(client: Client, args: argparse.Namespace) -> int:
+    print_json(client.get_job(args.id))
+    return 0
+
+
+def jobs_follow(client: Client, args: argparse.Namespace) -> int:
+    return follow_job(client, args.id, args)
+
+
+def follow_job(client: Client, job_id: str, args: argparse.Namespace) -> int:
+    """Show live progress on stderr until the job ends; exit 4 unless it succeeded."""
+    display = ProgressDisplay(sys.stderr)
+    job: dict = {}
+    try:
+        for job in client.follow(job_id, interval=args.interval, timeout=args.wait_timeout):
+            display.update(job)
+    finally:
+        display.close()
+    show(args, job, lambda j: print(render_job(j)))
+    if job.get("status") != "succeeded":
+        print(f"error: {JobFailed(job).detail}", file=sys.stderr)
+        return EXIT_JOB_FAILED
+    return 0
+
+
+def jobs_cancel(client: Client, args: argparse.Namespace) -> int:
+    job = client.cancel_job(args.id)
+    show(args, job, lambda j: print(f"{j.get('id', args.id)} {j.get('status')}"))
+    return 0
+
+
+def jobs_rm(client: Client, args: argparse.Namespace) -> int:
+    client.delete_job(args.id)
+    show(args, {"id": args.id, "deleted": True}, lambda d: print(f"deleted job {d['id']}"))
+    return 0
+
+
+def jobs_logs(client: Client, args: argparse.Namespace) -> int:
+    logs = client.job_logs(args.id)
+    show(args, logs, print_logs)
+    return 0
+
+
+def print_logs(logs: Any) -> None:
+    """The server's log document as plain lines, whatever its container shape."""
+    if isinstance(logs, dict):
+        logs = logs.get("lines", logs.get("text", logs.get("items", logs)))
+    if isinstance(logs, list):
+        for line in logs:
+            print(line if isinstance(line, str) else json.dumps(line))
+    elif isinstance(logs, str):
+        print(logs, end="" if logs.endswith("\n") else "\n")
+    else:
+        print_json(logs)
+
+
+def predict(client: Client, args: argparse.Namespace) -> int:
+    outputs = client.predict(args.model, read_inputs(args.inputs), **version_of(args))
+    if args.output:
+        shape = save_outputs(outputs, args.output)
+        show(args, {"saved": args.output}, lambda d: print(f"saved {shape} to {d['saved']}"))
+    else:
+        print(json.dumps({"outputs": jsonable(outputs)}))
+    return 0
+
+
+def models_download(client: Client, args: argparse.Namespace) -> int:
+    if args.path is None and args.format != "keras":
+        raise InputError("Give a path to save a savedmodel download to.")
+    path = args.path or f"{args.model}.keras"
+    saved = client.download_model(args.model, path, format=args.format, **version_of(args))
+    show(args, {"path": str(saved)}, lambda d: print(f"saved {d['path']}"))
+    return 0
+
+
+def keys_create(client: Client | None, args: argparse.Namespace) -> int:
+    """Make a key locally; the server is given only the entry (the key's sha256)."""
+    key = "fs_" + secrets.token_urlsafe(32)
+    entry = f"{args.name}:{hashlib.sha256(key.encode()).hexdigest()}"
+    entry += ":admin" if args.admin else ""
+    if args.json:
+        print_json({"name": args.name, "key": key, "entry": entry})
+    else:
+        print(f"key:   {key}")
+        print(f"entry: {entry}   (add to FITSERVE_API_KEYS; the key itself is not stored)")
+    return 0
+
+
+def version_of(args: argparse.Namespace) -> dict[str, Any]:
+    return {"version": args.version, "label": args.label}
+
+
+# -- the parser -----------------------------------------------------------------------------
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Options every command takes, before or after its name (`--json` anywhere)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--url", default=argparse.SUPPRESS, help="server URL (FITSERVE_URL)")
+    parent.add_argument("--key", default=argparse.SUPPRESS, help="API key (FITSERVE_API_KEY)")
+    parent.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
+    )
+    parent.add_argument(
+        "--timeout", type=float, default=argparse.SUPPRESS, help="seconds per HTTP request"
+    )
+    return parent
+
+
+def add_version_options(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int, help="checkpoint version (epochs completed)")
+    which.add_argument("--label", choices=["best", "latest", "final"], help="version label")
+
+
+def add_follow_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+    parser.add_argument(
+        "--wait-timeout", type=float, default=None, help="give up after this many seconds"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = common_options()
+    parser = argparse.ArgumentParser(
+        prog="fitserve",
+        description="Train Keras models on fitserve and predict with them.",
+        parents=[common],
+    )
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+
+    def command(sub: Any, name: str, run: Callable, help_text: str) -> argparse.ArgumentParser:
+        leaf = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        leaf.set_defaults(run=run)
+        return leaf
+
+    datasets = groups.add_parser("datasets", help="upload, list, show and delete datasets")
+    sub = datasets.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    upload = command(sub, "upload", datasets_upload, "upload a .npz, .npy or .csv file")
+    upload.add_argument("file")
+    upload.add_argument("--name", help="the array's name for a .npy (server default: x)")
+    upload.add_argument("--label", help="the label column of a .csv (server default: label)")
+    command(sub, "list", datasets_list, "list datasets").add_argument("--limit", type=int)
+    command(sub, "show", datasets_show, "show a dataset's manifest").add_argument("id")
+    command(sub, "rm", datasets_rm, "delete a dataset").add_argument("id")
+
+    jobs = groups.add_parser("jobs", help="submit, follow, cancel and inspect training jobs")
+    sub = jobs.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    submit = command(sub, "submit", jobs_submit, "submit a job request from a JSON file")
+    submit.add_argument("spec", help="the job request as JSON (- for stdin)")
+    submit.add_argument("--follow", action="store_true", help="show progress until it ends")
+    submit.add_argument("--idempotency-key", help="resubmitting with it returns the same job")
+    add_follow_options(submit)
+    validate = command(sub, "validate", jobs_validate, "check a job request, enqueue nothing")
+    validate.add_argument("spec", help="the job request as JSON (- for stdin)")
+    listing = command(sub, "list", jobs_list, "list jobs")
+    listing.add_argument("--limit", type=int)
+    listing.add_argument("--status", help="only jobs in this state")
+    command(sub, "show", jobs_show, "show a job's record").add_argument("id")
+    follow = command(sub, "follow", jobs_follow, "show a job's progress until it ends")
+    follow.add_argument("id")
+    add_follow_options(follow)
+    command(sub, "cancel", jobs_cancel, "cancel a job").add_argument("id")
+    command(sub, "rm", jobs_rm, "delete a finished job").add_argument("id")
+    command(sub, "logs", jobs_logs, "print a job's training log").add_argument("id")
+
+    predicting = command(groups, "predict", predict, "predict with a trained model")
+    predicting.add_argument("model", help="a job id, or a job name")
+    predicting.add_argument("inputs", help="a .npy, .npz or .json file of inputs")
+    predicting.add_argument("--output", help="save predictions to a .npy (.npz: named outputs)")
+    add_version_options(predicting)
+
+    models = groups.add_parser("models", help="download trained models")
+    sub = models.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    download = command(sub, "download", models_download, "download a trained model")
+    download.add_argument("model", help="a job id, or a job name")
+    download.add_argument("path", nargs="?", help="where to save it (default: <model>.keras)")
+    download.add_argument("--format", choices=["keras", "savedmodel"], default="keras")
+    add_version_options(download)
+
+    keys = groups.add_parser("keys", help="make API keys")
+    sub = keys.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    create = command(sub, "create", keys_create, "make a key; print it and its settings entry")
+    create.add_argument("name", help="who the key is for")
+    create.add_argument("--admin", action="store_true", help="the key sees everyone's jobs")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `fitserve` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    args.json = getattr(args, "json", False)
+    try:
+        if args.run is keys_create:
+            return keys_create(None, args)
+        client = Client(getattr(args, "url", None), getattr(args, "key", None))
+        if getattr(args, "timeout", None):
+            client.timeout = args.timeout
+        return args.run(client, args)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except ConnectionFailed as error:
+        print(f"error: cannot reach the server at {error.detail}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except FitserveError as error:
+        if args.json:
+            print_json(error.problem)
+        print(f"error: {error.describe()}", file=sys.stderr)
+        if error.request_id:
+            print(f"  request id: {error.request_id}", file=sys.stderr)
+        return EXIT_REFUSED
+    except ValueError as error:
+        # The client's own refusals (NaN in JSON, object arrays) before anything is sent.
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except TimeoutError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_JOB_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,120 @@
+"""A one-line progress display for a job: epoch, a bar, the last metrics and the ETA.
+
+On a terminal the line is rewritten in place; elsewhere (a log file, CI) a line is printed each
+time the epoch or the status changes, so logs stay readable. No dependency beyond the stdlib.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+BAR_WIDTH = 24
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def format_duration(seconds: float | None) -> str:
+    """`1h02m`, `3m05s`, `42s`; `?` when unknown."""
+    if seconds is None or seconds < 0:
+        return "?"
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def format_metrics(metrics: dict[str, Any] | None, limit: int = 4) -> str:
+    """`loss=0.3012 accuracy=0.9120`: the first few numeric metrics, loss first."""
+    if not metrics:
+        return ""
+    names = sorted(metrics, key=lambda name: (name != "loss", name.startswith("val_"), name))
+    parts = [
+        f"{name}={metrics[name]:.4g}"
+        for name in names
+        if isinstance(metrics[name], int | float) and not isinstance(metrics[name], bool)
+    ]
+    return " ".join(parts[:limit])
+
+
+def job_fraction(job: dict[str, Any]) -> float | None:
+    """How far along the job is, 0..1, from its progress record (or the epoch count)."""
+    progress = job.get("progress") or {}
+    fraction = progress.get("fraction")
+    if isinstance(fraction, int | float):
+        return min(max(float(fraction), 0.0), 1.0)
+    epoch, epochs = progress.get("epoch"), progress.get("epochs")
+    if isinstance(epoch, int) and isinstance(epochs, int) and epochs > 0:
+        return min(epoch / epochs, 1.0)
+    return 1.0 if job.get("status") == "succeeded" else None
+
+
+def job_metrics(job: dict[str, Any]) -> dict[str, Any] | None:
+    """The latest metrics the job record carries (its progress's, else the last epoch's)."""
+    progress = job.get("progress") or {}
+    return progress.get("metrics") or job.get("metrics") or job.get("last_metrics")
+
+
+def render_job(job: dict[str, Any]) -> str:
+    """One line describing the job: `running  epoch 3/10 [#####...]  30%  loss=... ETA 12s`."""
+    status = str(job.get("status", "?"))
+    progress = job.get("progress") or {}
+    parts = [f"{status:<10}"]
+    epoch, epochs = progress.get("epoch"), progress.get("epochs")
+    if epoch is not None:
+        parts.append(f"epoch {epoch}/{epochs}" if epochs else f"epoch {epoch}")
+    fraction = job_fraction(job)
+    if fraction is not None:
+        filled = int(fraction * BAR_WIDTH)
+        parts.append("[" + "#" * filled + "." * (BAR_WIDTH - filled) + f"] {fraction:4.0%}")
+    metrics = format_metrics(job_metrics(job))
+    if metrics:
+        parts.append(metrics)
+    if status not in TERMINAL and progress.get("eta_seconds") is not None:
+        parts.append(f"ETA {format_duration(progress['eta_seconds'])}")
+    if status in {"failed", "cancelled"} and (job.get("reason") or job.get("message")):
+        parts.append(f"{job.get('reason') or ''}: {job.get('message') or ''}".strip(": "))
+    return "  ".join(parts)
+
+
+class ProgressDisplay:
+    """Shows a job's progress on a stream (stderr by default) as updates come in.
+
+    Example:
+        display = ProgressDisplay()
+        for job in client.follow(job_id):
+            display.update(job)
+        display.close()
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last_line = ""
+        self._last_key: tuple[Any, ...] | None = None
+
+    def update(self, job: dict[str, Any]) -> None:
+        """Show the job's current state."""
+        line = render_job(job)
+        if self.live:
+            padding = " " * max(len(self._last_line) - len(line), 0)
+            self.stream.write("\r" + line + padding)
+            self.stream.flush()
+            self._last_line = line
+            return
+        # Off a terminal, print only when something a reader cares about changed.
+        key = (job.get("status"), (job.get("progress") or {}).get("epoch"))
+        if key != self._last_key:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+            self._last_key = key
+
+    def close(self) -> None:
+        """End the live line so later output starts on a fresh one."""
+        if self.live and self._last_line:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._last_line = ""
