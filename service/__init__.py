@@ -30,10 +30,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     logging.getLogger("fitserve").setLevel(settings.log_level)
 
-    from service import auth, health, http, problems
+    from service import auth, health, http, problems, validate
 
     http.install(app)
     auth.install(app)
     problems.register(app)
     app.register_blueprint(health.bp)
+    app.register_blueprint(validate.bp)
     return app

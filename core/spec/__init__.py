@@ -1,0 +1,1 @@
+"""The request grammar: parsing, shapes and parameter counts, data checks, model building."""

@@ -1,0 +1,682 @@
+"""Output shapes and parameter counts of a normalized model, by formula, before anything is built.
+
+Every allowlisted layer has a rule here: its output shape and its trainable and non-trainable
+parameter counts from its config and its input shapes, in pure Python. So a model of 10^10
+parameters is refused in milliseconds, with no weight allocated and no TensorFlow imported.
+Shapes here leave out the batch axis; the summary puts it back as `None`, as Keras prints it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from core.errors import FieldError, InvalidRequest
+from core.settings import Settings
+
+Shape = tuple[int | None, ...]
+# A rule answers (output shape, trainable parameters, non-trainable parameters).
+Counted = tuple[Shape, int, int]
+Rule = Callable[[dict[str, Any], list[Shape]], Counted]
+
+
+class ShapeMismatch(ValueError):
+    """A layer cannot take the shapes it is given; carries what it expected."""
+
+    def __init__(self, message: str, expected: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.expected = expected
+
+
+def show(shape: Shape) -> str:
+    """A shape as a reader sees it, batch axis included: `(None, 28, 28, 1)`."""
+    return "(" + ", ".join(["None", *("None" if d is None else str(d) for d in shape)]) + ")"
+
+
+def _tuple(value: Any, rank: int) -> tuple[Any, ...]:
+    if isinstance(value, list | tuple):
+        return tuple(value)
+    return (value,) * rank
+
+
+def _one(shapes: list[Shape]) -> Shape:
+    if len(shapes) != 1:
+        raise ShapeMismatch(f"the layer takes one input, it was given {len(shapes)}", "one input")
+    return shapes[0]
+
+
+def _rank(shape: Shape, rank: int, what: str) -> Shape:
+    if len(shape) != rank:
+        raise ShapeMismatch(
+            f"the layer needs an input of rank {rank + 1} {what}, received {show(shape)}",
+            f"an input of rank {rank + 1} {what}",
+        )
+    return shape
+
+
+def _known(dim: int | None, what: str, shape: Shape) -> int:
+    if dim is None:
+        raise ShapeMismatch(
+            f"the {what} of the input must be known, received {show(shape)}",
+            f"an input whose {what} is known",
+        )
+    return dim
+
+
+def _split(shape: Shape, cfg: dict[str, Any]) -> tuple[int | None, Shape]:
+    """(channels, spatial dims) for channels_last (the default) or channels_first."""
+    if cfg.get("data_format") == "channels_first":
+        return shape[0], shape[1:]
+    return shape[-1], shape[:-1]
+
+
+def _join(channels: int | None, spatial: Shape, cfg: dict[str, Any]) -> Shape:
+    if cfg.get("data_format") == "channels_first":
+        return (channels, *spatial)
+    return (*spatial, channels)
+
+
+def _window(length: int | None, size: int, stride: int, dilation: int, padding: str) -> int | None:
+    """Length after a convolution or pooling window, as Keras computes it."""
+    if length is None:
+        return None
+    if padding in ("same", "causal"):
+        return (length - 1) // stride + 1
+    out = (length - dilation * (size - 1) - 1) // stride + 1
+    if out <= 0:
+        raise ShapeMismatch(
+            f"a window of {size} (dilation {dilation}, stride {stride}) does not fit a length of "
+            f"{length} with padding 'valid'",
+            "a window no larger than the input, or padding 'same'",
+        )
+    return out
+
+
+def identity(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+    return _one(shapes), 0, 0
+
+
+def spatial_dropout(rank: int) -> Rule:
+    def rule(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+        return _rank(_one(shapes), rank + 1, "(batch, steps..., channels)"), 0, 0
+
+    return rule
+
+
+def dense(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+    shape = _one(shapes)
+    if not shape:
+        raise ShapeMismatch(
+            f"Dense needs an input of rank 2 or more, received {show(shape)}", "(batch, features)"
+        )
+    features = _known(shape[-1], "last axis", shape)
+    units = cfg["units"]
+    bias = units if cfg.get("use_bias", True) else 0
+    return (*shape[:-1], units), features * units + bias, 0
+
+
+def flatten(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+    shape = _one(shapes)
+    size = None if None in shape else math.prod(shape)
+    return (size,), 0, 0
+
+
+def reshape(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+    shape = _one(shapes)
+    target = tuple(cfg["target_shape"])
+    known = math.prod(d for d in target if d != -1)
+    if None in shape:
+        return tuple(None if d == -1 else d for d in target), 0, 0
+    size = math.prod(shape)
+    if -1 in target:
+        if known == 0 or size % known:
+            raise ShapeMismatch(
+                f"cannot reshape {show(shape)} ({size} values) into {list(target)}",
+                f"a target shape whose known sizes divide {size}",
+            )
+        return tuple(size // known if d == -1 else d for d in target), 0, 0
+    if known != size:
+        raise ShapeMismatch(
+            f"cannot reshape {show(shape)} ({size} values) into {list(target)} ({known} values)",
+            f"a target shape of {size} values",
+        )
+    return target, 0, 0
+
+
+def permute(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+    shape = _one(shapes)
+    dims = list(cfg["dims"])
+    if sorted(dims) != list(range(1, len(shape) + 1)):
+        raise ShapeMismatch(
+            f"dims {dims} are not a permutation of the {len(shape)} non-batch axes of "
+            f"{show(shape)}",
+            f"a permutation of {list(range(1, len(shape) + 1))}",
+        )
+    return tuple(shape[d - 1] for d in dims), 0, 0
+
+
+def repeat_vector(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+    shape = _rank(_one(shapes), 1, "(batch, features)")
+    return (cfg["n"], shape[0]), 0, 0
+
+
+def _pairs(value: Any, rank: int) -> list[tuple[int, int]]:
+    """Keras's padding/cropping forms: int, (a, b) per axis or ((before, after), ...)."""
+    if rank == 1:
+        value = _tuple(value, 2)
+        return [(value[0], value[1])]
+    pairs = []
+    for item in _tuple(value, rank):
+        before, after = _tuple(item, 2)
+        pairs.append((before, after))
+    return pairs
+
+
+def padding_or_cropping(rank: int, sign: int, key: str, default: Any) -> Rule:
+    def rule(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+        shape = _rank(_one(shapes), rank + 1, "(batch, steps..., channels)")
+        channels, spatial = _split(shape, cfg)
+        out = []
+        for length, (before, after) in zip(
+            spatial, _pairs(cfg.get(key, default), rank), strict=False
+        ):
+            new = None if length is None else length + sign * (before + after)
+            if new is not None and new <= 0:
+                raise ShapeMismatch(
+                    f"cropping {before + after} from a length of {length} leaves nothing",
+                    f"cropping of less than {length} in all",
+                )
+            out.append(new)
+        return _join(channels, tuple(out), cfg), 0, 0
+
+    return rule
+
+
+def up_sampling(rank: int) -> Rule:
+    def rule(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+        shape = _rank(_one(shapes), rank + 1, "(batch, steps..., channels)")
+        channels, spatial = _split(shape, cfg)
+        sizes = _tuple(cfg.get("size", 2), rank)
+        out = tuple(None if d is None else d * s for d, s in zip(spatial, sizes, strict=False))
+        return _join(channels, out, cfg), 0, 0
+
+    return rule
+
+
+def _conv_geometry(rank: int, cfg: dict[str, Any], shapes: list[Shape]):
+    shape = _rank(_one(shapes), rank + 1, "(batch, spatial..., channels)")
+    channels, spatial = _split(shape, cfg)
+    channels = _known(channels, "channels axis", shape)
+    kernel = _tuple(cfg["kernel_size"], rank)
+    strides = _tuple(cfg.get("strides", 1), rank)
+    dilation = _tuple(cfg.get("dilation_rate", 1), rank)
+    return channels, spatial, kernel, strides, dilation
+
+
+def conv(rank: int) -> Rule:
+    def rule(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+        channels, spatial, kernel, strides, dilation = _conv_geometry(rank, cfg, shapes)
+        groups = cfg.get("groups", 1)
+        if channels % groups:
+            raise ShapeMismatch(
+                f"{channels} input channels cannot be split into {groups} groups",
+                f"groups dividing the input channels ({channels})",
+            )
+        padding = cfg.get("padding", "valid")
+        out = tuple(
+            _window(*args, padding)
+            for args in zip(spatial, kernel, strides, dilation, strict=False)
+        )
+        filters = cfg["filters"]
+        weights = math.prod(kernel) * (channels // groups) * filters
+        bias = filters if cfg.get("use_bias", True) else 0
+        return _join(filters, out, cfg), weights + bias, 0
+
+    return rule
+
+
+def _transposed_length(length, size, stride, dilation, padding, output_padding):
+    if length is None:
+        return None
+    size = (size - 1) * dilation + 1
+    if padding == "valid":
+        extra = max(size, stride) - size if output_padding is None else output_padding
+        return (length - 1) * stride + size + extra
+    if output_padding is None:
+        return length * stride
+    return (length - 1) * stride + size % 2 + output_padding
+
+
+def conv_transpose(rank: int) -> Rule:
+    def rule(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+        channels, spatial, kernel, strides, dilation = _conv_geometry(rank, cfg, shapes)
+        padding = cfg.get("padding", "valid")
+        output_padding = cfg.get("output_padding")
+        extras = (None,) * rank if output_padding is None else _tuple(output_padding, rank)
+        out = tuple(
+            _transposed_length(*args, padding, extra)
+            for *args, extra in zip(spatial, kernel, strides, dilation, extras, strict=False)
+        )
+        filters = cfg["filters"]
+        bias = filters if cfg.get("use_bias", True) else 0
+        return _join(filters, out, cfg), math.prod(kernel) * channels * filters + bias, 0
+
+    return rule
+
+
+def depthwise_conv(separable: bool) -> Rule:
+    def rule(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+        channels, spatial, kernel, strides, dilation = _conv_geometry(2, cfg, shapes)
+        padding = cfg.get("padding", "valid")
+        out = tuple(
+            _window(*args, padding)
+            for args in zip(spatial, kernel, strides, dilation, strict=False)
+        )
+        depth = channels * cfg.get("depth_multiplier", 1)
+        weights = math.prod(kernel) * depth
+        if separable:
+            filters = cfg["filters"]
+            weights += depth * filters
+        else:
+            filters = depth
+        bias = filters if cfg.get("use_bias", True) else 0
+        return _join(filters, out, cfg), weights + bias, 0
+
+    return rule
+
+
+def pooling(rank: int) -> Rule:
+    def rule(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+        shape = _rank(_one(shapes), rank + 1, "(batch, spatial..., channels)")
+        channels, spatial = _split(shape, cfg)
+        pool = _tuple(cfg.get("pool_size", 2), rank)
+        strides = pool if cfg.get("strides") is None else _tuple(cfg["strides"], rank)
+        padding = cfg.get("padding", "valid")
+        out = tuple(
+            _window(d, p, s, 1, padding) for d, p, s in zip(spatial, pool, strides, strict=False)
+        )
+        return _join(channels, out, cfg), 0, 0
+
+    return rule
+
+
+def global_pooling(rank: int) -> Rule:
+    def rule(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+        shape = _rank(_one(shapes), rank + 1, "(batch, spatial..., channels)")
+        channels, _ = _split(shape, cfg)
+        if cfg.get("keepdims", False):
+            return _join(channels, (1,) * rank, cfg), 0, 0
+        return (channels,), 0, 0
+
+    return rule
+
+
+def _axis_dims(shape: Shape, axes: Any) -> list[int]:
+    """The sizes on Keras axes (which count the batch axis as 0), each known."""
+    dims = []
+    for axis in axes if isinstance(axes, list | tuple) else [axes]:
+        full = len(shape) + 1
+        if not -full <= axis < full or axis % full == 0:
+            raise ShapeMismatch(
+                f"axis {axis} is not a feature axis of {show(shape)}",
+                f"an axis in 1..{full - 1} or -{full - 1}..-1",
+            )
+        dims.append(_known(shape[axis % full - 1], f"axis {axis}", shape))
+    return dims
+
+
+def batch_normalization(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+    shape = _one(shapes)
+    (size,) = _axis_dims(shape, cfg.get("axis", -1))
+    trainable = size * (int(cfg.get("center", True)) + int(cfg.get("scale", True)))
+    return shape, trainable, 2 * size
+
+
+def layer_normalization(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+    shape = _one(shapes)
+    size = math.prod(_axis_dims(shape, cfg.get("axis", -1)))
+    rms = cfg.get("rms_scaling", False)
+    gamma = size if cfg.get("scale", True) or rms else 0
+    beta = size if cfg.get("center", True) and not rms else 0
+    return shape, gamma + beta, 0
+
+
+def prelu(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+    shape = _one(shapes)
+    shared = set(cfg.get("shared_axes") or [])
+    sizes = [1 if i in shared else _known(d, f"axis {i}", shape) for i, d in enumerate(shape, 1)]
+    return shape, math.prod(sizes), 0
+
+
+def embedding(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+    shape = _one(shapes)
+    return (*shape, cfg["output_dim"]), cfg["input_dim"] * cfg["output_dim"], 0
+
+
+def _recurrent_params(class_name: str, cfg: dict[str, Any], features: int) -> int:
+    units = cfg["units"]
+    bias = units if cfg.get("use_bias", True) else 0
+    if class_name == "LSTM":
+        return 4 * (features * units + units * units + bias)
+    if class_name == "GRU":
+        # reset_after (the default) keeps separate input and recurrent biases.
+        if cfg.get("reset_after", True) and cfg.get("use_bias", True):
+            bias = 2 * units
+        return 3 * (features * units + units * units + bias)
+    return features * units + units * units + bias
+
+
+def _recurrent_input(shapes: list[Shape]) -> tuple[Shape, int]:
+    shape = _rank(_one(shapes), 2, "(batch, timesteps, features)")
+    return shape, _known(shape[1], "features axis", shape)
+
+
+def _refuse_state(cfg: dict[str, Any]) -> None:
+    if cfg.get("return_state"):
+        raise ShapeMismatch(
+            "return_state gives several outputs, which a layer in this grammar cannot have",
+            "return_state: false",
+        )
+
+
+def recurrent(class_name: str) -> Rule:
+    def rule(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+        _refuse_state(cfg)
+        shape, features = _recurrent_input(shapes)
+        out = (shape[0], cfg["units"]) if cfg.get("return_sequences") else (cfg["units"],)
+        return out, _recurrent_params(class_name, cfg, features), 0
+
+    return rule
+
+
+def bidirectional(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+    forward = cfg["layer"]
+    backward = cfg.get("backward_layer") or forward
+    shape, features = _recurrent_input(shapes)
+    for inner in (forward, backward):
+        _refuse_state(inner["config"])
+    params = sum(
+        _recurrent_params(inner["class_name"], inner["config"], features)
+        for inner in (forward, backward)
+    )
+    merge = cfg.get("merge_mode", "concat")
+    if merge is None:
+        raise ShapeMismatch(
+            "merge_mode null gives two outputs, which a layer in this grammar cannot have",
+            "merge_mode 'concat', 'sum', 'mul' or 'ave'",
+        )
+    units = forward["config"]["units"]
+    if merge == "concat":
+        units += backward["config"]["units"]
+    out = (shape[0], units) if forward["config"].get("return_sequences") else (units,)
+    return out, params, 0
+
+
+def _several(shapes: list[Shape], least: int = 2) -> None:
+    if len(shapes) < least:
+        raise ShapeMismatch(
+            f"a merge layer takes at least {least} inputs, it was given {len(shapes)}",
+            f"at least {least} inputs",
+        )
+    ranks = {len(s) for s in shapes}
+    if len(ranks) != 1:
+        raise ShapeMismatch(
+            "the inputs have different ranks: " + ", ".join(show(s) for s in shapes),
+            "inputs of one rank",
+        )
+
+
+def concatenate(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+    _several(shapes, least=1)
+    rank = len(shapes[0])
+    axis = cfg.get("axis", -1)
+    if not -rank <= axis <= rank or axis == 0 or axis == -rank - 1:
+        raise ShapeMismatch(
+            f"axis {axis} is not a feature axis of {show(shapes[0])}",
+            f"an axis in 1..{rank} or -{rank}..-1",
+        )
+    index = axis - 1 if axis > 0 else rank + axis
+    out: list[int | None] = list(shapes[0])
+    for shape in shapes[1:]:
+        for i, (a, b) in enumerate(zip(out, shape, strict=True)):
+            if i != index and a is not None and b is not None and a != b:
+                raise ShapeMismatch(
+                    "cannot concatenate "
+                    + " and ".join(show(s) for s in shapes)
+                    + f" on axis {axis}: they differ on another axis",
+                    f"shapes equal except on axis {axis}",
+                )
+        a, b = out[index], shape[index]
+        out[index] = None if a is None or b is None else a + b
+    return tuple(out), 0, 0
+
+
+def elementwise(least: int, most: int | None = None) -> Rule:
+    def rule(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+        _several(shapes, least)
+        if most is not None and len(shapes) > most:
+            raise ShapeMismatch(
+                f"the layer takes exactly {most} inputs, it was given {len(shapes)}",
+                f"exactly {most} inputs",
+            )
+        out: list[int | None] = list(shapes[0])
+        for shape in shapes[1:]:
+            for i, (a, b) in enumerate(zip(out, shape, strict=True)):
+                if a is None or b is None:
+                    out[i] = None
+                elif a == 1 or b == 1:
+                    out[i] = max(a, b)
+                elif a != b:
+                    raise ShapeMismatch(
+                        "inputs of shapes "
+                        + " and ".join(show(s) for s in shapes)
+                        + " cannot be combined element-wise",
+                        "inputs of equal shapes (or 1 where they differ)",
+                    )
+        return tuple(out), 0, 0
+
+    return rule
+
+
+RULES: dict[str, Rule] = {
+    "InputLayer": identity,
+    "Dense": dense,
+    "Activation": identity,
+    "Dropout": identity,
+    "GaussianNoise": identity,
+    "SpatialDropout1D": spatial_dropout(1),
+    "SpatialDropout2D": spatial_dropout(2),
+    "Flatten": flatten,
+    "Reshape": reshape,
+    "Permute": permute,
+    "RepeatVector": repeat_vector,
+    "ZeroPadding1D": padding_or_cropping(1, 1, "padding", 1),
+    "ZeroPadding2D": padding_or_cropping(2, 1, "padding", (1, 1)),
+    "Cropping1D": padding_or_cropping(1, -1, "cropping", (1, 1)),
+    "Cropping2D": padding_or_cropping(2, -1, "cropping", ((0, 0), (0, 0))),
+    "UpSampling1D": up_sampling(1),
+    "UpSampling2D": up_sampling(2),
+    "Conv1D": conv(1),
+    "Conv2D": conv(2),
+    "Conv3D": conv(3),
+    "Conv2DTranspose": conv_transpose(2),
+    "SeparableConv2D": depthwise_conv(separable=True),
+    "DepthwiseConv2D": depthwise_conv(separable=False),
+    "MaxPooling1D": pooling(1),
+    "MaxPooling2D": pooling(2),
+    "MaxPooling3D": pooling(3),
+    "AveragePooling1D": pooling(1),
+    "AveragePooling2D": pooling(2),
+    "AveragePooling3D": pooling(3),
+    "GlobalAveragePooling1D": global_pooling(1),
+    "GlobalAveragePooling2D": global_pooling(2),
+    "GlobalMaxPooling1D": global_pooling(1),
+    "GlobalMaxPooling2D": global_pooling(2),
+    "BatchNormalization": batch_normalization,
+    "LayerNormalization": layer_normalization,
+    "ReLU": identity,
+    "LeakyReLU": identity,
+    "PReLU": prelu,
+    "ELU": identity,
+    "Softmax": identity,
+    "Embedding": embedding,
+    "LSTM": recurrent("LSTM"),
+    "GRU": recurrent("GRU"),
+    "SimpleRNN": recurrent("SimpleRNN"),
+    "Bidirectional": bidirectional,
+    "Concatenate": concatenate,
+    "Add": elementwise(2),
+    "Multiply": elementwise(2),
+    "Average": elementwise(2),
+    "Subtract": elementwise(2, 2),
+    "Rescaling": identity,
+}
+
+
+def infer_model(
+    model: dict[str, Any], settings: Settings, *, paths: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Walk the normalized model in order: each layer's output shape and parameters, then the cap.
+
+    `paths` maps layer names to JSON pointers into the request (default `/model/layers/<i>`).
+    Raises InvalidRequest with every shape mismatch found, or with the total over
+    `settings.max_params`; returns the summary otherwise.
+    """
+    summary = summarize_model(model, paths=paths)
+    total, cap = summary["total_params"], settings.max_params
+    if total > cap:
+        raise InvalidRequest(
+            f"The model has {total:,} parameters, over the cap of {cap:,}.",
+            errors=[
+                FieldError(
+                    "/model",
+                    f"the model has {total:,} parameters, more than the cap of {cap:,}",
+                    f"at most {cap:,} parameters",
+                    total,
+                )
+            ],
+        )
+    return summary
+
+
+def summarize_model(
+    model: dict[str, Any], *, paths: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The summary of a normalized model without the cap; InvalidRequest on shape mismatches."""
+    shapes: dict[str, Shape | None] = {i["name"]: tuple(i["shape"]) for i in model["inputs"]}
+    rows, errors = [], []
+    trainable = non_trainable = 0
+    for index, layer in enumerate(model["layers"]):
+        name, class_name = layer["name"], layer["class_name"]
+        given = [shapes.get(source) for source in layer["inbound"]]
+        shapes[name] = None
+        if any(shape is None for shape in given):
+            continue  # an earlier layer's mismatch is already reported
+        try:
+            out, train, frozen = RULES[class_name](layer["config"], given)
+        except ShapeMismatch as error:
+            path = (paths or {}).get(name, f"/model/layers/{index}")
+            received = ", ".join(show(shape) for shape in given)
+            errors.append(
+                FieldError(
+                    path,
+                    f"layer '{name}' ({class_name}): {error.message}",
+                    error.expected,
+                    f"input shape {received}",
+                )
+            )
+            continue
+        shapes[name] = out
+        trainable += train
+        non_trainable += frozen
+        rows.append(_row(name, class_name, out, train + frozen))
+    if errors:
+        raise InvalidRequest(
+            f"{len(errors)} layer(s) cannot take the shapes they are given.", errors=errors
+        )
+    return {
+        "layers": rows,
+        "total_params": trainable + non_trainable,
+        "trainable_params": trainable,
+        "non_trainable_params": non_trainable,
+        "inputs": [
+            {"name": i["name"], "shape": _batched(tuple(i["shape"])), "dtype": i["dtype"]}
+            for i in model["inputs"]
+        ],
+        "outputs": [{"name": o, "shape": _batched(shapes[o])} for o in model["outputs"]],
+    }
+
+
+def _batched(shape: Shape | None) -> list[int | None]:
+    return [None, *(shape or ())]
+
+
+def _row(name: str, class_name: str, shape: Shape, params: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "class_name": class_name,
+        "output_shape": _batched(shape),
+        "params": params,
+    }
+
+
+def model_with_preprocessing(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec's model with `data.preprocess.x` as named layers right after each input.
+
+    An input with a reshape takes the raw shape of its array (`raw_shape`), so the built model
+    and its exports take raw data; the first layers are rewired to read the last added layer.
+    """
+    model = spec["model"]
+    preprocess = spec.get("data", {}).get("preprocess", {}).get("x", {})
+    inputs, front, rename = [], [], {}
+    taken = {layer["name"] for layer in model["layers"]}
+    for given in model["inputs"]:
+        name, steps = given["name"], preprocess.get(given["name"])
+        source, shape = name, given["shape"]
+        for config, suffix in _preprocess_layers(steps or {}):
+            layer_name = _free_name(f"{name}_{suffix}", taken)
+            front.append(
+                {
+                    "name": layer_name,
+                    "class_name": suffix.title(),
+                    "config": config,
+                    "inbound": [source],
+                }
+            )
+            source = layer_name
+        if steps and steps.get("reshape") is not None:
+            shape = steps["raw_shape"]
+        inputs.append({**given, "shape": list(shape)})
+        rename[name] = source
+    layers = [
+        {**layer, "inbound": [rename.get(source, source) for source in layer["inbound"]]}
+        for layer in model["layers"]
+    ]
+    outputs = [rename.get(name, name) for name in model["outputs"]]
+    return {"inputs": inputs, "layers": front + layers, "outputs": outputs}
+
+
+def _preprocess_layers(steps: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    out = []
+    if steps.get("scale") is not None or steps.get("offset") is not None:
+        scale = 1.0 if steps.get("scale") is None else steps["scale"]
+        out.append(({"scale": scale, "offset": steps.get("offset") or 0.0}, "rescaling"))
+    if steps.get("reshape") is not None:
+        out.append(({"target_shape": list(steps["reshape"])}, "reshape"))
+    return out
+
+
+def _free_name(name: str, taken: set[str]) -> str:
+    candidate, n = name, 0
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}_{n}"
+    taken.add(candidate)
+    return candidate
+
+
+def summarize(spec: dict[str, Any]) -> dict[str, Any]:
+    """The summary of a normalized spec's model as built: preprocessing layers included."""
+    return summarize_model(model_with_preprocessing(spec))

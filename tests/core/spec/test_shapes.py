@@ -1,0 +1,318 @@
+"""The shape and parameter formulas against Keras itself, for every allowlisted layer."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import keras
+import pytest
+
+from core.errors import InvalidRequest
+from core.settings import Settings
+from core.spec.shapes import RULES, infer_model
+
+LSTM8 = {"class_name": "LSTM", "config": {"units": 8}}
+GRU_SEQ = {"class_name": "GRU", "config": {"units": 4, "return_sequences": True}}
+
+# (class_name, config, input shapes without the batch axis)
+CASES: list[tuple[str, dict[str, Any], list[list[int | None]]]] = [
+    ("InputLayer", {}, [[5]]),
+    ("Dense", {"units": 7}, [[5]]),
+    ("Dense", {"units": 3, "use_bias": False}, [[4, 6]]),
+    ("Dense", {"units": 2}, [[None, 3]]),
+    ("Activation", {"activation": "relu"}, [[3, 4]]),
+    ("Dropout", {"rate": 0.5}, [[10]]),
+    ("SpatialDropout1D", {"rate": 0.2}, [[6, 3]]),
+    ("SpatialDropout2D", {"rate": 0.2}, [[6, 5, 3]]),
+    ("GaussianNoise", {"stddev": 0.1}, [[4]]),
+    ("Flatten", {}, [[3, 4, 5]]),
+    ("Flatten", {}, [[None, 4]]),
+    ("Reshape", {"target_shape": [4, 6]}, [[24]]),
+    ("Reshape", {"target_shape": [-1, 3]}, [[4, 6]]),
+    ("Permute", {"dims": [2, 1]}, [[3, 5]]),
+    ("Permute", {"dims": [3, 1, 2]}, [[2, 3, 4]]),
+    ("RepeatVector", {"n": 4}, [[6]]),
+    ("ZeroPadding1D", {"padding": 2}, [[7, 3]]),
+    ("ZeroPadding1D", {"padding": [1, 3]}, [[7, 3]]),
+    ("ZeroPadding2D", {"padding": 1}, [[5, 6, 2]]),
+    ("ZeroPadding2D", {"padding": [[1, 2], [0, 3]]}, [[5, 6, 2]]),
+    ("ZeroPadding2D", {"padding": [1, 2], "data_format": "channels_first"}, [[2, 5, 6]]),
+    ("Cropping1D", {"cropping": [1, 2]}, [[9, 3]]),
+    ("Cropping2D", {"cropping": [[1, 1], [2, 0]]}, [[8, 7, 3]]),
+    ("Cropping2D", {"cropping": 2}, [[8, 7, 3]]),
+    ("UpSampling1D", {"size": 3}, [[4, 2]]),
+    ("UpSampling2D", {"size": [2, 3]}, [[4, 5, 2]]),
+    ("UpSampling2D", {"size": 2, "data_format": "channels_first"}, [[2, 4, 5]]),
+    ("Conv1D", {"filters": 4, "kernel_size": 3}, [[10, 2]]),
+    (
+        "Conv1D",
+        {"filters": 4, "kernel_size": 3, "padding": "causal", "dilation_rate": 2},
+        [[10, 2]],
+    ),
+    ("Conv1D", {"filters": 6, "kernel_size": 2, "strides": 2, "groups": 2}, [[None, 4]]),
+    ("Conv2D", {"filters": 8, "kernel_size": 3}, [[12, 12, 3]]),
+    (
+        "Conv2D",
+        {"filters": 8, "kernel_size": [3, 2], "strides": 2, "padding": "same"},
+        [[11, 9, 3]],
+    ),
+    (
+        "Conv2D",
+        {"filters": 5, "kernel_size": 3, "dilation_rate": 2, "use_bias": False},
+        [[12, 12, 1]],
+    ),
+    ("Conv2D", {"filters": 4, "kernel_size": 3, "data_format": "channels_first"}, [[3, 9, 9]]),
+    ("Conv3D", {"filters": 2, "kernel_size": 2}, [[5, 6, 7, 3]]),
+    (
+        "Conv3D",
+        {"filters": 2, "kernel_size": [1, 2, 3], "strides": [1, 2, 2], "padding": "same"},
+        [[5, 6, 7, 3]],
+    ),
+    ("Conv2DTranspose", {"filters": 4, "kernel_size": 3}, [[5, 5, 2]]),
+    (
+        "Conv2DTranspose",
+        {"filters": 4, "kernel_size": 3, "strides": 2, "padding": "same"},
+        [[5, 6, 2]],
+    ),
+    (
+        "Conv2DTranspose",
+        {"filters": 3, "kernel_size": 4, "strides": 3, "output_padding": 1},
+        [[5, 5, 2]],
+    ),
+    (
+        "Conv2DTranspose",
+        {"filters": 3, "kernel_size": 3, "dilation_rate": 2, "use_bias": False},
+        [[5, 5, 2]],
+    ),
+    ("SeparableConv2D", {"filters": 6, "kernel_size": 3}, [[9, 9, 4]]),
+    (
+        "SeparableConv2D",
+        {"filters": 6, "kernel_size": 3, "depth_multiplier": 2, "padding": "same", "strides": 2},
+        [[9, 9, 4]],
+    ),
+    ("DepthwiseConv2D", {"kernel_size": 3}, [[8, 8, 3]]),
+    ("DepthwiseConv2D", {"kernel_size": 2, "depth_multiplier": 3, "use_bias": False}, [[8, 8, 3]]),
+    ("MaxPooling1D", {}, [[9, 3]]),
+    ("MaxPooling1D", {"pool_size": 3, "strides": 1, "padding": "same"}, [[9, 3]]),
+    ("MaxPooling2D", {"pool_size": [2, 3]}, [[9, 10, 2]]),
+    ("MaxPooling2D", {"pool_size": 2, "strides": 1, "data_format": "channels_first"}, [[2, 5, 5]]),
+    ("MaxPooling3D", {"pool_size": 2}, [[4, 5, 6, 2]]),
+    ("AveragePooling1D", {"pool_size": 2, "strides": 3}, [[10, 2]]),
+    ("AveragePooling2D", {"pool_size": 3, "padding": "same"}, [[7, 8, 2]]),
+    ("AveragePooling3D", {"pool_size": [1, 2, 2]}, [[4, 5, 6, 2]]),
+    ("GlobalAveragePooling1D", {}, [[7, 3]]),
+    ("GlobalAveragePooling2D", {"keepdims": True}, [[7, 5, 3]]),
+    ("GlobalMaxPooling1D", {"keepdims": True}, [[7, 3]]),
+    ("GlobalMaxPooling2D", {"data_format": "channels_first"}, [[3, 7, 5]]),
+    ("BatchNormalization", {}, [[5]]),
+    ("BatchNormalization", {"axis": 1, "center": False}, [[4, 6, 6]]),
+    ("BatchNormalization", {"scale": False}, [[6, 6, 3]]),
+    ("LayerNormalization", {}, [[5, 3]]),
+    ("LayerNormalization", {"axis": [1, 2], "center": False}, [[5, 3]]),
+    ("LayerNormalization", {"rms_scaling": True}, [[5, 3]]),
+    ("ReLU", {"max_value": 6.0}, [[4]]),
+    ("LeakyReLU", {"negative_slope": 0.2}, [[4]]),
+    ("PReLU", {}, [[4, 3]]),
+    ("PReLU", {"shared_axes": [1, 2]}, [[4, 5, 3]]),
+    ("ELU", {"alpha": 0.5}, [[4]]),
+    ("Softmax", {"axis": -1}, [[4]]),
+    ("Embedding", {"input_dim": 50, "output_dim": 8}, [[12]]),
+    ("Embedding", {"input_dim": 30, "output_dim": 4}, [[None]]),
+    ("LSTM", {"units": 8}, [[5, 3]]),
+    ("LSTM", {"units": 4, "return_sequences": True, "use_bias": False}, [[None, 3]]),
+    ("GRU", {"units": 6}, [[5, 3]]),
+    ("GRU", {"units": 6, "reset_after": False}, [[5, 3]]),
+    ("GRU", {"units": 2, "return_sequences": True, "use_bias": False}, [[5, 3]]),
+    ("SimpleRNN", {"units": 5}, [[5, 3]]),
+    ("SimpleRNN", {"units": 5, "return_sequences": True}, [[5, 3]]),
+    ("Bidirectional", {"layer": LSTM8}, [[5, 3]]),
+    ("Bidirectional", {"layer": GRU_SEQ, "merge_mode": "sum"}, [[5, 3]]),
+    ("Bidirectional", {"layer": GRU_SEQ, "merge_mode": "concat"}, [[None, 3]]),
+    (
+        "Bidirectional",
+        {"layer": {"class_name": "SimpleRNN", "config": {"units": 3}}, "merge_mode": "ave"},
+        [[5, 3]],
+    ),
+    (
+        "Bidirectional",
+        {
+            "layer": LSTM8,
+            "merge_mode": "mul",
+            "backward_layer": {"class_name": "LSTM", "config": {"units": 8, "go_backwards": True}},
+        },
+        [[5, 3]],
+    ),
+    ("Concatenate", {}, [[4], [6]]),
+    ("Concatenate", {"axis": 1}, [[2, 3], [5, 3]]),
+    ("Add", {}, [[4, 3], [4, 3]]),
+    ("Add", {}, [[4, 3], [4, 3], [4, 3]]),
+    ("Multiply", {}, [[4], [4]]),
+    ("Average", {}, [[1, 3], [4, 3]]),
+    ("Subtract", {}, [[6], [6]]),
+    ("Rescaling", {"scale": 0.5, "offset": 1.0}, [[4]]),
+]
+
+
+def keras_layer(class_name: str, config: dict[str, Any]):
+    """Keras's own layer, built from the test's literal config (the tests' reference only)."""
+    config = dict(config)
+    for key in ("layer", "backward_layer"):
+        if key in config:
+            inner = config[key]
+            config[key] = getattr(keras.layers, inner["class_name"])(**inner["config"])
+    return getattr(keras.layers, class_name)(**config)
+
+
+def one_layer_model(class_name: str, config: dict[str, Any], shapes: list[list[int | None]]):
+    inputs = [{"name": f"in{i}", "shape": s, "dtype": "float32"} for i, s in enumerate(shapes)]
+    layer = {
+        "name": "probe",
+        "class_name": class_name,
+        "config": config,
+        "inbound": [i["name"] for i in inputs],
+    }
+    return {"inputs": inputs, "layers": [layer], "outputs": ["probe"]}
+
+
+def test_every_allowlisted_layer_has_a_case():
+    assert {case[0] for case in CASES} == set(RULES)
+
+
+@pytest.mark.parametrize(
+    ("class_name", "config", "shapes"),
+    CASES,
+    ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)],
+)
+def test_formula_equals_keras(class_name, config, shapes):
+    summary = infer_model(one_layer_model(class_name, config, shapes), Settings())
+    if class_name == "InputLayer":
+        layer = keras.layers.InputLayer(shape=tuple(shapes[0]))
+        expected_shape, params, trainable = (None, *shapes[0]), 0, 0
+    else:
+        layer = keras_layer(class_name, config)
+        tensors = [keras.Input(shape=tuple(s)) for s in shapes]
+        output = layer(tensors if len(tensors) > 1 else tensors[0])
+        expected_shape = tuple(output.shape)
+        params = layer.count_params()
+        trainable = sum(int(w.numpy().size) for w in layer.trainable_weights)
+    (row,) = summary["layers"]
+    assert tuple(row["output_shape"]) == expected_shape
+    assert row["params"] == params
+    assert summary["trainable_params"] == trainable
+    assert summary["non_trainable_params"] == params - trainable
+
+
+def test_summary_names_inputs_outputs_and_totals():
+    model = {
+        "inputs": [{"name": "pixels", "shape": [784], "dtype": "float32"}],
+        "layers": [
+            {
+                "name": "dense",
+                "class_name": "Dense",
+                "config": {"units": 32},
+                "inbound": ["pixels"],
+            },
+            {
+                "name": "output",
+                "class_name": "Dense",
+                "config": {"units": 10},
+                "inbound": ["dense"],
+            },
+        ],
+        "outputs": ["output"],
+    }
+    summary = infer_model(model, Settings())
+    assert summary["total_params"] == 784 * 32 + 32 + 32 * 10 + 10
+    assert summary["inputs"] == [{"name": "pixels", "shape": [None, 784], "dtype": "float32"}]
+    assert summary["outputs"] == [{"name": "output", "shape": [None, 10]}]
+    assert [row["name"] for row in summary["layers"]] == ["dense", "output"]
+
+
+def test_ten_billion_parameters_refused_quickly():
+    layers = [
+        {"name": "dense", "class_name": "Dense", "config": {"units": 100_000}, "inbound": ["input"]}
+    ]
+    layers += [
+        {
+            "name": "dense_1",
+            "class_name": "Dense",
+            "config": {"units": 100_000},
+            "inbound": ["dense"],
+        }
+    ]
+    model = {
+        "inputs": [{"name": "input", "shape": [100_000], "dtype": "float32"}],
+        "layers": layers,
+        "outputs": ["dense_1"],
+    }
+    start = time.perf_counter()
+    with pytest.raises(InvalidRequest) as caught:
+        infer_model(model, Settings(max_params=50_000_000))
+    assert time.perf_counter() - start < 2
+    (error,) = caught.value.errors
+    assert error.path == "/model"
+    assert "20,000,200,000 parameters" in error.message
+    assert "50,000,000" in error.message
+    assert error.received == 20_000_200_000
+
+
+@pytest.mark.parametrize(
+    ("class_name", "config", "shapes", "words"),
+    [
+        ("Concatenate", {}, [[4, 3], [5, 2]], ["(None, 4, 3)", "(None, 5, 2)"]),
+        ("Reshape", {"target_shape": [5, 5]}, [[24]], ["(None, 24)", "[5, 5]", "25 values"]),
+        ("Conv2D", {"filters": 2, "kernel_size": 3}, [[10]], ["rank 4", "(None, 10)"]),
+        ("Conv1D", {"filters": 2, "kernel_size": 5}, [[3, 1]], ["window of 5", "length of 3"]),
+        ("Add", {}, [[4], [5]], ["(None, 4)", "(None, 5)"]),
+        ("Subtract", {}, [[4], [4], [4]], ["exactly 2 inputs"]),
+        ("LSTM", {"units": 3}, [[4]], ["rank 3", "(None, 4)"]),
+        ("Dense", {"units": 3}, [[None]], ["last axis", "(None, None)"]),
+        ("Permute", {"dims": [1, 3]}, [[2, 3]], ["[1, 3]", "[1, 2]"]),
+        ("Cropping1D", {"cropping": [3, 3]}, [[5, 2]], ["cropping 6", "length of 5"]),
+    ],
+)
+def test_shape_mismatch_names_the_layer_and_both_shapes(class_name, config, shapes, words):
+    model = one_layer_model(class_name, config, shapes)
+    with pytest.raises(InvalidRequest) as caught:
+        infer_model(model, Settings(), paths={"probe": "/model/config/layers/3"})
+    (error,) = caught.value.errors
+    assert error.path == "/model/config/layers/3"
+    text = f"{error.message} {error.received} {error.expected}"
+    assert "'probe'" in error.message
+    for word in words:
+        assert word in text
+    assert error.expected
+
+
+def test_every_mismatch_is_reported_and_dependents_are_skipped():
+    model = {
+        "inputs": [
+            {"name": "a", "shape": [4], "dtype": "float32"},
+            {"name": "b", "shape": [3, 3], "dtype": "float32"},
+        ],
+        "layers": [
+            {
+                "name": "bad_conv",
+                "class_name": "Conv1D",
+                "config": {"filters": 1, "kernel_size": 2},
+                "inbound": ["a"],
+            },
+            {
+                "name": "after",
+                "class_name": "Dense",
+                "config": {"units": 2},
+                "inbound": ["bad_conv"],
+            },
+            {
+                "name": "bad_reshape",
+                "class_name": "Reshape",
+                "config": {"target_shape": [4]},
+                "inbound": ["b"],
+            },
+        ],
+        "outputs": ["after", "bad_reshape"],
+    }
+    with pytest.raises(InvalidRequest) as caught:
+        infer_model(model, Settings())
+    assert [e.path for e in caught.value.errors] == ["/model/layers/0", "/model/layers/2"]
