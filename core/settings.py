@@ -27,6 +27,11 @@ class Settings:
     max_job_seconds: int = 24 * 3600
     max_attempts: int = 3
     max_gpus_per_job: int = 8
+    # Workers' devices (core.devices): memory growth on every visible GPU; `cpu_replicas` > 1
+    # splits the CPU into that many logical devices, a test aid so the multi-GPU path runs
+    # under MirroredStrategy on a machine without GPUs.
+    gpu_memory_growth: bool = True
+    cpu_replicas: int = 1
     keep_checkpoints: int = 3
     lease_seconds: int = 30
     heartbeat_seconds: int = 5

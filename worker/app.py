@@ -22,4 +22,8 @@ def import_tensorflow(**_: object) -> None:
     """The pool child imports TensorFlow once, before its first task; the parent never does."""
     import tensorflow as tf
 
+    from core.devices import configure_devices
+
+    configure_devices(settings)
+
     log.info("tensorflow %s imported devices=%s", tf.__version__, tf.config.list_logical_devices())
