@@ -1,0 +1,40 @@
+"""The API served for real over HTTP (werkzeug in a thread, on a free port) for the client."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from werkzeug.serving import make_server
+
+from core.keys import hash_key
+from core.settings import Settings
+from service import create_app
+from tests.support.processes import free_port
+
+API_KEY = "fs_client-test-key"
+
+
+def serve(settings: Settings) -> Iterator[str]:
+    """Serve the app built from `settings` until the test ends; yields its base URL."""
+    port = free_port()
+    server = make_server("127.0.0.1", port, create_app(settings), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+@pytest.fixture
+def server_url(settings: Settings) -> Iterator[str]:
+    yield from serve(settings)
+
+
+@pytest.fixture
+def keyed_server_url(settings: Settings) -> Iterator[str]:
+    """A server that needs `API_KEY` on every /v1 route."""
+    yield from serve(settings.with_overrides(api_keys=f"alice:{hash_key(API_KEY)}"))
