@@ -1,0 +1,84 @@
+"""A live keras.Model becomes a job request: its to_json() and its compile settings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from client import spec_from_keras
+
+
+@pytest.fixture(scope="module")
+def keras():
+    import keras
+
+    return keras
+
+
+def seed_model(keras):
+    """The Keras docs' first Sequential model."""
+    model = keras.Sequential(
+        [
+            keras.Input((784,)),
+            keras.layers.Dense(32, kernel_initializer="he_normal"),
+            keras.layers.Activation("relu"),
+            keras.layers.Dense(10, kernel_initializer="he_normal"),
+            keras.layers.Activation("softmax"),
+        ]
+    )
+    model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_spec_carries_the_models_json_and_its_compile_settings(keras):
+    model = seed_model(keras)
+    spec = spec_from_keras(model, "ab" * 16, fit={"epochs": 2}, name="seed", seed=7)
+    assert spec["model"] == json.loads(model.to_json())
+    assert spec["data"] == {"dataset": "ab" * 16, "x": "x", "y": "y"}
+    assert spec["fit"] == {"epochs": 2}
+    assert (spec["name"], spec["seed"]) == ("seed", 7)
+    compile_section = spec["compile"]
+    assert compile_section["loss"] == "categorical_crossentropy"
+    assert compile_section["metrics"] == ["accuracy"]
+    assert compile_section["optimizer"]["class_name"] == "RMSprop"
+    assert compile_section["optimizer"]["config"]["learning_rate"] == pytest.approx(0.001)
+    # Keras's serialization wrappers are dropped, and so are options left unset.
+    assert "module" not in compile_section["optimizer"]
+    assert "run_eagerly" not in compile_section
+    assert "loss_weights" not in compile_section
+    json.dumps(spec, allow_nan=False)
+
+
+def test_objects_in_compile_settings_become_class_name_and_config(keras):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=10, decay_rate=0.9)
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=keras.losses.MeanSquaredError(),
+        metrics=[keras.metrics.MeanAbsoluteError()],
+    )
+    section = spec_from_keras(model, {"dataset": "cd" * 16, "x": "a", "y": "b"})["compile"]
+    assert section["loss"] == {
+        "class_name": "MeanSquaredError",
+        "config": {"name": "mean_squared_error", "reduction": "sum_over_batch_size"},
+    }
+    assert section["optimizer"]["config"]["learning_rate"] == {
+        "class_name": "ExponentialDecay",
+        "config": {
+            "initial_learning_rate": 0.1,
+            "decay_steps": 10,
+            "decay_rate": 0.9,
+            "staircase": False,
+            "name": "ExponentialDecay",
+        },
+    }
+    assert section["metrics"][0]["class_name"] == "MeanAbsoluteError"
+
+
+def test_an_uncompiled_model_needs_a_compile_section(keras):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match=r"not compiled"):
+        spec_from_keras(model, "ab" * 16)
+    given = {"optimizer": "adam", "loss": "mse"}
+    assert spec_from_keras(model, "ab" * 16, compile=given)["compile"] == given
