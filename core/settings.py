@@ -19,6 +19,8 @@ class Settings:
     api_keys: str = ""
     max_upload_bytes: int = 1 << 30
     max_json_bytes: int = 16 << 20
+    # Uncompressed bytes one dataset may hold (an .npz expands; its members are checked first).
+    max_dataset_bytes: int = 4 << 30
     max_params: int = 50_000_000
     max_layers: int = 512
     max_epochs: int = 1000

@@ -30,11 +30,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     logging.getLogger("fitserve").setLevel(settings.log_level)
 
-    from service import auth, health, http, problems, validate
+    from service import auth, datasets, health, http, problems, validate
 
     http.install(app)
     auth.install(app)
     problems.register(app)
     app.register_blueprint(health.bp)
+    datasets.install(app)
     app.register_blueprint(validate.bp)
     return app

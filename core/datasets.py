@@ -1,0 +1,313 @@
+"""Datasets on the data volume: one `.npy` per array plus a manifest with per-array statistics.
+
+A dataset is assembled in a staging folder under the uploads folder (same filesystem), its
+manifest written last, and the whole folder renamed into `datasets/<id>`: a reader sees a complete
+dataset or none. Array files are named by position (`a0.npy`, ...); user strings are metadata only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from core import readers
+from core.errors import FieldError, InvalidData, InvalidRequest, NotFound, Unavailable
+from core.settings import Settings
+from core.storage import DataDir, check_id, new_id, read_json, sha256_file, utc_now, write_json
+
+MANIFEST = "manifest.json"
+MAX_LABELS = 256
+STALE_SECONDS = 6 * 3600
+_CURSOR = re.compile(r"(\d{4}-\d\d-\d\dT[\d:.]+Z)_([0-9a-f]{32})")
+
+
+def store_upload(
+    data: DataDir,
+    dataset_id: str,
+    source: Path,
+    *,
+    settings: Settings,
+    owner: str | None,
+    filename: str | None,
+    label: str = "label",
+    name: str = "x",
+) -> dict:
+    """Check and store an uploaded file (format read from its content); return the manifest."""
+    file_format = readers.detect_format(source)
+    size, digest = source.stat().st_size, sha256_file(source)
+    with _staging(data, dataset_id) as folder:
+        if file_format == "npy":
+            arrays = readers.read_npy(source, folder, name)
+        elif file_format == "npz":
+            arrays = readers.read_npz(source, folder, settings.max_dataset_bytes)
+        else:
+            arrays = readers.read_csv(source, folder, label)
+        origin = {"filename": filename, "format": file_format, "bytes": size, "sha256": digest}
+        return _finish(data, folder, dataset_id, arrays, origin, owner, "/file/arrays")
+
+
+def store_json(
+    data: DataDir, dataset_id: str, document: Any, body: bytes, *, owner: str | None
+) -> dict:
+    """Store `{"arrays": {name: nested lists}}`, already parsed from `body`; return the manifest."""
+    with _staging(data, dataset_id) as folder:
+        arrays = readers.arrays_from_json(document, folder)
+        origin = {
+            "filename": None,
+            "format": "json",
+            "bytes": len(body),
+            "sha256": hashlib.sha256(body).hexdigest(),
+        }
+        return _finish(data, folder, dataset_id, arrays, origin, owner, "/arrays")
+
+
+def load_manifest(data: DataDir, dataset_id: str) -> dict:
+    """The manifest of a stored dataset; NotFound for an unknown or malformed id."""
+    path = data.dataset(dataset_id) / MANIFEST
+    try:
+        return read_json(path)
+    except FileNotFoundError:
+        raise NotFound(f"No dataset with id {dataset_id!r}.") from None
+    except orjson.JSONDecodeError:
+        raise Unavailable(
+            f"The manifest of dataset {dataset_id} is unreadable.", code="corrupt_dataset"
+        ) from None
+
+
+def open_array(data: DataDir, dataset_id: str, name: str, *, verify: bool = False) -> np.ndarray:
+    """A stored array, memory-mapped read-only; `verify` checks its sha256 against the manifest."""
+    entry = load_manifest(data, dataset_id)["arrays"].get(name)
+    if entry is None:
+        raise NotFound(f"Dataset {dataset_id} has no array named {name!r}.")
+    path = data.dataset(dataset_id) / entry["file"]
+    if verify and sha256_file(path) != entry["sha256"]:
+        raise InvalidData(
+            f"Array {name!r} of dataset {dataset_id} does not match its manifest's sha256.",
+            code="corrupt_dataset",
+        )
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def list_manifests(
+    data: DataDir, *, visible: Callable[[str | None], bool], limit: int, cursor: str | None
+) -> tuple[list[dict], str | None]:
+    """A page of manifests, newest first, of datasets whose owner is `visible`; and the next
+    page's cursor (None on the last page)."""
+    after = _parse_cursor(cursor)
+    manifests = []
+    for folder in data.datasets.iterdir() if data.datasets.exists() else ():
+        with contextlib.suppress(NotFound, FileNotFoundError, orjson.JSONDecodeError):
+            manifest = read_json(data.dataset(folder.name) / MANIFEST)
+            if visible(manifest.get("owner")) and (after is None or _key(manifest) < after):
+                manifests.append(manifest)
+    manifests.sort(key=_key, reverse=True)
+    page = manifests[:limit]
+    more = len(manifests) > limit
+    return page, f"{page[-1]['created_at']}_{page[-1]['id']}" if more else None
+
+
+def delete_dataset(data: DataDir, dataset_id: str) -> None:
+    """Remove a dataset: renamed out of `datasets/` at once (readers never see half), then
+    deleted."""
+    folder = data.dataset(dataset_id)
+    trash = data.uploads / f"deleted-{dataset_id}-{new_id()}"
+    data.uploads.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.rename(trash)
+    except FileNotFoundError:
+        raise NotFound(f"No dataset with id {dataset_id!r}.") from None
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_stale(data: DataDir, older_than: float = STALE_SECONDS) -> None:
+    """Delete leftovers of interrupted uploads: staging files and folders, and dataset folders
+    without a manifest (never visible), once older than `older_than` seconds."""
+    cutoff = time.time() - older_than
+    candidates = list(data.uploads.iterdir()) if data.uploads.exists() else []
+    if data.datasets.exists():
+        candidates += [f for f in data.datasets.iterdir() if not (f / MANIFEST).exists()]
+    for path in candidates:
+        with contextlib.suppress(FileNotFoundError):
+            if path.lstat().st_mtime < cutoff:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink()
+
+
+@contextlib.contextmanager
+def _staging(data: DataDir, dataset_id: str) -> Iterator[Path]:
+    check_id(dataset_id, "dataset")
+    folder = data.uploads / f"staging-{dataset_id}"
+    folder.mkdir(parents=True)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _finish(
+    data: DataDir,
+    folder: Path,
+    dataset_id: str,
+    arrays: readers.Arrays,
+    origin: dict,
+    owner: str | None,
+    where: str,
+) -> dict:
+    """Describe every array, check they share their rows, write the manifest, move into place."""
+    described = {name: _describe(path) for name, path in arrays.files.items()}
+    rows = _common_rows(described, where)
+    manifest = {
+        "id": dataset_id,
+        "owner": owner,
+        "created_at": utc_now(),
+        "source": origin,
+        "rows": rows,
+        "bytes": sum(entry["bytes"] for entry in described.values()),
+        "arrays": described,
+        "classes": arrays.classes,
+    }
+    write_json(folder / MANIFEST, manifest)
+    _fsync_folder(folder)
+    data.datasets.mkdir(parents=True, exist_ok=True)
+    folder.rename(data.dataset(dataset_id))
+    _fsync_folder(data.datasets)
+    return manifest
+
+
+def _describe(path: Path) -> dict:
+    """One array's manifest entry: a single chunked pass for its sha256 and statistics."""
+    with open(path, "rb") as handle:
+        header = readers.read_npy_header(handle, "/file")
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    if array.shape != header.shape or array.dtype != header.dtype:
+        raise InvalidData(f"{path.name} does not load as its header declares.")
+    digest = hashlib.sha256()
+    stats = _Stats(header.dtype)
+    with open(path, "rb") as handle:
+        digest.update(handle.read(header.offset))
+        while chunk := handle.read(readers.CHUNK_BYTES):
+            digest.update(chunk)
+            stats.update(np.frombuffer(chunk, dtype=header.dtype))
+        os.fsync(handle.fileno())
+    return {
+        "file": path.name,
+        "shape": list(header.shape),
+        "dtype": header.dtype.name,
+        "bytes": path.stat().st_size,
+        "sha256": digest.hexdigest(),
+        "stats": stats.summary(),
+    }
+
+
+def _common_rows(described: dict[str, dict], where: str) -> int:
+    firsts = {entry["shape"][0] for entry in described.values()}
+    if len(firsts) == 1:
+        return firsts.pop()
+    raise InvalidData(
+        "The arrays differ in their first dimension (rows); every array needs the same rows.",
+        errors=[
+            FieldError(
+                readers.pointer(*where.strip("/").split("/"), name),
+                f"Array {name!r} has shape {entry['shape']}.",
+                "the same first dimension in every array",
+                entry["shape"],
+            )
+            for name, entry in described.items()
+        ],
+    )
+
+
+class _Stats:
+    """min/max over finite values, NaN and Inf counts, integer-valued, and up to 256 labels."""
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.floating = dtype.kind == "f"
+        self.bytewise = dtype.itemsize == 1
+        self.low: Any = None
+        self.high: Any = None
+        self.nan = 0
+        self.inf = 0
+        self.integer = True
+        self.labels: set | None = set()
+
+    def update(self, values: np.ndarray) -> None:
+        if values.dtype.kind == "b":
+            values = values.view(np.uint8)
+        if self.floating:
+            finite = np.isfinite(values)
+            nan = int(np.isnan(values).sum())
+            self.nan += nan
+            self.inf += int(values.size - finite.sum()) - nan
+            values = values[finite]
+            if self.integer and values.size:
+                self.integer = bool(np.array_equal(values, np.trunc(values)))
+        if not values.size:
+            return
+        low, high = values.min().item(), values.max().item()
+        self.low = low if self.low is None else min(self.low, low)
+        self.high = high if self.high is None else max(self.high, high)
+        self._update_labels(values)
+
+    def _update_labels(self, values: np.ndarray) -> None:
+        if self.labels is None:
+            return
+        if self.bytewise:
+            counts = np.bincount(values.view(np.uint8), minlength=256)
+            distinct = np.flatnonzero(counts).astype(np.uint8).view(values.dtype)
+        else:
+            distinct = np.unique(values)
+        if len(distinct) > MAX_LABELS:
+            self.labels = None
+            return
+        self.labels.update(distinct.tolist())
+        if len(self.labels) > MAX_LABELS:
+            self.labels = None
+
+    def summary(self) -> dict:
+        return {
+            "min": self.low,
+            "max": self.high,
+            "integer_valued": self.integer,
+            "nan": self.nan,
+            "inf": self.inf,
+            "labels": None if self.labels is None else sorted(self.labels),
+        }
+
+
+def _key(manifest: dict) -> tuple[str, str]:
+    return manifest["created_at"], manifest["id"]
+
+
+def _parse_cursor(cursor: str | None) -> tuple[str, str] | None:
+    if cursor is None:
+        return None
+    match = _CURSOR.fullmatch(cursor)
+    if match is None:
+        raise InvalidRequest(
+            "Bad query parameter cursor.",
+            errors=[
+                FieldError("/cursor", "Not a cursor this API gave out.", "a next_cursor", cursor)
+            ],
+        )
+    return match.group(1), match.group(2)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename inside `folder` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
