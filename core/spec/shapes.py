@@ -588,6 +588,8 @@ def summarize_model(
                 )
             )
             continue
+        if layer["config"].get("trainable") is False:
+            train, frozen = 0, train + frozen
         shapes[name] = out
         trainable += train
         non_trainable += frozen
