@@ -199,9 +199,10 @@ class Client:
         """Delete a finished job and its files (409 while it is live)."""
         self.request("DELETE", f"/v1/jobs/{segment(job_id)}")
 
-    def job_logs(self, job_id: str) -> Any:
-        """The job's training log as the server returns it."""
-        return self.request_json("GET", f"/v1/jobs/{segment(job_id)}/logs")
+    def job_logs(self, job_id: str, *, tail: int | None = None) -> list[str]:
+        """The last lines of the job's training log (the server's default: 1000)."""
+        params = {"tail": tail} if tail else {}
+        return self.request_json("GET", f"/v1/jobs/{segment(job_id)}/logs", params=params)["lines"]
 
     def job_metrics(self, job_id: str) -> dict[str, list]:
         """The job's history: `{metric: [value per epoch]}`."""

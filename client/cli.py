@@ -253,22 +253,9 @@ def jobs_rm(client: Client, args: argparse.Namespace) -> int:
 
 
 def jobs_logs(client: Client, args: argparse.Namespace) -> int:
-    logs = client.job_logs(args.id)
-    show(args, logs, print_logs)
+    lines = client.job_logs(args.id, tail=args.tail)
+    show(args, {"lines": lines}, lambda d: print("\n".join(d["lines"])))
     return 0
-
-
-def print_logs(logs: Any) -> None:
-    """The server's log document as plain lines, whatever its container shape."""
-    if isinstance(logs, dict):
-        logs = logs.get("lines", logs.get("text", logs.get("items", logs)))
-    if isinstance(logs, list):
-        for line in logs:
-            print(line if isinstance(line, str) else json.dumps(line))
-    elif isinstance(logs, str):
-        print(logs, end="" if logs.endswith("\n") else "\n")
-    else:
-        print_json(logs)
 
 
 def predict(client: Client, args: argparse.Namespace) -> int:
@@ -379,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_follow_options(follow)
     command(sub, "cancel", jobs_cancel, "cancel a job").add_argument("id")
     command(sub, "rm", jobs_rm, "delete a finished job").add_argument("id")
-    command(sub, "logs", jobs_logs, "print a job's training log").add_argument("id")
+    logs = command(sub, "logs", jobs_logs, "print a job's training log")
+    logs.add_argument("id")
+    logs.add_argument("--tail", type=int, help="only the last N lines (server default: 1000)")
 
     predicting = command(groups, "predict", predict, "predict with a trained model")
     predicting.add_argument("model", help="a job id, or a job name")

@@ -48,8 +48,9 @@ class JobFailed(FitserveError):
     def __init__(self, job: dict[str, Any]) -> None:
         self.job = job
         status = job.get("status")
-        reason = job.get("reason") or (job.get("error") or {}).get("reason") or status
-        message = job.get("message") or (job.get("error") or {}).get("message") or ""
+        error = job.get("error") or {}
+        reason = error.get("reason") or status
+        message = error.get("message") or ""
         detail = f"Job {job.get('id')} ended {status} ({reason})" + (
             f": {message}" if message else "."
         )

@@ -53,9 +53,9 @@ def job_fraction(job: dict[str, Any]) -> float | None:
 
 
 def job_metrics(job: dict[str, Any]) -> dict[str, Any] | None:
-    """The latest metrics the job record carries (its progress's, else the last epoch's)."""
-    progress = job.get("progress") or {}
-    return progress.get("metrics") or job.get("metrics") or job.get("last_metrics")
+    """The latest metrics the job record carries (`metrics.last`, the last epoch's)."""
+    metrics = job.get("metrics") or {}
+    return metrics.get("last") if isinstance(metrics.get("last"), dict) else None
 
 
 def render_job(job: dict[str, Any]) -> str:
@@ -75,8 +75,9 @@ def render_job(job: dict[str, Any]) -> str:
         parts.append(metrics)
     if status not in TERMINAL and progress.get("eta_seconds") is not None:
         parts.append(f"ETA {format_duration(progress['eta_seconds'])}")
-    if status in {"failed", "cancelled"} and (job.get("reason") or job.get("message")):
-        parts.append(f"{job.get('reason') or ''}: {job.get('message') or ''}".strip(": "))
+    error = job.get("error") or {}
+    if error.get("reason") or error.get("message"):
+        parts.append(f"{error.get('reason') or ''}: {error.get('message') or ''}".strip(": "))
     return "  ".join(parts)
 
 

@@ -16,8 +16,8 @@ def running(epoch: int, loss: float) -> dict:
             "epochs": 4,
             "fraction": epoch / 4,
             "eta_seconds": 75,
-            "metrics": {"val_loss": 0.5, "accuracy": 0.75, "loss": loss},
         },
+        "metrics": {"last": {"val_loss": 0.5, "accuracy": 0.75, "loss": loss}, "best": None},
     }
 
 
@@ -36,7 +36,8 @@ def test_render_shows_epoch_bar_metrics_loss_first_and_eta():
 
 
 def test_render_of_a_failed_job_names_the_reason():
-    line = render_job({"status": "failed", "reason": "nan_loss", "message": "loss became NaN"})
+    error = {"reason": "nan_loss", "message": "loss became NaN"}
+    line = render_job({"status": "failed", "error": error})
     assert line.startswith("failed")
     assert line.endswith("nan_loss: loss became NaN")
 
