@@ -1,0 +1,133 @@
+"""The `fit` section: `Model.fit`'s own argument names, bounded by the settings, and callbacks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.settings import Settings
+from core.spec.grammar import CALLBACK_CLASSES, RATE, REFUSED_CALLBACKS
+from core.spec.kinds import (
+    INVALID,
+    Boolean,
+    Catalog,
+    Integer,
+    Kind,
+    Nullable,
+    Number,
+    Place,
+    check_arguments,
+    check_class_name,
+)
+
+MAX_CALLBACKS = 16
+MAX_STEPS = 100_000_000
+CALLBACK_KEYS = ("module", "class_name", "config", "registered_name")
+CLASS_WEIGHT = Number(0)
+MAX_CLASSES = 100_000
+CALLBACK = Catalog("callback", (), CALLBACK_CLASSES)
+
+
+def fit_kinds(settings: Settings) -> dict[str, Kind]:
+    """Each fit argument's kind; the bounds come from the settings."""
+    batch = Integer(1, settings.max_batch_size)
+    steps = Nullable(Integer(1, MAX_STEPS))
+    return {
+        "batch_size": batch,
+        "epochs": Integer(1, settings.max_epochs),
+        "validation_split": RATE,
+        "shuffle": Boolean(),
+        "initial_epoch": Integer(0, settings.max_epochs - 1),
+        "steps_per_epoch": steps,
+        "validation_steps": steps,
+        "validation_batch_size": Nullable(batch),
+        "validation_freq": Integer(1, settings.max_epochs),
+        "class_weight": ClassWeight(),
+        "callbacks": Callbacks(),
+    }
+
+
+DEFAULTS = {
+    "batch_size": 32,
+    "epochs": 1,
+    "validation_split": 0.0,
+    "shuffle": True,
+    "class_weight": None,
+    "initial_epoch": 0,
+    "steps_per_epoch": None,
+    "validation_steps": None,
+    "validation_batch_size": None,
+    "validation_freq": 1,
+    "callbacks": [],
+}
+
+
+def parse_fit(value: Any, place: Place, settings: Settings) -> Any:
+    """Normalize `fit` with Keras's defaults filled in; INVALID after recording every error."""
+    place = place.inside("fit")
+    result = check_arguments(value, fit_kinds(settings), place)
+    if result is INVALID:
+        return INVALID
+    fit = {**DEFAULTS, **result}
+    if fit["initial_epoch"] >= fit["epochs"]:
+        return place.at("initial_epoch").refuse(
+            fit["initial_epoch"], f"an integer below epochs ({fit['epochs']})"
+        )
+    return fit
+
+
+class ClassWeight(Kind):
+    """`{"0": 1.0, "1": 5.0}`: JSON keys are strings, so class ids are written as digits."""
+
+    expected = 'an object of class id to weight, e.g. {"0": 1.0, "1": 5.0}'
+
+    def check(self, value: Any, place: Place) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, dict) or not 1 <= len(value) <= MAX_CLASSES:
+            return place.refuse(value, self.expected)
+        out = {}
+        for key, weight in value.items():
+            if not (key.isdigit() and len(key) <= 9):
+                out[key] = place.at(key).refuse(key, 'a class id written as digits, e.g. "0"')
+                continue
+            out[str(int(key))] = CLASS_WEIGHT.check(weight, place.at(key))
+        return INVALID if INVALID in out.values() else out
+
+    def schema(self) -> dict[str, Any]:
+        return {
+            "type": ["object", "null"],
+            "patternProperties": {"^[0-9]{1,9}$": CLASS_WEIGHT.schema()},
+            "additionalProperties": False,
+        }
+
+
+class Callbacks(Kind):
+    """Only the callbacks that change training itself; the service owns files and logging."""
+
+    expected = f"a list of at most {MAX_CALLBACKS} callbacks"
+
+    def check(self, value: Any, place: Place) -> Any:
+        if value is None:
+            return []
+        if not isinstance(value, list) or len(value) > MAX_CALLBACKS:
+            return place.refuse(value, self.expected)
+        out = [self._callback(item, place.at(index), index) for index, item in enumerate(value)]
+        return INVALID if INVALID in out else out
+
+    def _callback(self, item: Any, place: Place, index: int) -> Any:
+        if not isinstance(item, dict):
+            return place.refuse(item, '{"class_name", "config"}')
+        label = item.get("class_name") if isinstance(item.get("class_name"), str) else "?"
+        place = place.inside(f"Callback {index + 1} ({label!r})")
+        unknown = [key for key in item if key not in CALLBACK_KEYS]
+        for key in unknown:
+            place.refuse_key(key, list(CALLBACK_KEYS), "key")
+        name = check_class_name(item, place, "callback", list(CALLBACK_CLASSES), REFUSED_CALLBACKS)
+        if name is None or unknown:
+            return INVALID
+        at_config = place.at("config").inside(place.owner)
+        config = check_arguments(item.get("config"), CALLBACK_CLASSES[name], at_config)
+        return INVALID if config is INVALID else {"class_name": name, "config": config}
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "array", "items": CALLBACK.schema(), "maxItems": MAX_CALLBACKS}
