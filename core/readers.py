@@ -176,7 +176,6 @@ def _check_members(infos: list[zipfile.ZipInfo], max_bytes: int) -> list[tuple[s
         name = info.filename.removesuffix(".npy")
         where = pointer("file", "arrays", name)
         total += info.file_size
-        ratio = info.file_size / max(info.compress_size, 1)
         if not ARRAY_NAME.fullmatch(name) or not info.filename.endswith(".npy"):
             errors.append(FieldError(where, "Not an array member.", "NAME.npy", info.filename))
         elif any(name == seen for seen, _ in members):
@@ -187,25 +186,8 @@ def _check_members(infos: list[zipfile.ZipInfo], max_bytes: int) -> list[tuple[s
                     where, "Unsupported compression.", "stored or deflate", info.compress_type
                 )
             )
-        elif info.file_size > max_bytes:
-            errors.append(
-                FieldError(
-                    where,
-                    f"The member declares {info.file_size} bytes uncompressed.",
-                    f"at most {max_bytes} bytes",
-                    info.file_size,
-                )
-            )
-        elif ratio > MAX_COMPRESSION_RATIO:
-            errors.append(
-                FieldError(
-                    where,
-                    f"The member expands {ratio:.0f}-fold ({info.compress_size} to "
-                    f"{info.file_size} bytes); this looks like a zip bomb.",
-                    f"a compression ratio of at most {MAX_COMPRESSION_RATIO}",
-                    round(ratio, 1),
-                )
-            )
+        else:
+            errors += _size_errors(info, where, max_bytes)
         members.append((name, info))
     if not errors and total > max_bytes:
         errors.append(
@@ -219,6 +201,32 @@ def _check_members(infos: list[zipfile.ZipInfo], max_bytes: int) -> list[tuple[s
     if errors:
         raise InvalidData("The .npz archive was refused before decompressing it.", errors=errors)
     return members
+
+
+def _size_errors(info: zipfile.ZipInfo, where: str, max_bytes: int) -> list[FieldError]:
+    """What the central directory declares, judged before anything is decompressed."""
+    errors = []
+    if info.file_size > max_bytes:
+        errors.append(
+            FieldError(
+                where,
+                f"The member declares {info.file_size} bytes uncompressed.",
+                f"at most {max_bytes} bytes",
+                info.file_size,
+            )
+        )
+    ratio = info.file_size / max(info.compress_size, 1)
+    if ratio > MAX_COMPRESSION_RATIO:
+        errors.append(
+            FieldError(
+                where,
+                f"The member expands {ratio:.0f}-fold ({info.compress_size} to "
+                f"{info.file_size} bytes); this looks like a zip bomb.",
+                f"a compression ratio of at most {MAX_COMPRESSION_RATIO}",
+                round(ratio, 1),
+            )
+        )
+    return errors
 
 
 def _copy_member(member: IO[bytes], info: zipfile.ZipInfo, target: Path, where: str) -> None:
