@@ -355,7 +355,8 @@ class JobStore:
                 pipe.delete(stop_key(job_id))
             result.update(job, **changes)
 
-        self.redis.transaction(apply, key)
+        # The lease is watched too: the reconciler's check that none is held stays true.
+        self.redis.transaction(apply, key, lease_key(job_id))
         self._write_manifest(job_id)
         return result
 

@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     logging.getLogger("fitserve").setLevel(settings.log_level)
 
-    from service import auth, datasets, health, http, problems, validate
+    from service import auth, datasets, health, http, inference, jobs, models, problems, validate
 
     http.install(app)
     auth.install(app)
@@ -38,4 +38,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health.bp)
     datasets.install(app)
     app.register_blueprint(validate.bp)
+    app.register_blueprint(jobs.bp)
+    models.install(app)
+    app.register_blueprint(inference.bp)
     return app

@@ -2,19 +2,87 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
+import redis
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import celeryd_init, worker_process_init, worker_shutting_down
 
 from core.queues import celery_config
 from core.settings import Settings
 
+if TYPE_CHECKING:
+    from core.jobs import JobStore
+    from core.runs import WorkerIdentity
+    from worker.heartbeat import Heartbeat
+
 log = logging.getLogger("fitserve.worker")
 
 settings = Settings.from_env()
-app = Celery("fitserve")
+app = Celery("fitserve", include=["worker.tasks"])
 app.conf.update(celery_config(settings))
+
+# Set in the parent before the pool forks (the child inherits it): this worker's node name.
+_node = {"name": "celery"}
+_child: dict[str, ChildState] = {}
+SHUTDOWN_FLAG_SECONDS = 600
+
+
+@dataclasses.dataclass
+class ChildState:
+    """What the pool child keeps between tasks: the store, who it is, its heartbeat."""
+
+    store: JobStore
+    worker: WorkerIdentity
+    heartbeat: Heartbeat
+
+
+def child() -> ChildState:
+    return _child["state"]
+
+
+class JobLogContext(logging.Filter):
+    """Appends `job=<id> request_id=<id>` to every log line written while a job runs."""
+
+    job_id: str | None = None
+    request_id: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.job_id and not getattr(record, "fitserve_tagged", False):
+            record.msg = f"{record.msg} job={self.job_id} request_id={self.request_id}"
+            record.fitserve_tagged = True
+        return True
+
+
+_log_context = JobLogContext()
+
+
+@contextlib.contextmanager
+def job_context(job_id: str, request_id: str | None) -> Iterator[None]:
+    _log_context.job_id, _log_context.request_id = job_id, request_id
+    try:
+        yield
+    finally:
+        _log_context.job_id = _log_context.request_id = None
+
+
+@celeryd_init.connect
+def remember_node_name(sender: str, **_: object) -> None:
+    _node["name"] = sender
+
+
+@worker_shutting_down.connect
+def ask_job_to_requeue(sender: str, **_: object) -> None:
+    """SIGTERM in the parent: the child's job saves a checkpoint and goes back to the queue."""
+    from core.runs import shutdown_key
+
+    with contextlib.suppress(redis.RedisError):
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
+        client.set(shutdown_key(sender), "1", ex=SHUTDOWN_FLAG_SECONDS)
 
 
 @worker_process_init.connect
@@ -27,3 +95,30 @@ def import_tensorflow(**_: object) -> None:
     configure_devices(settings)
 
     log.info("tensorflow %s imported devices=%s", tf.__version__, tf.config.list_logical_devices())
+    start_heartbeat([device.name for device in tf.config.list_logical_devices()])
+
+
+def start_heartbeat(devices: list[str]) -> None:
+    """The child's store, identity and heartbeat thread; a stale shutdown flag is cleared."""
+    from core.jobs import JobStore, send_training
+    from core.runs import WorkerIdentity, shutdown_key
+    from core.storage import DataDir
+    from worker.heartbeat import Heartbeat
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_log_context)
+    data = DataDir(settings.data_dir)
+    data.ensure()
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
+    store = JobStore(client, data, settings)
+    worker = WorkerIdentity(_node["name"])
+    client.delete(shutdown_key(worker.name))
+    heartbeat = Heartbeat(
+        store,
+        worker,
+        queues=sorted(app.amqp.queues.consume_from or app.amqp.queues),
+        devices=devices,
+        send=lambda job: send_training(app, job),
+    )
+    heartbeat.start()
+    _child["state"] = ChildState(store, worker, heartbeat)

@@ -1,0 +1,83 @@
+"""Jobs whose worker vanished go back to the queue within seconds, not after a broker timeout.
+
+Every worker's heartbeat calls `reconcile`; a Redis lock lets one of them act per period.
+- A running job whose lease expired (its worker died) is requeued and re-sent with the same task
+  id, or fails `worker_lost` once it has used its attempts; a cancelling one becomes cancelled.
+- After Redis lost its data (the records marker is gone), the records are rebuilt from the
+  volume and the queued jobs re-sent, since their broker messages went with the data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from core.errors import Conflict
+from core.jobs import (
+    REBUILT_GRACE,
+    RECORDS_MARKER,
+    JobStore,
+    lease_key,
+    status_index,
+)
+from core.runs import CANCELLED, worker_lost_message
+
+log = logging.getLogger("fitserve.reconciler")
+
+LOCK = "fitserve:reconciler:lock"
+
+
+def reconcile(store: JobStore, send: Callable[[dict], None], holder: str) -> list[str]:
+    """One pass; returns the ids of the jobs it changed. Does nothing if another holds the lock."""
+    period = max(1, store.settings.heartbeat_seconds)
+    if not store.redis.set(LOCK, holder, nx=True, ex=period):
+        return []
+    changed = []
+    if not store.redis.exists(RECORDS_MARKER):
+        for job in store.rebuild_records():
+            log.info("job_resent job=%s after=rebuild", job["id"])
+            send(job)
+            changed.append(job["id"])
+    if store.redis.exists(REBUILT_GRACE):
+        return changed
+    for status in ("running", "cancelling"):
+        for member in store.redis.zrange(status_index(status), 0, -1):
+            job_id = member.decode()
+            if not store.redis.exists(lease_key(job_id)) and _recover(store, job_id, send):
+                changed.append(job_id)
+    return changed
+
+
+def _recover(store: JobStore, job_id: str, send: Callable[[dict], None]) -> bool:
+    """Requeue (or end) one job found without a lease; False if it changed meanwhile."""
+    job = store.get(job_id)
+    unleased = _unleased(store)
+    try:
+        if job["status"] == "cancelling":
+            store.transition(
+                job_id, "cancelled", allowed=unleased, reason="cancelled", message=CANCELLED
+            )
+        elif job["attempt"] >= store.settings.max_attempts:
+            message = worker_lost_message(job, store.settings.max_attempts)
+            store.transition(
+                job_id, "failed", allowed=unleased, reason="worker_lost", message=message
+            )
+        else:
+            job = store.transition(job_id, "queued", allowed=unleased)
+            store.add_event(job_id, "requeued", reason="worker_lost", attempt=job["attempt"])
+            send(job)
+    except Conflict:
+        return False
+    log.info("job_recovered job=%s was=%s attempt=%s", job_id, job["status"], job["attempt"])
+    return True
+
+
+def _unleased(store: JobStore) -> Callable[[dict], str | None]:
+    def check(job: dict) -> str | None:
+        if store.redis.exists(lease_key(job["id"])):
+            return f"Job {job['id']} was leased again."
+        if job["status"] not in ("running", "cancelling"):
+            return f"Job {job['id']} is {job['status']} now."
+        return None
+
+    return check

@@ -1,0 +1,276 @@
+"""One delivery of a job to a worker: lease, attempt, train, outcome. The Celery task calls it.
+
+A delivery that finds the job finished, or leased by a live worker, does nothing: duplicates
+(a reconciler re-send beside a redelivered message) are harmless. The lease is held for the
+whole run and renewed by the worker's heartbeat; the final status is written before it is let go.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from core.errors import Conflict, FitserveError, NotFound
+from core.jobs import TERMINAL, JobStore
+from core.storage import utc_now
+
+log = logging.getLogger("fitserve.worker")
+
+STOP_CHECK_SECONDS = 0.2
+
+
+def shutdown_key(worker_name: str) -> str:
+    """Set by a worker's parent process on SIGTERM: its running job saves and is requeued."""
+    return f"fitserve:shutdown:{worker_name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerIdentity:
+    """Who is training: the Celery node name, this host and process (the lease holder)."""
+
+    name: str
+    host: str = dataclasses.field(default_factory=socket.gethostname)
+    pid: int = dataclasses.field(default_factory=os.getpid)
+
+    @property
+    def holder(self) -> str:
+        return f"{self.host}/{self.pid}/{self.name}"
+
+
+def holder_is_dead(holder: str) -> bool:
+    """A lease holder on this host whose process is gone (a pool child killed mid-job)."""
+    host, _, rest = holder.partition("/")
+    pid = rest.partition("/")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class StoreControl:
+    """`core.training.JobControl` over the job store, for one attempt of one job."""
+
+    def __init__(self, store: JobStore, job_id: str, attempt: int, worker: WorkerIdentity) -> None:
+        self.job_id = job_id
+        self.store = store
+        self.attempt = attempt
+        self.worker = worker
+        self.lease_lost = False
+        self.stop_reason: str | None = None
+        self._checked = 0.0
+
+    def report_progress(self, progress: dict) -> None:
+        self.store.update(self.job_id, manifest=False, progress=progress)
+
+    def report_epoch(self, epoch: int, metrics: dict) -> None:
+        self.store.record_epoch(self.job_id, epoch, metrics)
+        self.event("epoch", epoch=epoch)
+
+    def record_checkpoints(self, checkpoints: list[dict], best: dict | None) -> None:
+        self.store.update(self.job_id, checkpoints=checkpoints, best=best)
+
+    def event(self, kind: str, **fields: object) -> None:
+        self.store.add_event(self.job_id, kind, attempt=self.attempt, **fields)
+
+    def should_stop(self) -> str | None:
+        """Checked at every batch end; Redis is asked at most every STOP_CHECK_SECONDS."""
+        if self.stop_reason is None and time.monotonic() - self._checked >= STOP_CHECK_SECONDS:
+            self._checked = time.monotonic()
+            job_flag, worker_flag = self.store.redis.mget(
+                f"fitserve:job:{self.job_id}:stop", shutdown_key(self.worker.name)
+            )
+            if job_flag == b"cancel":
+                self.stop_reason = "cancel"
+            elif worker_flag or self.lease_lost:
+                self.stop_reason = "shutdown"
+        return self.stop_reason
+
+
+Train = Callable[..., dict]
+Send = Callable[[dict], None]
+
+
+def run_job(
+    store: JobStore,
+    job_id: str,
+    worker: WorkerIdentity,
+    *,
+    train: Train,
+    send: Send,
+    devices: Callable[[], dict],
+    on_control: Callable[[StoreControl | None], None] = lambda control: None,
+) -> str:
+    """Run one delivery of `job_id`; returns what happened (for the task's log line).
+
+    `train` is `core.training.train_job`; `send` re-enqueues a job (after a shutdown);
+    `on_control` lets the heartbeat renew the lease of the run in progress.
+    """
+    try:
+        job = store.get(job_id)
+    except NotFound:
+        return "unknown"
+    if job["status"] in TERMINAL:
+        return "finished"
+    if not _take_lease(store, job_id, worker):
+        return "leased"
+    try:
+        job = _start_attempt(store, job, worker, devices)
+        if job["status"] != "running":
+            return job["status"]
+        control = StoreControl(store, job_id, job["attempt"], worker)
+        on_control(control)
+        return _train_and_record(store, job, control, train, send)
+    finally:
+        on_control(None)
+        store.release_lease(job_id, worker.holder)
+
+
+def _take_lease(store: JobStore, job_id: str, worker: WorkerIdentity) -> bool:
+    if store.acquire_lease(job_id, worker.holder):
+        return True
+    holder = store.lease_holder(job_id)
+    if holder is not None and holder_is_dead(holder):
+        log.info("lease_taken_over job=%s dead_holder=%s", job_id, holder)
+        return store.steal_lease(job_id, holder, worker.holder)
+    return False
+
+
+def _start_attempt(
+    store: JobStore, job: dict, worker: WorkerIdentity, devices: Callable[[], dict]
+) -> dict:
+    """Count the attempt and mark the job running; past the limit it fails `worker_lost`."""
+    job_id = job["id"]
+    if job["status"] == "cancelling":
+        return store.transition(job_id, "cancelled", reason="cancelled", message=CANCELLED)
+    attempt = job["attempt"] + 1
+    limit = store.settings.max_attempts
+    if attempt > limit:
+        return store.transition(
+            job_id, "failed", reason="worker_lost", message=worker_lost_message(job, limit)
+        )
+    resume = _latest_checkpoint(store, job)
+    store.truncate_history(job_id, resume["version"] if resume else 0)
+    job = store.transition(
+        job_id,
+        "running",
+        attempt=attempt,
+        worker=worker.name,
+        device=devices(),
+        started_at=job.get("started_at") or utc_now(),
+        resume_from=resume["version"] if resume else None,
+        reason=None,
+        message=None,
+    )
+    store.add_event(
+        job_id,
+        "attempt_started",
+        attempt=attempt,
+        worker=worker.name,
+        pid=worker.pid,
+        resume_from=resume["version"] if resume else 0,
+    )
+    return {**job, "resume": resume}
+
+
+def _latest_checkpoint(store: JobStore, job: dict) -> dict | None:
+    """The newest checkpoint whose file passes its sha256 check, else None (start over)."""
+    from core.checkpoints import CheckpointCorrupt, verify_checkpoint
+
+    job_dir = store.data.job(job["id"])
+    for entry in sorted(job.get("checkpoints") or [], key=lambda e: e["version"], reverse=True):
+        try:
+            verify_checkpoint(job_dir, entry)
+        except CheckpointCorrupt as error:
+            log.warning("checkpoint_skipped job=%s detail=%s", job["id"], error.detail)
+            continue
+        return entry
+    return None
+
+
+def _train_and_record(
+    store: JobStore, job: dict, control: StoreControl, train: Train, send: Send
+) -> str:
+    from core.training import TrainingFailed
+
+    job_id = job["id"]
+    try:
+        outcome = train(
+            store.data.job(job_id),
+            store.spec(job_id),
+            store.data,
+            store.settings,
+            control,
+            resume=job["resume"],
+        )
+    except TrainingFailed as failure:
+        _finish(store, job_id, "failed", reason=failure.reason, message=failure.message)
+        return "failed"
+    except FitserveError as error:
+        _finish(store, job_id, "failed", reason=error.code, message=error.detail)
+        return "failed"
+    except Exception as error:
+        _finish(
+            store,
+            job_id,
+            "failed",
+            reason="internal",
+            message=f"Unexpected error: {type(error).__name__}: {error}",
+        )
+        raise
+    fields = {name: outcome.get(name) for name in ("epoch", "metrics", "final", "test_metrics")} | (
+        {"device": outcome["device"]} if outcome.get("device") else {}
+    )
+    if outcome["status"] == "succeeded":
+        _finish(store, job_id, "succeeded", **fields)
+    elif outcome["status"] == "cancelled":
+        _finish(store, job_id, "cancelled", reason="cancelled", message=CANCELLED, **fields)
+    elif control.lease_lost:
+        log.warning("lease_lost job=%s: another worker owns the job now", job_id)
+        return "lease_lost"
+    else:
+        _requeue(store, job_id, send, fields)
+    return outcome["status"]
+
+
+def _finish(store: JobStore, job_id: str, status: str, **fields: Any) -> None:
+    try:
+        store.transition(job_id, status, **fields)
+    except Conflict:
+        current = store.get(job_id)["status"]
+        if current not in TERMINAL:
+            raise
+        log.warning("already_finished job=%s status=%s wanted=%s", job_id, current, status)
+
+
+def _requeue(store: JobStore, job_id: str, send: Send, fields: dict) -> None:
+    """A shutdown stopped the job after a checkpoint: back to the queue, at once."""
+    try:
+        job = store.transition(job_id, "queued", **fields)
+    except Conflict:
+        # Cancelled while it was stopping: the cancel wins.
+        _finish(store, job_id, "cancelled", reason="cancelled", message=CANCELLED, **fields)
+        return
+    store.add_event(job_id, "requeued", reason="shutdown")
+    send(job)
+
+
+def worker_lost_message(job: dict, limit: int) -> str:
+    return (
+        f"The worker training this job was lost {job['attempt']} times "
+        f"(FITSERVE_MAX_ATTEMPTS={limit}): it was killed or crashed mid-training, often by the "
+        "out-of-memory killer. Lower fit.batch_size or the model size, check the worker's log, "
+        "and resubmit; the checkpoints already listed on the job are kept."
+    )
+
+
+CANCELLED = "Cancelled by request; the checkpoints listed on the job are kept."

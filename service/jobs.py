@@ -1,0 +1,260 @@
+"""Training jobs over HTTP: submit, list, inspect, follow, cancel, delete. Never trains."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections import deque
+
+import kombu.exceptions
+import orjson
+import redis
+from celery import Celery
+from flask import Blueprint, current_app, g, request
+
+from core import spec
+from core.errors import Conflict, FieldError, InvalidRequest, NotFound, Unavailable
+from core.jobs import STATUSES, JobStore, parse_time, send_training
+from core.queues import celery_config
+from core.storage import check_id
+from service.auth import can_see, owner
+from service.http import json_body, json_response, page_args
+from service.state import data_dir, redis_client, settings
+from service.validate import visible_manifest
+
+bp = Blueprint("jobs", __name__)
+log = logging.getLogger("fitserve.service")
+
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+MAX_LOG_LINES = 10_000
+LOG_FILE = "train.log"
+
+
+def job_store() -> JobStore:
+    store = current_app.extensions.get("fitserve.jobs")
+    if store is None:
+        store = JobStore(redis_client(), data_dir(), settings())
+        current_app.extensions["fitserve.jobs"] = store
+    return store
+
+
+def producer() -> Celery:
+    """A producer-only Celery app: it sends by task name and imports no task code."""
+    app = current_app.extensions.get("fitserve.celery")
+    if app is None:
+        app = Celery("fitserve-api", set_as_current=False)
+        app.conf.update(celery_config(settings()))
+        current_app.extensions["fitserve.celery"] = app
+    return app
+
+
+@bp.errorhandler(redis.RedisError)
+@bp.errorhandler(kombu.exceptions.OperationalError)
+def redis_unavailable(error: Exception):
+    from service.problems import handle_fitserve_error
+
+    log.warning("redis_unavailable request_id=%s error=%r", g.get("request_id"), error)
+    return handle_fitserve_error(
+        Unavailable("The job store (Redis) is unavailable; retry shortly.", retry_after=2)
+    )
+
+
+@bp.post("/v1/jobs")
+def submit_job():
+    """Validate against the dataset manifests, record, enqueue: 202 with the queued job."""
+    body = json_body()
+    key = _idempotency_key()
+    store = job_store()
+    request_sha256 = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    if key is not None:
+        earlier = store.idempotent_job(owner(), key)
+        if earlier is not None:
+            return _replay(earlier, request_sha256)
+    normalized = spec.parse_job_request(body, settings=settings(), manifest_of=visible_manifest)
+    job = store.create(
+        normalized, owner=owner(), request_id=g.get("request_id"), request_sha256=request_sha256
+    )
+    try:
+        if key is not None:
+            winner = store.claim_idempotency_key(owner(), key, job["id"])
+            if winner is not None:
+                store.discard(job)
+                return _replay(store.get(winner), request_sha256)
+        send_training(producer(), job)
+    except BaseException:
+        store.discard(job)
+        raise
+    log.info("job_submitted job=%s request_id=%s", job["id"], g.get("request_id"))
+    return json_response(view_job(job), 202, {"Location": f"/v1/jobs/{job['id']}"})
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise InvalidRequest(
+            "Bad Idempotency-Key header.",
+            errors=[
+                FieldError(
+                    "/headers/Idempotency-Key",
+                    "the key is empty, too long or not printable ASCII",
+                    "1 to 255 printable ASCII characters without spaces",
+                    key[:300],
+                )
+            ],
+        )
+    return key
+
+
+def _replay(job: dict, request_sha256: str):
+    """200 with the job an earlier submit with the same key made (as datasets answer)."""
+    if job.get("request_sha256") != request_sha256:
+        raise Conflict(
+            f"This Idempotency-Key was used for job {job['id']} with a different request; "
+            "use a new key for a new job."
+        )
+    return json_response(
+        view_job(job),
+        200,
+        {"Location": f"/v1/jobs/{job['id']}", "Idempotent-Replayed": "true"},
+    )
+
+
+@bp.get("/v1/jobs")
+def list_jobs():
+    """The caller's jobs (everyone's for admins), newest first, `?status=` to filter."""
+    limit, cursor = page_args()
+    status = request.args.get("status")
+    if status is not None and status not in STATUSES:
+        raise InvalidRequest(
+            "Bad query parameter status.",
+            errors=[
+                FieldError("/status", "unknown status", f"one of {', '.join(STATUSES)}", status)
+            ],
+        )
+    principal = g.get("principal")
+    scope = None if principal is None or principal.admin else principal.name
+    items, next_cursor = job_store().list(owner=scope, status=status, limit=limit, cursor=cursor)
+    return json_response({"items": [view_job(job) for job in items], "next_cursor": next_cursor})
+
+
+@bp.get("/v1/jobs/<job_id>")
+def get_job(job_id: str):
+    return json_response(view_job(_visible_job(job_id)))
+
+
+@bp.get("/v1/jobs/<job_id>/metrics")
+def get_metrics(job_id: str):
+    """`{"epochs": [1, 2, ...], "history": {metric: [value per epoch]}}`."""
+    _visible_job(job_id)
+    entries = job_store().history(job_id)
+    names = sorted({name for entry in entries for name in entry["metrics"]})
+    history = {name: [entry["metrics"].get(name) for entry in entries] for name in names}
+    return json_response({"epochs": [entry["epoch"] for entry in entries], "history": history})
+
+
+@bp.get("/v1/jobs/<job_id>/logs")
+def get_logs(job_id: str):
+    """The last `?tail=` lines (default 1000) of the job's train.log as `{"lines": [...]}`."""
+    _visible_job(job_id)
+    raw = request.args.get("tail", "1000")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LOG_LINES:
+        raise InvalidRequest(
+            "Bad query parameter tail.",
+            errors=[FieldError("/tail", "tail is out of range", f"1..{MAX_LOG_LINES}", raw)],
+        )
+    path = data_dir().job(job_id) / LOG_FILE
+    lines: deque[str] = deque(maxlen=int(raw))
+    if path.is_file():
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            lines.extend(line.rstrip("\n") for line in handle)
+    return json_response({"lines": list(lines)})
+
+
+@bp.post("/v1/jobs/<job_id>:cancel")
+def cancel_job(job_id: str):
+    """202 with the job `cancelling` (running) or `cancelled` (it had not started)."""
+    _visible_job(job_id)
+    job = job_store().request_cancel(job_id)
+    log.info("job_cancel job=%s status=%s request_id=%s", job_id, job["status"], g.request_id)
+    return json_response(view_job(job), 202)
+
+
+@bp.delete("/v1/jobs/<job_id>")
+def delete_job(job_id: str):
+    """Remove a finished job, its records and files (409 while it is live)."""
+    _visible_job(job_id)
+    job_store().delete(job_id)
+    return "", 204
+
+
+def _visible_job(job_id: str) -> dict:
+    check_id(job_id, "job")
+    job = job_store().get(job_id)
+    if not can_see(job.get("owner")):
+        raise NotFound(f"No job with id {job_id!r}.")
+    return job
+
+
+def view_job(job: dict) -> dict:
+    """The job as the API shows it."""
+    job_id = job["id"]
+    progress = job.get("progress") or {}
+    return {
+        "id": job_id,
+        "name": job.get("name"),
+        "owner": job.get("owner"),
+        "status": job["status"],
+        "attempt": job.get("attempt", 0),
+        "priority": job.get("priority"),
+        "created_at": job["created_at"],
+        "updated_at": job.get("updated_at"),
+        "started_at": job.get("started_at"),
+        "finished_at": job.get("finished_at"),
+        "timings": _timings(job),
+        "device": job.get("device"),
+        "worker": job.get("worker"),
+        "progress": {
+            "epoch": progress.get("epoch", job.get("epoch") or 0),
+            "epochs": progress.get("epochs"),
+            "step": progress.get("step"),
+            "steps": progress.get("steps"),
+            "fraction": progress.get("fraction", 1.0 if job["status"] == "succeeded" else 0.0),
+            "eta_seconds": progress.get("eta_seconds"),
+        },
+        "metrics": {"last": job.get("metrics"), "best": job.get("best")},
+        "test_metrics": job.get("test_metrics"),
+        "checkpoints": job.get("checkpoints") or [],
+        "final": job.get("final"),
+        "error": (
+            {"reason": job.get("reason"), "message": job.get("message")}
+            if job["status"] == "failed"
+            else None
+        ),
+        "links": {
+            "self": f"/v1/jobs/{job_id}",
+            "metrics": f"/v1/jobs/{job_id}/metrics",
+            "logs": f"/v1/jobs/{job_id}/logs",
+            "cancel": f"/v1/jobs/{job_id}:cancel",
+            "model": f"/v1/models/{job_id}",
+        },
+    }
+
+
+def _timings(job: dict) -> dict:
+    """Seconds spent waiting for a worker and training (so far, while it runs)."""
+    created, started, finished = (
+        _seconds(job.get(name)) for name in ("created_at", "started_at", "finished_at")
+    )
+    now = time.time()
+    return {
+        "queued_seconds": None if started is None else round(started - created, 3),
+        "running_seconds": None if started is None else round((finished or now) - started, 3),
+    }
+
+
+def _seconds(value: str | None) -> float | None:
+    return None if value is None else parse_time(value)
