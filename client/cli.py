@@ -269,9 +269,8 @@ def predict(client: Client, args: argparse.Namespace) -> int:
 
 
 def models_download(client: Client, args: argparse.Namespace) -> int:
-    if args.path is None and args.format != "keras":
-        raise InputError("Give a path to save a savedmodel download to.")
-    path = args.path or f"{args.model}.keras"
+    suffix = ".keras" if args.format == "keras" else ".savedmodel.tar.gz"
+    path = args.path or args.model + suffix
     saved = client.download_model(args.model, path, format=args.format, **version_of(args))
     show(args, {"path": str(saved)}, lambda d: print(f"saved {d['path']}"))
     return 0
@@ -380,7 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = models.add_subparsers(dest="command", required=True, metavar="COMMAND")
     download = command(sub, "download", models_download, "download a trained model")
     download.add_argument("model", help="a job id, or a job name")
-    download.add_argument("path", nargs="?", help="where to save it (default: <model>.keras)")
+    download.add_argument(
+        "path", nargs="?", help="where to save it (default: <model>.keras or .savedmodel.tar.gz)"
+    )
     download.add_argument("--format", choices=["keras", "savedmodel"], default="keras")
     add_version_options(download)
 
