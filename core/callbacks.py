@@ -27,6 +27,11 @@ def _floats(logs: dict | None) -> dict[str, float]:
     return {name: float(value) for name, value in (logs or {}).items()}
 
 
+def format_metrics(metrics: dict[str, float]) -> str:
+    """`name=value ...` for a log line."""
+    return " ".join(f"{name}={value:.6g}" for name, value in metrics.items())
+
+
 class ProgressCallback(keras.callbacks.Callback):
     """Report progress inside an epoch at most every `interval` seconds, and at every epoch end.
 
@@ -78,12 +83,7 @@ class ProgressCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self._report(logs)
         metrics = _floats(logs)
-        log.info(
-            "epoch=%d/%d %s",
-            epoch + 1,
-            self.params["epochs"],
-            " ".join(f"{name}={value:.6g}" for name, value in metrics.items()),
-        )
+        log.info("epoch=%d/%d %s", epoch + 1, self.params["epochs"], format_metrics(metrics))
         self.report_epoch(epoch + 1, metrics)
 
     def _report(self, logs: dict | None) -> None:

@@ -6,11 +6,23 @@ manifest through a `JobControl` it passes in, so this module knows nothing of qu
 
 from __future__ import annotations
 
+import errno
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from core.checkpoints import CheckpointCorrupt, load_checkpoint, load_history, save_model_file
+from core.errors import FitserveError, InvalidData, NotFound
 from core.settings import Settings
-from core.storage import DataDir
+from core.storage import DataDir, read_json, write_json
+
+if TYPE_CHECKING:
+    import keras
+    import numpy as np
+
+log = logging.getLogger("fitserve.training")
 
 FAILURE_REASONS = (
     "invalid_data",
@@ -66,11 +78,15 @@ def train_job(
 ) -> dict:
     """Train the job described by the normalized `spec`, writing its files into `job_dir`.
 
+    A stop mid-epoch (cancel, shutdown, time limit) ends that epoch early and saves it as its
+    version, marked `partial`; a resume from it starts at the next epoch (Keras counts a stopped
+    epoch as ended), so every history entry has its version.
+
     Args:
         job_dir: the job's folder (`checkpoints/`, `model.keras`, `history.json`, `train.log`).
         spec: the normalized job spec (core.spec).
         data: the data folder the spec's datasets live in.
-        settings: limits (`max_job_seconds`, `keep_checkpoints`).
+        settings: limits (`max_job_seconds`).
         control: the owner's side of the job (progress, checkpoints, stop requests).
         resume: the manifest's latest checkpoint entry to continue from, or None.
 
@@ -79,6 +95,305 @@ def train_job(
         "metrics", "history", "device"}`.
 
     Raises:
-        TrainingFailed: with a reason and a message a person can act on.
+        TrainingFailed: with a reason and a message a person can act on; the traceback is in
+            `train.log` and the worker's log.
     """
-    raise NotImplementedError("train_job lands in the next commit")
+    with _job_log(job_dir, control.job_id):
+        try:
+            return _train(job_dir, spec, data, settings, control, resume)
+        except Exception as error:
+            failed = describe_failure(error)
+            log.exception("failed reason=%s message=%s", failed.reason, failed.message)
+            raise failed from error
+
+
+def describe_failure(error: BaseException) -> TrainingFailed:
+    """The failure reason and an actionable message for an exception raised while training."""
+    import tensorflow as tf
+
+    if isinstance(error, TrainingFailed):
+        return error
+    detail = f"{type(error).__name__}: {error}"
+    if isinstance(error, MemoryError | tf.errors.ResourceExhaustedError):
+        return TrainingFailed(
+            "resource_exhausted",
+            f"The device ran out of memory ({_first_line(detail)}). Lower fit.batch_size or "
+            "make the model smaller, or run the job on a device with more memory.",
+        )
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return TrainingFailed(
+            "no_space",
+            "The data volume is full: a checkpoint or model file could not be written. Free "
+            "space on the data volume (delete finished jobs or datasets) and resubmit; the "
+            "checkpoints already listed on the job are intact.",
+        )
+    if isinstance(error, ValueError | tf.errors.InvalidArgumentError):
+        return TrainingFailed(
+            "invalid_data",
+            f"The data does not fit the model: {_first_line(detail)}. Check the arrays named in "
+            "data.x and data.y against the model's inputs, outputs and loss.",
+        )
+    if isinstance(error, NotFound | InvalidData):
+        return TrainingFailed(
+            "invalid_data",
+            f"{error.detail} The dataset was deleted or changed after the job was submitted: "
+            "upload it again and resubmit the job.",
+        )
+    if isinstance(error, CheckpointCorrupt):
+        return TrainingFailed(
+            "internal", f"Cannot resume: {error.detail} Resubmit the job to train from scratch."
+        )
+    if isinstance(error, FitserveError):
+        return TrainingFailed("internal", error.detail)
+    return TrainingFailed("internal", f"Training stopped on an unexpected error: {detail}")
+
+
+def _first_line(text: str, limit: int = 500) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else text
+    return line[:limit]
+
+
+@contextmanager
+def _job_log(job_dir: Path, job_id: str) -> Iterator[None]:
+    """Copy the training log lines into the job's `train.log` while it trains."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(job_dir / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s job={job_id} %(message)s"))
+    handler.setLevel(logging.INFO)
+    previous_level = log.level
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(previous_level)
+        handler.close()
+
+
+def _train(
+    job_dir: Path,
+    spec: dict,
+    data: DataDir,
+    settings: Settings,
+    control: JobControl,
+    resume: dict | None,
+) -> dict:
+    import keras
+
+    from core import callbacks as ours
+    from core.devices import describe_devices, job_devices
+    from core.spec.build import build_callbacks, build_model, compile_model, fit_arguments
+
+    if spec.get("seed") is not None:
+        keras.utils.set_random_seed(spec["seed"])
+    train, validation, test = (
+        _split(data, spec["data"], part) for part in (None, "validation", "test")
+    )
+    fit_kwargs = {**fit_arguments(spec), "verbose": 0}
+    epochs = fit_kwargs.pop("epochs")
+    with job_devices(spec["resources"]) as strategy:
+        device = describe_devices(strategy)
+        if resume is None:
+            model = build_model(spec)
+            compile_model(model, spec)
+            initial_epoch, history, earlier = 0, {}, _NO_CHECKPOINTS
+        else:
+            model = load_checkpoint(job_dir, resume)
+            initial_epoch, history = resume["version"], load_history(job_dir, resume)
+            earlier = _kept_checkpoints(job_dir, resume)
+        for split in (train, validation, test):
+            if split is not None:
+                check_inputs(model, split)
+        log.info(
+            "start epochs=%d initial_epoch=%d rows=%d device=%s",
+            epochs,
+            initial_epoch,
+            train.rows,
+            device.get("replica_devices", device["devices"]),
+        )
+        control.event("training_started", initial_epoch=initial_epoch, epochs=epochs, device=device)
+
+        def on_saved(entry: dict, kept: list[dict], best: dict | None) -> None:
+            control.record_checkpoints(kept, best)
+            control.event("checkpoint", version=entry["version"], partial=entry["partial"])
+
+        guard, stop = ours.NaNGuard(), ours.StopCallback(control.should_stop)
+        limit = ours.TimeLimit(settings.max_job_seconds)
+        checkpoints = ours.CheckpointCallback(
+            job_dir,
+            keep=spec["checkpoint"]["keep"],
+            monitor=spec["checkpoint"]["monitor"],
+            mode=spec["checkpoint"]["mode"],
+            on_saved=on_saved,
+            entries=earlier["checkpoints"],
+            best=earlier["best"],
+            history=history,
+        )
+        progress = ours.ProgressCallback(control.report_progress, control.report_epoch)
+        # The guard and the stop checks come first so the checkpoint sees their decision; the
+        # epoch is reported after its checkpoint is on disk; the user's callbacks come last.
+        callbacks = [guard, stop, limit, checkpoints, progress, *build_callbacks(spec)]
+        if initial_epoch < epochs:
+            model.fit(
+                train.x,
+                train.y,
+                sample_weight=train.sample_weight,
+                validation_data=None if validation is None else (validation.x, validation.y),
+                initial_epoch=initial_epoch,
+                epochs=epochs,
+                callbacks=callbacks,
+                **fit_kwargs,
+            )
+        history = checkpoints.history
+        last_epoch = len(next(iter(history.values()), []))
+        metrics = {name: values[-1] for name, values in history.items() if values}
+        if guard.failure is not None:
+            raise TrainingFailed("nan_loss", guard.message())
+        reason = stop.reason or ("timeout" if limit.exceeded else None)
+        if reason == "timeout":
+            raise TrainingFailed(
+                "timeout",
+                f"The job reached its time limit of {settings.max_job_seconds} s "
+                f"(FITSERVE_MAX_JOB_SECONDS) in epoch {last_epoch}; its checkpoints are kept. "
+                "Train fewer epochs, on less data, or ask the operator for a longer limit.",
+            )
+        result = {
+            "epoch": last_epoch,
+            "metrics": metrics,
+            "history": history,
+            "device": device,
+            "final": None,
+            "test_metrics": None,
+        }
+        if reason is not None:
+            control.event("training_stopped", reason=reason, epoch=last_epoch)
+            log.info("stopped reason=%s epoch=%d", reason, last_epoch)
+            return {**result, "status": "cancelled" if reason == "cancel" else "interrupted"}
+        if test is not None:
+            result["test_metrics"] = evaluate_split(model, test, fit_kwargs.get("batch_size"))
+            log.info("test %s", ours.format_metrics(result["test_metrics"]))
+        final = save_model_file(model, job_dir / "model.keras")
+        result["final"] = {"file": "model.keras", **final, "version": last_epoch}
+        write_json(job_dir / "history.json", history)
+    log.info(
+        "succeeded epoch=%d model sha256=%s bytes=%d", last_epoch, final["sha256"], final["bytes"]
+    )
+    return {**result, "status": "succeeded"}
+
+
+_NO_CHECKPOINTS: dict[str, Any] = {"checkpoints": [], "best": None}
+
+
+def _kept_checkpoints(job_dir: Path, resume: dict) -> dict[str, Any]:
+    """The kept checkpoints and best of the job's earlier attempts, from its manifest."""
+    path = job_dir / "manifest.json"
+    manifest = read_json(path) if path.is_file() else {}
+    kept = [
+        entry
+        for entry in manifest.get("checkpoints") or [resume]
+        if entry["version"] <= resume["version"]
+    ]
+    best = manifest.get("best")
+    if best is not None and best["version"] > resume["version"]:
+        best = None
+    return {"checkpoints": kept, "best": best}
+
+
+class Split:
+    """The arrays of one part of the data (training, validation or test), as `fit` takes them."""
+
+    def __init__(
+        self,
+        x: dict[str, np.ndarray],
+        y: dict[str, np.ndarray],
+        sample_weight: np.ndarray | None,
+        names: dict[str, str],
+    ) -> None:
+        self.inputs = x
+        self.names = names
+        self.x = _single(x)
+        self.y = _single(y)
+        self.sample_weight = sample_weight
+        arrays = {names[key]: array for key, array in {**x, **y}.items()}
+        if sample_weight is not None:
+            arrays["sample_weight"] = sample_weight
+        rows = {name: len(array) for name, array in arrays.items()}
+        if len(set(rows.values())) > 1:
+            shown = ", ".join(f"'{name}' has {count}" for name, count in rows.items())
+            raise TrainingFailed(
+                "invalid_data", f"The arrays must have the same number of rows, but {shown}."
+            )
+        self.rows = next(iter(rows.values()), 0)
+
+
+def _single(arrays: dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
+    """One array as itself (what a one-input model takes), several keyed by model names."""
+    return next(iter(arrays.values())) if len(arrays) == 1 else arrays
+
+
+def _split(data: DataDir, spec_data: dict, part: str | None) -> Split | None:
+    """Open the arrays of `part` (None: the training data) memory-mapped, one-hot encoding y."""
+    import keras
+
+    from core.datasets import open_array
+
+    source = spec_data if part is None else spec_data.get(part)
+    if source is None:
+        return None
+    dataset = source["dataset"]
+    names = {**source["x"], **source["y"]}
+    x = {name: open_array(data, dataset, array) for name, array in source["x"].items()}
+    y = {}
+    for name, array in source["y"].items():
+        values = open_array(data, dataset, array)
+        classes = spec_data.get("one_hot", {}).get(name)
+        y[name] = values if classes is None else keras.utils.to_categorical(values, classes)
+    weights = source.get("sample_weight")
+    sample_weight = None if weights is None else open_array(data, dataset, weights)
+    return Split(x, y, sample_weight, names)
+
+
+def check_inputs(model: keras.Model, split: Split) -> None:
+    """Each input array must have the shape the model's input expects, else invalid_data."""
+    for tensor in model.inputs:
+        name = tensor.name
+        array = split.inputs.get(name)
+        if array is None and len(split.inputs) == 1 and len(model.inputs) == 1:
+            array = next(iter(split.inputs.values()))
+            name = next(iter(split.inputs))
+        if array is None:
+            raise TrainingFailed(
+                "invalid_data",
+                f"The model has an input '{tensor.name}' but data.x maps no array to it; "
+                f"data.x maps {sorted(split.inputs)}.",
+            )
+        expected = tuple(tensor.shape)
+        received = tuple(array.shape)
+        fits = len(expected) == len(received) and all(
+            want is None or want == got for want, got in zip(expected, received, strict=True)
+        )
+        if not fits:
+            raise TrainingFailed(
+                "invalid_data",
+                f"Input '{tensor.name}' expects shape {_shape(expected)} but array "
+                f"'{split.names[name]}' has shape {_shape(received)}. Fix the model's input "
+                "shape or the array named in data.x.",
+            )
+
+
+def _shape(shape: tuple) -> str:
+    return "(" + ", ".join("None" if dim is None else str(dim) for dim in shape) + ")"
+
+
+def evaluate_split(model: keras.Model, split: Split, batch_size: int | None) -> dict[str, float]:
+    """The model's loss and metrics on `split`."""
+    results = model.evaluate(
+        split.x,
+        split.y,
+        sample_weight=split.sample_weight,
+        batch_size=batch_size,
+        verbose=0,
+        return_dict=True,
+    )
+    return {name: float(value) for name, value in results.items()}

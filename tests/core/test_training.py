@@ -1,0 +1,290 @@
+"""train_job on tiny data: the files it leaves, what it tells its owner, how it stops and fails."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from core.checkpoints import load_checkpoint, verify_checkpoint
+from core.datasets import store_upload
+from core.settings import Settings
+from core.storage import DataDir, new_id, read_json, sha256_file
+from core.training import TrainingFailed, describe_failure, train_job
+
+FEATURES, CLASSES, ROWS, BATCH = 8, 3, 96, 16  # 72 training rows after the validation split
+
+
+class RecordingControl:
+    """The owner's side of a job, recorded: the boundary train_job talks to."""
+
+    def __init__(self, stop: str | None = None) -> None:
+        self.job_id = new_id()
+        self.stop = stop
+        self.progress: list[dict] = []
+        self.epochs: list[tuple[int, dict]] = []
+        self.saves: list[tuple[list[dict], dict | None]] = []
+        self.events: list[tuple[str, dict]] = []
+
+    def report_progress(self, progress: dict) -> None:
+        self.progress.append(progress)
+
+    def report_epoch(self, epoch: int, metrics: dict) -> None:
+        self.epochs.append((epoch, metrics))
+
+    def record_checkpoints(self, checkpoints: list[dict], best: dict | None) -> None:
+        self.saves.append((checkpoints, best))
+
+    def event(self, kind: str, **fields: object) -> None:
+        self.events.append((kind, fields))
+
+    def should_stop(self) -> str | None:
+        return self.stop
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+def data(settings: Settings) -> DataDir:
+    folder = DataDir(settings.data_dir)
+    folder.ensure()
+    return folder
+
+
+def store(data: DataDir, settings: Settings, tmp_path: Path, **arrays: np.ndarray) -> str:
+    """A dataset stored as the API stores an .npz upload; returns its id."""
+    source = tmp_path / f"{new_id()}.npz"
+    np.savez(source, **arrays)
+    dataset_id = new_id()
+    store_upload(data, dataset_id, source, settings=settings, owner=None, filename="blobs.npz")
+    return dataset_id
+
+
+def blobs(rows: int = ROWS, features: int = FEATURES, seed: int = 0) -> dict[str, np.ndarray]:
+    """Separable clusters: one centre per class plus a little noise."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(rows) % CLASSES
+    centres = rng.normal(scale=3.0, size=(CLASSES, features))
+    x = centres[y] + rng.normal(size=(rows, features))
+    return {"x": x.astype("float32"), "y": y.astype("float32")}
+
+
+@pytest.fixture
+def dataset(data: DataDir, settings: Settings, tmp_path: Path) -> str:
+    return store(data, settings, tmp_path, **blobs())
+
+
+def make_spec(dataset: str, *, epochs: int = 3, learning_rate: float = 0.1, keep: int = 2) -> dict:
+    """A normalized spec (core.spec's form) of a small MLP with validation and test data."""
+    arrays = {"dataset": dataset, "x": {"input": "x"}, "y": {"output": "y"}}
+    return {
+        "name": "mlp",
+        "seed": 3,
+        "priority": 5,
+        "resources": {"gpus": 1, "mixed_precision": False},
+        "model": {
+            "inputs": [{"name": "input", "shape": [FEATURES], "dtype": "float32"}],
+            "layers": [
+                {
+                    "name": "dense",
+                    "class_name": "Dense",
+                    "config": {"units": 16, "activation": "relu"},
+                    "inbound": ["input"],
+                },
+                {
+                    "name": "output",
+                    "class_name": "Dense",
+                    "config": {"units": CLASSES, "activation": "softmax"},
+                    "inbound": ["dense"],
+                },
+            ],
+            "outputs": ["output"],
+        },
+        "compile": {
+            "optimizer": {"class_name": "SGD", "config": {"learning_rate": learning_rate}},
+            "loss": "categorical_crossentropy",
+            "loss_weights": None,
+            "metrics": ["accuracy"],
+            "weighted_metrics": None,
+            "jit_compile": False,
+            "steps_per_execution": 1,
+        },
+        "fit": {
+            "batch_size": BATCH,
+            "epochs": epochs,
+            "validation_split": 0.25,
+            "shuffle": True,
+            "class_weight": None,
+            "initial_epoch": 0,
+            "steps_per_epoch": None,
+            "validation_steps": None,
+            "validation_batch_size": None,
+            "validation_freq": 1,
+            "callbacks": [],
+        },
+        "data": {
+            **arrays,
+            "sample_weight": None,
+            "one_hot": {"output": CLASSES},
+            "validation": None,
+            "test": arrays,
+            "preprocess": {"x": {}},
+        },
+        "checkpoint": {"monitor": "val_loss", "mode": "min", "keep": keep},
+    }
+
+
+def run(tmp_path: Path, spec: dict, data: DataDir, settings: Settings, control=None, **kw):
+    control = control or RecordingControl()
+    job_dir = tmp_path / "job"
+    return train_job(job_dir, spec, data, settings, control, resume=kw.get("resume")), job_dir
+
+
+def test_job_trains_and_leaves_its_files(tmp_path, data, settings, dataset) -> None:
+    control = RecordingControl()
+    result, job_dir = run(tmp_path, make_spec(dataset, epochs=4, keep=2), data, settings, control)
+
+    assert result["status"] == "succeeded"
+    assert result["epoch"] == 4
+    assert all(len(values) == 4 for values in result["history"].values())
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(result["history"])
+    assert result["metrics"]["val_accuracy"] >= 0.9
+    assert set(result["test_metrics"]) >= {"loss", "accuracy"}
+    assert result["test_metrics"]["accuracy"] >= 0.9
+    assert result["device"]["devices"]
+    final = result["final"]
+    assert final["version"] == 4
+    assert final["sha256"] == sha256_file(job_dir / "model.keras")
+    assert read_json(job_dir / "history.json") == result["history"]
+    log = (job_dir / "train.log").read_text()
+    assert f"job={control.job_id}" in log
+    assert "epoch=4/4" in log
+    assert "succeeded" in log
+
+    # The owner heard of every epoch, each after its checkpoint, and of the kept list.
+    assert [epoch for epoch, _ in control.epochs] == [1, 2, 3, 4]
+    assert len(control.saves) == 4
+    kept, best = control.saves[-1]
+    versions = [entry["version"] for entry in kept]
+    assert versions == sorted({3, 4, best["version"]})
+    assert best["monitor"] == "val_loss"
+    assert best["value"] == min(result["history"]["val_loss"])
+    on_disk = sorted(path.name for path in (job_dir / "checkpoints").glob("*.keras"))
+    assert on_disk == [f"epoch-{v:04d}.keras" for v in versions]
+    for entry in kept:
+        verify_checkpoint(job_dir, entry)
+    epoch_ends = [p for p in control.progress if p["step"] == p["steps"]]
+    assert [p["epoch"] for p in epoch_ends] == [1, 2, 3, 4]
+    assert epoch_ends[-1]["fraction"] == 1.0
+
+
+def test_resume_continues_epochs_optimizer_and_history(tmp_path, data, settings, dataset) -> None:
+    before = RecordingControl()
+    first, job_dir = run(tmp_path, make_spec(dataset, epochs=2), data, settings, before)
+    entry = before.saves[-1][0][-1]
+    assert entry["version"] == 2
+
+    after = RecordingControl()
+    result, _ = run(tmp_path, make_spec(dataset, epochs=4), data, settings, after, resume=entry)
+
+    assert result["epoch"] == 4
+    assert [epoch for epoch, _ in after.epochs] == [3, 4]
+    assert all(len(values) == 4 for values in result["history"].values())
+    assert result["history"]["loss"][:2] == first["history"]["loss"]
+    steps = 5  # ceil(72 / 16)
+    model = load_checkpoint(job_dir, after.saves[-1][0][-1])
+    assert int(model.optimizer.iterations.numpy()) == 4 * steps
+
+
+def test_cancel_leaves_a_loadable_checkpoint(tmp_path, data, settings, dataset) -> None:
+    control = RecordingControl(stop="cancel")
+    result, job_dir = run(tmp_path, make_spec(dataset, epochs=50), data, settings, control)
+
+    assert result["status"] == "cancelled"
+    assert result["final"] is None
+    assert not (job_dir / "model.keras").exists()
+    [(kept, _)] = control.saves
+    assert kept[0]["version"] == 1
+    assert kept[0]["partial"] is True
+    model = load_checkpoint(job_dir, kept[0])
+    assert 1 <= int(model.optimizer.iterations.numpy()) < 5
+    assert ("training_stopped", {"reason": "cancel", "epoch": 1}) in control.events
+
+
+def test_shutdown_interrupts_and_the_resume_starts_after_it(
+    tmp_path, data, settings, dataset
+) -> None:
+    stopping = RecordingControl(stop="shutdown")
+    first, _ = run(tmp_path, make_spec(dataset, epochs=3), data, settings, stopping)
+    assert first["status"] == "interrupted"
+    entry = stopping.saves[-1][0][-1]
+
+    again = RecordingControl()
+    result, _ = run(tmp_path, make_spec(dataset, epochs=3), data, settings, again, resume=entry)
+
+    assert result["status"] == "succeeded"
+    assert [epoch for epoch, _ in again.epochs] == [2, 3]
+    assert len(result["history"]["loss"]) == 3
+
+
+def test_diverging_loss_fails_with_nan_loss(tmp_path, data, settings, dataset) -> None:
+    with pytest.raises(TrainingFailed) as caught:
+        run(tmp_path, make_spec(dataset, learning_rate=1e38), data, settings)
+
+    assert caught.value.reason == "nan_loss"
+    assert "at epoch 1, batch" in caught.value.message
+    log = (tmp_path / "job" / "train.log").read_text()
+    assert "nan_loss" in log
+    assert "Traceback" in log
+
+
+def test_shape_mismatch_names_the_shapes(tmp_path, data, settings) -> None:
+    narrow = store(data, settings, tmp_path, **blobs(features=5))
+    with pytest.raises(TrainingFailed) as caught:
+        run(tmp_path, make_spec(narrow), data, settings)
+
+    assert caught.value.reason == "invalid_data"
+    assert caught.value.message.startswith(
+        "Input 'input' expects shape (None, 8) but array 'x' has shape (96, 5)."
+    )
+
+
+def test_time_limit_fails_with_timeout_after_a_checkpoint(tmp_path, data, settings, dataset):
+    control = RecordingControl()
+    with pytest.raises(TrainingFailed) as caught:
+        run(tmp_path, make_spec(dataset), data, settings.with_overrides(max_job_seconds=0), control)
+
+    assert caught.value.reason == "timeout"
+    assert "FITSERVE_MAX_JOB_SECONDS" in caught.value.message
+    [(kept, _)] = control.saves
+    verify_checkpoint(tmp_path / "job", kept[0])
+
+
+@pytest.mark.parametrize(
+    ("error", "reason", "words"),
+    [
+        (MemoryError(), "resource_exhausted", "batch_size"),
+        (
+            tf.errors.ResourceExhaustedError(None, None, "OOM when allocating"),
+            "resource_exhausted",
+            "OOM when allocating",
+        ),
+        (OSError(errno.ENOSPC, "No space left on device"), "no_space", "intact"),
+        (
+            ValueError("Arguments `target` and `output` must have the same shape"),
+            "invalid_data",
+            "same shape",
+        ),
+        (RuntimeError("boom"), "internal", "RuntimeError: boom"),
+    ],
+)
+def test_every_exception_has_a_reason(error: Exception, reason: str, words: str) -> None:
+    failed = describe_failure(error)
+    assert failed.reason == reason
+    assert words in failed.message
