@@ -58,11 +58,16 @@ class JobFailed(FitserveError):
 
 
 def describe_field_error(error: dict[str, Any]) -> str:
-    """`/fit/epochs: must be at most 1000 (expected: an integer 1..1000; received: 5000)`."""
-    text = f"{error.get('path') or '/'}: {error.get('message', '')}"
+    """`/fit/epochs: too large (expected: an integer 1..1000; received: 5000)`.
+
+    What the message already says (the server's messages often name both) is not repeated.
+    """
+    message = str(error.get("message", ""))
     extras = []
-    if error.get("expected") is not None:
-        extras.append(f"expected: {error['expected']}")
-    if "received" in error:
+    expected = error.get("expected")
+    if expected is not None and str(expected) not in message:
+        extras.append(f"expected: {expected}")
+    if "received" in error and "Received" not in message:
         extras.append(f"received: {error['received']!r}")
+    text = f"{error.get('path') or '/'}: {message}"
     return text + (f" ({'; '.join(extras)})" if extras else "")

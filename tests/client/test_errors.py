@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from client import Client, ConnectionFailed, FitserveError
+from client.errors import describe_field_error
 from tests.client.conftest import API_KEY
 from tests.support.processes import free_port
 
@@ -69,3 +70,13 @@ def test_field_errors_are_listed_with_path_expected_and_received():
         "422 invalid_request: The job request has 1 error.",
         "  /fit/epochs: epochs is too large (expected: an integer 1..1000; received: 5000)",
     ]
+
+
+def test_what_the_message_already_says_is_not_repeated():
+    error = {
+        "path": "/fit/epochs",
+        "message": "fit has epochs=-1. Expected a positive integer. Received: epochs=-1",
+        "expected": "a positive integer",
+        "received": -1,
+    }
+    assert describe_field_error(error) == f"/fit/epochs: {error['message']}"
