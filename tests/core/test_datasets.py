@@ -1,0 +1,208 @@
+"""core.datasets and core.readers on files: formats, dtypes, statistics, storage, reading back."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core import datasets, readers
+from core.errors import InvalidData, InvalidRequest, NotFound
+from core.settings import Settings
+from core.storage import DataDir, new_id
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> DataDir:
+    folder = DataDir(tmp_path / "data")
+    folder.ensure()
+    return folder
+
+
+def store(data: DataDir, tmp_path: Path, content: bytes | np.ndarray, **options) -> dict:
+    source = tmp_path / f"upload-{new_id()}"
+    if isinstance(content, np.ndarray):
+        np.save(source.with_suffix(".npy"), content)
+        source.with_suffix(".npy").rename(source)
+    else:
+        source.write_bytes(content)
+    return datasets.store_upload(
+        data, new_id(), source, settings=Settings(), owner="alice", filename="f", **options
+    )
+
+
+def refusal(call) -> dict:
+    with pytest.raises(InvalidData) as caught:
+        call()
+    assert len(caught.value.errors) == 1
+    return caught.value.errors[0].to_dict()
+
+
+@pytest.mark.parametrize(
+    ("array", "received"),
+    [
+        (np.array(["a", "b"]), "<U1"),
+        (np.array([1 + 2j]), "complex128"),
+        (np.zeros(2, dtype=[("a", "i4"), ("b", "f4")]), "[('a', '<i4'), ('b', '<f4')]"),
+        (np.array(["2020-01-01"], dtype="datetime64[D]"), "datetime64[D]"),
+    ],
+)
+def test_non_numeric_dtypes_are_refused(data, tmp_path, array, received):
+    error = refusal(lambda: store(data, tmp_path, array))
+    assert error["path"] == "/file"
+    assert error["received"] == received
+    assert "bool, int, uint or float" in error["expected"]
+
+
+def test_scalar_and_truncated_npy_are_refused(data, tmp_path):
+    assert refusal(lambda: store(data, tmp_path, np.array(3.0, dtype=np.float32)))["received"] == []
+    garbled = readers.NPY_MAGIC + b"\x01\x00" + (10).to_bytes(2, "little") + b"not a dict"
+    full = tmp_path / "full.npy"
+    np.save(full, np.arange(10, dtype=np.int32))
+    truncated = full.read_bytes()[:-8]
+    error = refusal(lambda: store(data, tmp_path, truncated))
+    assert (error["expected"], error["received"]) == ("40 data bytes", 32)
+    assert refusal(lambda: store(data, tmp_path, garbled))["path"] == "/file"
+
+
+def test_array_name_must_be_an_identifier(data, tmp_path):
+    error = refusal(lambda: store(data, tmp_path, np.ones(2), name="../x"))
+    assert (error["path"], error["received"]) == ("/name", "../x")
+
+
+def test_statistics_of_each_dtype_kind(data, tmp_path):
+    x = np.array([True, False, True])
+    manifest = store(data, tmp_path, x)
+    assert manifest["arrays"]["x"]["stats"] == {
+        "min": 0,
+        "max": 1,
+        "integer_valued": True,
+        "nan": 0,
+        "inf": 0,
+        "labels": [0, 1],
+    }
+    signed = store(data, tmp_path, np.array([-128, 5, 127, 5], dtype=np.int8))
+    assert signed["arrays"]["x"]["stats"]["labels"] == [-128, 5, 127]
+    floats = store(data, tmp_path, np.array([np.nan, np.nan, -np.inf, 2.0], dtype=np.float16))
+    stats = floats["arrays"]["x"]["stats"]
+    assert (stats["min"], stats["max"], stats["nan"], stats["inf"]) == (2.0, 2.0, 2, 1)
+
+
+def test_labels_are_dropped_past_256_distinct_values_across_chunks(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(readers, "CHUNK_BYTES", 64 * 8)
+    few = store(data, tmp_path, np.arange(2000, dtype=np.int64) % 256)
+    assert few["arrays"]["x"]["stats"]["labels"] == list(range(256))
+    many = store(data, tmp_path, np.arange(2000, dtype=np.int64) % 257)
+    assert many["arrays"]["x"]["stats"]["labels"] is None
+    assert many["arrays"]["x"]["stats"]["max"] == 256
+
+
+def test_csv_numeric_labels_and_blank_lines(data, tmp_path):
+    text = "\ufeffa,label\n1,0.5\n\n2,1.5\n"
+    manifest = store(data, tmp_path, text.encode(), label="label")
+    assert manifest["classes"] == {}
+    assert manifest["rows"] == 2
+    assert manifest["arrays"]["y"]["dtype"] == "float32"
+    assert manifest["arrays"]["y"]["stats"]["labels"] == [0.5, 1.5]
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "received"),
+    [
+        ("a,b\n1,2\n", "/label", "label"),
+        ("a,a,label\n1,2,3\n", "/file", ["a"]),
+        ("label\n1\n", "/file", ["label"]),
+        ("a,label\n", "/file", 0),
+        ("a,label\n1,\n", "/file/rows/2/columns/label", ""),
+        ('a,label\n"1,2\n', "/file/rows/2", 1),
+    ],
+)
+def test_csv_refusals_name_the_place(data, tmp_path, text, path, received):
+    error = refusal(lambda: store(data, tmp_path, text.encode()))
+    assert (error["path"], error.get("received")) == (path, received)
+
+
+def test_csv_errors_are_listed_in_line_order_and_capped(data, tmp_path):
+    rows = "\n".join(["x,1", "1,2,3"] * 30)
+    with pytest.raises(InvalidData) as caught:
+        store(data, tmp_path, f"a,label\n{rows}\n".encode())
+    paths = [error.path for error in caught.value.errors]
+    assert len(paths) == readers.MAX_REPORTED_ERRORS
+    assert paths[:3] == ["/file/rows/2/columns/a", "/file/rows/3", "/file/rows/4/columns/a"]
+
+
+def test_json_pointer_escapes_names():
+    assert readers.pointer("file", "rows", 3, "columns", "a/b~c") == "/file/rows/3/columns/a~1b~0c"
+
+
+def test_npy_writer_header_keeps_its_length_when_rows_grow(tmp_path):
+    writer = readers.NpyWriter(tmp_path / "w.npy", (3,), np.dtype(np.float32))
+    writer.rows = 10**15
+    writer.finish()
+    with open(tmp_path / "w.npy", "rb") as handle:
+        assert readers.read_npy_header(handle, "/").shape == (10**15, 3)
+
+
+def test_open_array_memory_maps_and_verifies(data, tmp_path):
+    manifest = store(data, tmp_path, np.arange(6, dtype=np.float32).reshape(3, 2))
+    array = datasets.open_array(data, manifest["id"], "x", verify=True)
+    assert isinstance(array, np.memmap)
+    np.testing.assert_array_equal(array, [[0, 1], [2, 3], [4, 5]])
+    with pytest.raises(NotFound):
+        datasets.open_array(data, manifest["id"], "y")
+    path = data.dataset(manifest["id"]) / "a0.npy"
+    content = bytearray(path.read_bytes())
+    content[-1] ^= 0xFF
+    path.write_bytes(bytes(content))
+    datasets.open_array(data, manifest["id"], "x")
+    with pytest.raises(InvalidData, match="sha256"):
+        datasets.open_array(data, manifest["id"], "x", verify=True)
+
+
+@pytest.mark.parametrize("dataset_id", ["../../etc", "0" * 32, "", "A" * 32])
+def test_load_manifest_of_unknown_or_malformed_id_is_not_found(data, dataset_id):
+    with pytest.raises(NotFound):
+        datasets.load_manifest(data, dataset_id)
+
+
+def test_list_filters_by_owner_and_skips_incomplete_folders(data, tmp_path):
+    mine = store(data, tmp_path, np.ones(2))
+    (data.datasets / new_id()).mkdir()
+    page, cursor = datasets.list_manifests(
+        data, visible=lambda owner: owner == "alice", limit=10, cursor=None
+    )
+    assert ([m["id"] for m in page], cursor) == ([mine["id"]], None)
+    page, _ = datasets.list_manifests(data, visible=lambda owner: False, limit=10, cursor=None)
+    assert page == []
+    with pytest.raises(InvalidRequest):
+        datasets.list_manifests(data, visible=bool, limit=1, cursor="x_y")
+
+
+def test_remove_stale_sweeps_old_leftovers_only(data, tmp_path):
+    kept = store(data, tmp_path, np.ones(2))
+    orphan = data.datasets / new_id()
+    orphan.mkdir()
+    part = data.uploads / "upload-abc.part"
+    part.write_bytes(b"123")
+    fresh = data.uploads / "upload-new.part"
+    fresh.write_bytes(b"123")
+    old = time.time() - datasets.STALE_SECONDS - 60
+    for path in (orphan, part):
+        os.utime(path, (old, old))
+    datasets.remove_stale(data)
+    assert not orphan.exists()
+    assert not part.exists()
+    assert fresh.exists()
+    assert datasets.load_manifest(data, kept["id"])["id"] == kept["id"]
+
+
+def test_delete_dataset_removes_the_folder(data, tmp_path):
+    manifest = store(data, tmp_path, np.ones(2))
+    datasets.delete_dataset(data, manifest["id"])
+    assert not data.dataset(manifest["id"]).exists()
+    assert list(data.uploads.iterdir()) == []
+    with pytest.raises(NotFound):
+        datasets.delete_dataset(data, manifest["id"])
