@@ -37,6 +37,12 @@ class Settings:
     keep_checkpoints: int = 3
     lease_seconds: int = 30
     heartbeat_seconds: int = 5
+    # Serving: models loaded per API process (LRU by count and by weight bytes), and how
+    # concurrent predictions for one model are gathered into one forward pass.
+    model_cache_size: int = 8
+    model_cache_bytes: int = 2 << 30
+    predict_max_batch_rows: int = 256
+    predict_max_latency_ms: int = 20
     log_level: str = "INFO"
 
     @classmethod

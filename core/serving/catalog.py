@@ -1,0 +1,155 @@
+"""Which file serves a model: a job id or name, a version or label, read from job manifests.
+
+A job is a model, its checkpoints are versions (version N after N epochs), and `best`, `latest`
+and `final` are labels. Everything here reads the data volume only, so finished jobs stay
+servable while Redis is down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from core.checkpoints import CheckpointCorrupt, verify_checkpoint
+from core.errors import Conflict, NotFound
+from core.storage import DataDir, check_id, read_json, sha256_file
+
+LABELS = ("best", "latest", "final")
+FINAL_FILE = "model.keras"
+
+
+@dataclasses.dataclass(frozen=True)
+class Servable:
+    """One version of one job's model: the file to load and what the manifest says of it."""
+
+    job_id: str
+    version: int
+    job_dir: Path
+    entry: dict[str, Any]
+    final: bool
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        """Cache key: a file replaced under the same version has another sha256."""
+        return (self.job_id, self.version, str(self.entry.get("sha256")))
+
+    def verified_path(self) -> Path:
+        """The file's path once its sha256 matches the manifest, else CheckpointCorrupt (503)."""
+        if not self.final:
+            return verify_checkpoint(self.job_dir, self.entry)
+        path = self.job_dir / FINAL_FILE
+        if self.entry.get("file") != FINAL_FILE or not path.is_file():
+            raise CheckpointCorrupt(
+                f"The final model {FINAL_FILE} of job {self.job_id} is missing."
+            )
+        if sha256_file(path) != self.entry.get("sha256"):
+            raise CheckpointCorrupt(
+                f"The final model {FINAL_FILE} of job {self.job_id} fails its sha256 check: "
+                "the file changed after it was saved."
+            )
+        return path
+
+
+def read_manifest(data: DataDir, job_id: str) -> dict[str, Any]:
+    """A job's manifest, or NotFound for an unknown id."""
+    try:
+        manifest = read_json(data.job(job_id) / "manifest.json")
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotFound(f"No model {job_id!r}: no job has this id.") from None
+    except orjson.JSONDecodeError:
+        raise CheckpointCorrupt(f"The manifest of job {job_id} is not readable JSON.") from None
+    return manifest
+
+
+def iter_manifests(data: DataDir) -> Iterator[dict[str, Any]]:
+    """Every job manifest on the volume that reads; half-written jobs are skipped."""
+    if not data.jobs.is_dir():
+        return
+    for folder in data.jobs.iterdir():
+        try:
+            yield read_manifest(data, folder.name)
+        except (NotFound, CheckpointCorrupt):
+            continue
+
+
+def find_model(data: DataDir, model: str, can_see: Callable[[str | None], bool]) -> dict:
+    """The manifest of the job `model` names: a job id, else a job name.
+
+    A name means the newest succeeded job of that name, or, while none has succeeded, the newest
+    job of that name (so a running job is servable by name from its first checkpoint).
+    Another key's job is reported exactly like an unknown one.
+    """
+    try:
+        manifest = read_manifest(data, check_id(model, "model"))
+    except NotFound:
+        manifest = None
+    if manifest is not None and can_see(manifest.get("owner")):
+        return manifest
+    named = [m for m in iter_manifests(data) if m.get("name") == model and can_see(m.get("owner"))]
+    if not named:
+        raise NotFound(f"No model {model[:200]!r}: no job has this id or name.")
+    succeeded = [m for m in named if m.get("status") == "succeeded"]
+    return max(succeeded or named, key=lambda m: (m.get("created_at") or "", m["id"]))
+
+
+def version_entries(manifest: dict) -> dict[int, tuple[dict, bool]]:
+    """Servable versions -> (manifest entry, is the final model); the final file wins a tie."""
+    entries: dict[int, tuple[dict, bool]] = {
+        entry["version"]: (entry, False) for entry in manifest.get("checkpoints") or []
+    }
+    final = manifest.get("final")
+    if final:
+        entries[final["version"]] = (final, True)
+    return entries
+
+
+def label_versions(manifest: dict) -> dict[str, int]:
+    """The labels that point at a servable version now."""
+    entries = version_entries(manifest)
+    labels: dict[str, int] = {}
+    if entries:
+        labels["latest"] = max(entries)
+    best = manifest.get("best")
+    if best and best.get("version") in entries:
+        labels["best"] = best["version"]
+    if manifest.get("final"):
+        labels["final"] = manifest["final"]["version"]
+    return labels
+
+
+def default_label(manifest: dict) -> str:
+    """`final` once the job succeeded, else `latest`."""
+    return "final" if manifest.get("final") else "latest"
+
+
+def resolve_version(
+    data: DataDir, manifest: dict, *, version: int | None = None, label: str | None = None
+) -> Servable:
+    """The servable a version number or a label (default: `final`, else `latest`) names.
+
+    409 while the job has no checkpoint yet (naming its status), 404 for an unknown version or
+    label.
+    """
+    job_id, status = manifest["id"], manifest.get("status")
+    entries = version_entries(manifest)
+    if not entries:
+        raise Conflict(
+            f"Model {job_id} has no servable version yet: its job is {status} "
+            "and has written no checkpoint.",
+            code="no_servable_version",
+        )
+    if version is None:
+        label = label or default_label(manifest)
+        if label not in LABELS:
+            raise NotFound(f"No label {label[:64]!r}: labels are {', '.join(LABELS)}.")
+        version = label_versions(manifest).get(label)
+        if version is None:
+            raise NotFound(f"Model {job_id} has no {label!r} version yet: its job is {status}.")
+    if version not in entries:
+        raise NotFound(f"Model {job_id} has no version {version}: versions are {sorted(entries)}.")
+    entry, final = entries[version]
+    return Servable(job_id, version, data.job(job_id), entry, final)

@@ -1,0 +1,112 @@
+"""The Open Inference Protocol (KServe v2) over the same models as the TF Serving routes.
+
+A version segment is a version number or a label (`best`, `latest`, `final`); without one the
+model's default version answers. Errors are problem documents, whose `error` member is what
+the protocol's clients read.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+
+from flask import Blueprint
+
+from core.errors import NotFound, Unavailable
+from core.serving import catalog, tensors
+from core.serving.cache import LoadedModel, TensorInfo
+from core.serving.catalog import Servable
+from service.http import json_body, json_response
+from service.models import find_manifest, load, resolve, tag_version
+from service.state import data_dir, settings
+
+bp = Blueprint("inference", __name__)
+bp.after_request(tag_version)
+
+
+def server_version() -> str:
+    try:
+        return importlib.metadata.version("fitserve")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@bp.get("/v2")
+def server_metadata():
+    return json_response({"name": "fitserve", "version": server_version(), "extensions": []})
+
+
+@bp.get("/v2/health/live")
+def live():
+    return json_response({"live": True})
+
+
+@bp.get("/v2/health/ready")
+def ready():
+    """Ready when the data volume, where every model lives, can be read."""
+    if not os.access(data_dir().jobs, os.R_OK | os.X_OK):
+        raise Unavailable("The data folder cannot be read.", code="not_ready")
+    return json_response({"ready": True})
+
+
+def resolve_segment(model: str, version: str | None) -> Servable:
+    """A version segment: digits are a version number, else a label."""
+    if version is None:
+        return resolve(model)
+    if version.isdigit():
+        return resolve(model, version=int(version))
+    if version not in catalog.LABELS:
+        raise NotFound(
+            f"No version {version[:64]!r}: a version is a number or one of {catalog.LABELS}."
+        )
+    return resolve(model, label=version)
+
+
+def _tensor(info: TensorInfo) -> dict:
+    return {
+        "name": info.name,
+        "datatype": tensors.DATATYPE_OF.get(info.dtype, info.dtype.upper()),
+        "shape": info.batch_shape(),
+    }
+
+
+@bp.get("/v2/models/<model>")
+@bp.get("/v2/models/<model>/versions/<version>")
+def model_metadata(model: str, version: str | None = None):
+    loaded = load(resolve_segment(model, version))
+    versions = catalog.version_entries(find_manifest(model))
+    return json_response(
+        {
+            "name": model,
+            "versions": [str(v) for v in sorted(versions)],
+            "platform": "keras",
+            "inputs": [_tensor(info) for info in loaded.inputs],
+            "outputs": [_tensor(info) for info in loaded.outputs],
+        }
+    )
+
+
+@bp.get("/v2/models/<model>/ready")
+@bp.get("/v2/models/<model>/versions/<version>/ready")
+def model_ready(model: str, version: str | None = None):
+    """Ready once the version is loaded in this process (this call loads it)."""
+    loaded = load(resolve_segment(model, version))
+    return json_response({"name": model, "version": _version(loaded), "ready": True})
+
+
+@bp.post("/v2/models/<model>/infer")
+@bp.post("/v2/models/<model>/versions/<version>/infer")
+def infer(model: str, version: str | None = None):
+    body = json_body()
+    loaded = load(resolve_segment(model, version))
+    checked = tensors.parse_infer(body, loaded.inputs, loaded.outputs, settings().max_predict_rows)
+    outputs = loaded.predict(checked.arrays)
+    answer = {"model_name": model, "model_version": _version(loaded)}
+    if checked.id is not None:
+        answer["id"] = checked.id
+    answer["outputs"] = tensors.render_infer(outputs, checked.outputs)
+    return json_response(answer)
+
+
+def _version(loaded: LoadedModel) -> str:
+    return str(loaded.servable.version)

@@ -1,0 +1,239 @@
+"""Predictions in TensorFlow Serving's REST dialect: models are jobs, checkpoints are versions.
+
+`<model>` is a job id, or a job name (its newest succeeded job); a version is a checkpoint's
+epoch number; `best`, `latest` and `final` are labels. Every answer about one version carries
+`X-Model-Version`.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask, Response, current_app, g, request, send_file
+
+from core.errors import FieldError, InvalidRequest
+from core.serving import catalog, tensors
+from core.serving.cache import LoadedModel, ModelCache, TensorInfo
+from core.serving.catalog import Servable
+from core.serving.export import export_savedmodel
+from service.auth import can_see
+from service.http import json_body, json_response, page_args
+from service.state import data_dir, settings
+
+bp = Blueprint("models", __name__)
+
+# TensorFlow's DataType names, as TF Serving's metadata writes them.
+TF_DTYPES = {
+    "float16": "DT_HALF",
+    "float32": "DT_FLOAT",
+    "float64": "DT_DOUBLE",
+    "int8": "DT_INT8",
+    "int16": "DT_INT16",
+    "int32": "DT_INT32",
+    "int64": "DT_INT64",
+    "uint8": "DT_UINT8",
+    "uint16": "DT_UINT16",
+    "bool": "DT_BOOL",
+}
+DOWNLOAD_FORMATS = ("keras", "savedmodel")
+
+
+def install(app: Flask) -> None:
+    """Register the routes and give this process its model cache."""
+    app.extensions["fitserve.models"] = ModelCache(app.config["FITSERVE"])
+    app.register_blueprint(bp)
+
+
+def model_cache() -> ModelCache:
+    return current_app.extensions["fitserve.models"]
+
+
+def find_manifest(model: str) -> dict:
+    """The manifest of the job `model` names, if this caller may see it (else 404)."""
+    return catalog.find_model(data_dir(), model, can_see)
+
+
+def resolve(model: str, version: int | None = None, label: str | None = None) -> Servable:
+    """The servable version a request names; remembered for `X-Model-Version`."""
+    manifest = find_manifest(model)
+    servable = catalog.resolve_version(data_dir(), manifest, version=version, label=label)
+    g.model_version = servable.version
+    g.follows_latest = version is None and (label or catalog.default_label(manifest)) == "latest"
+    return servable
+
+
+def load(servable: Servable) -> LoadedModel:
+    """The loaded model; a request that follows `latest` keeps the older version while the
+    newer one loads."""
+    cache = model_cache()
+    loaded = cache.get_newest(servable) if g.get("follows_latest") else cache.get(servable)
+    g.model_version = loaded.servable.version
+    return loaded
+
+
+def tag_version(response: Response) -> Response:
+    """Say which version answered (or would have)."""
+    if g.get("model_version") is not None:
+        response.headers["X-Model-Version"] = str(g.model_version)
+    return response
+
+
+bp.after_request(tag_version)
+
+
+def model_record(manifest: dict) -> dict:
+    entries = catalog.version_entries(manifest)
+    labels = catalog.label_versions(manifest)
+    return {
+        "id": manifest["id"],
+        "name": manifest.get("name"),
+        "status": manifest.get("status"),
+        "versions": sorted(entries),
+        "labels": labels,
+        "default_version": labels.get(catalog.default_label(manifest)),
+        "links": {"self": f"/v1/models/{manifest['id']}"},
+    }
+
+
+@bp.get("/v1/models")
+def list_models():
+    """Jobs with a servable version, newest first, `?limit=&cursor=`."""
+    limit, cursor = page_args()
+    manifests = sorted(
+        (
+            m
+            for m in catalog.iter_manifests(data_dir())
+            if can_see(m.get("owner")) and catalog.version_entries(m)
+        ),
+        key=_order,
+        reverse=True,
+    )
+    if cursor is not None:
+        manifests = [m for m in manifests if _order(m) < tuple(cursor.split("~", 1))]
+    page = manifests[:limit]
+    more = len(manifests) > limit
+    return json_response(
+        {
+            "items": [model_record(m) for m in page],
+            "next_cursor": "~".join(_order(page[-1])) if more else None,
+        }
+    )
+
+
+def _order(manifest: dict) -> tuple[str, str]:
+    return (manifest.get("created_at") or "", manifest["id"])
+
+
+def _version_status(version: int) -> dict:
+    return {
+        "version": str(version),
+        "state": "AVAILABLE",
+        "status": {"error_code": "OK", "error_message": ""},
+    }
+
+
+@bp.get("/v1/models/<model>")
+def model_status(model: str):
+    """TF Serving's `model_version_status`: every servable version, newest first."""
+    manifest = find_manifest(model)
+    servable = catalog.resolve_version(data_dir(), manifest)
+    g.model_version = servable.version
+    versions = sorted(catalog.version_entries(manifest), reverse=True)
+    return json_response({"model_version_status": [_version_status(v) for v in versions]})
+
+
+@bp.get("/v1/models/<model>/versions/<int:version>")
+@bp.get("/v1/models/<model>/labels/<label>")
+def version_status(model: str, version: int | None = None, label: str | None = None):
+    servable = resolve(model, version, label)
+    return json_response({"model_version_status": [_version_status(servable.version)]})
+
+
+def _tensor_info(info: TensorInfo, prefix: str) -> dict:
+    return {
+        "dtype": TF_DTYPES.get(info.dtype, info.dtype),
+        "tensor_shape": {
+            "dim": [{"size": str(size), "name": ""} for size in info.batch_shape()],
+            "unknown_rank": False,
+        },
+        "name": f"{prefix}{info.name}:0",
+    }
+
+
+def describe(info: TensorInfo) -> dict:
+    """One input or output in plain form: name, dtype, shape with -1 for the batch."""
+    return {"name": info.name, "dtype": info.dtype, "shape": info.batch_shape()}
+
+
+@bp.get("/v1/models/<model>/metadata")
+@bp.get("/v1/models/<model>/versions/<int:version>/metadata")
+@bp.get("/v1/models/<model>/labels/<label>/metadata")
+def model_metadata(model: str, version: int | None = None, label: str | None = None):
+    """TF Serving's signature_def metadata, plus `inputs`/`outputs` in plain form."""
+    loaded = load(resolve(model, version, label))
+    signature = {
+        "inputs": {i.name: _tensor_info(i, "serving_default_") for i in loaded.inputs},
+        "outputs": {o.name: _tensor_info(o, "StatefulPartitionedCall:") for o in loaded.outputs},
+        "method_name": "tensorflow/serving/predict",
+    }
+    return json_response(
+        {
+            "model_spec": {
+                "name": model,
+                "signature_name": "",
+                "version": str(loaded.servable.version),
+            },
+            "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}},
+            "inputs": [describe(i) for i in loaded.inputs],
+            "outputs": [describe(o) for o in loaded.outputs],
+        }
+    )
+
+
+@bp.post("/v1/models/<model>:predict")
+@bp.post("/v1/models/<model>/versions/<int:version>:predict")
+@bp.post("/v1/models/<model>/labels/<label>:predict")
+def predict(model: str, version: int | None = None, label: str | None = None):
+    """`{"instances": ...}` -> `{"predictions": ...}`, `{"inputs": ...}` -> `{"outputs": ...}`."""
+    body = json_body()
+    loaded = load(resolve(model, version, label))
+    arrays, layout = tensors.parse_predict(body, loaded.inputs, settings().max_predict_rows)
+    outputs = loaded.predict(arrays)
+    return json_response(tensors.render_predict(outputs, loaded.outputs, layout))
+
+
+@bp.get("/v1/models/<model>/download")
+@bp.get("/v1/models/<model>/versions/<int:version>/download")
+@bp.get("/v1/models/<model>/labels/<label>/download")
+def download(model: str, version: int | None = None, label: str | None = None):
+    """`?format=keras` (the checked file as saved) or `savedmodel` (a `.tar.gz`)."""
+    fmt = request.args.get("format", "keras")
+    if fmt not in DOWNLOAD_FORMATS:
+        raise _bad_query("format", f"one of {list(DOWNLOAD_FORMATS)}", fmt)
+    asked = request.args.get("version")
+    if asked is not None:
+        if not asked.isdigit():
+            raise _bad_query("version", "a version number", asked)
+        version, label = int(asked), None
+    servable = resolve(model, version, label)
+    name = f"{servable.job_id}-v{servable.version}"
+    if fmt == "keras":
+        return send_file(
+            servable.verified_path(),
+            mimetype="application/octet-stream",
+            as_attachment=True,
+            download_name=f"{name}.keras",
+            etag=str(servable.entry.get("sha256")),
+        )
+    archive = export_savedmodel(model_cache().get(servable))
+    return send_file(
+        archive,
+        mimetype="application/gzip",
+        as_attachment=True,
+        download_name=f"{name}.savedmodel.tar.gz",
+    )
+
+
+def _bad_query(name: str, expected: str, received: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"Bad query parameter {name}.",
+        errors=[FieldError(f"/{name}", f"{name} is not valid", expected, received[:64])],
+    )

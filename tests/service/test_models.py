@@ -1,0 +1,373 @@
+"""TF Serving's REST dialect over real trained models written as training writes them."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.keys import hash_key
+from core.storage import DataDir, read_json, write_json
+from service import create_app
+from tests.support.models import (
+    MULTI,
+    SEQUENCE,
+    SINGLE,
+    copy_job,
+    job_manifest,
+    load_version,
+    model_library,
+    write_job,
+)
+
+ROWS = np.random.default_rng(7).normal(size=(5, 4)).astype("float32")
+IMAGES = np.random.default_rng(8).normal(size=(3, 2, 3)).astype("float32")
+META = np.random.default_rng(9).normal(size=(3, 2)).astype("float32")
+
+
+@pytest.fixture(scope="session")
+def library(tmp_path_factory: pytest.TempPathFactory) -> tuple[DataDir, dict[str, str]]:
+    root = tmp_path_factory.getbasetemp()
+    jobs = model_library(root)
+    return DataDir(root / "model-library"), jobs
+
+
+@pytest.fixture
+def jobs(library, settings) -> dict[str, str]:
+    """The library's jobs copied into this test's data folder."""
+    source, ids = library
+    for job_id in ids.values():
+        copy_job(source, DataDir(settings.data_dir), job_id)
+    return ids
+
+
+def expected(library, kind: str, x, version: int | None = None):
+    source, ids = library
+    return load_version(source, ids[kind], version)(x, training=False)
+
+
+def post(client, path: str, body):
+    return client.post(path, json=body)
+
+
+def test_row_format_equals_the_final_model(client, jobs, library):
+    response = post(client, f"/v1/models/{jobs[SINGLE]}:predict", {"instances": ROWS.tolist()})
+    assert response.status_code == 200, response.get_json()
+    assert response.headers["X-Model-Version"] == "3"
+    predictions = np.array(response.get_json()["predictions"])
+    assert predictions.shape == (5, 3)
+    assert np.allclose(predictions, expected(library, SINGLE, ROWS), atol=1e-6)
+
+
+def test_columnar_format_answers_outputs(client, jobs, library):
+    response = post(client, f"/v1/models/{jobs[SINGLE]}:predict", {"inputs": ROWS.tolist()})
+    assert response.status_code == 200
+    assert np.allclose(response.get_json()["outputs"], expected(library, SINGLE, ROWS), atol=1e-6)
+    named = post(client, f"/v1/models/{jobs[SINGLE]}:predict", {"inputs": {"input": ROWS.tolist()}})
+    assert named.get_json() == response.get_json()
+
+
+@pytest.mark.parametrize(
+    ("suffix", "version", "file_version"),
+    [
+        ("/versions/1", "1", 1),
+        ("/versions/2", "2", 2),
+        ("/versions/3", "3", None),
+        ("/labels/final", "3", None),
+        ("/labels/latest", "3", None),
+        ("", "3", None),
+    ],
+)
+def test_versions_and_labels_serve_their_file(client, jobs, library, suffix, version, file_version):
+    response = post(
+        client, f"/v1/models/{jobs[SINGLE]}{suffix}:predict", {"instances": ROWS.tolist()}
+    )
+    assert response.status_code == 200
+    assert response.headers["X-Model-Version"] == version
+    want = expected(library, SINGLE, ROWS, file_version)
+    assert np.allclose(response.get_json()["predictions"], want, atol=1e-6)
+
+
+def test_best_label_follows_the_manifest(client, jobs, library, settings):
+    best = read_json(DataDir(settings.data_dir).job(jobs[SINGLE]) / "manifest.json")["best"]
+    response = post(
+        client, f"/v1/models/{jobs[SINGLE]}/labels/best:predict", {"instances": ROWS.tolist()}
+    )
+    assert response.headers["X-Model-Version"] == str(best["version"])
+    file_version = None if best["version"] == 3 else best["version"]
+    assert np.allclose(
+        response.get_json()["predictions"], expected(library, SINGLE, ROWS, file_version), atol=1e-6
+    )
+
+
+def test_multi_input_multi_output_row_and_columnar(client, jobs, library):
+    score, probs = expected(library, MULTI, [IMAGES, META])
+    instances = [
+        {"image": i.tolist(), "meta": m.tolist()} for i, m in zip(IMAGES, META, strict=True)
+    ]
+    rows = post(client, f"/v1/models/{jobs[MULTI]}:predict", {"instances": instances}).get_json()
+    assert [sorted(row) for row in rows["predictions"]] == [["probs", "score"]] * 3
+    assert np.allclose([row["score"] for row in rows["predictions"]], score, atol=1e-6)
+    assert np.allclose([row["probs"] for row in rows["predictions"]], probs, atol=1e-6)
+    columns = {"image": IMAGES.tolist(), "meta": META.tolist()}
+    outputs = post(client, f"/v1/models/{jobs[MULTI]}:predict", {"inputs": columns}).get_json()[
+        "outputs"
+    ]
+    assert np.allclose(outputs["score"], score, atol=1e-6)
+    assert np.allclose(outputs["probs"], probs, atol=1e-6)
+
+
+def test_variable_length_input_takes_any_length(client, jobs, library):
+    for length in (3, 7):
+        x = np.ones((2, length, 2), "float32")
+        response = post(client, f"/v1/models/{jobs[SEQUENCE]}:predict", {"inputs": x.tolist()})
+        assert response.status_code == 200
+        assert np.allclose(
+            response.get_json()["outputs"], expected(library, SEQUENCE, x), atol=1e-6
+        )
+
+
+def test_a_job_name_means_its_newest_succeeded_job(client, jobs):
+    response = post(client, "/v1/models/tiny:predict", {"instances": ROWS.tolist()})
+    by_id = post(client, f"/v1/models/{jobs[SINGLE]}:predict", {"instances": ROWS.tolist()})
+    assert response.status_code == 200
+    assert response.get_json() == by_id.get_json()
+
+
+def test_a_running_job_serves_its_latest_checkpoint(client, jobs, library):
+    response = post(client, "/v1/models/tiny-running:predict", {"instances": ROWS.tolist()})
+    assert response.status_code == 200
+    assert response.headers["X-Model-Version"] == "2"
+    source, ids = library
+    want = load_version(source, ids["running"], 2)(ROWS, training=False)
+    assert np.allclose(response.get_json()["predictions"], want, atol=1e-6)
+    final = post(
+        client, f"/v1/models/{jobs['running']}/labels/final:predict", {"instances": ROWS.tolist()}
+    )
+    assert final.status_code == 404
+    assert "running" in final.get_json()["detail"]
+
+
+def test_a_job_without_checkpoint_is_409_naming_its_status(client, settings):
+    manifest = job_manifest("a" * 32, name="fresh", owner=None, status="queued")
+    write_job(DataDir(settings.data_dir), manifest)
+    response = post(client, "/v1/models/fresh:predict", {"instances": [[1, 2, 3, 4]]})
+    assert response.status_code == 409
+    assert "queued" in response.get_json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/models/nope:predict",
+        "/v1/models/{single}/versions/9:predict",
+        "/v1/models/{single}/labels/newest:predict",
+        "/v1/models/" + "0" * 32 + ":predict",
+    ],
+)
+def test_unknown_model_version_or_label_is_404(client, jobs, path):
+    response = post(client, path.format(single=jobs[SINGLE]), {"instances": ROWS.tolist()})
+    assert response.status_code == 404
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["error"]
+
+
+def test_another_keys_model_is_404(settings, library):
+    source, ids = library
+    data = DataDir(settings.data_dir)
+    copy_job(source, data, ids[SINGLE])
+    manifest_path = data.job(ids[SINGLE]) / "manifest.json"
+    write_json(manifest_path, {**read_json(manifest_path), "owner": "alice"})
+    keys = f"alice:{hash_key('fs_alice')},bob:{hash_key('fs_bob')}"
+    client = create_app(settings.with_overrides(api_keys=keys)).test_client()
+    path = f"/v1/models/{ids[SINGLE]}:predict"
+    body = {"instances": ROWS.tolist()}
+    assert (
+        client.post(path, json=body, headers={"Authorization": "Bearer fs_alice"}).status_code
+        == 200
+    )
+    assert (
+        client.post(path, json=body, headers={"Authorization": "Bearer fs_bob"}).status_code == 404
+    )
+    assert (
+        client.get("/v1/models", headers={"Authorization": "Bearer fs_bob"}).get_json()["items"]
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "received"),
+    [
+        ({"instances": [[1, 2, 3, 4], [1, 2, 3]]}, "/instances/1", [3]),
+        ({"instances": [[1, 2, 3, 4], [[1, 2, 3, 4]]]}, "/instances/1", [1, 4]),
+        ({"instances": [[1, 2, 3, 4], [1, [2], 3, 4]]}, "/instances/1", None),
+        ({"instances": [[1, 2, 3, "NaN"]]}, "/instances/0", "NaN"),
+        ({"instances": [[1, 2, 3, None]]}, "/instances/0", None),
+        ({"instances": [[1, 2, 3, 1e39]]}, "/instances", 1e39),
+        ({"instances": [1, 2, 3, 4]}, "/instances/0", []),
+        ({"inputs": [[1, 2, 3]]}, "/inputs/0", [3]),
+        ({"inputs": {"image": [[1, 2, 3, 4]]}}, "/inputs/image", ["image"]),
+        ({"instances": []}, "/instances", []),
+        ({"rows": [[1, 2, 3, 4]]}, "/rows", "rows"),
+        ({"instances": [[1, 2, 3, 4]], "inputs": [[1, 2, 3, 4]]}, "", ["inputs", "instances"]),
+        ([[1, 2, 3, 4]], "", None),
+    ],
+)
+def test_bad_input_is_422_pointing_at_it(client, jobs, body, path, received):
+    response = post(client, f"/v1/models/{jobs[SINGLE]}:predict", body)
+    assert response.status_code == 422, response.get_json()
+    [error] = response.get_json()["errors"]
+    assert error["path"] == path
+    assert error["expected"]
+    if received is not None:
+        assert error["received"] == received
+
+
+def test_multi_input_bad_rows_name_the_input(client, jobs):
+    instances = [
+        {"image": IMAGES[0].tolist(), "meta": META[0].tolist()},
+        {"image": IMAGES[1].tolist()},
+    ]
+    response = post(client, f"/v1/models/{jobs[MULTI]}:predict", {"instances": instances})
+    assert response.status_code == 422
+    assert response.get_json()["errors"][0]["path"] == "/instances/1/meta"
+    columns = {"image": IMAGES.tolist(), "meta": META[:2].tolist()}
+    response = post(client, f"/v1/models/{jobs[MULTI]}:predict", {"inputs": columns})
+    assert response.status_code == 422
+    assert response.get_json()["errors"][0]["path"] == "/inputs/meta"
+    wrong = {"image": IMAGES[:, :, :2].tolist(), "meta": META.tolist()}
+    error = post(client, f"/v1/models/{jobs[MULTI]}:predict", {"inputs": wrong}).get_json()[
+        "errors"
+    ][0]
+    assert error == {
+        "path": "/inputs/image/0",
+        "message": "Row 0 of input 'image' has shape [2, 2]; expected [2, 3].",
+        "expected": "rows of shape [2, 3] (-1: any size) of numbers",
+        "received": [2, 2],
+    }
+
+
+def test_infinite_json_number_is_400(client, jobs):
+    response = client.post(
+        f"/v1/models/{jobs[SINGLE]}:predict",
+        data=b'{"instances": [[1, 2, 3, 1e999]]}',
+        content_type="application/json",
+    )
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "malformed_request"
+
+
+def test_too_many_rows_or_bytes_is_413(settings, jobs):
+    client = create_app(settings.with_overrides(max_predict_rows=4)).test_client()
+    response = client.post(f"/v1/models/{jobs[SINGLE]}:predict", json={"instances": ROWS.tolist()})
+    assert response.status_code == 413
+    client = create_app(settings.with_overrides(max_json_bytes=100)).test_client()
+    response = client.post(f"/v1/models/{jobs[SINGLE]}:predict", json={"instances": ROWS.tolist()})
+    assert response.status_code == 413
+
+
+def corrupt(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def test_a_corrupt_file_is_503_without_falling_back(client, jobs, settings):
+    job_dir = DataDir(settings.data_dir).job(jobs[SINGLE])
+    corrupt(job_dir / "model.keras")
+    response = post(client, f"/v1/models/{jobs[SINGLE]}:predict", {"instances": ROWS.tolist()})
+    assert response.status_code == 503
+    assert "model.keras" in response.get_json()["detail"]
+    assert "sha256" in response.get_json()["detail"]
+    assert response.headers["X-Model-Version"] == "3"
+    corrupt(job_dir / "checkpoints/epoch-0002.keras")
+    response = post(
+        client, f"/v1/models/{jobs[SINGLE]}/versions/2:predict", {"instances": ROWS.tolist()}
+    )
+    assert response.status_code == 503
+    assert "epoch-0002.keras" in response.get_json()["detail"]
+    response = post(
+        client, f"/v1/models/{jobs[SINGLE]}/versions/1:predict", {"instances": ROWS.tolist()}
+    )
+    assert response.status_code == 200
+
+
+def test_model_status_lists_versions(client, jobs):
+    body = client.get(f"/v1/models/{jobs[SINGLE]}").get_json()
+    assert [v["version"] for v in body["model_version_status"]] == ["3", "2", "1"]
+    assert body["model_version_status"][0] == {
+        "version": "3",
+        "state": "AVAILABLE",
+        "status": {"error_code": "OK", "error_message": ""},
+    }
+    one = client.get(f"/v1/models/{jobs[SINGLE]}/versions/2")
+    assert one.headers["X-Model-Version"] == "2"
+    assert [v["version"] for v in one.get_json()["model_version_status"]] == ["2"]
+
+
+def test_metadata_names_inputs_and_outputs(client, jobs):
+    response = client.get(f"/v1/models/{jobs[MULTI]}/metadata")
+    assert response.status_code == 200
+    body = response.get_json()
+    signature = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert sorted(signature["inputs"]) == ["image", "meta"]
+    assert sorted(signature["outputs"]) == ["probs", "score"]
+    image = signature["inputs"]["image"]
+    assert image["dtype"] == "DT_FLOAT"
+    assert [d["size"] for d in image["tensor_shape"]["dim"]] == ["-1", "2", "3"]
+    assert body["inputs"] == [
+        {"name": "image", "dtype": "float32", "shape": [-1, 2, 3]},
+        {"name": "meta", "dtype": "float32", "shape": [-1, 2]},
+    ]
+    assert body["model_spec"]["version"] == "2"
+
+
+def test_list_models_pages_through_servable_jobs(client, jobs, settings):
+    write_job(
+        DataDir(settings.data_dir), job_manifest("b" * 32, name="q", owner=None, status="queued")
+    )
+    seen, cursor = [], None
+    for _ in range(5):
+        query = f"?limit=3&cursor={cursor}" if cursor else "?limit=3"
+        page = client.get(f"/v1/models{query}").get_json()
+        seen += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(item["id"] for item in seen) == sorted(jobs.values())
+    single = next(item for item in seen if item["id"] == jobs[SINGLE])
+    assert single["versions"] == [1, 2, 3]
+    assert single["labels"]["final"] == 3
+    assert single["default_version"] == 3
+
+
+def test_download_keras_is_the_file_as_saved(client, jobs, settings):
+    response = client.get(f"/v1/models/{jobs[SINGLE]}/download?format=keras&version=2")
+    assert response.status_code == 200
+    assert response.headers["X-Model-Version"] == "2"
+    saved = DataDir(settings.data_dir).job(jobs[SINGLE]) / "checkpoints/epoch-0002.keras"
+    assert response.data == saved.read_bytes()
+    labelled = client.get(f"/v1/models/{jobs[SINGLE]}/labels/final/download")
+    assert labelled.data == (saved.parent.parent / "model.keras").read_bytes()
+    bad = client.get(f"/v1/models/{jobs[SINGLE]}/download?format=onnx")
+    assert bad.status_code == 422
+    assert bad.get_json()["errors"][0]["path"] == "/format"
+
+
+def test_download_savedmodel_answers_like_the_service(client, jobs, library, tmp_path):
+    import tensorflow as tf
+
+    response = client.get(f"/v1/models/{jobs[MULTI]}/download?format=savedmodel")
+    assert response.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(response.data)) as tar:
+        tar.extractall(tmp_path, filter="data")
+    signature = tf.saved_model.load(str(tmp_path / "2")).signatures["serving_default"]
+    assert sorted(signature.structured_input_signature[1]) == ["image", "meta"]
+    outputs = signature(image=tf.constant(IMAGES), meta=tf.constant(META))
+    assert sorted(outputs) == ["probs", "score"]
+    score, probs = expected(library, MULTI, [IMAGES, META])
+    assert np.allclose(outputs["score"], score, atol=1e-6)
+    assert np.allclose(outputs["probs"], probs, atol=1e-6)
+    again = client.get(f"/v1/models/{jobs[MULTI]}/download?format=savedmodel")
+    assert again.data == response.data
