@@ -1,1 +1,135 @@
-"""The request grammar: parsing, shapes and parameter counts, data checks, model building."""
+"""The request grammar: parsing, shapes and parameter counts, data checks, model building.
+
+`parse_job_request` reads a whole job request into the normalized spec of DESIGN.md, or raises
+`InvalidRequest` carrying every error found, each located by a JSON pointer into the request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from core.errors import FieldError, InvalidRequest
+from core.settings import Settings
+from core.spec.compile import parse_compile
+from core.spec.fit import parse_fit
+from core.spec.grammar import REQUEST_KEYS, REQUEST_NAME, SEED, grammar_schema
+from core.spec.kinds import INVALID, Boolean, Integer, Place, check_arguments
+from core.spec.model import ParsedModel, parse_model
+
+__all__ = ["grammar_schema", "parse_job_request"]
+
+PRIORITY = Integer(0, 9)
+
+
+def parse_job_request(
+    body: Any, *, settings: Settings, manifest_of: Callable[[str], dict]
+) -> dict[str, Any]:
+    """The normalized spec of a job request; InvalidRequest with every error at once.
+
+    `manifest_of(dataset_id)` returns a dataset's manifest or raises NotFound.
+    """
+    errors: list[FieldError] = []
+    place = Place(errors)
+    if not isinstance(body, dict):
+        place.refuse(body, "a JSON object with model, compile, fit and data")
+        raise _invalid(errors)
+    for key in body:
+        if key not in REQUEST_KEYS:
+            place.refuse_key(key, list(REQUEST_KEYS), "key")
+    spec = _parse_header(body, place, settings)
+    parsed = _parse_model_section(body, place, settings)
+    outputs = parsed.model["outputs"] if parsed else None
+    spec["model"] = parsed.model if parsed else INVALID
+    spec["compile"] = _parse_compile_section(body, place, parsed, outputs)
+    spec["fit"] = parse_fit(body.get("fit"), place.at("fit"), settings)
+    if parsed is not None and not errors:
+        _infer(parsed, settings, errors)
+    _parse_data_sections(body, spec, settings, manifest_of, errors)
+    if errors:
+        raise _invalid(errors)
+    return spec
+
+
+def _invalid(errors: list[FieldError]) -> InvalidRequest:
+    count = len(errors)
+    return InvalidRequest(
+        f"The job request is invalid: {count} error{'s' if count != 1 else ''}.", errors=errors
+    )
+
+
+def _parse_header(body: dict[str, Any], place: Place, settings: Settings) -> dict[str, Any]:
+    """`name`, `seed`, `priority` and `resources`, with their defaults."""
+    name = body.get("name")
+    resources = check_arguments(
+        body.get("resources"),
+        {"gpus": Integer(1, settings.max_gpus_per_job), "mixed_precision": Boolean()},
+        place.at("resources").inside("resources"),
+        "resource",
+    )
+    return {
+        "name": None if name is None else REQUEST_NAME.check(name, place.at("name")),
+        "seed": SEED.check(body.get("seed"), place.at("seed")),
+        "priority": PRIORITY.check(body.get("priority", 5), place.at("priority")),
+        "resources": resources
+        if resources is INVALID
+        else {"gpus": 1, "mixed_precision": False, **resources},
+    }
+
+
+def _parse_model_section(
+    body: dict[str, Any], place: Place, settings: Settings
+) -> ParsedModel | None:
+    if "model" not in body:
+        place.at("model").refuse(None, "a model", "The request has no model.")
+        return None
+    return parse_model(body["model"], place.at("model"), settings.max_layers)
+
+
+def _parse_compile_section(
+    body: dict[str, Any], place: Place, parsed: ParsedModel | None, outputs: list[str] | None
+) -> Any:
+    """`compile`, else the `compile_config` a to_json() model carries, else an error."""
+    if "compile" in body:
+        return parse_compile(body["compile"], place.at("compile"), outputs)
+    if parsed is not None and parsed.compile_config:
+        at = Place(place.errors, parsed.compile_path)
+        return parse_compile(parsed.compile_config, at, outputs, keras_form=True)
+    if parsed is None:
+        return INVALID
+    return place.at("compile").refuse(
+        None, "an object with optimizer, loss and metrics", "The request has no compile section."
+    )
+
+
+def _infer(parsed: ParsedModel, settings: Settings, errors: list[FieldError]) -> None:
+    """Shapes and parameter counts, only for a model that parsed cleanly."""
+    from core.spec.shapes import infer_model
+
+    try:
+        infer_model(parsed.model, settings, paths=parsed.paths)
+    except InvalidRequest as error:
+        errors.extend(error.errors)
+
+
+def _parse_data_sections(
+    body: dict[str, Any],
+    spec: dict[str, Any],
+    settings: Settings,
+    manifest_of: Callable[[str], dict],
+    errors: list[FieldError],
+) -> None:
+    """`data` and `checkpoint`, checked against the dataset manifests (core.spec.data)."""
+    from core.spec.data import parse_checkpoint, parse_data
+
+    try:
+        spec["data"] = parse_data(
+            body.get("data"), spec, settings=settings, manifest_of=manifest_of
+        )
+    except InvalidRequest as error:
+        spec["data"] = INVALID
+        errors.extend(error.errors)
+    try:
+        spec["checkpoint"] = parse_checkpoint(body.get("checkpoint"), spec, settings=settings)
+    except InvalidRequest as error:
+        errors.extend(error.errors)

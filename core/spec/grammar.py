@@ -84,7 +84,7 @@ INITIALIZER_CLASSES: dict[str, dict[str, Kind]] = {
 INITIALIZER_NAMES = (
     "he_normal", "he_uniform", "glorot_normal", "glorot_uniform", "lecun_normal",
     "lecun_uniform", "random_normal", "random_uniform", "truncated_normal", "zeros", "ones",
-    "constant", "orthogonal", "identity", "variance_scaling",
+    "orthogonal", "identity", "variance_scaling",
 )  # fmt: skip
 INITIALIZER = Catalog("initializer", INITIALIZER_NAMES, INITIALIZER_CLASSES)
 
@@ -95,7 +95,7 @@ REGULARIZER_CLASSES: dict[str, dict[str, Kind]] = {
     "OrthogonalRegularizer": {"factor": NON_NEGATIVE, "mode": Choice(("rows", "columns"))},
 }
 REGULARIZER = Nullable(
-    Catalog("regularizer", ("l1", "l2", "l1_l2", "orthogonal_regularizer"), REGULARIZER_CLASSES)
+    Catalog("regularizer", ("l1", "l2", "orthogonal_regularizer"), REGULARIZER_CLASSES)
 )
 
 _CONSTRAINT_AXIS = Axes()
@@ -488,13 +488,14 @@ OPTIMIZER_CLASSES: dict[str, dict[str, Kind]] = {
         "ns_steps": Integer(1, 100),
         "nesterov": BOOL,
         "rms_rate": POSITIVE,
+        "exclude_layers": Nullable(ListOf(LAYER_NAME, 0, 1000)),
     },
 }
 for _name, _arguments in OPTIMIZER_CLASSES.items():
     OPTIMIZER_CLASSES[_name] = {**_OPTIMIZER_BASE, **_arguments}
 OPTIMIZER_NAMES = (
     "sgd", "rmsprop", "adam", "adamw", "adadelta", "adagrad", "adamax", "adafactor", "nadam",
-    "ftrl", "lion", "lamb",
+    "ftrl", "lion", "muon",
 )  # fmt: skip
 OPTIMIZER = Catalog("optimizer", OPTIMIZER_NAMES, OPTIMIZER_CLASSES)
 
@@ -566,6 +567,7 @@ METRIC_CLASSES: dict[str, dict[str, Kind]] = {
         "multi_label": BOOL,
         "num_labels": Nullable(Integer(1, 10_000)),
         "from_logits": BOOL,
+        "label_weights": NULL_ONLY,
     },
     "Precision": {
         "thresholds": _THRESHOLDS,
@@ -594,7 +596,11 @@ METRIC_CLASSES: dict[str, dict[str, Kind]] = {
         "label_smoothing": FRACTION,
         "axis": _AXIS,
     },
-    "SparseCategoricalCrossentropy": {"from_logits": BOOL, "axis": _AXIS},
+    "SparseCategoricalCrossentropy": {
+        "from_logits": BOOL,
+        "ignore_class": Nullable(Integer()),
+        "axis": _AXIS,
+    },
     "Hinge": {},
     "SquaredHinge": {},
     "CategoricalHinge": {},
@@ -613,8 +619,8 @@ METRIC_NAMES = (
     "sparse_top_k_categorical_accuracy", "binary_crossentropy", "categorical_crossentropy",
     "sparse_categorical_crossentropy", "mean_squared_error", "mean_absolute_error",
     "mean_absolute_percentage_error", "mean_squared_logarithmic_error", "cosine_similarity",
-    "log_cosh", "hinge", "squared_hinge", "categorical_hinge", "kl_divergence", "poisson",
-    "mse", "mae", "mape", "msle",
+    "hinge", "squared_hinge", "categorical_hinge", "kl_divergence", "poisson", "mse", "mae",
+    "mape", "msle",
 )  # fmt: skip
 METRIC = Catalog("metric", METRIC_NAMES, METRIC_CLASSES)
 
