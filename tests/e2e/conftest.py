@@ -1,0 +1,295 @@
+"""The whole stack for end-to-end tests: redis-server, Celery workers and gunicorn, over HTTP.
+
+One stack per session (`stack`), started with the command lines of docker-compose.yml, shared by
+every e2e test (the serving tests import these fixtures too). `Stack` can start more workers and
+kill them; `healthy_stack` makes sure the main worker is back after a test that killed it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import redis
+import requests
+
+from scripts.stack import ROOT, compose_command
+from tests.support.processes import free_port, redis_server, stop_tree, wait_for
+
+pytestmark = pytest.mark.e2e
+
+START_SECONDS = 180  # a worker child and each gunicorn worker import TensorFlow on a busy CPU
+JOB_SECONDS = 240
+# Small limits so faults resolve in seconds: a lost worker's lease ends after 3 s.
+STACK_SETTINGS = {
+    "FITSERVE_LEASE_SECONDS": "3",
+    "FITSERVE_HEARTBEAT_SECONDS": "1",
+    "FITSERVE_MAX_ATTEMPTS": "2",
+    "FITSERVE_MAX_EPOCHS": "2000",
+    "FITSERVE_KEEP_CHECKPOINTS": "2",
+}
+
+
+@dataclasses.dataclass
+class Stack:
+    """A running stack: its URLs and folders, and the processes it started."""
+
+    api: str
+    redis_url: str
+    data_dir: Path
+    logs: Path
+    env: dict[str, str]
+    workers: dict[str, subprocess.Popen] = dataclasses.field(default_factory=dict)
+    others: list[subprocess.Popen] = dataclasses.field(default_factory=list)
+
+    @property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url)
+
+    # Processes ----------------------------------------------------------------------------
+
+    def start_worker(self, name: str) -> subprocess.Popen:
+        """Start a Celery worker named `<name>@<host>`; returns once its heartbeat is seen."""
+        argv = [*compose_command("worker"), "--hostname", f"{name}@%h"]
+        process = self._spawn(argv, f"worker-{name}")
+        self.workers[name] = process
+        wait_for(
+            lambda: self.worker_record(name) is not None,
+            START_SECONDS,
+            f"worker {name} heartbeat (log: {self.logs / f'worker-{name}.log'})",
+            interval=0.2,
+        )
+        return process
+
+    def _spawn(self, argv: list[str], log_name: str) -> subprocess.Popen:
+        log = open(self.logs / f"{log_name}.log", "ab")  # noqa: SIM115 - lives with the process
+        return subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def worker_record(self, name: str) -> dict | None:
+        """The worker's heartbeat (`pid` is its pool child's), or None."""
+        import orjson
+
+        raw = self.redis.get(f"fitserve:worker:{name}@{os.uname().nodename}")
+        return orjson.loads(raw) if raw else None
+
+    def worker_running(self, job_id: str) -> str:
+        """The name (without host) of the worker whose heartbeat says it trains `job_id`."""
+        found: list[str] = []
+
+        def check() -> bool:
+            found[:] = [
+                name
+                for name in self.workers
+                if (self.worker_record(name) or {}).get("job") == job_id
+            ]
+            return bool(found)
+
+        wait_for(check, 30, f"a worker heartbeat naming job {job_id}", interval=0.1)
+        return found[0]
+
+    def kill_child(self, name: str) -> int:
+        """SIGKILL the worker's pool child (the process training); returns its pid."""
+        pid = self.worker_record(name)["pid"]
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def kill_worker(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to the worker's parent (SIGKILL: to the whole tree at once)."""
+        process = self.workers[name]
+        if sig == signal.SIGKILL:
+            family = [process.pid, *(c.pid for c in psutil.Process(process.pid).children(True))]
+            for pid in family:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            process.wait(10)
+        else:
+            process.send_signal(sig)
+
+    def stop(self) -> None:
+        for process in [*self.others, *self.workers.values()]:
+            stop_tree(process, timeout=30)
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.logs / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    # HTTP helpers -------------------------------------------------------------------------
+
+    def url(self, path: str) -> str:
+        return self.api + path
+
+    def upload(self, **arrays: np.ndarray) -> str:
+        """Upload arrays as an .npz dataset; returns its id."""
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        response = requests.post(
+            self.url("/v1/datasets"), files={"file": ("data.npz", buffer.getvalue())}, timeout=60
+        )
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    def submit(self, request: dict, **headers: str) -> dict:
+        response = requests.post(self.url("/v1/jobs"), json=request, headers=headers, timeout=60)
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def job(self, job_id: str) -> dict:
+        response = requests.get(self.url(f"/v1/jobs/{job_id}"), timeout=30)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_job(self, job_id: str, check, what: str, timeout: float = JOB_SECONDS) -> dict:
+        """Poll the job until `check(job)` holds; fail with the worker logs after `timeout`."""
+        seen: dict = {}
+
+        def poll() -> bool:
+            seen.update(self.job(job_id))
+            return bool(check(seen))
+
+        try:
+            wait_for(poll, timeout, f"job {job_id} {what}", interval=0.1)
+        except TimeoutError as error:
+            logs = "\n".join(self.log_tail(f"worker-{name}") for name in self.workers)
+            raise AssertionError(f"{error}; last seen {seen}\n{logs}") from None
+        return dict(seen)
+
+    def wait_finished(self, job_id: str, timeout: float = JOB_SECONDS) -> dict:
+        return self.wait_job(
+            job_id,
+            lambda job: job["status"] in ("succeeded", "failed", "cancelled"),
+            "to finish",
+            timeout,
+        )
+
+    def events(self, job_id: str) -> list[dict]:
+        """The job's event stream, oldest first."""
+        from core.jobs import JobStore
+        from core.settings import Settings
+        from core.storage import DataDir
+
+        settings = Settings(redis_url=self.redis_url, data_dir=self.data_dir)
+        return JobStore(self.redis, DataDir(self.data_dir), settings).events(job_id)
+
+
+def stack_environment(redis_url: str, data_dir: Path) -> dict[str, str]:
+    env = {
+        **os.environ,
+        **STACK_SETTINGS,
+        "FITSERVE_REDIS_URL": redis_url,
+        "FITSERVE_DATA_DIR": str(data_dir),
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+        "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "-1"),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """redis-server, the main worker and gunicorn, ready (the worker's heartbeat seen)."""
+    folder = tmp_path_factory.mktemp("stack")
+    logs = folder / "logs"
+    logs.mkdir()
+    with redis_server(folder / "redis") as redis_url:
+        port = free_port()
+        running = Stack(
+            api=f"http://127.0.0.1:{port}",
+            redis_url=redis_url,
+            data_dir=folder / "data",
+            logs=logs,
+            env=stack_environment(redis_url, folder / "data"),
+        )
+        try:
+            argv = compose_command("api", bind=f"127.0.0.1:{port}")
+            running.others.append(running._spawn(argv, "api"))
+            running.start_worker("main")
+            wait_for(
+                lambda: requests.get(running.url("/readyz"), timeout=2).status_code == 200,
+                START_SECONDS,
+                f"gunicorn /readyz (log: {logs / 'api.log'})",
+                interval=0.2,
+            )
+            yield running
+        finally:
+            running.stop()
+
+
+@pytest.fixture
+def healthy_stack(stack: Stack) -> Iterator[Stack]:
+    """The session stack; a test that killed or stopped the main worker gets it restarted."""
+    yield stack
+    for name, process in list(stack.workers.items()):
+        if process.poll() is None:
+            continue
+        stop_tree(process)
+        del stack.workers[name]
+        if name == "main":
+            stack.start_worker("main")
+
+
+@pytest.fixture
+def spare_worker(healthy_stack: Stack) -> Iterator[str]:
+    """A second worker, so a job whose worker is killed has somewhere to resume; its name."""
+    name = f"spare{int(time.monotonic() * 1000) % 100000}"
+    healthy_stack.start_worker(name)
+    yield name
+    process = healthy_stack.workers.pop(name)
+    stop_tree(process, timeout=30)
+
+
+def blobs(rows: int = 2000, features: int = 16, classes: int = 3, seed: int = 0) -> dict:
+    """Separable clusters, one per class: a job on them learns in an epoch or two."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(rows) % classes
+    centres = rng.normal(scale=3.0, size=(classes, features))
+    x = centres[y] + rng.normal(size=(rows, features))
+    return {"x": x.astype("float32"), "y": y.astype("int64")}
+
+
+def tiny_request(dataset_id: str, *, epochs: int, batch_size: int = 32, **changes: object) -> dict:
+    """A small Sequential classifier on `blobs` data (short form of the request)."""
+    request = {
+        "name": "tiny",
+        "seed": 1,
+        "model": {
+            "input_shape": [16],
+            "layers": [
+                {"class_name": "Dense", "config": {"units": 32, "activation": "relu"}},
+                {"class_name": "Dense", "config": {"units": 3, "activation": "softmax"}},
+            ],
+        },
+        "compile": {
+            "optimizer": {"class_name": "Adam", "config": {"learning_rate": 0.001}},
+            "loss": "sparse_categorical_crossentropy",
+            "metrics": ["accuracy"],
+        },
+        "fit": {"epochs": epochs, "batch_size": batch_size, "validation_split": 0.1},
+        "data": {"dataset": dataset_id, "x": "x", "y": "y"},
+    }
+    request.update(changes)
+    return request
+
+
+@pytest.fixture(scope="session")
+def blobs_dataset(stack: Stack) -> str:
+    """The `blobs` dataset uploaded once for the session; its id."""
+    return stack.upload(**blobs())

@@ -1,0 +1,95 @@
+"""A job through the real stack: submit, train, watch, finish; cancel; refusals; idempotency."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from core.storage import read_json, sha256_file
+from tests.e2e.conftest import Stack, tiny_request
+
+pytestmark = pytest.mark.e2e
+
+
+def broker_messages(stack: Stack, queue: str = "train") -> int:
+    names = [queue, *(f"{queue}:{step}" for step in range(1, 10))]
+    return sum(stack.redis.llen(name) for name in names) + stack.redis.hlen("unacked")
+
+
+def test_job_trains_to_succeeded_with_history_checkpoints_and_logs(stack: Stack, blobs_dataset):
+    job = stack.submit(tiny_request(blobs_dataset, epochs=3), **{"X-Request-ID": "e2e-ok-1"})
+    done = stack.wait_finished(job["id"])
+
+    assert done["status"] == "succeeded", done
+    assert done["attempt"] == 1
+    assert done["progress"]["epoch"] == 3
+    assert done["final"]["version"] == 3
+    assert done["metrics"]["last"]["val_accuracy"] > 0.5
+    assert done["device"]["devices"]
+    assert done["timings"]["queued_seconds"] >= 0
+    metrics = requests.get(stack.url(done["links"]["metrics"]), timeout=30).json()
+    assert metrics["epochs"] == [1, 2, 3]
+    assert len(metrics["history"]["loss"]) == 3
+    job_dir = stack.data_dir / "jobs" / job["id"]
+    for entry in done["checkpoints"]:
+        assert sha256_file(job_dir / entry["file"]) == entry["sha256"]
+    assert [entry["version"] for entry in done["checkpoints"]] == [2, 3]
+    manifest = read_json(job_dir / "manifest.json")
+    assert manifest["status"] == "succeeded"
+    assert manifest["final"]["sha256"] == sha256_file(job_dir / "model.keras")
+    logs = requests.get(stack.url(done["links"]["logs"]), timeout=30).json()["lines"]
+    assert any(f"job={job['id']}" in line for line in logs)
+    worker_log = stack.log_tail("worker-main", 400)
+    assert f"job={job['id']} request_id=e2e-ok-1" in worker_log
+
+
+def test_cancel_of_a_running_job_ends_cancelled_with_a_loadable_checkpoint(
+    stack: Stack, blobs_dataset
+):
+    job = stack.submit(tiny_request(blobs_dataset, epochs=1000))
+    stack.wait_job(job["id"], lambda j: j["checkpoints"], "to save a checkpoint", timeout=120)
+
+    cancelling = requests.post(stack.url(f"/v1/jobs/{job['id']}:cancel"), timeout=30)
+    assert cancelling.status_code == 202
+    assert cancelling.json()["status"] in ("cancelling", "cancelled")
+    done = stack.wait_finished(job["id"], timeout=10)
+
+    assert done["status"] == "cancelled"
+    assert done["progress"]["epoch"] < 1000
+    from core.checkpoints import load_checkpoint
+
+    model = load_checkpoint(stack.data_dir / "jobs" / job["id"], done["checkpoints"][-1])
+    assert model.output_shape == (None, 3)
+    again = requests.post(stack.url(f"/v1/jobs/{job['id']}:cancel"), timeout=30)
+    assert again.status_code == 202
+    assert again.json()["status"] == "cancelled"
+
+
+def test_invalid_request_is_422_and_enqueues_nothing(stack: Stack, blobs_dataset):
+    before = requests.get(stack.url("/v1/jobs?limit=500"), timeout=30).json()["items"]
+    body = tiny_request(blobs_dataset, epochs=0)
+    body["model"]["layers"][0]["config"]["units"] = -3
+
+    response = requests.post(stack.url("/v1/jobs"), json=body, timeout=30)
+
+    assert response.status_code == 422
+    assert response.headers["Content-Type"] == "application/problem+json"
+    paths = {error["path"] for error in response.json()["errors"]}
+    assert "/fit/epochs" in paths
+    assert any(path.startswith("/model/layers/0") for path in paths)
+    after = requests.get(stack.url("/v1/jobs?limit=500"), timeout=30).json()["items"]
+    assert len(after) == len(before)
+    assert broker_messages(stack) == 0
+
+
+def test_repeated_idempotency_key_gives_the_same_job(stack: Stack, blobs_dataset):
+    body = tiny_request(blobs_dataset, epochs=1)
+    first = stack.submit(body, **{"Idempotency-Key": "e2e-same-1"})
+    again = requests.post(
+        stack.url("/v1/jobs"), json=body, headers={"Idempotency-Key": "e2e-same-1"}, timeout=30
+    )
+    assert again.status_code == 200
+    assert again.json()["id"] == first["id"]
+    assert stack.wait_finished(first["id"])["status"] == "succeeded"
+    listed = requests.get(stack.url("/v1/jobs?limit=500"), timeout=30).json()["items"]
+    assert [job["id"] for job in listed].count(first["id"]) == 1
