@@ -25,6 +25,7 @@ format: deps
 	$(VENV)/bin/ruff format .
 
 containers: deps
+	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 test: lint containers

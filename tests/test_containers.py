@@ -1,0 +1,272 @@
+"""docker-compose.yml, the Dockerfile and .env.example agree with each other and with the code.
+
+No Docker here: the files are parsed and checked for what the containers rely on, and the
+commands they run are run (the worker's healthcheck against a live worker). `make containers`
+lints the Dockerfile (hadolint) and validates the compose file against the Compose schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.devices import visible_gpu_count
+from core.queues import train_queue
+from core.settings import PREFIX, Settings
+from scripts.requirements import GPU_TENSORFLOW, image_requirements
+from scripts.stack import ROOT, compose_command, compose_services
+from tests.support.processes import stop_tree, wait_for
+
+DATA_VOLUME = "fitserve-data"
+DATA_PATH = "/data"
+BIN = Path(sys.executable).parent
+SERVICES = compose_services()
+# Services running our code on our images, by the Dockerfile target they build.
+APP_SERVICES = {
+    name: service
+    for name, service in SERVICES.items()
+    if service.get("build", {}).get("target") in {"api", "worker"}
+}
+WORKERS = {
+    name: service for name, service in APP_SERVICES.items() if "worker" in service["command"]
+}
+GPU_WORKERS = {
+    name: service for name, service in WORKERS.items() if service["build"]["target"] == "worker"
+}
+
+
+def dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
+    """Each build stage's instructions as (KEYWORD, arguments), continuation lines joined."""
+    text = re.sub(r"\s*\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        keyword, _, arguments = line.strip().partition(" ")
+        if keyword.upper() == "FROM":
+            current = stages.setdefault(arguments.split(" AS ")[-1].strip(), [])
+        current.append((keyword.upper(), arguments.strip()))
+    return stages
+
+
+def instructions(stage: str, keyword: str) -> list[str]:
+    return [arguments for kw, arguments in dockerfile_stages()[stage] if kw == keyword]
+
+
+def seconds(duration: str) -> int:
+    """A compose duration such as `2m` or `90s` in seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([smh])", duration))
+
+
+def test_the_compose_file_has_the_expected_services() -> None:
+    assert {"redis", "api", "worker"} <= set(SERVICES)
+    assert {"worker", "worker-2gpu", "worker-cpu"} <= set(WORKERS)
+    assert "profiles" not in SERVICES["worker"]
+    assert SERVICES["worker-cpu"]["profiles"] == ["cpu"]
+    assert SERVICES["worker-2gpu"]["profiles"] == ["multi-gpu"]
+    assert SERVICES["flower"]["profiles"] == SERVICES["tensorboard"]["profiles"] == ["monitoring"]
+
+
+def test_the_data_volume_is_mounted_at_the_data_dir_in_the_api_and_every_worker() -> None:
+    for name, service in APP_SERVICES.items():
+        assert f"{DATA_VOLUME}:{DATA_PATH}" in service["volumes"], name
+        assert service["environment"]["FITSERVE_DATA_DIR"] == DATA_PATH, name
+        assert service["environment"]["FITSERVE_REDIS_URL"] == "redis://redis:6379/0", name
+    assert f"{DATA_VOLUME}:{DATA_PATH}:ro" in SERVICES["tensorboard"]["volumes"]
+    assert SERVICES["redis"]["volumes"] == ["redis-data:/data"]
+
+
+def test_published_ports_are_on_loopback_only() -> None:
+    assert SERVICES["api"]["ports"] == ["127.0.0.1:8000:8000"]
+    for name, service in SERVICES.items():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond this host"
+
+
+def test_redis_is_durable_and_never_evicts() -> None:
+    redis = SERVICES["redis"]
+    command = redis["command"]
+    options = dict(zip(command[1::2], command[2::2], strict=True))
+    assert options == {
+        "--appendonly": "yes",
+        "--appendfsync": "everysec",
+        "--maxmemory-policy": "noeviction",
+    }
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+
+
+def test_app_services_wait_for_a_healthy_redis() -> None:
+    for name, service in {**APP_SERVICES, "flower": SERVICES["flower"]}.items():
+        assert service["depends_on"] == {"redis": {"condition": "service_healthy"}}, name
+
+
+@pytest.mark.parametrize("name", ["worker", "worker-2gpu"])
+def test_gpu_workers_reserve_the_gpus_they_see_and_consume_their_size(name: str) -> None:
+    service = GPU_WORKERS[name]
+    gpus = visible_gpu_count(service["environment"])
+    (reservation,) = service["deploy"]["resources"]["reservations"]["devices"]
+    assert reservation["driver"] == "nvidia"
+    assert reservation["capabilities"] == ["gpu"]
+    assert len(reservation["device_ids"]) == gpus
+    command = service["command"]
+    assert command[command.index("--queues") + 1] == train_queue(gpus)
+    settings = Settings.from_env(service["environment"])
+    assert settings.gpu_memory_growth is True
+
+
+def test_gpu_workers_do_not_share_a_gpu() -> None:
+    ids = [
+        device_id
+        for service in GPU_WORKERS.values()
+        for device in service["deploy"]["resources"]["reservations"]["devices"]
+        for device_id in device["device_ids"]
+    ]
+    assert len(ids) == len(set(ids))
+
+
+def test_workers_have_time_to_save_a_checkpoint_when_stopped() -> None:
+    for name, service in WORKERS.items():
+        assert seconds(service["stop_grace_period"]) >= 60, name
+
+
+def test_the_cpu_worker_sees_no_gpu_and_runs_the_cpu_image() -> None:
+    service = WORKERS["worker-cpu"]
+    assert visible_gpu_count(service["environment"]) == 0
+    assert "deploy" not in service
+    assert service["image"] == SERVICES["api"]["image"]
+
+
+def test_workers_run_one_command_line_but_for_the_queue() -> None:
+    def without_queue(command: list[str]) -> list[str]:
+        at = command.index("--queues")
+        return command[:at] + command[at + 2 :]
+
+    commands = {name: without_queue(service["command"]) for name, service in WORKERS.items()}
+    assert len({tuple(command) for command in commands.values()}) == 1, commands
+
+
+def test_every_command_starts_an_installed_executable() -> None:
+    for name, service in APP_SERVICES.items():
+        assert isinstance(service["command"], list), name
+        assert (BIN / service["command"][0]).exists(), f"{name}: {service['command'][0]}"
+    assert SERVICES["redis"]["command"][0] == "redis-server"
+    # Flower and TensorBoard are not project dependencies: their image's stage pins them.
+    monitoring = " ".join(instructions("monitoring", "RUN"))
+    providers = {"celery": "flower==", "tensorboard": "tensorboard=="}
+    for name in ("flower", "tensorboard"):
+        service = SERVICES[name]
+        assert service["build"]["target"] == "monitoring"
+        assert providers[service["command"][0]] in monitoring, name
+
+
+def test_the_stack_starts_exactly_the_compose_commands() -> None:
+    api = SERVICES["api"]["command"]
+    assert compose_command("api") == api
+    local = compose_command("api", bind="127.0.0.1:8123")
+    assert [a for a, b in zip(local, api, strict=True) if a != b] == ["127.0.0.1:8123"]
+    assert compose_command("worker") == SERVICES["worker"]["command"]
+
+
+def test_the_images_default_commands_are_the_compose_commands() -> None:
+    for target in ("api", "worker"):
+        (cmd,) = instructions(target, "CMD")
+        assert json.loads(cmd) == SERVICES[target]["command"], target
+
+
+def test_the_images_run_as_a_non_root_user_with_a_healthcheck() -> None:
+    base = dockerfile_stages()["base"]
+    (env,) = [arguments for keyword, arguments in base if keyword == "ENV"]
+    assert "PYTHONUNBUFFERED=1" in env.split()
+    for target in ("api", "worker", "monitoring"):
+        (user,) = instructions(target, "USER")
+        assert user.split(":")[0] not in {"0", "root"}, target
+    for target in ("api", "worker"):
+        (healthcheck,) = instructions(target, "HEALTHCHECK")
+        assert " CMD " in f" {healthcheck} ", target
+    assert instructions("api", "EXPOSE") == ["8000"]
+
+
+def test_dependencies_are_installed_before_the_code_is_copied() -> None:
+    for target in ("api", "worker"):
+        steps = [(kw, args) for kw, args in dockerfile_stages()[target] if kw in {"RUN", "COPY"}]
+        assert steps[0] == (
+            "RUN",
+            f"python scripts/requirements.py {target} > /tmp/requirements.txt "
+            "&& pip install --requirement /tmp/requirements.txt && rm /tmp/requirements.txt",
+        ), target
+        assert steps[1:] == [("COPY", ". ."), ("RUN", "pip install --no-deps .")], target
+
+
+def test_the_worker_image_holds_one_tensorflow_the_cuda_build_at_the_pinned_version() -> None:
+    pyproject = ROOT / "pyproject.toml"
+    api = image_requirements(pyproject, "api")
+    worker = image_requirements(pyproject, "worker")
+    (cpu,) = [line for line in api if line.startswith("tensorflow")]
+    (gpu,) = [line for line in worker if line.startswith("tensorflow")]
+    assert gpu == GPU_TENSORFLOW + cpu.removeprefix("tensorflow-cpu")
+    assert gpu.startswith("tensorflow[and-cuda]==")
+    assert [line for line in api if line != cpu] == [line for line in worker if line != gpu]
+
+
+def test_no_secret_goes_into_an_image() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".env", ".git", ".venv", "data", "tests"} <= set(ignored)
+    for stage in dockerfile_stages().values():
+        for keyword, arguments in stage:
+            if keyword in {"ENV", "ARG"}:
+                assert not re.search(r"KEY|SECRET|PASSWORD|TOKEN", arguments, re.I), arguments
+
+
+def test_env_example_lists_every_setting_at_its_default() -> None:
+    listed = dict(
+        re.findall(rf"^#? ?({PREFIX}[A-Z0-9_]+)=(.*)$", (ROOT / ".env.example").read_text(), re.M)
+    )
+    fields = {PREFIX + field.name.upper(): field for field in dataclasses.fields(Settings)}
+    assert set(listed) == set(fields), "add or remove these in .env.example"
+    defaults = Settings()
+    for variable, value in listed.items():
+        field = fields[variable].name
+        parsed = getattr(Settings.from_env({variable: value}), field)
+        assert parsed == getattr(defaults, field), f"{variable}={value} is not the default"
+
+
+def test_the_worker_healthcheck_answers_for_its_own_live_node_only(
+    tmp_path: Path, clean_redis: str
+) -> None:
+    (healthcheck,) = instructions("worker", "HEALTHCHECK")
+    probe = json.loads(healthcheck[healthcheck.index("CMD ") + 4 :])
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FITSERVE_REDIS_URL": clean_redis,
+        "FITSERVE_DATA_DIR": str(tmp_path / "data"),
+    }
+
+    def healthy(hostname: str) -> bool:
+        probed = subprocess.run(probe, cwd=ROOT, env={**env, "HOSTNAME": hostname}, timeout=30)
+        return probed.returncode == 0
+
+    worker = subprocess.Popen(
+        compose_command("worker"),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # Asked while the worker starts: another host's node never answers for it.
+        assert not healthy("elsewhere")
+        wait_for(lambda: healthy(socket.gethostname()), 60, shlex.join(probe), interval=1)
+    finally:
+        stop_tree(worker)
