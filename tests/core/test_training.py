@@ -10,8 +10,9 @@ import pytest
 import tensorflow as tf
 
 from core.checkpoints import load_checkpoint, verify_checkpoint
-from core.datasets import store_upload
+from core.datasets import load_manifest, store_upload
 from core.settings import Settings
+from core.spec import parse_job_request
 from core.storage import DataDir, new_id, read_json, sha256_file
 from core.training import TrainingFailed, describe_failure, train_job
 
@@ -80,75 +81,73 @@ def dataset(data: DataDir, settings: Settings, tmp_path: Path) -> str:
     return store(data, settings, tmp_path, **blobs())
 
 
-def make_spec(dataset: str, *, epochs: int = 3, learning_rate: float = 0.1, keep: int = 2) -> dict:
-    """A normalized spec (core.spec's form) of a small MLP with validation and test data."""
-    arrays = {"dataset": dataset, "x": {"input": "x"}, "y": {"output": "y"}}
-    return {
-        "name": "mlp",
+def make_spec(
+    data: DataDir,
+    settings: Settings,
+    dataset: str,
+    *,
+    epochs: int = 3,
+    learning_rate: float = 0.1,
+    keep: int = 2,
+) -> dict:
+    """The normalized spec of a small MLP request with validation and test data."""
+    request = {
         "seed": 3,
-        "priority": 5,
-        "resources": {"gpus": 1, "mixed_precision": False},
         "model": {
-            "inputs": [{"name": "input", "shape": [FEATURES], "dtype": "float32"}],
+            "input_shape": [FEATURES],
             "layers": [
-                {
-                    "name": "dense",
-                    "class_name": "Dense",
-                    "config": {"units": 16, "activation": "relu"},
-                    "inbound": ["input"],
-                },
-                {
-                    "name": "output",
-                    "class_name": "Dense",
-                    "config": {"units": CLASSES, "activation": "softmax"},
-                    "inbound": ["dense"],
-                },
+                {"class_name": "Dense", "config": {"units": 16, "activation": "relu"}},
+                {"class_name": "Dense", "config": {"units": CLASSES, "activation": "softmax"}},
             ],
-            "outputs": ["output"],
         },
         "compile": {
             "optimizer": {"class_name": "SGD", "config": {"learning_rate": learning_rate}},
             "loss": "categorical_crossentropy",
-            "loss_weights": None,
             "metrics": ["accuracy"],
-            "weighted_metrics": None,
-            "jit_compile": False,
-            "steps_per_execution": 1,
         },
-        "fit": {
-            "batch_size": BATCH,
-            "epochs": epochs,
-            "validation_split": 0.25,
-            "shuffle": True,
-            "class_weight": None,
-            "initial_epoch": 0,
-            "steps_per_epoch": None,
-            "validation_steps": None,
-            "validation_batch_size": None,
-            "validation_freq": 1,
-            "callbacks": [],
-        },
+        "fit": {"batch_size": BATCH, "epochs": epochs, "validation_split": 0.25},
         "data": {
-            **arrays,
-            "sample_weight": None,
-            "one_hot": {"output": CLASSES},
-            "validation": None,
-            "test": arrays,
-            "preprocess": {"x": {}},
+            "dataset": dataset,
+            "x": "x",
+            "y": "y",
+            "preprocess": {"y": {"one_hot": CLASSES}},
+            "test": {"dataset": dataset, "x": "x", "y": "y"},
         },
-        "checkpoint": {"monitor": "val_loss", "mode": "min", "keep": keep},
+        "checkpoint": {"keep": keep},
     }
+    return parse_job_request(
+        request, settings=settings, manifest_of=lambda found: load_manifest(data, found)
+    )
 
 
-def run(tmp_path: Path, spec: dict, data: DataDir, settings: Settings, control=None, **kw):
-    control = control or RecordingControl()
-    job_dir = tmp_path / "job"
-    return train_job(job_dir, spec, data, settings, control, resume=kw.get("resume")), job_dir
+class Trainer:
+    """train_job on this test's data folder, into one job folder."""
+
+    def __init__(self, tmp_path: Path, data: DataDir, settings: Settings) -> None:
+        self.job_dir = tmp_path / "job"
+        self.data = data
+        self.settings = settings
+
+    def run(self, spec: dict, control: RecordingControl | None = None, **options) -> dict:
+        settings = self.settings.with_overrides(**options.pop("settings", {}))
+        control = control or RecordingControl()
+        return train_job(self.job_dir, spec, self.data, settings, control, **options)
 
 
-def test_job_trains_and_leaves_its_files(tmp_path, data, settings, dataset) -> None:
+@pytest.fixture
+def trainer(tmp_path: Path, data: DataDir, settings: Settings) -> Trainer:
+    return Trainer(tmp_path, data, settings)
+
+
+@pytest.fixture
+def spec(data: DataDir, settings: Settings, dataset: str):
+    return lambda **options: make_spec(data, settings, dataset, **options)
+
+
+def test_job_trains_and_leaves_its_files(trainer: Trainer, spec) -> None:
     control = RecordingControl()
-    result, job_dir = run(tmp_path, make_spec(dataset, epochs=4, keep=2), data, settings, control)
+    result = trainer.run(spec(epochs=4, keep=2), control, resume=None)
+    job_dir = trainer.job_dir
 
     assert result["status"] == "succeeded"
     assert result["epoch"] == 4
@@ -184,27 +183,28 @@ def test_job_trains_and_leaves_its_files(tmp_path, data, settings, dataset) -> N
     assert epoch_ends[-1]["fraction"] == 1.0
 
 
-def test_resume_continues_epochs_optimizer_and_history(tmp_path, data, settings, dataset) -> None:
+def test_resume_continues_epochs_optimizer_and_history(trainer: Trainer, spec) -> None:
     before = RecordingControl()
-    first, job_dir = run(tmp_path, make_spec(dataset, epochs=2), data, settings, before)
+    first = trainer.run(spec(epochs=2), before, resume=None)
     entry = before.saves[-1][0][-1]
     assert entry["version"] == 2
 
     after = RecordingControl()
-    result, _ = run(tmp_path, make_spec(dataset, epochs=4), data, settings, after, resume=entry)
+    result = trainer.run(spec(epochs=4), after, resume=entry)
 
     assert result["epoch"] == 4
     assert [epoch for epoch, _ in after.epochs] == [3, 4]
     assert all(len(values) == 4 for values in result["history"].values())
     assert result["history"]["loss"][:2] == first["history"]["loss"]
     steps = 5  # ceil(72 / 16)
-    model = load_checkpoint(job_dir, after.saves[-1][0][-1])
+    model = load_checkpoint(trainer.job_dir, after.saves[-1][0][-1])
     assert int(model.optimizer.iterations.numpy()) == 4 * steps
 
 
-def test_cancel_leaves_a_loadable_checkpoint(tmp_path, data, settings, dataset) -> None:
+def test_cancel_leaves_a_loadable_checkpoint(trainer: Trainer, spec) -> None:
     control = RecordingControl(stop="cancel")
-    result, job_dir = run(tmp_path, make_spec(dataset, epochs=50), data, settings, control)
+    result = trainer.run(spec(epochs=50), control, resume=None)
+    job_dir = trainer.job_dir
 
     assert result["status"] == "cancelled"
     assert result["final"] is None
@@ -217,37 +217,38 @@ def test_cancel_leaves_a_loadable_checkpoint(tmp_path, data, settings, dataset) 
     assert ("training_stopped", {"reason": "cancel", "epoch": 1}) in control.events
 
 
-def test_shutdown_interrupts_and_the_resume_starts_after_it(
-    tmp_path, data, settings, dataset
-) -> None:
+def test_shutdown_interrupts_and_the_resume_starts_after_it(trainer: Trainer, spec) -> None:
     stopping = RecordingControl(stop="shutdown")
-    first, _ = run(tmp_path, make_spec(dataset, epochs=3), data, settings, stopping)
+    first = trainer.run(spec(epochs=3), stopping, resume=None)
     assert first["status"] == "interrupted"
     entry = stopping.saves[-1][0][-1]
 
     again = RecordingControl()
-    result, _ = run(tmp_path, make_spec(dataset, epochs=3), data, settings, again, resume=entry)
+    result = trainer.run(spec(epochs=3), again, resume=entry)
 
     assert result["status"] == "succeeded"
     assert [epoch for epoch, _ in again.epochs] == [2, 3]
     assert len(result["history"]["loss"]) == 3
 
 
-def test_diverging_loss_fails_with_nan_loss(tmp_path, data, settings, dataset) -> None:
+def test_diverging_loss_fails_with_nan_loss(trainer: Trainer, spec) -> None:
     with pytest.raises(TrainingFailed) as caught:
-        run(tmp_path, make_spec(dataset, learning_rate=1e38), data, settings)
+        trainer.run(spec(learning_rate=1e38), resume=None)
 
     assert caught.value.reason == "nan_loss"
     assert "at epoch 1, batch" in caught.value.message
-    log = (tmp_path / "job" / "train.log").read_text()
+    log = (trainer.job_dir / "train.log").read_text()
     assert "nan_loss" in log
     assert "Traceback" in log
 
 
-def test_shape_mismatch_names_the_shapes(tmp_path, data, settings) -> None:
-    narrow = store(data, settings, tmp_path, **blobs(features=5))
+def test_shape_mismatch_names_the_shapes(trainer: Trainer, spec, data, settings, tmp_path):
+    # Valid when submitted; the arrays the worker finds have another shape.
+    narrow = spec()
+    narrow["data"]["dataset"] = store(data, settings, tmp_path, **blobs(features=5))
+    narrow["data"]["test"] = None
     with pytest.raises(TrainingFailed) as caught:
-        run(tmp_path, make_spec(narrow), data, settings)
+        trainer.run(narrow, resume=None)
 
     assert caught.value.reason == "invalid_data"
     assert caught.value.message.startswith(
@@ -255,15 +256,15 @@ def test_shape_mismatch_names_the_shapes(tmp_path, data, settings) -> None:
     )
 
 
-def test_time_limit_fails_with_timeout_after_a_checkpoint(tmp_path, data, settings, dataset):
+def test_time_limit_fails_with_timeout_after_a_checkpoint(trainer: Trainer, spec) -> None:
     control = RecordingControl()
     with pytest.raises(TrainingFailed) as caught:
-        run(tmp_path, make_spec(dataset), data, settings.with_overrides(max_job_seconds=0), control)
+        trainer.run(spec(), control, resume=None, settings={"max_job_seconds": 0})
 
     assert caught.value.reason == "timeout"
     assert "FITSERVE_MAX_JOB_SECONDS" in caught.value.message
     [(kept, _)] = control.saves
-    verify_checkpoint(tmp_path / "job", kept[0])
+    verify_checkpoint(trainer.job_dir, kept[0])
 
 
 @pytest.mark.parametrize(
