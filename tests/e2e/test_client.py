@@ -1,0 +1,129 @@
+"""The client and the `fitserve` command against the whole stack: train, follow, predict, download.
+
+The first test reads like a notebook: the Keras docs' seed model, built and compiled live,
+trained on the server, followed to the end, then compared with the downloaded model in Keras.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from client import Client
+from tests.client.test_cli import fitserve
+from tests.e2e.conftest import JOB_SECONDS, Stack
+from tests.support.blobs import CLASSES, make_blobs
+
+pytestmark = pytest.mark.e2e
+
+
+# The docs' own spelling, `Dense(32, input_shape=(784,))`, which Keras 3 warns about.
+@pytest.mark.filterwarnings("ignore:Do not pass an `input_shape`")
+def test_notebook_trains_the_seed_model_follows_predicts_and_downloads(stack: Stack, capsys):
+    import keras
+
+    client = Client(stack.api)
+    x, labels = make_blobs(600, seed=3)
+    y = np.eye(CLASSES, dtype="float32")[labels]
+    dataset = client.upload_arrays({"x": x, "y": y})
+
+    model = keras.Sequential(
+        [
+            keras.layers.Dense(32, input_shape=(784,), kernel_initializer="he_normal"),
+            keras.layers.Activation("relu"),
+            keras.layers.Dense(10, kernel_initializer="he_normal"),
+            keras.layers.Activation("softmax"),
+        ]
+    )
+    model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])
+    job = client.submit_model(
+        model,
+        dataset["id"],
+        fit={"epochs": 3, "batch_size": 32, "validation_split": 0.1},
+        name="seed-mlp",
+        seed=7,
+    )
+    finished = client.wait(job["id"], interval=0.2, timeout=JOB_SECONDS)
+
+    assert finished["status"] == "succeeded"
+    progress_lines = capsys.readouterr().err.splitlines()
+    assert any("epoch 3/3" in line for line in progress_lines)
+    assert progress_lines[-1].startswith("succeeded")
+    history = client.job_metrics(job["id"])
+    assert len(history["loss"]) == 3
+    assert history["accuracy"][-1] > 0.5  # chance is 0.1
+    assert client.job_logs(job["id"])
+
+    predictions = client.predict(job["id"], x[:16])
+    assert predictions.shape == (16, 10)
+    assert np.allclose(predictions.sum(axis=1), 1.0, atol=1e-5)
+    assert (predictions.argmax(axis=1) == labels[:16]).mean() > 0.5
+
+    downloaded = client.download_model(job["id"])
+    assert isinstance(downloaded, keras.Model)
+    local = downloaded.predict(x[:16], verbose=0)
+    np.testing.assert_allclose(predictions, local, rtol=1e-4, atol=1e-5)
+    # The model by its name serves the same answers (its newest succeeded job).
+    np.testing.assert_allclose(client.predict("seed-mlp", x[:16]), predictions, atol=1e-6)
+
+
+def test_cli_submit_follow_predict_download(stack: Stack, tmp_path):
+    import keras
+
+    client = Client(stack.api)
+    x, labels = make_blobs(300, seed=5)
+    dataset = client.upload_arrays({"x": x, "y": labels})
+    request = {
+        "name": "cli-mlp",
+        "seed": 1,
+        "model": {
+            "input_shape": [784],
+            "layers": [
+                {"class_name": "Dense", "config": {"units": 16, "activation": "relu"}},
+                {"class_name": "Dense", "config": {"units": 10, "activation": "softmax"}},
+            ],
+        },
+        "compile": {"optimizer": "adam", "loss": "sparse_categorical_crossentropy"},
+        "fit": {"epochs": 2, "batch_size": 32},
+        "data": {"dataset": dataset["id"], "x": "x", "y": "y"},
+    }
+    spec_file = tmp_path / "job.json"
+    spec_file.write_text(json.dumps(request))
+    url = ["--url", stack.api]
+
+    run = fitserve(
+        "jobs", "submit", str(spec_file), "--follow", "--interval", "0.2", *url, "--json"
+    )
+    assert run.returncode == 0, run.stderr
+    job = json.loads(run.stdout)
+    assert job["status"] == "succeeded"
+    assert job["progress"]["epoch"] == 2
+    assert "epoch 2/2" in run.stderr
+
+    inputs = tmp_path / "inputs.npy"
+    np.save(inputs, x[:4])
+    printed = fitserve("predict", job["id"], str(inputs), *url)
+    assert printed.returncode == 0, printed.stderr
+    outputs = np.asarray(json.loads(printed.stdout)["outputs"], dtype="float32")
+    assert outputs.shape == (4, 10)
+
+    saved = tmp_path / "out.npy"
+    result = fitserve(
+        "predict", job["id"], str(inputs), "--label", "final", "--output", str(saved), *url
+    )
+    assert result.stdout.strip() == f"saved (4, 10) to {saved}"
+    np.testing.assert_allclose(np.load(saved), outputs, atol=1e-6)
+
+    target = tmp_path / "model.keras"
+    downloaded = fitserve("models", "download", job["id"], str(target), *url, "--json")
+    assert json.loads(downloaded.stdout) == {"path": str(target)}
+    local = keras.saving.load_model(target, safe_mode=True).predict(x[:4], verbose=0)
+    np.testing.assert_allclose(outputs, local, rtol=1e-4, atol=1e-5)
+
+    logs = fitserve("jobs", "logs", job["id"], *url)
+    assert logs.returncode == 0
+    assert logs.stdout.strip()
+    listed = json.loads(fitserve("jobs", "list", "--status", "succeeded", *url, "--json").stdout)
+    assert job["id"] in [item["id"] for item in listed["items"]]
