@@ -1,0 +1,230 @@
+"""`data` and `checkpoint` against hand-written manifests: normal forms, defaults, refusals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from core.errors import InvalidRequest, NotFound
+from core.settings import Settings
+from core.spec.data import parse_checkpoint, parse_data
+from core.spec.kinds import INVALID
+
+DATASET, HOLDOUT = "a" * 32, "b" * 32
+
+
+def array(shape: list[int], *, low=0.0, high=1.0, integer=False, nan=0, inf=0) -> dict[str, Any]:
+    stats = {"min": low, "max": high, "integer_valued": integer, "nan": nan, "inf": inf}
+    return {"file": "a0.npy", "shape": shape, "dtype": "float32", "stats": stats}
+
+
+MANIFESTS = {
+    DATASET: {
+        "id": DATASET,
+        "rows": None,
+        "arrays": {
+            "x": array([10, 4]),
+            "tokens": array([10, 6], high=49, integer=True),
+            "y": array([10], high=2, integer=True),
+            "animals": array([10], high=3, integer=True),
+            "pixels": array([10, 2, 2]),
+            "few": array([7, 4]),
+            "w": array([10]),
+        },
+        "classes": {"animals": ["cat", "dog", "eel", "fox"]},
+    },
+    HOLDOUT: {
+        "id": HOLDOUT,
+        "rows": 3,
+        "arrays": {
+            "x": array([3, 4]),
+            "pixels": array([3, 2, 2]),
+            "y": array([3], high=2, integer=True),
+        },
+    },
+}
+
+
+def manifest_of(dataset_id: str) -> dict[str, Any]:
+    if dataset_id not in MANIFESTS:
+        raise NotFound(f"No dataset with id {dataset_id!r}.")
+    return MANIFESTS[dataset_id]
+
+
+def spec_with(units: int = 3, loss: Any = "sparse_categorical_crossentropy", dtype="float32"):
+    return {
+        "model": {
+            "inputs": [{"name": "input", "shape": [4], "dtype": dtype}],
+            "layers": [
+                {"name": "output", "class_name": "Dense", "config": {"units": units},
+                 "inbound": ["input"]},
+            ],
+            "outputs": ["output"],
+        },
+        "compile": {"loss": loss},
+        "fit": {"validation_split": 0.0, "callbacks": []},
+    }  # fmt: skip
+
+
+def refusals(raw: Any, spec: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_data(raw, spec or spec_with(), settings=Settings(), manifest_of=manifest_of)
+    return [(e.path, e.message) for e in caught.value.errors]
+
+
+def test_normal_form_with_defaults():
+    raw = {
+        "dataset": DATASET,
+        "x": "pixels",
+        "y": "y",
+        "sample_weight": "w",
+        "preprocess": {"x": {"scale": 0.5, "reshape": [4]}, "y": {"one_hot": 3}},
+        "validation": {"dataset": HOLDOUT},
+    }
+    data = parse_data(raw, spec_with(loss="categorical_crossentropy"), settings=Settings(),
+                      manifest_of=manifest_of)  # fmt: skip
+    assert data == {
+        "dataset": DATASET,
+        "x": {"input": "pixels"},
+        "y": {"output": "y"},
+        "sample_weight": "w",
+        "one_hot": {"output": 3},
+        "preprocess": {
+            "x": {"input": {"scale": 0.5, "offset": None, "reshape": [4], "raw_shape": [2, 2]}}
+        },
+        "validation": {"dataset": HOLDOUT, "x": {"input": "pixels"}, "y": {"output": "y"}},
+        "test": None,
+    }
+
+
+def test_every_split_takes_the_raw_rows_the_model_takes():
+    raw = {
+        "dataset": DATASET,
+        "x": "pixels",
+        "y": "y",
+        "preprocess": {"x": {"reshape": [4]}},
+        "validation": {"dataset": HOLDOUT, "x": "x"},
+    }
+    ((path, message),) = refusals(raw)
+    assert path == "/data/validation/x"
+    assert "[4]" in message
+    assert "[2, 2]" in message
+
+
+def test_rows_must_agree_when_the_manifest_has_no_common_rows():
+    ((path, message),) = refusals({"dataset": DATASET, "x": "few", "y": "y"})
+    assert path == "/data"
+    assert "'few' has 7" in message
+    assert "'y' has 10" in message
+
+
+def test_string_classes_count_against_units():
+    ((path, message),) = refusals({"dataset": DATASET, "x": "x", "y": "animals"})
+    assert path == "/data/y"
+    assert "4 classes (0..3)" in message
+    assert "3 units" in message
+
+
+def test_integer_input_refuses_fractions_and_accepts_token_ids():
+    spec = spec_with(dtype="int32")
+    ((path, message),) = refusals({"dataset": DATASET, "x": "x", "y": "y"}, spec)
+    assert path == "/data/x"
+    assert "int32" in message
+    assert "fractions" in message
+    spec["model"]["inputs"][0]["shape"] = [6]
+    data = parse_data({"dataset": DATASET, "x": "tokens", "y": "y"}, spec, settings=Settings(),
+                      manifest_of=manifest_of)  # fmt: skip
+    assert data["x"] == {"input": "tokens"}
+
+
+def test_one_sigmoid_unit_takes_labels():
+    data = parse_data({"dataset": DATASET, "x": "x", "y": "y"}, spec_with(1, "mse"),
+                      settings=Settings(), manifest_of=manifest_of)  # fmt: skip
+    assert data["y"] == {"output": "y"}
+
+
+def test_nan_and_inf_counts_are_named():
+    MANIFESTS[HOLDOUT]["arrays"]["dirty"] = array([3, 4], nan=2, inf=5)
+    try:
+        ((path, message),) = refusals(
+            {"dataset": DATASET, "x": "x", "y": "y", "test": {"dataset": HOLDOUT, "x": "dirty"}}
+        )
+    finally:
+        del MANIFESTS[HOLDOUT]["arrays"]["dirty"]
+    assert path == "/data/test/x"
+    assert "'dirty'" in message.replace('"', "'")
+    assert "2 NaN and 5 Inf" in message
+
+
+@pytest.mark.parametrize(
+    ("raw", "path"),
+    [
+        ("x", "/data"),
+        ({"dataset": 7, "x": "x", "y": "y"}, "/data/dataset"),
+        ({"dataset": DATASET, "x": "x", "y": "y", "extra": 1}, "/data/extra"),
+        ({"dataset": DATASET, "x": ["x"], "y": "y"}, "/data/x"),
+        ({"dataset": DATASET, "x": {"inputs": "x"}, "y": "y"}, "/data/x/inputs"),
+        ({"dataset": DATASET, "x": "x"}, "/data/y"),
+        ({"dataset": DATASET, "x": "x", "y": "y", "preprocess": {"x": {"scale": "big"}}},
+         "/data/preprocess/x/scale"),
+        ({"dataset": DATASET, "x": "x", "y": "y", "preprocess": {"x": {"reshape": [0]}}},
+         "/data/preprocess/x/reshape/0"),
+        ({"dataset": DATASET, "x": "x", "y": "y", "preprocess": {"y": {"one_hot": 1}}},
+         "/data/preprocess/y/one_hot"),
+        ({"dataset": DATASET, "x": "x", "y": "y", "preprocess": {"z": {}}}, "/data/preprocess/z"),
+        ({"dataset": DATASET, "x": "x", "y": "y", "validation": {"dataset": HOLDOUT, "w": 1}},
+         "/data/validation/w"),
+    ],
+)  # fmt: skip
+def test_malformed_data_is_located(raw, path):
+    assert path in [p for p, _ in refusals(raw)]
+
+
+def test_without_a_model_only_the_dataset_is_checked():
+    spec = {**spec_with(), "model": INVALID}
+    assert [p for p, _ in refusals({"dataset": "c" * 32, "x": "x", "y": "y"}, spec)] == [
+        "/data/dataset"
+    ]
+
+
+def checkpoint(raw: Any, *, split=0.0, callbacks=(), validation=None, keep=3) -> dict[str, Any]:
+    spec = {
+        "fit": {"validation_split": split, "callbacks": list(callbacks)},
+        "data": {"validation": validation},
+    }
+    return parse_checkpoint(raw, spec, settings=Settings(keep_checkpoints=keep))
+
+
+def test_checkpoint_defaults():
+    assert checkpoint(None, keep=4) == {"monitor": "loss", "mode": "min", "keep": 4}
+    assert checkpoint({}, split=0.2)["monitor"] == "val_loss"
+    assert checkpoint({}, validation={"dataset": HOLDOUT})["monitor"] == "val_loss"
+    early = {"class_name": "EarlyStopping", "config": {"monitor": "val_accuracy"}}
+    assert checkpoint({}, split=0.1, callbacks=[early]) == {
+        "monitor": "val_accuracy",
+        "mode": "max",
+        "keep": 3,
+    }
+    assert checkpoint({"monitor": "auc", "keep": 1}) == {"monitor": "auc", "mode": "max", "keep": 1}
+    assert checkpoint({"monitor": "accuracy", "mode": "min"})["mode"] == "min"
+
+
+@pytest.mark.parametrize(
+    ("raw", "callbacks", "path", "words"),
+    [
+        ({"monitor": "val_loss"}, [], "/checkpoint/monitor", "needs validation data"),
+        ({}, [{"class_name": "EarlyStopping", "config": {}}],
+         "/fit/callbacks/0/config/monitor", "fit.validation_split"),
+        ({"keep": 0}, [], "/checkpoint/keep", "0"),
+        ({"mode": "up"}, [], "/checkpoint/mode", "up"),
+        ({"every": 2}, [], "/checkpoint/every", "every"),
+        ([], [], "/checkpoint", "[]"),
+    ],
+)  # fmt: skip
+def test_checkpoint_refusals(raw, callbacks, path, words):
+    with pytest.raises(InvalidRequest) as caught:
+        checkpoint(raw, callbacks=callbacks)
+    (error,) = caught.value.errors
+    assert error.path == path
+    assert words in error.message
