@@ -228,6 +228,7 @@ RNN_LAYER = Catalog(
     "recurrent layer",
     (),
     {name: {**COMMON, **arguments} for name, arguments in RNN_LAYERS.items()},
+    object_keys=("module", "class_name", "config", "registered_name", "build_config"),
 )
 
 LAYERS: dict[str, dict[str, Kind]] = {
