@@ -99,17 +99,22 @@ class Batcher:
             return None
 
     def _take_group(self) -> list[_Request]:
-        """Waiting requests in arrival order, up to max_rows rows and one row shape."""
-        first = self._waiting[0]
-        shapes = [array.shape[1:] for array in first.inputs]
+        """The oldest waiting requests of the first one's row shape, up to max_rows rows.
+
+        It stops at the first request that would overflow, so requests run in arrival order;
+        requests of another row shape (variable-length inputs) wait for a group of their own.
+        """
+        shapes = [array.shape[1:] for array in self._waiting[0].inputs]
         group, rows, rest = [], 0, []
-        for waiting in self._waiting:
-            same_shape = [array.shape[1:] for array in waiting.inputs] == shapes
-            if same_shape and (not group or rows + waiting.rows <= self._max_rows):
+        for index, waiting in enumerate(self._waiting):
+            if [array.shape[1:] for array in waiting.inputs] != shapes:
+                rest.append(waiting)
+            elif group and rows + waiting.rows > self._max_rows:
+                rest.extend(self._waiting[index:])
+                break
+            else:
                 group.append(waiting)
                 rows += waiting.rows
-            else:
-                rest.append(waiting)
         self._waiting = rest
         return group
 

@@ -170,6 +170,11 @@ class ModelCache:
             self._load(servable, future)
         return future.result()
 
+    def loaded(self) -> list[tuple[str, int]]:
+        """(job id, version) of the models held, least recently used first."""
+        with self._lock:
+            return [(key[0], key[1]) for key in self._models]
+
     def _touch(self, key: tuple) -> LoadedModel | None:
         loaded = self._models.get(key)
         if loaded is not None:

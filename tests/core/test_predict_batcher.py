@@ -1,0 +1,119 @@
+"""The batcher: a lone request runs at once; concurrent ones share forward passes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from core.serving.batcher import Batcher
+
+
+class Recorder:
+    """A forward function that doubles its input, recording each pass's rows, optionally slow."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.rows: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, inputs):
+        self.gate.wait(10)
+        self.rows.append(len(inputs[0]))
+        time.sleep(self.delay)
+        return {"out": inputs[0] * 2}
+
+
+def test_a_lone_request_runs_at_once():
+    forward = Recorder()
+    batcher = Batcher(forward, max_rows=64, max_latency=5.0)
+    started = time.monotonic()
+    out = batcher.submit([np.ones((2, 3), "float32")])
+    assert time.monotonic() - started < 1.0
+    assert np.array_equal(out["out"], np.full((2, 3), 2, "float32"))
+    assert forward.rows == [2]
+
+
+def test_requests_that_arrive_during_a_pass_share_the_next():
+    forward = Recorder()
+    batcher = Batcher(forward, max_rows=64, max_latency=5.0)
+    forward.gate.clear()  # hold the first pass until the others queue up behind it
+    with ThreadPoolExecutor(9) as pool:
+        first = pool.submit(batcher.submit, [np.full((1, 2), 100.0)])
+        while not batcher._running:
+            time.sleep(0.001)
+        rest = [pool.submit(batcher.submit, [np.full((1, 2), float(i))]) for i in range(8)]
+        while len(batcher._waiting) < 8:
+            time.sleep(0.001)
+        forward.gate.set()
+        assert np.array_equal(first.result(10)["out"], [[200.0, 200.0]])
+        for i, future in enumerate(rest):
+            assert np.array_equal(future.result(10)["out"], [[2.0 * i, 2.0 * i]])
+    assert forward.rows == [1, 8]
+
+
+def test_batches_stop_at_max_rows_in_arrival_order():
+    forward = Recorder()
+    batcher = Batcher(forward, max_rows=4, max_latency=5.0)
+    forward.gate.clear()
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(batcher.submit, [np.zeros((1, 1))])
+        while not batcher._running:
+            time.sleep(0.001)
+        rest = []
+        for rows in (3, 2, 1, 2):
+            rest.append(pool.submit(batcher.submit, [np.zeros((rows, 1))]))
+            while len(batcher._waiting) < len(rest):
+                time.sleep(0.001)
+        forward.gate.set()
+        for future in [first, *rest]:
+            future.result(10)
+    assert forward.rows == [1, 3, 3, 2]
+
+
+def test_a_waiting_request_runs_itself_after_max_latency():
+    forward = Recorder()
+    batcher = Batcher(forward, max_rows=64, max_latency=0.05)
+    forward.gate.clear()
+    with ThreadPoolExecutor(2) as pool:
+        stuck = pool.submit(batcher.submit, [np.zeros((1, 1))])
+        while not batcher._running:
+            time.sleep(0.001)
+        late = pool.submit(batcher.submit, [np.ones((1, 1))])
+        time.sleep(0.2)
+        forward.gate.set()  # the late request's own pass also waits for the gate
+        assert np.array_equal(late.result(10)["out"], [[2.0]])
+        stuck.result(10)
+    assert forward.rows == [1, 1]
+
+
+def test_an_error_reaches_every_request_of_its_pass():
+    def broken(inputs):
+        raise RuntimeError("boom")
+
+    batcher = Batcher(broken, max_rows=64, max_latency=1.0)
+    with pytest.raises(RuntimeError, match="boom"):
+        batcher.submit([np.zeros((1, 1))])
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(batcher.submit, [np.zeros((1, 1))]) for _ in range(8)]
+        for future in futures:
+            with pytest.raises(RuntimeError, match="boom"):
+                future.result(10)
+    assert batcher._running == 0
+
+
+def test_many_threads_get_their_own_rows_back():
+    forward = Recorder(delay=0.002)
+    batcher = Batcher(forward, max_rows=16, max_latency=1.0)
+    with ThreadPoolExecutor(32) as pool:
+        futures = [pool.submit(batcher.submit, [np.full((1, 2), float(i))]) for i in range(200)]
+        for i, future in enumerate(futures):
+            assert np.array_equal(future.result(10)["out"], [[2.0 * i, 2.0 * i]])
+    assert sum(forward.rows) == 200
+    assert len(forward.rows) < 200
+    assert max(forward.rows) <= 16
+    assert batcher._running == 0
