@@ -1,0 +1,176 @@
+"""Upload throughput: a ~200 MB .npy through the app and through gunicorn, against a plain copy.
+
+    .venv/bin/python bench/upload.py [--megabytes 200]
+
+The baseline copies the same multipart body to a file on the same filesystem and fsyncs it (what
+an upload must do at least once). An upload streams the body to disk, checks it, hashes it,
+computes its statistics and moves it into place: once into the Flask app in this process (the
+app's own cost), once over HTTP into gunicorn as docker-compose.yml runs it (what a client sees).
+Prints the throughputs, their ratios to the baseline, and the API workers' peak RSS growth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import psutil
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from core.settings import Settings  # noqa: E402
+from scripts.stack import compose_command  # noqa: E402
+from service import create_app  # noqa: E402
+from tests.support.processes import free_port, stop_tree, wait_for  # noqa: E402
+
+
+def write_array(path: Path, megabytes: int) -> None:
+    rows = (megabytes << 20) // (64 * 4)
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, 64))
+    rng = np.random.default_rng(0)
+    for start in range(0, rows, 1 << 14):
+        stop = min(start + (1 << 14), rows)
+        array[start:stop] = rng.random((stop - start, 64), dtype=np.float32)
+    array.flush()
+
+
+def write_multipart(array: Path, body: Path) -> str:
+    """The request body on disk, so neither side of the benchmark holds it in memory."""
+    boundary = uuid.uuid4().hex
+    with open(body, "wb") as out, open(array, "rb") as source:
+        out.write(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.npy"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n".encode()
+        )
+        shutil.copyfileobj(source, out, 1 << 20)
+        out.write(f"\r\n--{boundary}--\r\n".encode())
+    return f"multipart/form-data; boundary={boundary}"
+
+
+def copy_baseline(body: Path, target: Path) -> float:
+    started = time.perf_counter()
+    with open(body, "rb") as source, open(target, "wb") as out:
+        shutil.copyfileobj(source, out, 1 << 20)
+        out.flush()
+        os.fsync(out.fileno())
+    elapsed = time.perf_counter() - started
+    target.unlink()
+    return elapsed
+
+
+def start_api(data_dir: Path, port: int) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "FITSERVE_DATA_DIR": str(data_dir),
+        "FITSERVE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "FITSERVE_MAX_UPLOAD_BYTES": str(2 << 30),
+    }
+    argv = compose_command("api", bind=f"127.0.0.1:{port}")
+    argv[0] = str(Path(sys.executable).with_name(argv[0]))
+    process = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).ok, 180, "api")
+    return process
+
+
+def upload_in_process(body: Path, content_type: str, data_dir: Path) -> float:
+    """Post the body to the app through the WSGI test client: no sockets, no server."""
+    settings = Settings(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", data_dir=data_dir, max_upload_bytes=2 << 30
+    )
+    client = create_app(settings).test_client()
+    started = time.perf_counter()
+    with open(body, "rb") as handle:
+        response = client.post(
+            "/v1/datasets",
+            input_stream=handle,
+            content_type=content_type,
+            content_length=body.stat().st_size,
+        )
+    elapsed = time.perf_counter() - started
+    if response.status_code != 201:
+        raise SystemExit(f"upload failed: {response.status_code} {response.text[:500]}")
+    return elapsed
+
+
+def upload(body: Path, content_type: str, port: int, api: subprocess.Popen) -> tuple[float, int]:
+    """Post the body; return (seconds, peak RSS growth in bytes of the API's workers)."""
+    workers = psutil.Process(api.pid).children()
+    baseline = sum(worker.memory_info().rss for worker in workers)
+    peak = baseline
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.01):
+            peak = max(peak, sum(worker.memory_info().rss for worker in workers))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    # http.client with 1 MiB blocks: requests sends a file in 8 KiB writes, which would make
+    # the client, not the server, the bottleneck on a small machine.
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600, blocksize=1 << 20)
+    with open(body, "rb") as handle:
+        connection.request(
+            "POST",
+            "/v1/datasets",
+            body=handle,
+            headers={"Content-Type": content_type, "Content-Length": str(body.stat().st_size)},
+        )
+        response = connection.getresponse()
+        answer = response.read()
+    connection.close()
+    elapsed = time.perf_counter() - started
+    done.set()
+    sampler.join(5)
+    if response.status != 201:
+        raise SystemExit(f"upload failed: {response.status} {answer[:500]!r}")
+    return elapsed, peak - baseline
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--megabytes", type=int, default=200)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="fitserve-bench-") as folder:
+        root = Path(folder)
+        array, body = root / "big.npy", root / "body.bin"
+        write_array(array, args.megabytes)
+        content_type = write_multipart(array, body)
+        size_mb = body.stat().st_size / 2**20
+        (root / "data").mkdir()
+        copy_s = copy_baseline(body, root / "data" / "copy.bin")
+        app_s = upload_in_process(body, content_type, root / "app")
+        port = free_port()
+        api = start_api(root / "data", port)
+        try:
+            http_s, rss_growth = upload(body, content_type, port, api)
+        finally:
+            stop_tree(api)
+    print(f"body                 {size_mb:8.1f} MiB")
+    print(f"baseline copy        {size_mb / copy_s:8.1f} MiB/s  ({copy_s:.2f} s, copy + fsync)")
+    for label, seconds in (("upload, app", app_s), ("upload, gunicorn", http_s)):
+        print(
+            f"{label:<20} {size_mb / seconds:8.1f} MiB/s  ({seconds:.2f} s)  "
+            f"ratio to baseline {copy_s / seconds:.2f}"
+        )
+    print(f"gunicorn workers' peak RSS growth during the upload: {rss_growth / 2**20:.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
