@@ -63,6 +63,11 @@ def instructions(stage: str, keyword: str) -> list[str]:
     return [arguments for kw, arguments in dockerfile_stages()[stage] if kw == keyword]
 
 
+def interpolated(value: str) -> str:
+    """A compose value as compose resolves it when the variable is unset (`${VAR:-default}`)."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
+
+
 def seconds(duration: str) -> int:
     """A compose duration such as `2m` or `90s` in seconds."""
     units = {"s": 1, "m": 60, "h": 3600}
@@ -82,7 +87,8 @@ def test_the_data_volume_is_mounted_at_the_data_dir_in_the_api_and_every_worker(
     for name, service in APP_SERVICES.items():
         assert f"{DATA_VOLUME}:{DATA_PATH}" in service["volumes"], name
         assert service["environment"]["FITSERVE_DATA_DIR"] == DATA_PATH, name
-        assert service["environment"]["FITSERVE_REDIS_URL"] == "redis://redis:6379/0", name
+        redis_url = interpolated(service["environment"]["FITSERVE_REDIS_URL"])
+        assert redis_url == "redis://redis:6379/0", name
     assert f"{DATA_VOLUME}:{DATA_PATH}:ro" in SERVICES["tensorboard"]["volumes"]
     assert SERVICES["redis"]["volumes"] == ["redis-data:/data"]
 
@@ -234,8 +240,18 @@ def test_env_example_lists_every_setting_at_its_default() -> None:
     )
     fields = {PREFIX + field.name.upper(): field for field in dataclasses.fields(Settings)}
     assert set(listed) == set(fields), "add or remove these in .env.example"
+    # Compose sets these two for its containers; the file shows the values they get there.
+    in_compose = {
+        name: interpolated(value)
+        for name, value in SERVICES["api"]["environment"].items()
+        if name.startswith(PREFIX)
+    }
+    assert set(in_compose) == {"FITSERVE_REDIS_URL", "FITSERVE_DATA_DIR"}
     defaults = Settings()
     for variable, value in listed.items():
+        if variable in in_compose:
+            assert value == in_compose[variable], variable
+            continue
         field = fields[variable].name
         parsed = getattr(Settings.from_env({variable: value}), field)
         assert parsed == getattr(defaults, field), f"{variable}={value} is not the default"
