@@ -92,6 +92,12 @@ class _Model:
         self.outputs = {o["name"]: o["shape"][1:] for o in summary["outputs"]}
         self.shapes = {i["name"]: i["shape"][1:] for i in summary["inputs"]}
         self.losses = _losses(spec.get("compile"), list(self.outputs))
+        # Token ids at or past an Embedding's input_dim fail on CPU and read zeros on GPU.
+        self.vocabulary = {
+            layer["inbound"][0]: (layer["name"], layer["config"]["input_dim"])
+            for layer in reversed(spec["model"]["layers"])
+            if layer["class_name"] == "Embedding" and layer["inbound"][0] in self.inputs
+        }
 
     @classmethod
     def of(cls, spec: dict[str, Any]) -> _Model | None:
@@ -279,14 +285,27 @@ class _Split:
                     f"{array!r} has rows of shape {rows_shape} (array shape {entry['shape']}). "
                     "Change the model's input shape, or reshape with data.preprocess.x.reshape.",
                 )
-            dtype = self.model.inputs[name]["dtype"]
             stats = entry.get("stats") or {}
+            self._check_vocabulary(at, name, array, stats)
+            dtype = self.model.inputs[name]["dtype"]
             if dtype.startswith(("int", "uint")) and stats.get("integer_valued") is False:
                 at.refuse(
                     array,
                     "an array of whole numbers",
                     f"Input {name!r} takes {dtype} values but array {array!r} holds fractions.",
                 )
+
+    def _check_vocabulary(self, at: Place, name: str, array: str, stats: dict[str, Any]) -> None:
+        if name not in self.model.vocabulary or stats.get("max") is None:
+            return
+        layer, size = self.model.vocabulary[name]
+        if stats["max"] >= size or stats.get("min", 0) < 0:
+            at.refuse(
+                array,
+                f"token ids from 0 to {size - 1}",
+                f"Array {array!r} holds ids from {stats.get('min')} to {stats['max']} but "
+                f"Embedding {layer!r} has input_dim={size} (ids 0 to {size - 1}).",
+            )
 
     def check_y(self, one_hot: dict[str, int]) -> None:
         """Each output's units against its targets: shape, class count or one-hot count."""

@@ -25,7 +25,7 @@ MANIFESTS = {
         "rows": None,
         "arrays": {
             "x": array([10, 4]),
-            "tokens": array([10, 6], high=49, integer=True),
+            "tokens": array([10, 6], low=0, high=49, integer=True),
             "y": array([10], high=2, integer=True),
             "animals": array([10], high=3, integer=True),
             "pixels": array([10, 2, 2]),
@@ -136,6 +136,21 @@ def test_integer_input_refuses_fractions_and_accepts_token_ids():
     data = parse_data({"dataset": DATASET, "x": "tokens", "y": "y"}, spec, settings=Settings(),
                       manifest_of=manifest_of)  # fmt: skip
     assert data["x"] == {"input": "tokens"}
+
+
+def test_token_ids_must_fit_the_embedding():
+    spec = spec_with(dtype="int32")
+    spec["model"]["inputs"][0]["shape"] = [6]
+    spec["model"]["layers"][:0] = [
+        {"name": "embedding", "class_name": "Embedding",
+         "config": {"input_dim": 40, "output_dim": 4}, "inbound": ["input"]},
+        {"name": "flatten", "class_name": "Flatten", "config": {}, "inbound": ["embedding"]},
+    ]  # fmt: skip
+    spec["model"]["layers"][2]["inbound"] = ["flatten"]
+    ((path, message),) = refusals({"dataset": DATASET, "x": "tokens", "y": "y"}, spec)
+    assert path == "/data/x"
+    assert "ids from 0 to 49" in message
+    assert "input_dim=40" in message
 
 
 def test_one_sigmoid_unit_takes_labels():

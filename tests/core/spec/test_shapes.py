@@ -10,6 +10,7 @@ import pytest
 
 from core.errors import InvalidRequest
 from core.settings import Settings
+from core.spec import grammar
 from core.spec.shapes import RULES, infer_model
 
 LSTM8 = {"class_name": "LSTM", "config": {"units": 8}}
@@ -175,7 +176,8 @@ def one_layer_model(class_name: str, config: dict[str, Any], shapes: list[list[i
     return {"inputs": inputs, "layers": [layer], "outputs": ["probe"]}
 
 
-def test_every_allowlisted_layer_has_a_case():
+def test_every_allowlisted_layer_has_a_formula_and_a_case():
+    assert set(RULES) == set(grammar.LAYERS)
     assert {case[0] for case in CASES} == set(RULES)
 
 
