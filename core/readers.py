@@ -8,7 +8,6 @@ decompressed. Errors name the place in the request as a JSON pointer.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import csv
 import dataclasses
@@ -282,6 +281,9 @@ class NpyWriter:
         self.rows += len(rows)
 
     def finish(self) -> Path:
+        """Fill in the rows and close; once finished, a no-op."""
+        if self.handle.closed:
+            return self.path
         self.handle.seek(0)
         _write_header(self.handle, (self.rows, *self.row_shape), self.dtype, False)
         if self.handle.tell() != self.header_bytes:
@@ -290,40 +292,65 @@ class NpyWriter:
         return self.path
 
 
-@dataclasses.dataclass
 class _Labels:
-    """Label cells seen so far: as numbers while they all parse, and as first-seen class ids."""
+    """The label column, written to disk as it is read: as numbers while every cell parses as
+    one, and as class ids in first-seen order."""
 
-    numbers: array.array | None = dataclasses.field(default_factory=lambda: array.array("d"))
-    ids: array.array = dataclasses.field(default_factory=lambda: array.array("q"))
-    names: dict[str, int] = dataclasses.field(default_factory=dict)
+    def __init__(self, folder: Path) -> None:
+        self.numbers: NpyWriter | None = NpyWriter(folder / "labels.f8.npy", (), np.float64)
+        self.ids = NpyWriter(folder / "labels.i8.npy", (), np.int64)
+        self.names: dict[str, int] = {}
+        self.integer = True
 
-    def add(self, cell: str) -> None:
-        if self.numbers is not None:
-            try:
-                self.numbers.append(float(cell))
-            except ValueError:
-                self.numbers = None
-        index = self.names.setdefault(cell, len(self.names))
+    def add(self, cells: list[str]) -> None:
+        self.ids.append(np.array([self.names.setdefault(c, len(self.names)) for c in cells]))
         if len(self.names) > MAX_CLASSES:
             raise _invalid(
                 "/file", "The label column holds too many classes.", f"at most {MAX_CLASSES}", None
             )
-        self.ids.append(index)
+        if self.numbers is None:
+            return
+        try:
+            values = np.array(cells, dtype=np.float64)
+        except ValueError:
+            self.numbers.finish().unlink()
+            self.numbers = None
+            return
+        self.numbers.append(values)
+        if self.integer:
+            self.integer = bool(np.isfinite(values).all() and (values == np.trunc(values)).all())
 
     def write(self, path: Path) -> list[str] | None:
         """Write `y`; return the class names when the labels are strings, else None."""
+        self.close()
         if self.numbers is not None:
-            values = np.frombuffer(self.numbers, dtype=np.float64)
-            integer = np.isfinite(values).all() and np.array_equal(values, np.trunc(values))
-            np.save(path, values.astype(np.int64 if integer else np.float32), allow_pickle=False)
+            dtype = np.int64 if self.integer else np.float32
+            _rewrite(self.numbers.path, path, lambda values: values.astype(dtype))
+            self.ids.path.unlink()
             return None
         names = sorted(self.names)
         order = np.empty(len(names), dtype=np.int64)
         for position, name in enumerate(names):
             order[self.names[name]] = position
-        np.save(path, order[np.frombuffer(self.ids, dtype=np.int64)], allow_pickle=False)
+        _rewrite(self.ids.path, path, lambda ids: order[ids])
         return names
+
+    def close(self) -> None:
+        self.ids.finish()
+        if self.numbers is not None:
+            self.numbers.finish()
+
+
+def _rewrite(source: Path, target: Path, convert: Any) -> None:
+    """Write `convert` of each chunk of the 1-d `.npy` at `source` to `target`; remove `source`."""
+    with open(source, "rb") as handle:
+        header = read_npy_header(handle, "/file")
+        example = convert(np.empty(0, dtype=header.dtype))
+        writer = NpyWriter(target, (), example.dtype)
+        while chunk := handle.read(CHUNK_BYTES):
+            writer.append(convert(np.frombuffer(chunk, dtype=header.dtype)))
+    writer.finish()
+    source.unlink()
 
 
 def read_csv(source: Path, folder: Path, label: str) -> Arrays:
@@ -338,11 +365,13 @@ def read_csv(source: Path, folder: Path, label: str) -> Arrays:
             header = [cell.strip() for cell in next(reader, [])]
         features = _feature_columns(header, label)
         writer = NpyWriter(folder / "a0.npy", (len(features),), np.dtype(np.float32))
+        labels = _Labels(folder)
         try:
             with _csv_errors(reader):
-                labels, errors = _read_rows(reader, header, features, label, writer)
+                errors = _read_rows(reader, header, features, label, writer, labels)
         finally:
             writer.finish()
+            labels.close()
     if errors:
         errors.sort(key=lambda error: int(error.path.split("/")[3]))
         raise InvalidData(
@@ -370,25 +399,31 @@ def _csv_errors(reader: Any) -> Iterator[None]:
 
 
 def _read_rows(
-    reader: Any, header: list[str], features: list[int], label: str, writer: NpyWriter
-) -> tuple[_Labels, list[FieldError]]:
-    """Parse the data rows into `writer` and the labels; stop once enough errors are known."""
-    labels = _Labels()
+    reader: Any,
+    header: list[str],
+    features: list[int],
+    label: str,
+    writer: NpyWriter,
+    labels: _Labels,
+) -> list[FieldError]:
+    """Parse the data rows into `writer` and `labels`; stop once enough errors are known."""
     errors: list[FieldError] = []
     label_index = header.index(label)
     for batch in _csv_batches(reader, header, errors):
         cells = [[row[i] for i in features] for _, row in batch]
         values = _parse_batch(cells, batch, header, features, errors)
-        for line, row in batch:
-            cell = row[label_index].strip()
-            if not cell:
-                errors.append(_cell_error(line, label, cell, "The label is empty."))
-            labels.add(cell)
+        label_cells = [row[label_index].strip() for _, row in batch]
+        errors += [
+            _cell_error(line, label, "", "The label is empty.")
+            for (line, _), cell in zip(batch, label_cells, strict=True)
+            if not cell
+        ]
         if not errors:
             writer.append(values)
+            labels.add(label_cells)
         if len(errors) >= MAX_REPORTED_ERRORS:
             break
-    return labels, errors
+    return errors
 
 
 def _feature_columns(header: list[str], label: str) -> list[int]:

@@ -107,6 +107,28 @@ def test_csv_numeric_labels_and_blank_lines(data, tmp_path):
     assert manifest["rows"] == 2
     assert manifest["arrays"]["y"]["dtype"] == "float32"
     assert manifest["arrays"]["y"]["stats"]["labels"] == [0.5, 1.5]
+    folder = data.dataset(manifest["id"])
+    assert sorted(p.name for p in folder.iterdir()) == ["a0.npy", "a1.npy", "manifest.json"]
+
+
+def test_csv_labels_span_several_batches(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(readers, "_CSV_BATCH", 3)
+    monkeypatch.setattr(readers, "CHUNK_BYTES", 16)
+    numbers = "".join(f"{i},{i % 4}\n" for i in range(10))
+    manifest = store(data, tmp_path, f"a,label\n{numbers}".encode())
+    np.testing.assert_array_equal(datasets.open_array(data, manifest["id"], "y"), np.arange(10) % 4)
+    assert manifest["arrays"]["y"]["dtype"] == "int64"
+    # Numbers for three batches, then a word: the labels become classes after all.
+    mixed = "".join(f"{i},{i % 3 if i < 9 else 'cat'}\n" for i in range(10))
+    manifest = store(data, tmp_path, f"a,label\n{mixed}".encode())
+    assert manifest["classes"] == {"y": ["0", "1", "2", "cat"]}
+    y = datasets.open_array(data, manifest["id"], "y")
+    np.testing.assert_array_equal(y, [0, 1, 2, 0, 1, 2, 0, 1, 2, 3])
+    assert sorted(p.name for p in data.dataset(manifest["id"]).iterdir()) == [
+        "a0.npy",
+        "a1.npy",
+        "manifest.json",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -125,6 +125,7 @@ def test_csv_upload_turns_string_labels_into_class_ids(client, settings):
     assert manifest["arrays"]["y"]["dtype"] == "int64"
     assert manifest["arrays"]["y"]["stats"]["labels"] == [0, 1, 2]
     folder = settings.data_dir / "datasets" / manifest["id"]
+    assert sorted(p.name for p in folder.iterdir()) == ["a0.npy", "a1.npy", "manifest.json"]
     np.testing.assert_array_equal(np.load(folder / "a1.npy"), [0, 1, 2, 0])
     np.testing.assert_allclose(np.load(folder / "a0.npy")[1], [7.0, 1.4])
 
