@@ -127,3 +127,40 @@ def test_cli_submit_follow_predict_download(stack: Stack, tmp_path):
     assert logs.stdout.strip()
     listed = json.loads(fitserve("jobs", "list", "--status", "succeeded", *url, "--json").stdout)
     assert job["id"] in [item["id"] for item in listed["items"]]
+
+
+def test_named_inputs_and_outputs_go_in_and_out_as_dicts(stack: Stack):
+    import keras
+
+    client = Client(stack.api)
+    rng = np.random.default_rng(11)
+    xa = rng.normal(size=(128, 4)).astype("float32")
+    xb = rng.normal(size=(128, 3)).astype("float32")
+    arrays = {"xa": xa, "xb": xb, "label": (xa[:, 0] > 0).astype("int64"), "target": xb[:, :1]}
+    dataset = client.upload_arrays(arrays)
+
+    a, b = keras.Input((4,), name="a"), keras.Input((3,), name="b")
+    hidden = keras.layers.Dense(8, activation="relu")(keras.layers.Concatenate()([a, b]))
+    cls = keras.layers.Dense(2, activation="softmax", name="cls")(hidden)
+    reg = keras.layers.Dense(1, name="reg")(hidden)
+    model = keras.Model({"a": a, "b": b}, {"cls": cls, "reg": reg})
+    model.compile(optimizer="adam", loss={"cls": "sparse_categorical_crossentropy", "reg": "mse"})
+    data = {
+        "dataset": dataset["id"],
+        "x": {"a": "xa", "b": "xb"},
+        "y": {"cls": "label", "reg": "target"},
+    }
+    job = client.submit_model(model, data, fit={"epochs": 1, "batch_size": 32})
+    client.wait(job["id"], progress=False, interval=0.2, timeout=JOB_SECONDS)
+
+    outputs = client.predict(job["id"], {"a": xa[:5], "b": xb[:5]})
+    assert sorted(outputs) == ["cls", "reg"]
+    assert outputs["cls"].shape == (5, 2)
+    assert outputs["reg"].shape == (5, 1)
+    downloaded = client.download_model(job["id"])
+    answers = downloaded.predict({"a": xa[:5], "b": xb[:5]}, verbose=0)
+    # The server builds its outputs as a list in the order of `output_names`.
+    if not isinstance(answers, dict):
+        answers = dict(zip(downloaded.output_names, answers, strict=True))
+    for name in ("cls", "reg"):
+        np.testing.assert_allclose(outputs[name], answers[name], rtol=1e-4, atol=1e-5)
