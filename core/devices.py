@@ -192,3 +192,20 @@ def queue_workers(client: redis.Redis, queue: str) -> list[dict]:
         if queue in heartbeat.get("queues", ()):
             found.append(heartbeat)
     return sorted(found, key=lambda heartbeat: str(heartbeat.get("name", "")))
+
+
+def waiting_message(client: redis.Redis, gpus: int) -> str | None:
+    """What a queued job of `gpus` devices waits for, when no live worker can take it; else None.
+
+    For the job's status: a 2-GPU job with no 2-GPU worker says so instead of just `queued`.
+    """
+    queue = train_queue(gpus)
+    if queue_workers(client, queue):
+        return None
+    if gpus <= 1:
+        return f"Waiting for a worker: none is running on queue '{queue}'. Start one."
+    return (
+        f"Waiting for a worker owning {gpus} GPUs: none is running on queue '{queue}'. Start "
+        f"one that owns {gpus} GPUs with `--queues {queue}` (docker-compose.yml's worker-2gpu "
+        "service shows one for 2 GPUs)."
+    )
