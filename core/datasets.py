@@ -222,6 +222,11 @@ def _describe(path: Path) -> dict:
 
 def _common_rows(described: dict[str, dict], where: str) -> int:
     firsts = {entry["shape"][0] for entry in described.values()}
+    if firsts == {0}:
+        raise InvalidData(
+            "The dataset has no rows.",
+            errors=[FieldError(where, "Every array is empty.", "1 or more rows", 0)],
+        )
     if len(firsts) == 1:
         return firsts.pop()
     raise InvalidData(

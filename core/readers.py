@@ -108,6 +108,8 @@ def read_npy_header(handle: IO[bytes], where: str) -> NpyHeader:
         raise _invalid(
             where, "A 0-d scalar has no rows.", "an array with at least one dimension", []
         )
+    if min(shape) < 0:
+        raise _invalid(where, "The shape has a negative dimension.", "sizes >= 0", list(shape))
     return NpyHeader(tuple(shape), fortran, dtype, handle.tell())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from pathlib import Path
@@ -66,6 +67,16 @@ def test_scalar_and_truncated_npy_are_refused(data, tmp_path):
     error = refusal(lambda: store(data, tmp_path, truncated))
     assert (error["expected"], error["received"]) == ("40 data bytes", 32)
     assert refusal(lambda: store(data, tmp_path, garbled))["path"] == "/file"
+
+
+def test_negative_shape_and_empty_arrays_are_refused(data, tmp_path):
+    header = {"descr": "<f4", "fortran_order": False, "shape": (-1, -4)}
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, header)
+    error = refusal(lambda: store(data, tmp_path, buffer.getvalue() + bytes(16)))
+    assert (error["path"], error["received"]) == ("/file", [-1, -4])
+    error = refusal(lambda: store(data, tmp_path, np.zeros((0, 3))))
+    assert (error["path"], error["received"]) == ("/file/arrays", 0)
 
 
 def test_array_name_must_be_an_identifier(data, tmp_path):
