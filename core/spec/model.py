@@ -128,7 +128,7 @@ def _read_entry(entry: Any, place: Place, index: int, keys: tuple[str, ...]) -> 
     raw = dict(raw)
     input_shape = _pop_input_shape(raw, at_config, class_name)
     config = check_arguments(raw, LAYERS[class_name], at_config)
-    name = _layer_name(entry, place)
+    name = _layer_name(entry, raw, place)
     if config is INVALID or input_shape is INVALID or name is INVALID or not keys_ok:
         return None
     return _Layer(class_name, config, name, place.path, input_shape)
@@ -146,17 +146,18 @@ def _pop_input_shape(raw: dict[str, Any], place: Place, class_name: str) -> Any:
     return None
 
 
-def _layer_name(entry: dict[str, Any], place: Place) -> Any:
-    """The name on the entry (Functional writes it there) or in the config, if any."""
-    names = {name for name in (entry.get("name"), (entry.get("config") or {}).get("name")) if name}
-    if len(names) > 1:
-        return place.at("name").refuse(
-            entry.get("name"), f"the same name as config.name ({show(entry['config']['name'])})"
-        )
-    if not names:
-        return None
-    name = names.pop()
-    return LAYER_NAME.check(name, place.at("config").inside(place.owner).at("name"))
+def _layer_name(entry: dict[str, Any], config: dict[str, Any], place: Place) -> Any:
+    """The name on the entry (Functional writes it there) or in the config, if any.
+
+    A name in the config is checked with the config; one on the entry alone is checked here.
+    """
+    inner = config.get("name")
+    outer = entry.get("name", inner)
+    if inner is not None and outer != inner:
+        return place.at("name").refuse(outer, f"the same name as config.name ({show(inner)})")
+    if outer is None or inner is not None:
+        return outer
+    return LAYER_NAME.check(outer, place.at("name"))
 
 
 def _read_input(layer: _Layer, place: Place) -> dict[str, Any] | None:
@@ -364,13 +365,15 @@ def _parse_functional(config: dict[str, Any], place: Place, max_layers: int) -> 
 
 
 def _is_mask_op(entry: Any) -> bool:
-    """The `NotEqual` op Keras records for `mask_zero`: masks are recomputed when we build."""
+    """The `NotEqual` op Keras records for `mask_zero`: masks are recomputed when we build.
+
+    Skipping it is safe: a layer that reads it as an input is then refused as unlinked.
+    """
     return (
         isinstance(entry, dict)
         and entry.get("class_name") == "NotEqual"
         and isinstance(entry.get("module"), str)
         and entry["module"].startswith("keras.")
-        and not entry.get("config", {}).get("trainable", False)
     )
 
 
@@ -403,7 +406,8 @@ def _tensor_source(tensor: Any) -> str | None:
     """`{"class_name": "__keras_tensor__", "config": {"keras_history": [name, 0, 0]}}`."""
     if not isinstance(tensor, dict) or tensor.get("class_name") != "__keras_tensor__":
         return None
-    history = (tensor.get("config") or {}).get("keras_history")
+    config = tensor.get("config")
+    history = config.get("keras_history") if isinstance(config, dict) else None
     if isinstance(history, list) and len(history) == 3 and history[1:] == [0, 0]:
         return history[0] if isinstance(history[0], str) else None
     return None
