@@ -178,20 +178,19 @@ def describe_devices(strategy: tf.distribute.Strategy | None = None) -> dict:
     return described
 
 
-def queue_workers(client: redis.Redis, queue: str) -> list[dict]:
-    """The live workers (by heartbeat) consuming `queue`: empty means a job there waits.
-
-    The jobs' status uses it to say "waiting for a worker owning k GPUs" instead of plain queued.
-    """
+def live_workers(client: redis.Redis) -> list[dict]:
+    """The heartbeats of the live workers (name, host, queues, devices, job), by name."""
     found = []
     for key in client.scan_iter(WORKER_KEYS, count=100):
         raw = client.get(key)
-        if raw is None:
-            continue
-        heartbeat = orjson.loads(raw)
-        if queue in heartbeat.get("queues", ()):
-            found.append(heartbeat)
+        if raw is not None:
+            found.append(orjson.loads(raw))
     return sorted(found, key=lambda heartbeat: str(heartbeat.get("name", "")))
+
+
+def queue_workers(client: redis.Redis, queue: str) -> list[dict]:
+    """The live workers consuming `queue`: none means a job there waits."""
+    return [worker for worker in live_workers(client) if queue in worker.get("queues", ())]
 
 
 def waiting_message(client: redis.Redis, gpus: int) -> str | None:
