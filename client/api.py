@@ -23,6 +23,8 @@ from client.errors import ConnectionFailed, FitserveError, JobFailed
 from client.progress import TERMINAL, ProgressDisplay
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+# No answer at all (0), or a gateway or dependency that is briefly away: worth asking again.
+TRANSIENT_STATUSES = frozenset({0, 502, 503, 504})
 # Keys of `Model.get_compile_config()` our `compile` section takes (`run_eagerly` is local only).
 COMPILE_KEYS = (
     "optimizer",
@@ -209,23 +211,39 @@ class Client:
         return self.request_json("GET", f"/v1/jobs/{segment(job_id)}/metrics").get("history", {})
 
     def follow(
-        self, job_id: str, *, interval: float = 1.0, timeout: float | None = None
+        self,
+        job_id: str,
+        *,
+        interval: float = 1.0,
+        timeout: float | None = None,
+        retries: int = 5,
     ) -> Iterator[dict]:
         """Yield the job's record every `interval` seconds until it reaches a final state.
 
-        Raises TimeoutError when `timeout` seconds pass first.
+        A server that is briefly away (restarting, or Redis failing over: no answer, 502, 503,
+        504) is asked again, up to `retries` times in a row with growing pauses, so a long
+        wait survives a deploy. Raises TimeoutError when `timeout` seconds pass first.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        failures = 0
         while True:
-            job = self.get_job(job_id)
-            yield job
-            if job.get("status") in TERMINAL:
-                return
+            try:
+                job = self.get_job(job_id)
+            except FitserveError as error:
+                failures += 1
+                if error.status not in TRANSIENT_STATUSES or failures > retries:
+                    raise
+                job = {"status": f"unreachable ({error.code})"}
+            else:
+                failures = 0
+                yield job
+                if job.get("status") in TERMINAL:
+                    return
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(
                     f"Job {job_id} is still {job.get('status')} after {timeout} seconds."
                 )
-            time.sleep(interval)
+            time.sleep(min(interval * 2**failures, 30.0))
 
     def wait(
         self,

@@ -16,9 +16,9 @@ from tests.support.processes import free_port
 API_KEY = "fs_client-test-key"
 
 
-def serve(settings: Settings) -> Iterator[str]:
+def serve(settings: Settings, port: int | None = None) -> Iterator[str]:
     """Serve the app built from `settings` until the test ends; yields its base URL."""
-    port = free_port()
+    port = port or free_port()
     server = make_server("127.0.0.1", port, create_app(settings), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -5,13 +5,18 @@ Training itself is driven end to end in tests/e2e/test_client.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
 
 from client import Client, FitserveError, JobFailed
+from tests.client.conftest import serve
 from tests.client.test_cli import fitserve
+from tests.support.processes import free_port, wait_for
 
 
 @pytest.fixture
@@ -21,6 +26,10 @@ def api(server_url) -> Client:
 
 @pytest.fixture
 def spec(api) -> dict:
+    return small_request(api)
+
+
+def small_request(api: Client) -> dict:
     """A small valid request in the short Sequential form, on a freshly uploaded dataset."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 8)).astype(np.float32)
@@ -60,6 +69,32 @@ def test_submit_show_list_cancel_and_delete(api, spec):
     with pytest.raises(FitserveError) as missing:
         api.get_job(job["id"])
     assert missing.value.status == 404
+
+
+def test_following_rides_out_a_server_restart(settings):
+    port = free_port()
+    restarted = contextlib.contextmanager(serve)
+    with restarted(settings, port) as url:
+        api = Client(url, timeout=2)
+        job = api.submit(small_request(api))
+        seen: list[dict] = []
+
+        def follow() -> None:
+            for record in api.follow(job["id"], interval=0.05, retries=8):
+                seen.append(record)
+
+        follower = threading.Thread(target=follow)
+        follower.start()
+        wait_for(lambda: len(seen) >= 2, 10, "the follower's first polls")
+    # The server is gone for a moment (several polls' worth): the follower keeps asking.
+    time.sleep(0.5)
+    assert follower.is_alive()
+    with restarted(settings, port):
+        api.cancel_job(job["id"])
+        follower.join(20)
+    assert not follower.is_alive()
+    assert seen[0]["status"] == "queued"
+    assert seen[-1]["status"] == "cancelled"
 
 
 def test_deleting_a_live_job_is_a_409(api, spec):
