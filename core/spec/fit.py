@@ -24,6 +24,13 @@ MAX_STEPS = 100_000_000
 CALLBACK_KEYS = ("module", "class_name", "config", "registered_name")
 CLASS_WEIGHT = Number(0)
 MAX_CLASSES = 100_000
+# Model.fit arguments that name data: the request names arrays in `data` instead.
+MOVED = {
+    "x": "data.x",
+    "y": "data.y",
+    "sample_weight": "data.sample_weight",
+    "validation_data": "data.validation",
+}
 CALLBACK = Catalog("callback", (), CALLBACK_CLASSES)
 
 
@@ -64,6 +71,15 @@ DEFAULTS = {
 def parse_fit(value: Any, place: Place, settings: Settings) -> Any:
     """Normalize `fit` with Keras's defaults filled in; INVALID after recording every error."""
     place = place.inside("fit")
+    if isinstance(value, dict) and MOVED.keys() & value.keys():
+        for key in MOVED.keys() & value.keys():
+            where = MOVED[key]
+            place.at(key).refuse(
+                key, where, f"fit.{key} is not read here: {where} names it in the request."
+            )
+        value = {key: item for key, item in value.items() if key not in MOVED}
+        check_arguments(value, fit_kinds(settings), place)
+        return INVALID
     result = check_arguments(value, fit_kinds(settings), place)
     if result is INVALID:
         return INVALID

@@ -288,11 +288,18 @@ class Either(Kind):
         return self.described
 
     def check(self, value: Any, place: Place) -> Any:
+        deeper: list[FieldError] = []
         for kind in self.kinds:
             sink = Place([], place.path, place.owner, place.key)
             result = kind.check(value, sink)
             if result is not INVALID:
                 return result
+            if all(error.path != place.path for error in sink.errors):
+                # The value had this kind's form but wrong parts: those errors say more.
+                deeper = deeper or sink.errors
+        if deeper:
+            place.errors.extend(deeper)
+            return INVALID
         return place.refuse(value, self.expected)
 
     def schema(self) -> dict[str, Any]:
