@@ -16,6 +16,9 @@ from core.errors import FieldError, InvalidRequest
 from core.settings import Settings
 
 Shape = tuple[int | None, ...]
+# Values in one row of any tensor: TensorFlow indexes with int32 in many kernels, and the cap keeps
+# every count in this module small enough for JSON and for error messages.
+MAX_ROW_VALUES = 2**31 - 1
 # A rule answers (output shape, trainable parameters, non-trainable parameters).
 Counted = tuple[Shape, int, int]
 Rule = Callable[[dict[str, Any], list[Shape]], Counted]
@@ -554,7 +557,8 @@ def infer_model(
                     "/model",
                     f"the model has {total:,} parameters, more than the cap of {cap:,}",
                     f"at most {cap:,} parameters",
-                    total,
+                    # JSON numbers past 64 bits break clients (and orjson refuses them).
+                    total if total < 2**63 else f"{total:.3e}",
                 )
             ],
         )
@@ -565,8 +569,23 @@ def summarize_model(
     model: dict[str, Any], *, paths: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
     """The summary of a normalized model without the cap; InvalidRequest on shape mismatches."""
-    shapes: dict[str, Shape | None] = {i["name"]: tuple(i["shape"]) for i in model["inputs"]}
+    shapes: dict[str, Shape | None] = {}
     rows, errors = [], []
+    for given in model["inputs"]:
+        shape = tuple(given["shape"])
+        try:
+            shapes[given["name"]] = _bounded(shape)
+        except ShapeMismatch as error:
+            shapes[given["name"]] = None
+            path = (paths or {}).get(given["name"], "/model")
+            errors.append(
+                FieldError(
+                    path,
+                    f"input {given['name']!r}: {error.message}",
+                    error.expected,
+                    f"input shape {show(shape)}",
+                )
+            )
     trainable = non_trainable = 0
     for index, layer in enumerate(model["layers"]):
         name, class_name = layer["name"], layer["class_name"]
@@ -576,6 +595,7 @@ def summarize_model(
             continue  # an earlier layer's mismatch is already reported
         try:
             out, train, frozen = RULES[class_name](layer["config"], given)
+            _bounded(out)
         except ShapeMismatch as error:
             path = (paths or {}).get(name, f"/model/layers/{index}")
             received = ", ".join(show(shape) for shape in given)
@@ -609,6 +629,18 @@ def summarize_model(
         ],
         "outputs": [{"name": o, "shape": _batched(shapes[o])} for o in model["outputs"]],
     }
+
+
+def _bounded(shape: Shape) -> Shape:
+    """The shape, if one row of it holds at most MAX_ROW_VALUES values."""
+    size = math.prod(d for d in shape if d is not None)
+    if size > MAX_ROW_VALUES:
+        raise ShapeMismatch(
+            f"one row of shape {show(shape)} would hold {size:.3e} values, over the limit of "
+            f"{MAX_ROW_VALUES:,}",
+            f"at most {MAX_ROW_VALUES:,} values per row",
+        )
+    return shape
 
 
 def _batched(shape: Shape | None) -> list[int | None]:

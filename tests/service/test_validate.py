@@ -283,3 +283,15 @@ def two_input_model() -> dict[str, Any]:
     joined = keras.layers.Concatenate(name="joined")([image, meta])
     output = keras.layers.Dense(2, activation="softmax", name="output")(joined)
     return json.loads(keras.Model([image, meta], output).to_json())
+
+
+def test_an_enormous_model_is_a_422_never_a_500(client, dataset):
+    body = request_for(dataset)
+    body["model"] = {
+        "input_shape": [16_777_216, 16_777_216],
+        "layers": [{"class_name": "Flatten"}, {"class_name": "Dense", "config": {"units": 3}}],
+    }
+    (error,) = errors_of(client.post("/v1/jobs:validate", json=body))
+    assert error["path"] == "/model"
+    assert "(None, 16777216, 16777216)" in error["message"]
+    assert error["expected"] == "at most 2,147,483,647 values per row"

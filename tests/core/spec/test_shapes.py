@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import keras
+import orjson
 import pytest
 
 from core.errors import InvalidRequest
@@ -318,3 +319,38 @@ def test_every_mismatch_is_reported_and_dependents_are_skipped():
     with pytest.raises(InvalidRequest) as caught:
         infer_model(model, Settings())
     assert [e.path for e in caught.value.errors] == ["/model/layers/0", "/model/layers/2"]
+
+
+def test_rows_of_more_than_two_billion_values_are_refused():
+    model = one_layer_model("Flatten", {}, [[1 << 24] * 3])
+    with pytest.raises(InvalidRequest) as caught:
+        infer_model(model, Settings())
+    (error,) = caught.value.errors
+    assert error.path == "/model"
+    assert "2,147,483,647 values per row" in error.expected
+    chain = {
+        "inputs": [{"name": "input", "shape": [2, 2, 1], "dtype": "float32"}],
+        "layers": [
+            {"name": "up", "class_name": "UpSampling2D", "config": {"size": 1024},
+             "inbound": ["input"]},
+            {"name": "up_1", "class_name": "UpSampling2D", "config": {"size": 1024},
+             "inbound": ["up"]},
+        ],
+        "outputs": ["up_1"],
+    }  # fmt: skip
+    with pytest.raises(InvalidRequest) as caught:
+        infer_model(chain, Settings())
+    (error,) = caught.value.errors
+    assert error.path == "/model/layers/1"
+    assert "(None, 2097152, 2097152, 1)" in error.message
+
+
+def test_a_total_past_64_bits_is_reported_as_text():
+    model = one_layer_model(
+        "Conv3D", {"filters": 16_384, "kernel_size": 1024, "padding": "same"}, [[1, 1, 1, 1 << 24]]
+    )
+    with pytest.raises(InvalidRequest) as caught:
+        infer_model(model, Settings())
+    (error,) = caught.value.errors
+    assert error.received == "2.951e+20"
+    assert orjson.loads(orjson.dumps(error.to_dict()))["received"] == "2.951e+20"
