@@ -299,7 +299,7 @@ class _Split:
         if name not in self.model.vocabulary or stats.get("max") is None:
             return
         layer, size = self.model.vocabulary[name]
-        if stats["max"] >= size or stats.get("min", 0) < 0:
+        if stats["max"] >= size or (stats.get("min") or 0) < 0:
             at.refuse(
                 array,
                 f"token ids from 0 to {size - 1}",
@@ -390,8 +390,9 @@ def _target_problem(
                 + ("" if stats.get("integer_valued") else " and holds fractions"),
                 "an array of integer class labels",
             )
-        found = len(classes) if classes else int(stats.get("max", 0)) + 1
-        if stats.get("min", 0) < 0:
+        # min and max cover finite values only: None when an array has none.
+        found = len(classes) if classes else int(stats.get("max") or 0) + 1
+        if (stats.get("min") or 0) < 0:
             return ("labels must be 0 or more", "class labels from 0")
         if one_hot is not None and units is not None and units != one_hot:
             return (

@@ -159,6 +159,16 @@ def test_one_sigmoid_unit_takes_labels():
     assert data["y"] == {"output": "y"}
 
 
+def test_an_array_of_nothing_but_nan_is_refused_cleanly():
+    MANIFESTS[DATASET]["arrays"]["void"] = array([10], low=None, high=None, integer=True, nan=10)
+    try:
+        ((path, message),) = refusals({"dataset": DATASET, "x": "x", "y": "void"})
+    finally:
+        del MANIFESTS[DATASET]["arrays"]["void"]
+    assert path == "/data/y"
+    assert "10 NaN and 0 Inf" in message
+
+
 def test_nan_and_inf_counts_are_named():
     MANIFESTS[HOLDOUT]["arrays"]["dirty"] = array([3, 4], nan=2, inf=5)
     try:
