@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import hypothesis
+import orjson
 import pytest
+from hypothesis import strategies as st
 
 from core.errors import InvalidRequest, NotFound
 from core.settings import Settings
-from core.spec.data import parse_checkpoint, parse_data
+from core.spec.data import DATA_KEYS, parse_checkpoint, parse_data
 from core.spec.kinds import INVALID
 
 DATASET, HOLDOUT = "a" * 32, "b" * 32
@@ -253,3 +256,38 @@ def test_checkpoint_refusals(raw, callbacks, path, words):
     (error,) = caught.value.errors
     assert error.path == path
     assert words in error.message
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
+    | st.sampled_from(["x", "y", "w", "pixels", "tokens", DATASET, HOLDOUT, "input", "output"]),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(
+        st.sampled_from([*DATA_KEYS, "scale", "offset", "reshape", "one_hot", "input", "output",
+                         "x", "y", "monitor", "mode", "keep"]),
+        inner,
+        max_size=5,
+    ),
+    max_leaves=20,
+)  # fmt: skip
+
+
+def refusals_or_none(parse: Any) -> list[Any]:
+    try:
+        parse()
+    except InvalidRequest as error:
+        return error.errors
+    return []
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(JSON, JSON)
+def test_any_json_is_parsed_or_refused_never_crashes(data, checkpoint_raw):
+    """Whatever a client sends, the answer is a normal form or located errors, never a 500."""
+    spec = spec_with()
+    errors = refusals_or_none(
+        lambda: parse_data(data, spec, settings=Settings(), manifest_of=manifest_of)
+    )
+    errors += refusals_or_none(lambda: parse_checkpoint(checkpoint_raw, spec, settings=Settings()))
+    assert all(error.path.startswith(("/data", "/checkpoint", "/fit")) for error in errors)
+    orjson.dumps([error.to_dict() for error in errors])
