@@ -9,14 +9,18 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 import client
 
 CLIENT_DIR = Path(client.__file__).resolve().parent
 SERVER_MODULES = ("tensorflow", "keras", "core", "service", "worker", "flask", "celery")
 
 
-def build_wheel(tmp_path: Path) -> Path:
-    """Build the client's wheel from a copy, so no build leftovers land in the checkout."""
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The client's wheel, built from a copy so no build leftovers land in the checkout."""
+    tmp_path = tmp_path_factory.mktemp("wheel")
     source = tmp_path / "client-src"
     shutil.copytree(CLIENT_DIR, source, ignore=shutil.ignore_patterns("__pycache__"))
     wheel_dir = tmp_path / "dist"
@@ -27,15 +31,15 @@ def build_wheel(tmp_path: Path) -> Path:
         capture_output=True,
         timeout=120,
     )
-    (wheel,) = wheel_dir.glob("fitserve_client-*.whl")
-    return wheel
+    (built,) = wheel_dir.glob("fitserve_client-*.whl")
+    return built
 
 
-def test_wheel_needs_only_requests_and_numpy_and_provides_the_command(tmp_path):
-    with zipfile.ZipFile(build_wheel(tmp_path)) as wheel:
-        names = wheel.namelist()
-        metadata = wheel.read(next(n for n in names if n.endswith("/METADATA"))).decode()
-        entry_points = wheel.read(next(n for n in names if n.endswith("/entry_points.txt")))
+def test_wheel_needs_only_requests_and_numpy_and_provides_the_command(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = archive.read(next(n for n in names if n.endswith("/METADATA"))).decode()
+        entry_points = archive.read(next(n for n in names if n.endswith("/entry_points.txt")))
     required = [
         line.split(":", 1)[1].strip()
         for line in metadata.splitlines()
@@ -47,10 +51,10 @@ def test_wheel_needs_only_requests_and_numpy_and_provides_the_command(tmp_path):
     assert b"fitserve = client.cli:main" in entry_points
 
 
-def test_installed_wheel_runs_without_server_code(tmp_path):
+def test_installed_wheel_runs_without_server_code(wheel, tmp_path):
     target = tmp_path / "site"
-    with zipfile.ZipFile(build_wheel(tmp_path)) as wheel:
-        wheel.extractall(target)
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(target)
     probe = (
         "import sys, client, client.cli, client.api; "
         "from client.cli import main; "
