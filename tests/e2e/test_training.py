@@ -9,43 +9,11 @@ import requests
 from bench.keras_script import train as train_bare_keras
 from core.checkpoints import load_checkpoint
 from tests.e2e.conftest import Stack
-from tests.support.blobs import CLASSES, FEATURES, make_blobs
+from tests.support.seed_model import FEATURES, make_blobs, seed_request
 
 pytestmark = pytest.mark.e2e
 
 SEED_EPOCHS = 5
-
-
-def seed_request(dataset_id: str, *, epochs: int, **changes: object) -> dict:
-    """DESIGN.md's request: the seed model of the Keras docs on 784 features, 10 classes."""
-    request = {
-        "name": "seed-mlp",
-        "seed": 42,
-        "model": {
-            "input_shape": [FEATURES],
-            "layers": [
-                {"class_name": "Dense", "config": {"units": 32, "kernel_initializer": "he_normal"}},
-                {"class_name": "Activation", "config": {"activation": "relu"}},
-                {"class_name": "Dense", "config": {"units": CLASSES}},
-                {"class_name": "Activation", "config": {"activation": "softmax"}},
-            ],
-        },
-        "compile": {
-            "optimizer": {"class_name": "RMSprop", "config": {"learning_rate": 0.001}},
-            "loss": "categorical_crossentropy",
-            "metrics": ["accuracy"],
-        },
-        "fit": {"batch_size": 128, "epochs": epochs, "validation_split": 0.1, "shuffle": True},
-        "data": {
-            "dataset": dataset_id,
-            "x": "x",
-            "y": "y",
-            "preprocess": {"y": {"one_hot": CLASSES}},
-        },
-        "checkpoint": {"monitor": "val_loss", "mode": "min", "keep": 2},
-    }
-    request.update(changes)
-    return request
 
 
 @pytest.fixture(scope="module")

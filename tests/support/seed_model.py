@@ -1,4 +1,8 @@
-"""Synthetic classification data shaped like MNIST: 10 Gaussian blobs in 784 features."""
+"""The Keras docs' seed model as a job request, and MNIST-shaped data for it.
+
+The data are 10 Gaussian blobs in 784 features; `bench/keras_script.py` is the same model as a
+bare Keras script, so a job and the script can be compared on the same data.
+"""
 
 from __future__ import annotations
 
@@ -30,3 +34,33 @@ def save_blobs(path: Path, rows: int, *, seed: int = 0) -> Path:
     x, y = make_blobs(rows, seed=seed)
     np.savez(path, x=x, y=y)
     return path
+
+
+def seed_request(dataset_id: str, *, epochs: int) -> dict:
+    """DESIGN.md's request: Dense(32, he_normal), relu, Dense(10), softmax with RMSprop."""
+    return {
+        "name": "seed-mlp",
+        "seed": 42,
+        "model": {
+            "input_shape": [FEATURES],
+            "layers": [
+                {"class_name": "Dense", "config": {"units": 32, "kernel_initializer": "he_normal"}},
+                {"class_name": "Activation", "config": {"activation": "relu"}},
+                {"class_name": "Dense", "config": {"units": CLASSES}},
+                {"class_name": "Activation", "config": {"activation": "softmax"}},
+            ],
+        },
+        "compile": {
+            "optimizer": {"class_name": "RMSprop", "config": {"learning_rate": 0.001}},
+            "loss": "categorical_crossentropy",
+            "metrics": ["accuracy"],
+        },
+        "fit": {"batch_size": 128, "epochs": epochs, "validation_split": 0.1, "shuffle": True},
+        "data": {
+            "dataset": dataset_id,
+            "x": "x",
+            "y": "y",
+            "preprocess": {"y": {"one_hot": CLASSES}},
+        },
+        "checkpoint": {"monitor": "val_loss", "mode": "min", "keep": 2},
+    }
