@@ -181,9 +181,9 @@ def _train(
 ) -> dict:
     import keras
 
-    from core import callbacks as ours
+    from core.callbacks import format_metrics
     from core.devices import describe_devices, job_devices
-    from core.spec.build import build_callbacks, build_model, compile_model, fit_arguments
+    from core.spec.build import build_callbacks, fit_arguments
 
     if spec.get("seed") is not None:
         keras.utils.set_random_seed(spec["seed"])
@@ -194,14 +194,7 @@ def _train(
     epochs = fit_kwargs.pop("epochs")
     with job_devices(spec["resources"]) as strategy:
         device = describe_devices(strategy)
-        if resume is None:
-            model = build_model(spec)
-            compile_model(model, spec)
-            initial_epoch, history, earlier = 0, {}, _NO_CHECKPOINTS
-        else:
-            model = load_checkpoint(job_dir, resume)
-            initial_epoch, history = resume["version"], load_history(job_dir, resume)
-            earlier = _kept_checkpoints(job_dir, resume)
+        model, initial_epoch, earlier = _model_to_train(job_dir, spec, resume)
         for split in (train, validation, test):
             if split is not None:
                 check_inputs(model, split)
@@ -213,27 +206,7 @@ def _train(
             device.get("replica_devices", device["devices"]),
         )
         control.event("training_started", initial_epoch=initial_epoch, epochs=epochs, device=device)
-
-        def on_saved(entry: dict, kept: list[dict], best: dict | None) -> None:
-            control.record_checkpoints(kept, best)
-            control.event("checkpoint", version=entry["version"], partial=entry["partial"])
-
-        guard, stop = ours.NaNGuard(), ours.StopCallback(control.should_stop)
-        limit = ours.TimeLimit(settings.max_job_seconds)
-        checkpoints = ours.CheckpointCallback(
-            job_dir,
-            keep=spec["checkpoint"]["keep"],
-            monitor=spec["checkpoint"]["monitor"],
-            mode=spec["checkpoint"]["mode"],
-            on_saved=on_saved,
-            entries=earlier["checkpoints"],
-            best=earlier["best"],
-            history=history,
-        )
-        progress = ours.ProgressCallback(control.report_progress, control.report_epoch)
-        # The guard and the stop checks come first so the checkpoint sees their decision; the
-        # epoch is reported after its checkpoint is on disk; the user's callbacks come last.
-        callbacks = [guard, stop, limit, checkpoints, progress, *build_callbacks(spec)]
+        ours = OurCallbacks(job_dir, spec, settings, control, earlier)
         if initial_epoch < epochs:
             model.fit(
                 train.x,
@@ -242,47 +215,97 @@ def _train(
                 validation_data=None if validation is None else (validation.x, validation.y),
                 initial_epoch=initial_epoch,
                 epochs=epochs,
-                callbacks=callbacks,
+                callbacks=[*ours.in_order(), *build_callbacks(spec)],
                 **fit_kwargs,
             )
-        history = checkpoints.history
-        last_epoch = len(next(iter(history.values()), []))
-        metrics = {name: values[-1] for name, values in history.items() if values}
-        if guard.failure is not None:
-            raise TrainingFailed("nan_loss", guard.message())
-        reason = stop.reason or ("timeout" if limit.exceeded else None)
+        result = ours.outcome(initial_epoch) | {"device": device}
+        if result["status"] != "succeeded":
+            return result
+        if test is not None:
+            result["test_metrics"] = evaluate_split(model, test, fit_kwargs.get("batch_size"))
+            log.info("test %s", format_metrics(result["test_metrics"]))
+        final = save_model_file(model, job_dir / "model.keras")
+        result["final"] = {"file": "model.keras", **final, "version": result["epoch"]}
+        write_json(job_dir / "history.json", result["history"])
+    log.info("succeeded epoch=%d model sha256=%s", result["epoch"], final["sha256"])
+    return result
+
+
+def _model_to_train(job_dir: Path, spec: dict, resume: dict | None) -> tuple[Any, int, dict]:
+    """A new compiled model, or the resumed checkpoint; the first epoch; the earlier run's files."""
+    from core.spec.build import build_model, compile_model
+
+    if resume is None:
+        model = build_model(spec)
+        compile_model(model, spec)
+        return model, 0, {"checkpoints": [], "best": None, "history": {}}
+    # Our own verified file: weights, optimizer state (iterations, moments) and compile config.
+    model = load_checkpoint(job_dir, resume)
+    earlier = _kept_checkpoints(job_dir, resume) | {"history": load_history(job_dir, resume)}
+    return model, resume["version"], earlier
+
+
+class OurCallbacks:
+    """The callbacks every job trains with, and what they decided once fit() returned."""
+
+    def __init__(
+        self, job_dir: Path, spec: dict, settings: Settings, control: JobControl, earlier: dict
+    ) -> None:
+        from core import callbacks
+
+        def on_saved(entry: dict, kept: list[dict], best: dict | None) -> None:
+            control.record_checkpoints(kept, best)
+            control.event("checkpoint", version=entry["version"], partial=entry["partial"])
+
+        self.control = control
+        self.settings = settings
+        self.guard = callbacks.NaNGuard()
+        self.stop = callbacks.StopCallback(control.should_stop)
+        self.limit = callbacks.TimeLimit(settings.max_job_seconds)
+        self.checkpoints = callbacks.CheckpointCallback(
+            job_dir,
+            keep=spec["checkpoint"]["keep"],
+            monitor=spec["checkpoint"]["monitor"],
+            mode=spec["checkpoint"]["mode"],
+            on_saved=on_saved,
+            entries=earlier["checkpoints"],
+            best=earlier["best"],
+            history=earlier["history"],
+        )
+        self.progress = callbacks.ProgressCallback(control.report_progress, control.report_epoch)
+
+    def in_order(self) -> list:
+        """The guard and the stop checks first, so the checkpoint sees their decision; the
+        epoch is reported after its checkpoint is on disk."""
+        return [self.guard, self.stop, self.limit, self.checkpoints, self.progress]
+
+    def outcome(self, initial_epoch: int) -> dict:
+        """The result so far: `succeeded` unless a stop came; TrainingFailed for nan or time."""
+        history = self.checkpoints.history
+        # "loss" is in every epoch's logs (validation metrics may skip epochs).
+        epoch = max(initial_epoch, len(history.get("loss", ())))
+        if self.guard.failure is not None:
+            raise TrainingFailed("nan_loss", self.guard.message())
+        reason = self.stop.reason or ("timeout" if self.limit.exceeded else None)
         if reason == "timeout":
             raise TrainingFailed(
                 "timeout",
-                f"The job reached its time limit of {settings.max_job_seconds} s "
-                f"(FITSERVE_MAX_JOB_SECONDS) in epoch {last_epoch}; its checkpoints are kept. "
+                f"The job reached its time limit of {self.settings.max_job_seconds} s "
+                f"(FITSERVE_MAX_JOB_SECONDS) in epoch {epoch}; its checkpoints are kept. "
                 "Train fewer epochs, on less data, or ask the operator for a longer limit.",
             )
-        result = {
-            "epoch": last_epoch,
-            "metrics": metrics,
+        status = {None: "succeeded", "cancel": "cancelled"}.get(reason, "interrupted")
+        if reason is not None:
+            self.control.event("training_stopped", reason=reason, epoch=epoch)
+            log.info("stopped reason=%s epoch=%d", reason, epoch)
+        return {
+            "status": status,
+            "epoch": epoch,
+            "metrics": {name: values[-1] for name, values in history.items() if values},
             "history": history,
-            "device": device,
             "final": None,
             "test_metrics": None,
         }
-        if reason is not None:
-            control.event("training_stopped", reason=reason, epoch=last_epoch)
-            log.info("stopped reason=%s epoch=%d", reason, last_epoch)
-            return {**result, "status": "cancelled" if reason == "cancel" else "interrupted"}
-        if test is not None:
-            result["test_metrics"] = evaluate_split(model, test, fit_kwargs.get("batch_size"))
-            log.info("test %s", ours.format_metrics(result["test_metrics"]))
-        final = save_model_file(model, job_dir / "model.keras")
-        result["final"] = {"file": "model.keras", **final, "version": last_epoch}
-        write_json(job_dir / "history.json", history)
-    log.info(
-        "succeeded epoch=%d model sha256=%s bytes=%d", last_epoch, final["sha256"], final["bytes"]
-    )
-    return {**result, "status": "succeeded"}
-
-
-_NO_CHECKPOINTS: dict[str, Any] = {"checkpoints": [], "best": None}
 
 
 def _kept_checkpoints(job_dir: Path, resume: dict) -> dict[str, Any]:
