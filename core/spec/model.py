@@ -176,27 +176,26 @@ def _read_input(layer: _Layer, place: Place) -> dict[str, Any] | None:
 
 def _assign_names(layers: list[_Layer], inputs: list[dict[str, Any]], place: Place) -> bool:
     """Every layer gets a name: its own, else Keras's scheme counted within this model only."""
-    taken: dict[str, str] = {}
-    for item in [*inputs, *layers]:
-        name = item["name"] if isinstance(item, dict) else item.name
-        path = item.get("path", place.path) if isinstance(item, dict) else item.path
-        if name is None:
+    taken = {given["name"] for given in inputs}
+    for layer in layers:
+        if layer.name is None:
             continue
-        if name in taken:
-            Place(place.errors, f"{path}/config/name", "The model").refuse(
-                name, "a name no other layer or input has", f"Two layers are named {name!r}."
+        if layer.name in taken:
+            Place(place.errors, f"{layer.path}/config/name", "The model").refuse(
+                layer.name,
+                "a name no other layer or input has",
+                f"Two layers are named {layer.name!r}.",
             )
             return False
-        taken[name] = path
+        taken.add(layer.name)
     for layer in layers:
         if layer.name is None:
             base = snake_case(layer.class_name)
-            layer.name = base
-            count = 0
+            layer.name, count = base, 0
             while layer.name in taken:
                 count += 1
                 layer.name = f"{base}_{count}"
-            taken[layer.name] = layer.path
+            taken.add(layer.name)
     return True
 
 

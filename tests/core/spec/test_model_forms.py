@@ -277,7 +277,7 @@ def test_lstm_over_embedding_to_json(functional: bool) -> None:
 def two_in_two_out() -> keras.Model:
     a = keras.Input((4,), name="a")
     b = keras.Input((6,), name="b")
-    x = keras.layers.Concatenate()([a, b])
+    x = keras.layers.Concatenate(name="joined")([a, b])
     x = keras.layers.Dense(8, activation="relu")(x)
     price = keras.layers.Dense(1, name="price")(x)
     kind = keras.layers.Dense(3, activation="softmax", name="kind")(x)
@@ -310,7 +310,7 @@ def test_functional_two_inputs_two_outputs_with_a_loss_each() -> None:
     assert [i["name"] for i in model["inputs"]] == ["a", "b"]
     assert model["outputs"] == ["price", "kind"]
     assert model["layers"][0] == {
-        "name": "concatenate",
+        "name": "joined",
         "class_name": "Concatenate",
         "config": {"axis": -1, "trainable": True},
         "inbound": ["a", "b"],
