@@ -62,8 +62,14 @@ class LoadedModel:
         ]
         self.function = tf.function(self.call, input_signature=self.specs, reduce_retracing=True)
         self._concrete = self.function.get_concrete_function()
-        self.batcher = Batcher(
-            self.forward, settings.predict_max_batch_rows, settings.predict_max_latency_ms / 1000
+        self.batcher = (
+            Batcher(
+                self.forward,
+                settings.predict_max_batch_rows,
+                settings.predict_max_latency_ms / 1000,
+            )
+            if settings.predict_max_batch_rows > 1
+            else None
         )
 
     def call(self, *inputs: Any) -> dict[str, Any]:
@@ -81,7 +87,13 @@ class LoadedModel:
         return {name: tensor.numpy() for name, tensor in outputs.items()}
 
     def predict(self, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        """A forward pass shared with whatever concurrent requests the batcher gathers."""
+        """A forward pass shared with whatever concurrent requests the batcher gathers.
+
+        With `predict_max_batch_rows` at 1, batching is off: each request runs its own pass,
+        concurrently with the others.
+        """
+        if self.batcher is None:
+            return self.forward(inputs)
         return self.batcher.submit(inputs)
 
     def warm(self) -> None:
