@@ -283,6 +283,10 @@ class Client:
             path += f"/labels/{segment(label)}"
         return path
 
+    def list_models(self, limit: int | None = None) -> list[dict]:
+        """Jobs with a servable version, newest first: id, name, versions, labels."""
+        return self.list_all("/v1/models", limit, {})
+
     def predict(
         self,
         model: str,

@@ -268,6 +268,31 @@ def predict(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def models_list(client: Client, args: argparse.Namespace) -> int:
+    items = client.list_models(args.limit)
+    show(args, {"items": items}, lambda d: print_models(d["items"]))
+    return 0
+
+
+def print_models(items: list[dict]) -> None:
+    rows = [
+        [
+            m.get("id"),
+            m.get("name"),
+            m.get("status"),
+            ",".join(map(str, m.get("versions") or [])),
+            " ".join(f"{label}={v}" for label, v in (m.get("labels") or {}).items()),
+        ]
+        for m in items
+    ]
+    print_table(rows, ["ID", "NAME", "STATUS", "VERSIONS", "LABELS"])
+
+
+def models_show(client: Client, args: argparse.Namespace) -> int:
+    print_json(client.model_metadata(args.model, **version_of(args)))
+    return 0
+
+
 def models_download(client: Client, args: argparse.Namespace) -> int:
     suffix = ".keras" if args.format == "keras" else ".savedmodel.tar.gz"
     path = args.path or args.model + suffix
@@ -375,8 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
     predicting.add_argument("--output", help="save predictions to a .npy (.npz: named outputs)")
     add_version_options(predicting)
 
-    models = groups.add_parser("models", help="download trained models")
+    models = groups.add_parser("models", help="list trained models, show and download them")
     sub = models.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    command(sub, "list", models_list, "list models (jobs with checkpoints)").add_argument(
+        "--limit", type=int
+    )
+    shown = command(sub, "show", models_show, "show a model's inputs and outputs")
+    shown.add_argument("model", help="a job id, or a job name")
+    add_version_options(shown)
     download = command(sub, "download", models_download, "download a trained model")
     download.add_argument("model", help="a job id, or a job name")
     download.add_argument(

@@ -14,7 +14,7 @@ import pytest
 from client import Client
 from tests.client.test_cli import fitserve
 from tests.e2e.conftest import JOB_SECONDS, Stack
-from tests.support.blobs import CLASSES, make_blobs
+from tests.support.seed_model import CLASSES, make_blobs
 
 pytestmark = pytest.mark.e2e
 
@@ -42,7 +42,7 @@ def test_notebook_trains_the_seed_model_follows_predicts_and_downloads(stack: St
         model,
         dataset["id"],
         fit={"epochs": 3, "batch_size": 32, "validation_split": 0.1},
-        name="seed-mlp",
+        name="notebook-seed",
         seed=7,
     )
     finished = client.wait(job["id"], interval=0.2, timeout=JOB_SECONDS)
@@ -66,7 +66,7 @@ def test_notebook_trains_the_seed_model_follows_predicts_and_downloads(stack: St
     local = downloaded.predict(x[:16], verbose=0)
     np.testing.assert_allclose(predictions, local, rtol=1e-4, atol=1e-5)
     # The model by its name serves the same answers (its newest succeeded job).
-    np.testing.assert_allclose(client.predict("seed-mlp", x[:16]), predictions, atol=1e-6)
+    np.testing.assert_allclose(client.predict("notebook-seed", x[:16]), predictions, atol=1e-6)
 
 
 def test_cli_submit_follow_predict_download(stack: Stack, tmp_path):
@@ -122,6 +122,19 @@ def test_cli_submit_follow_predict_download(stack: Stack, tmp_path):
     local = keras.saving.load_model(target, safe_mode=True).predict(x[:4], verbose=0)
     np.testing.assert_allclose(outputs, local, rtol=1e-4, atol=1e-5)
 
+    as_json = tmp_path / "inputs.json"
+    as_json.write_text(json.dumps({"instances": x[:4].tolist()}))
+    from_json = fitserve("predict", job["id"], str(as_json), *url)
+    assert from_json.returncode == 0, from_json.stderr
+    np.testing.assert_allclose(json.loads(from_json.stdout)["outputs"], outputs, atol=1e-6)
+
+    models = fitserve("models", "list", *url)
+    row = next(line for line in models.stdout.splitlines() if line.startswith(job["id"]))
+    assert row.split()[1:4] == ["cli-mlp", "succeeded", "1,2"]
+    shown = json.loads(fitserve("models", "show", "cli-mlp", "--version", "1", *url).stdout)
+    assert shown["model_spec"]["version"] == "1"
+    assert [o["name"] for o in shown["outputs"]] == [job_output_name(shown)]
+
     logs = fitserve("jobs", "logs", job["id"], *url)
     assert logs.returncode == 0
     assert logs.stdout.strip()
@@ -164,3 +177,10 @@ def test_named_inputs_and_outputs_go_in_and_out_as_dicts(stack: Stack):
         answers = dict(zip(downloaded.output_names, answers, strict=True))
     for name in ("cls", "reg"):
         np.testing.assert_allclose(outputs[name], answers[name], rtol=1e-4, atol=1e-5)
+
+
+def job_output_name(metadata: dict) -> str:
+    """The single output's name in the TF Serving signature of the metadata."""
+    signature = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    (name,) = signature["outputs"]
+    return name
