@@ -12,7 +12,9 @@ import contextlib
 import csv
 import dataclasses
 import re
+import tokenize
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -35,6 +37,7 @@ MAX_CLASSES = 65_536
 MAX_REPORTED_ERRORS = 20
 _CSV_BATCH = 4096
 CHUNK_BYTES = 4 << 20
+_ENCRYPTED = 0x1
 
 
 def pointer(*parts: object) -> str:
@@ -101,7 +104,7 @@ def read_npy_header(handle: IO[bytes], where: str) -> NpyHeader:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
         else:
             raise ValueError(f"unsupported .npy format version {version}")
-    except (ValueError, SyntaxError, EOFError) as error:
+    except (ValueError, SyntaxError, EOFError, tokenize.TokenError) as error:
         raise _invalid(where, f"Not a readable .npy array: {error}.", ".npy", None) from None
     check_dtype(dtype, where)
     if not shape:
@@ -159,7 +162,15 @@ def read_npz(source: Path, folder: Path, max_bytes: int) -> Arrays:
                     _copy_member(member, info, target, pointer("file", "arrays", name))
                 result.files[name] = target
             return result
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as error:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        NotImplementedError,
+        UnicodeDecodeError,
+        EOFError,
+        OSError,
+        zlib.error,
+    ) as error:
         raise _invalid("/file", f"The .npz archive is damaged: {error}.", ".npz", None) from None
 
 
@@ -181,6 +192,8 @@ def _check_members(infos: list[zipfile.ZipInfo], max_bytes: int) -> list[tuple[s
             errors.append(FieldError(where, "Not an array member.", "NAME.npy", info.filename))
         elif any(name == seen for seen, _ in members):
             errors.append(FieldError(where, "The member name repeats.", "unique names", name))
+        elif info.flag_bits & _ENCRYPTED:
+            errors.append(FieldError(where, "The member is encrypted.", "no encryption", name))
         elif info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             errors.append(
                 FieldError(
@@ -547,11 +560,13 @@ def _json_array(value: Any, where: str) -> tuple[np.ndarray, list[str] | None]:
             NUMERIC,
             "object",
         )
-    if values.dtype.kind == "U" and values.ndim == 1:
+    if values.ndim == 1 and all(isinstance(item, str) for item in value):
         names = sorted(set(value))
         return np.searchsorted(np.array(names), values).astype(np.int64), names
     if values.dtype.kind == "f":
-        values = values.astype(np.float32)
+        # Beyond float32's range a value becomes inf, which the statistics count.
+        with np.errstate(over="ignore"):
+            values = values.astype(np.float32)
     check_dtype(values.dtype, where)
     if values.ndim == 0 or values.size == 0:
         raise _invalid(where, "The array is empty.", "a non-empty list", values.shape)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import time
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from core import datasets, readers
 from core.errors import InvalidData, InvalidRequest, NotFound
@@ -239,3 +242,34 @@ def test_delete_dataset_removes_the_folder(data, tmp_path):
     assert list(data.uploads.iterdir()) == []
     with pytest.raises(NotFound):
         datasets.delete_dataset(data, manifest["id"])
+
+
+def _seed_files() -> list[bytes]:
+    buffers = [io.BytesIO() for _ in range(3)]
+    np.save(buffers[0], np.arange(12, dtype=np.float32).reshape(4, 3))
+    np.savez_compressed(buffers[1], x=np.linspace(0, 1, 8), y=np.arange(8) % 2)
+    np.savez(buffers[2], x=np.ones((3, 2), dtype=np.int8))
+    return [b.getvalue() for b in buffers] + [b"a,b,label\n1,2,cat\n3,4,dog\n"]
+
+
+SEEDS = _seed_files()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.sampled_from(SEEDS),
+    cut=st.integers(0, 400),
+    flips=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=4),
+)
+def test_damaged_files_are_refused_cleanly(tmp_path_factory, seed, cut, flips):
+    """Truncated or bit-flipped uploads are stored or refused as InvalidData, nothing else."""
+    content = bytearray(seed[: len(seed) - cut] if cut < len(seed) else seed)
+    for position, value in flips:
+        if content:
+            content[position % len(content)] = value
+    folder = tmp_path_factory.mktemp("fuzz")
+    data = DataDir(folder / "data")
+    data.ensure()
+    with contextlib.suppress(InvalidData):
+        store(data, folder, bytes(content))
+    assert [p.name for p in data.uploads.iterdir()] == []

@@ -310,11 +310,14 @@ def test_nan_in_json_body_is_400(client):
     assert response.get_json()["code"] == "malformed_request"
 
 
-def test_json_array_of_mixed_values_is_refused(client):
-    response = client.post("/v1/datasets", json={"arrays": {"x": [1, None]}})
+@pytest.mark.parametrize(
+    ("values", "received"), [([1, None], "object"), ([-2, "", "a"], "<U21"), (["a", True], "<U5")]
+)
+def test_json_array_of_mixed_values_is_refused(client, values, received):
+    response = client.post("/v1/datasets", json={"arrays": {"x": values}})
     error = single_error(response, 422, "invalid_data")
     assert error["path"] == "/arrays/x"
-    assert error["received"] == "object"
+    assert error["received"] == received
 
 
 def test_list_pages_newest_first(client):
