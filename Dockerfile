@@ -48,7 +48,8 @@ HEALTHCHECK --interval=30s --timeout=20s --start-period=60s --retries=3 \
     CMD ["sh", "-c", "celery --app worker.app inspect ping --destination \"celery@$HOSTNAME\" --timeout 10 > /dev/null || exit 1"]
 CMD ["celery", "--app", "worker.app", "worker", "--queues", "train", "--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", "INFO"]
 
+# Flower talks to the broker through Celery's Redis transport, as the project's Celery does.
 FROM base AS monitoring
-RUN pip install flower==2.2.0 tensorboard==2.21.0
+RUN pip install flower==2.2.0 tensorboard==2.21.0 "celery[redis]>=5.4,<6"
 USER 10001:10001
 EXPOSE 5555 6006

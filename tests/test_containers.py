@@ -174,6 +174,10 @@ def test_every_command_starts_an_installed_executable() -> None:
         service = SERVICES[name]
         assert service["build"]["target"] == "monitoring"
         assert providers[service["command"][0]] in monitoring, name
+    (celery,) = [
+        line for line in image_requirements(ROOT / "pyproject.toml", "api") if "celery" in line
+    ]
+    assert f'"{celery}"' in monitoring, "Flower needs the project's Celery with its Redis transport"
 
 
 def test_the_stack_starts_exactly_the_compose_commands() -> None:
