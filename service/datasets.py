@@ -17,12 +17,14 @@ from typing import IO
 
 import redis
 from flask import Blueprint, Flask, Request, request
+from werkzeug.formparser import FormDataParser
 
 from core import datasets
 from core.errors import (
     Conflict,
     FieldError,
     InvalidRequest,
+    MalformedRequest,
     NotFound,
     Unavailable,
     UnsupportedMediaType,
@@ -60,6 +62,12 @@ class UploadRequest(Request):
         )
         self.__dict__.setdefault("upload_paths", []).append(Path(handle.name))
         return handle
+
+    def make_form_data_parser(self) -> FormDataParser:
+        parser = super().make_form_data_parser()
+        # werkzeug silently drops a broken multipart body; it is the client's 400 here.
+        parser.silent = False
+        return parser
 
     def close(self) -> None:
         """Close the file parts, then delete what was not moved into a dataset."""
@@ -123,15 +131,21 @@ def _manifest_response(manifest: dict, status: int):
 
 
 def _store_multipart(dataset_id: str) -> dict:
-    upload = request.files.get("file")
+    try:
+        upload = request.files.get("file")
+    except ValueError as error:
+        raise MalformedRequest(f"The multipart body is malformed: {error}.") from None
     if upload is None:
+        text_field = "file" in request.form
+        message = (
+            "The 'file' part has no filename, so it arrived as a text field; send it as a file "
+            "(curl -F file=@data.npy)."
+            if text_field
+            else "The multipart body has no 'file' part."
+        )
+        received = "a text field" if text_field else sorted(request.files)
         raise InvalidRequest(
-            "The multipart body has no 'file' field.",
-            errors=[
-                FieldError(
-                    "/file", "Missing the file part.", "a part named 'file'", sorted(request.files)
-                )
-            ],
+            message, errors=[FieldError("/file", message, "a file part named 'file'", received)]
         )
     upload.stream.flush()
     return datasets.store_upload(

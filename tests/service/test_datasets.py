@@ -232,6 +232,27 @@ def test_missing_file_part_is_named(client):
     assert error["path"] == "/file"
 
 
+def test_file_sent_as_a_text_field_is_explained(client):
+    body = b'--b\r\nContent-Disposition: form-data; name="file"\r\n\r\n1,2\r\n--b--\r\n'
+    response = client.post(
+        "/v1/datasets", data=body, content_type="multipart/form-data; boundary=b"
+    )
+    error = single_error(response, 422, "invalid_request")
+    assert (error["path"], error["received"]) == ("/file", "a text field")
+    assert "no filename" in error["message"]
+
+
+def test_truncated_multipart_body_is_400(client, settings):
+    body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n1,2\r\n'
+    response = client.post(
+        "/v1/datasets", data=body, content_type="multipart/form-data; boundary=b"
+    )
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "malformed_request"
+    assert "multipart body is malformed" in response.get_json()["detail"]
+    assert_nothing_stored(settings)
+
+
 def test_wrong_content_type_is_415(client):
     response = client.post("/v1/datasets", data=b"1,2\n", content_type="text/csv")
     assert response.status_code == 415
