@@ -16,7 +16,7 @@ import pytest
 from core.errors import InvalidRequest, NotFound
 from core.settings import Settings
 from core.spec import parse_job_request
-from core.spec.build import build_model
+from core.spec.build import build_model, compile_model
 
 RNG = np.random.default_rng(3)
 DATASET = "d" * 32
@@ -399,3 +399,36 @@ def test_a_shared_layer_is_refused_with_its_path() -> None:
     first = caught.value.errors[0]
     assert first.path == "/model/config/layers/2/inbound_nodes"
     assert "shared layers are not accepted" in first.expected
+
+
+def test_short_form_named_by_an_input_layer() -> None:
+    pixels = {"class_name": "InputLayer", "config": {"shape": [784], "name": "pixels"}}
+    spec = parse(request({"layers": [pixels, *SEED_LAYERS]}, compile=COMPILE))
+    assert spec["model"]["inputs"] == [{"name": "pixels", "shape": [784], "dtype": "float32"}]
+    assert spec["model"]["layers"][0]["inbound"] == ["pixels"]
+    assert spec["data"]["x"] == {"pixels": "x"}
+
+
+def test_compile_config_with_keras_objects_compiles() -> None:
+    """Optimizer with a schedule, a loss object and a metric object, as to_json writes them."""
+    reference = seed_model()
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.01, 100, 0.9)
+    reference.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=schedule, clipnorm=1.0),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
+        metrics=[keras.metrics.AUC(num_thresholds=50), "accuracy"],
+    )
+    spec = parse(request(json.loads(reference.to_json())))
+    optimizer = spec["compile"]["optimizer"]
+    assert optimizer["class_name"] == "Adam"
+    assert optimizer["config"]["learning_rate"]["class_name"] == "ExponentialDecay"
+    assert spec["compile"]["loss"]["config"]["label_smoothing"] == 0.1
+    assert spec["compile"]["metrics"][0]["class_name"] == "AUC"
+    model = build_model(spec)
+    compile_model(model, spec)
+    x = RNG.random((8, 784), dtype=np.float32)
+    y = keras.utils.to_categorical(RNG.integers(0, 10, 8), 10)
+    history = model.fit(x, y, epochs=1, batch_size=4, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert "accuracy" in history.history
+    assert any(name.startswith("auc") for name in history.history)
