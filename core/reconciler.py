@@ -51,6 +51,7 @@ def reconcile(store: JobStore, send: Callable[[dict], None], holder: str) -> lis
 def _recover(store: JobStore, job_id: str, send: Callable[[dict], None]) -> bool:
     """Requeue (or end) one job found without a lease; False if it changed meanwhile."""
     job = store.get(job_id)
+    was = job["status"]
     unleased = _unleased(store)
     try:
         if job["status"] == "cancelling":
@@ -68,7 +69,7 @@ def _recover(store: JobStore, job_id: str, send: Callable[[dict], None]) -> bool
             send(job)
     except Conflict:
         return False
-    log.info("job_recovered job=%s was=%s attempt=%s", job_id, job["status"], job["attempt"])
+    log.info("job_recovered job=%s was=%s attempt=%s", job_id, was, job["attempt"])
     return True
 
 

@@ -25,6 +25,9 @@ log = logging.getLogger("fitserve.worker")
 settings = Settings.from_env()
 app = Celery("fitserve", include=["worker.tasks"])
 app.conf.update(celery_config(settings))
+# The child imports TensorFlow before it reports up; on a busy machine that takes far longer
+# than Celery's 4 s default, past which the parent kills the child and forks another, forever.
+app.conf.worker_proc_alive_timeout = 300
 
 # Set in the parent before the pool forks (the child inherits it): this worker's node name.
 _node = {"name": "celery"}

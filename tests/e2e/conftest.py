@@ -90,15 +90,18 @@ class Stack:
         raw = self.redis.get(f"fitserve:worker:{name}@{os.uname().nodename}")
         return orjson.loads(raw) if raw else None
 
-    def worker_running(self, job_id: str) -> str:
-        """The name (without host) of the worker whose heartbeat says it trains `job_id`."""
+    def worker_running(self, job_id: str, not_pids: list[int] = ()) -> str:
+        """The name (without host) of the worker whose heartbeat says it trains `job_id`.
+
+        `not_pids`: pool children already killed, whose last heartbeat may linger.
+        """
         found: list[str] = []
 
         def check() -> bool:
             found[:] = [
                 name
-                for name in self.workers
-                if (self.worker_record(name) or {}).get("job") == job_id
+                for name, record in ((name, self.worker_record(name)) for name in self.workers)
+                if record and record.get("job") == job_id and record["pid"] not in not_pids
             ]
             return bool(found)
 
