@@ -22,7 +22,14 @@ import numpy as np
 import orjson
 
 from core import readers
-from core.errors import FieldError, InvalidData, InvalidRequest, NotFound, Unavailable
+from core.errors import (
+    FieldError,
+    InvalidData,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+)
 from core.settings import Settings
 from core.storage import DataDir, check_id, new_id, read_json, sha256_file, utc_now, write_json
 
@@ -44,8 +51,12 @@ def store_upload(
     name: str = "x",
 ) -> dict:
     """Check and store an uploaded file (format read from its content); return the manifest."""
-    file_format = readers.detect_format(source)
     size = source.stat().st_size
+    if size > settings.max_upload_bytes:
+        raise PayloadTooLarge(
+            f"The file has {size} bytes; an upload may have at most {settings.max_upload_bytes}."
+        )
+    file_format = readers.detect_format(source)
     # A .npy upload becomes its array file unchanged, so its hash comes from describing it.
     digest = None if file_format == "npy" else sha256_file(source)
     with _staging(data, dataset_id) as folder:
