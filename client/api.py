@@ -351,15 +351,22 @@ class Client:
     def download_to(
         self, model: str, path: Path, version: int | None, label: str | None, format: str
     ) -> Path:
-        """Stream the download into `path` through a temp file beside it; returns `path`."""
+        """Stream the download into `path` through a temp file beside it; returns `path`.
+
+        An interrupted download leaves neither a partial file nor a damaged earlier one.
+        """
         url = self.model_path(model, version, label) + "/download"
         response = self.request("GET", url, params={"format": format}, stream=True)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".part")
-        with response, open(partial, "wb") as handle:
-            for chunk in response.iter_content(1 << 20):
-                handle.write(chunk)
-        partial.replace(path)
+        fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        try:
+            with response, os.fdopen(fd, "wb") as handle:
+                for chunk in response.iter_content(1 << 20):
+                    handle.write(chunk)
+            os.replace(partial, path)
+        except BaseException:
+            Path(partial).unlink(missing_ok=True)
+            raise
         return path
 
 

@@ -190,11 +190,15 @@ def datasets_rm(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def jobs_submit(client: Client, args: argparse.Namespace) -> int:
-    spec = read_json_file(args.spec)
+def read_spec(path: str) -> dict:
+    spec = read_json_file(path)
     if not isinstance(spec, dict):
-        raise InputError(f"{args.spec} must hold a JSON object (the job request).")
-    job = client.submit(spec, idempotency_key=args.idempotency_key)
+        raise InputError(f"{path} must hold a JSON object (the job request).")
+    return spec
+
+
+def jobs_submit(client: Client, args: argparse.Namespace) -> int:
+    job = client.submit(read_spec(args.spec), idempotency_key=args.idempotency_key)
     if args.follow:
         if not args.json:
             print(job["id"])
@@ -204,7 +208,7 @@ def jobs_submit(client: Client, args: argparse.Namespace) -> int:
 
 
 def jobs_validate(client: Client, args: argparse.Namespace) -> int:
-    summary = client.validate(read_json_file(args.spec))
+    summary = client.validate(read_spec(args.spec))
     show(args, summary, lambda s: print_json(s))
     return 0
 
@@ -301,7 +305,7 @@ def models_download(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def keys_create(client: Client | None, args: argparse.Namespace) -> int:
+def keys_create(_: Client | None, args: argparse.Namespace) -> int:
     """Make a key locally; the server is given only the entry (the key's sha256)."""
     key = "fs_" + secrets.token_urlsafe(32)
     entry = f"{args.name}:{hashlib.sha256(key.encode()).hexdigest()}"
@@ -424,16 +428,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def make_client(args: argparse.Namespace) -> Client:
+    """The client for `--url`/`--key`/`--timeout`, else FITSERVE_URL and FITSERVE_API_KEY."""
+    client = Client(getattr(args, "url", None), getattr(args, "key", None))
+    if getattr(args, "timeout", None):
+        client.timeout = args.timeout
+    return client
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one `fitserve` command; returns the exit code."""
     args = build_parser().parse_args(argv)
     args.json = getattr(args, "json", False)
     try:
-        if args.run is keys_create:
-            return keys_create(None, args)
-        client = Client(getattr(args, "url", None), getattr(args, "key", None))
-        if getattr(args, "timeout", None):
-            client.timeout = args.timeout
+        # Keys are made locally: that command needs no server.
+        client = None if args.run is keys_create else make_client(args)
         return args.run(client, args)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -61,6 +61,8 @@ def test_notebook_trains_the_seed_model_follows_predicts_and_downloads(stack: St
     assert np.allclose(predictions.sum(axis=1), 1.0, atol=1e-5)
     assert (predictions.argmax(axis=1) == labels[:16]).mean() > 0.5
 
+    versions = client.model_status(job["id"])["model_version_status"]
+    assert versions[0]["version"] == "3"  # newest first
     downloaded = client.download_model(job["id"])
     assert isinstance(downloaded, keras.Model)
     local = downloaded.predict(x[:16], verbose=0)
