@@ -1,0 +1,32 @@
+"""Rebuild the job records in Redis from the job manifests on the data volume.
+
+`python -m scripts.rebuild_records` after Redis lost its data (the workers' reconciler does the
+same on its own once it notices). Records still in Redis are left alone; queued jobs are sent to
+the queue again; running jobs are requeued by the reconciler once their leases are seen expired.
+"""
+
+from __future__ import annotations
+
+import redis
+from celery import Celery
+
+from core.jobs import JobStore, send_training
+from core.queues import celery_config
+from core.settings import Settings
+from core.storage import DataDir
+
+
+def main() -> int:
+    settings = Settings.from_env()
+    store = JobStore(redis.Redis.from_url(settings.redis_url), DataDir(settings.data_dir), settings)
+    producer = Celery("fitserve-rebuild", set_as_current=False)
+    producer.conf.update(celery_config(settings))
+    queued = store.rebuild_records()
+    for job in queued:
+        send_training(producer, job)
+    print(f"records rebuilt from {store.data.jobs}; {len(queued)} queued job(s) sent again")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

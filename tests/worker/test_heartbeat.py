@@ -1,0 +1,79 @@
+"""The pool child's heartbeat against a real Redis: worker record, lease renewal, reconciler."""
+
+from __future__ import annotations
+
+import orjson
+import redis
+
+from core.jobs import JobStore
+from core.runs import StoreControl, WorkerIdentity
+from core.settings import Settings
+from core.storage import DataDir
+from tests.core.test_jobs import SPEC
+from tests.support.processes import wait_for
+from worker.heartbeat import Heartbeat, worker_key
+
+ME = WorkerIdentity("w1@test")
+
+
+def make_heartbeat(settings: Settings, sent: list) -> Heartbeat:
+    data = DataDir(settings.data_dir)
+    data.ensure()
+    store = JobStore(redis.Redis.from_url(settings.redis_url), data, settings)
+    return Heartbeat(store, ME, queues=["train"], devices=["CPU:0"], send=sent.append)
+
+
+def test_a_beat_writes_the_worker_record_and_renews_the_lease(settings: Settings):
+    heartbeat = make_heartbeat(settings, [])
+    store = heartbeat.store
+    job_id = store.create(SPEC, owner=None)["id"]
+    store.transition(job_id, "running", attempt=1)
+    store.acquire_lease(job_id, ME.holder)
+    store.redis.expire(f"fitserve:job:{job_id}:lease", 1)
+    control = StoreControl(store, job_id, 1, ME)
+    heartbeat.set_control(control)
+
+    heartbeat.beat()
+
+    record = orjson.loads(store.redis.get(worker_key(ME.name)))
+    assert record | {"time": None} == {
+        "name": ME.name,
+        "host": ME.host,
+        "pid": ME.pid,
+        "queues": ["train"],
+        "devices": ["CPU:0"],
+        "job": job_id,
+        "time": None,
+    }
+    assert store.redis.ttl(f"fitserve:job:{job_id}:lease") == settings.lease_seconds
+    assert not control.lease_lost
+    assert store.get(job_id)["status"] == "running"
+
+
+def test_a_lease_held_by_another_stops_the_job(settings: Settings):
+    heartbeat = make_heartbeat(settings, [])
+    store = heartbeat.store
+    job_id = store.create(SPEC, owner=None)["id"]
+    store.transition(job_id, "running", attempt=1)
+    store.acquire_lease(job_id, "elsewhere/1/w2@other")
+    control = StoreControl(store, job_id, 1, ME)
+    heartbeat.set_control(control)
+
+    heartbeat.beat()
+
+    assert control.lease_lost
+    assert control.should_stop() == "shutdown"
+
+
+def test_the_thread_beats_until_stopped(settings: Settings):
+    sent: list = []
+    heartbeat = make_heartbeat(settings.with_overrides(heartbeat_seconds=1), sent)
+    lost = heartbeat.store.create(SPEC, owner=None)["id"]
+    heartbeat.store.transition(lost, "running", attempt=1)
+    heartbeat.start()
+    try:
+        wait_for(lambda: sent, 5, "the reconciler to re-send the unleased job")
+    finally:
+        heartbeat.stop()
+    assert [job["id"] for job in sent] == [lost]
+    assert heartbeat.store.redis.exists(worker_key(ME.name))
