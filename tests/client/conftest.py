@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from werkzeug.serving import make_server
@@ -16,6 +21,7 @@ from tests.support.processes import free_port
 API_KEY = "fs_client-test-key"
 
 
+@contextlib.contextmanager
 def serve(settings: Settings, port: int | None = None) -> Iterator[str]:
     """Serve the app built from `settings` until the test ends; yields its base URL."""
     port = port or free_port()
@@ -31,10 +37,29 @@ def serve(settings: Settings, port: int | None = None) -> Iterator[str]:
 
 @pytest.fixture
 def server_url(settings: Settings) -> Iterator[str]:
-    yield from serve(settings)
+    with serve(settings) as url:
+        yield url
 
 
 @pytest.fixture
 def keyed_server_url(settings: Settings) -> Iterator[str]:
     """A server that needs `API_KEY` on every /v1 route."""
-    yield from serve(settings.with_overrides(api_keys=f"alice:{hash_key(API_KEY)}"))
+    with serve(settings.with_overrides(api_keys=f"alice:{hash_key(API_KEY)}")) as url:
+        yield url
+
+
+FITSERVE = Path(sys.executable).parent / "fitserve"
+
+
+def fitserve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the installed `fitserve` command; FITSERVE_* come only from `env`."""
+    if not FITSERVE.exists():
+        pytest.fail("the fitserve command is not installed: run `pip install -e .`")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FITSERVE_")}
+    return subprocess.run(
+        [str(FITSERVE), *args],
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

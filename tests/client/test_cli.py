@@ -4,30 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
-
+from tests.client.conftest import fitserve
 from tests.support.processes import free_port
-
-FITSERVE = Path(sys.executable).parent / "fitserve"
-
-
-def fitserve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run the installed `fitserve` command; FITSERVE_* come only from `env`."""
-    if not FITSERVE.exists():
-        pytest.fail("the fitserve command is not installed: run `pip install -e .`")
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("FITSERVE_")}
-    return subprocess.run(
-        [str(FITSERVE), *args],
-        env={**clean, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_keys_create_prints_a_key_and_its_entry():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from client import Client, FitserveError
-from tests.client.test_cli import fitserve
+from tests.client.conftest import fitserve
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ Training itself is driven end to end in tests/e2e/test_client.py.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -14,8 +13,7 @@ import numpy as np
 import pytest
 
 from client import Client, FitserveError, JobFailed
-from tests.client.conftest import serve
-from tests.client.test_cli import fitserve
+from tests.client.conftest import fitserve, serve
 from tests.support.processes import free_port, wait_for
 
 
@@ -73,8 +71,7 @@ def test_submit_show_list_cancel_and_delete(api, spec):
 
 def test_following_rides_out_a_server_restart(settings):
     port = free_port()
-    restarted = contextlib.contextmanager(serve)
-    with restarted(settings, port) as url:
+    with serve(settings, port) as url:
         api = Client(url, timeout=2)
         job = api.submit(small_request(api))
         seen: list[dict] = []
@@ -89,7 +86,7 @@ def test_following_rides_out_a_server_restart(settings):
     # The server is gone for a moment (several polls' worth): the follower keeps asking.
     time.sleep(0.5)
     assert follower.is_alive()
-    with restarted(settings, port):
+    with serve(settings, port):
         api.cancel_job(job["id"])
         follower.join(20)
     assert not follower.is_alive()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from client import Client
-from tests.client.test_cli import fitserve
+from tests.client.conftest import fitserve
 from tests.e2e.conftest import JOB_SECONDS, Stack
 from tests.support.seed_model import CLASSES, make_blobs
 
