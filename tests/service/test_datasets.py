@@ -381,6 +381,23 @@ def test_idempotency_key_returns_the_same_dataset(client, settings):
     assert other.get_json()["id"] != first.get_json()["id"]
 
 
+def test_idempotency_key_in_progress_is_409_and_a_deleted_dataset_frees_it(client, settings):
+    store = redis.Redis.from_url(settings.redis_url)
+    store.set("fitserve:idem:dataset:-:busy", "pending:" + "e" * 32)
+    busy = upload(client, npy_bytes(np.ones(2)), "a.npy", headers={"Idempotency-Key": "busy"})
+    assert busy.status_code == 409
+    assert "in progress" in busy.get_json()["detail"]
+    assert_nothing_stored(settings)
+    headers = {"Idempotency-Key": "again"}
+    first = upload(client, npy_bytes(np.ones(2)), "a.npy", headers=headers).get_json()["id"]
+    assert client.delete(f"/v1/datasets/{first}").status_code == 204
+    second = upload(client, npy_bytes(np.ones(2)), "a.npy", headers=headers)
+    assert second.status_code == 201
+    assert second.get_json()["id"] != first
+    assert store.get("fitserve:idem:dataset:-:again").decode() == second.get_json()["id"]
+    assert 0 < store.ttl("fitserve:idem:dataset:-:again") <= 24 * 3600
+
+
 def test_failed_upload_releases_its_idempotency_key(client, settings):
     headers = {"Idempotency-Key": "retry-me"}
     assert upload(client, b"", "a.npy", headers=headers).status_code == 422
