@@ -1,21 +1,31 @@
 """The Open Inference Protocol (KServe v2) over the same models as the TF Serving routes.
 
 A version segment is a version number or a label (`best`, `latest`, `final`); without one the
-model's default version answers. Errors are problem documents, whose `error` member is what
-the protocol's clients read.
+model's default version answers. Tensors come and go as JSON or, with the binary tensor data
+extension, as bytes after a JSON header. Errors are problem documents, whose `error` member is
+what the protocol's clients read.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
+from typing import Any
 
-from flask import Blueprint
+import orjson
+from flask import Blueprint, Response, request
 
-from core.errors import NotFound, Unavailable
-from core.serving import catalog, tensors
+from core.errors import (
+    MalformedRequest,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+    UnsupportedMediaType,
+)
+from core.serving import catalog
 from core.serving.cache import LoadedModel, TensorInfo
 from core.serving.catalog import Servable
+from core.serving.inference import HEADER_LENGTH, datatype_of, parse_infer, render_infer
 from service.http import json_body, json_response
 from service.models import find_manifest, load, resolve, tag_version
 from service.state import data_dir, settings
@@ -33,7 +43,9 @@ def server_version() -> str:
 
 @bp.get("/v2")
 def server_metadata():
-    return json_response({"name": "fitserve", "version": server_version(), "extensions": []})
+    return json_response(
+        {"name": "fitserve", "version": server_version(), "extensions": ["binary_tensor_data"]}
+    )
 
 
 @bp.get("/v2/health/live")
@@ -65,7 +77,7 @@ def resolve_segment(model: str, version: str | None) -> Servable:
 def _tensor(info: TensorInfo) -> dict:
     return {
         "name": info.name,
-        "datatype": tensors.DATATYPE_OF.get(info.dtype, info.dtype.upper()),
+        "datatype": datatype_of(info.dtype),
         "shape": info.batch_shape(),
     }
 
@@ -97,15 +109,45 @@ def model_ready(model: str, version: str | None = None):
 @bp.post("/v2/models/<model>/infer")
 @bp.post("/v2/models/<model>/versions/<version>/infer")
 def infer(model: str, version: str | None = None):
-    body = json_body()
+    body, binary = infer_body()
     loaded = load(resolve_segment(model, version))
-    checked = tensors.parse_infer(body, loaded.inputs, loaded.outputs, settings().max_predict_rows)
+    checked = parse_infer(body, binary, loaded.inputs, loaded.outputs, settings().max_predict_rows)
     outputs = loaded.predict(checked.arrays)
-    answer = {"model_name": model, "model_version": _version(loaded)}
+    answer: dict[str, Any] = {"model_name": model, "model_version": _version(loaded)}
     if checked.id is not None:
         answer["id"] = checked.id
-    answer["outputs"] = tensors.render_infer(outputs, checked.outputs)
-    return json_response(answer)
+    content, header_length = render_infer(answer, outputs, checked)
+    if header_length is None:
+        return Response(content, mimetype="application/json")
+    response = Response(content, mimetype="application/octet-stream")
+    response.headers[HEADER_LENGTH] = str(header_length)
+    return response
+
+
+def infer_body() -> tuple[Any, bytes]:
+    """The JSON request and the binary tensor bytes after it (none without the extension)."""
+    length = request.headers.get(HEADER_LENGTH)
+    if length is None:
+        return json_body(), b""
+    if request.content_encoding not in (None, "", "identity"):
+        raise UnsupportedMediaType(
+            f"Content-Encoding {request.content_encoding!r} is not supported; send it plain."
+        )
+    limit = settings().max_json_bytes
+    if (request.content_length or 0) > limit:
+        raise PayloadTooLarge(f"An inference request may be at most {limit} bytes.")
+    data = request.get_data()
+    if not length.isdigit() or int(length) > len(data):
+        raise MalformedRequest(
+            f"{HEADER_LENGTH} must be the JSON header's byte count, at most the body's "
+            f"{len(data)} bytes; got {length[:32]!r}."
+        )
+    try:
+        # Parsed as service.http.json_body parses: orjson, strict (no NaN, bounded nesting).
+        body = orjson.loads(data[: int(length)])
+    except orjson.JSONDecodeError as error:
+        raise MalformedRequest(f"The JSON header is not valid JSON: {error}.") from None
+    return body, data[int(length) :]
 
 
 def _version(loaded: LoadedModel) -> str:

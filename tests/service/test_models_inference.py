@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -34,7 +36,7 @@ def test_server_metadata_and_health(client):
     server = client.get("/v2").get_json()
     assert server["name"] == "fitserve"
     assert server["version"]
-    assert server["extensions"] == []
+    assert server["extensions"] == ["binary_tensor_data"]
     assert client.get("/v2/health/live").get_json() == {"live": True}
     assert client.get("/v2/health/ready").get_json() == {"ready": True}
 
@@ -115,6 +117,12 @@ def test_infer_multi_output_with_selection(client, jobs, library):
             {"inputs": [{**tensor("input", ROWS), "parameters": {"binary_data_size": 80}}]},
             "/inputs/0/parameters/binary_data_size",
         ),
+        ({"inputs": [tensor("input", ROWS, "FP16")], "parameters": []}, "/parameters"),
+        ({"inputs": [{**tensor("input", ROWS), "parameters": 1}]}, "/inputs/0/parameters"),
+        (
+            {"inputs": [tensor("input", ROWS)], "outputs": [{"name": "output", "parameters": 0}]},
+            "/outputs/0/parameters",
+        ),
     ],
 )
 def test_bad_infer_is_422_pointing_at_it(client, jobs, body, path):
@@ -133,3 +141,92 @@ def test_infer_missing_input_and_unknown_model(client, jobs):
     response = client.post("/v2/models/nope/infer", json={"inputs": [tensor("input", ROWS)]})
     assert response.status_code == 404
     assert response.get_json()["error"]
+
+
+def binary_request(header: dict, *chunks: bytes) -> dict:
+    """What Triton's and KServe's clients send with the binary tensor data extension."""
+    head = json.dumps(header).encode()
+    return {
+        "data": head + b"".join(chunks),
+        "headers": {"Inference-Header-Content-Length": str(len(head))},
+        "content_type": "application/octet-stream",
+    }
+
+
+def binary_tensor(name: str, array: np.ndarray, datatype: str) -> dict:
+    return {
+        "name": name,
+        "shape": list(array.shape),
+        "datatype": datatype,
+        "parameters": {"binary_data_size": array.nbytes},
+    }
+
+
+def split_binary(response) -> tuple[dict, bytes]:
+    length = int(response.headers["Inference-Header-Content-Length"])
+    return json.loads(response.data[:length]), response.data[length:]
+
+
+def test_binary_inputs_and_outputs(client, jobs, library):
+    meta = META.astype("<f8")
+    header = {
+        "inputs": [binary_tensor("image", IMAGES, "FP32"), binary_tensor("meta", meta, "FP64")],
+        "outputs": [{"name": "probs", "parameters": {"binary_data": True}}, {"name": "score"}],
+    }
+    body = binary_request(header, IMAGES.astype("<f4").tobytes(), meta.tobytes())
+    response = client.post(f"/v2/models/{jobs[MULTI]}/infer", **body)
+    assert response.status_code == 200, response.data[:300]
+    assert response.mimetype == "application/octet-stream"
+    answer, rest = split_binary(response)
+    probs_out, score_out = answer["outputs"]
+    assert probs_out["parameters"] == {"binary_data_size": 3 * 3 * 4}
+    assert "data" not in probs_out
+    score, probs = expected(library, MULTI, [IMAGES, META])
+    assert np.allclose(np.frombuffer(rest, "<f4").reshape(3, 3), probs, atol=1e-6)
+    assert np.allclose(np.reshape(score_out["data"], (3, 1)), score, atol=1e-6)
+
+
+def test_binary_output_for_every_output_when_asked(client, jobs, library):
+    header = {
+        "inputs": [binary_tensor("input", ROWS, "FP32")],
+        "parameters": {"binary_data_output": True},
+    }
+    body = binary_request(header, ROWS.astype("<f4").tobytes())
+    answer, rest = split_binary(client.post(f"/v2/models/{jobs[SINGLE]}/infer", **body))
+    assert answer["outputs"][0]["parameters"] == {"binary_data_size": 5 * 3 * 4}
+    want = expected(library, SINGLE, ROWS)
+    assert np.allclose(np.frombuffer(rest, "<f4").reshape(5, 3), want, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("chunk", "status", "path"),
+    [
+        (ROWS.astype("<f4").tobytes()[:-4], 422, "/inputs/0/parameters/binary_data_size"),
+        (ROWS.astype("<f4").tobytes() + b"xx", 422, "/inputs"),
+        (np.full((5, 4), np.nan, "<f4").tobytes(), 422, "/inputs/0/data"),
+    ],
+)
+def test_bad_binary_is_422(client, jobs, chunk, status, path):
+    header = {"inputs": [binary_tensor("input", ROWS, "FP32")]}
+    body = binary_request(header, chunk)
+    if len(chunk) < ROWS.nbytes:
+        header["inputs"][0]["parameters"]["binary_data_size"] = ROWS.nbytes
+        body = binary_request(header, chunk)
+    response = client.post(f"/v2/models/{jobs[SINGLE]}/infer", **body)
+    assert response.status_code == status, response.get_json()
+    assert response.get_json()["errors"][0]["path"] == path
+
+
+def test_bad_binary_header_is_400(client, jobs):
+    response = client.post(
+        f"/v2/models/{jobs[SINGLE]}/infer",
+        data=b'{"inputs": [}' + b"\0" * 8,
+        headers={"Inference-Header-Content-Length": "13"},
+    )
+    assert response.status_code == 400
+    response = client.post(
+        f"/v2/models/{jobs[SINGLE]}/infer",
+        data=b"{}",
+        headers={"Inference-Header-Content-Length": "99"},
+    )
+    assert response.status_code == 400
