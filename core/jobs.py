@@ -457,7 +457,10 @@ class JobStore:
     def record_epoch(self, job_id: str, epoch: int, metrics: dict) -> None:
         """Set history entry `epoch`, dropping any later ones a previous attempt left."""
         pipe = self.redis.pipeline()
-        pipe.ltrim(history_key(job_id), 0, epoch - 2)
+        if epoch <= 1:
+            pipe.delete(history_key(job_id))
+        else:
+            pipe.ltrim(history_key(job_id), 0, epoch - 2)
         pipe.rpush(history_key(job_id), orjson.dumps({"epoch": epoch, "metrics": metrics}))
         pipe.execute()
         self.update(job_id, epoch=epoch, metrics=metrics)

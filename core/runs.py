@@ -7,16 +7,19 @@ whole run and renewed by the worker's heartbeat; the final status is written bef
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import redis
+
 from core.errors import Conflict, FitserveError, NotFound
-from core.jobs import TERMINAL, JobStore
+from core.jobs import TERMINAL, JobStore, stop_key
 from core.storage import utc_now
 
 log = logging.getLogger("fitserve.worker")
@@ -70,7 +73,9 @@ class StoreControl:
         self._checked = 0.0
 
     def report_progress(self, progress: dict) -> None:
-        self.store.update(self.job_id, manifest=False, progress=progress)
+        # Progress is best effort: a Redis blip must not fail a job that is training well.
+        with _tolerated("progress"):
+            self.store.update(self.job_id, manifest=False, progress=progress)
 
     def report_epoch(self, epoch: int, metrics: dict) -> None:
         self.store.record_epoch(self.job_id, epoch, metrics)
@@ -80,20 +85,31 @@ class StoreControl:
         self.store.update(self.job_id, checkpoints=checkpoints, best=best)
 
     def event(self, kind: str, **fields: object) -> None:
-        self.store.add_event(self.job_id, kind, attempt=self.attempt, **fields)
+        with _tolerated("event"):
+            self.store.add_event(self.job_id, kind, attempt=self.attempt, **fields)
 
     def should_stop(self) -> str | None:
         """Checked at every batch end; Redis is asked at most every STOP_CHECK_SECONDS."""
         if self.stop_reason is None and time.monotonic() - self._checked >= STOP_CHECK_SECONDS:
             self._checked = time.monotonic()
-            job_flag, worker_flag = self.store.redis.mget(
-                f"fitserve:job:{self.job_id}:stop", shutdown_key(self.worker.name)
-            )
+            job_flag = worker_flag = None
+            with _tolerated("stop check"):
+                job_flag, worker_flag = self.store.redis.mget(
+                    stop_key(self.job_id), shutdown_key(self.worker.name)
+                )
             if job_flag == b"cancel":
                 self.stop_reason = "cancel"
             elif worker_flag or self.lease_lost:
                 self.stop_reason = "shutdown"
         return self.stop_reason
+
+
+@contextlib.contextmanager
+def _tolerated(what: str) -> Iterator[None]:
+    try:
+        yield
+    except redis.RedisError as error:
+        log.warning("redis_unavailable during=%s error=%r", what, error)
 
 
 Train = Callable[..., dict]
@@ -238,7 +254,7 @@ def _train_and_record(
         log.warning("lease_lost job=%s: another worker owns the job now", job_id)
         return "lease_lost"
     else:
-        _requeue(store, job_id, send, fields)
+        _requeue(store, job_id, control.worker.holder, send, fields)
     return outcome["status"]
 
 
@@ -252,7 +268,7 @@ def _finish(store: JobStore, job_id: str, status: str, **fields: Any) -> None:
         log.warning("already_finished job=%s status=%s wanted=%s", job_id, current, status)
 
 
-def _requeue(store: JobStore, job_id: str, send: Send, fields: dict) -> None:
+def _requeue(store: JobStore, job_id: str, holder: str, send: Send, fields: dict) -> None:
     """A shutdown stopped the job after a checkpoint: back to the queue, at once."""
     try:
         job = store.transition(job_id, "queued", **fields)
@@ -261,6 +277,8 @@ def _requeue(store: JobStore, job_id: str, send: Send, fields: dict) -> None:
         _finish(store, job_id, "cancelled", reason="cancelled", message=CANCELLED, **fields)
         return
     store.add_event(job_id, "requeued", reason="shutdown")
+    # Let go first: a worker that takes the new message at once must find the job free.
+    store.release_lease(job_id, holder)
     send(job)
 
 

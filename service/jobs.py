@@ -15,9 +15,10 @@ from celery import Celery
 from flask import Blueprint, current_app, g, request
 
 from core import spec
+from core.devices import queue_workers
 from core.errors import Conflict, FieldError, InvalidRequest, NotFound, Unavailable
 from core.jobs import STATUSES, JobStore, parse_time, send_training
-from core.queues import celery_config
+from core.queues import celery_config, train_queue
 from core.storage import check_id
 from service.auth import can_see, owner
 from service.http import json_body, json_response, page_args
@@ -143,7 +144,24 @@ def list_jobs():
 
 @bp.get("/v1/jobs/<job_id>")
 def get_job(job_id: str):
-    return json_response(view_job(_visible_job(job_id)))
+    """The job; a queued one also says whether any live worker consumes its queue."""
+    job = _visible_job(job_id)
+    view = view_job(job)
+    if job["status"] == "queued":
+        view["queue"] = _queue_state(job.get("gpus") or 1)
+    return json_response(view)
+
+
+def _queue_state(gpus: int) -> dict:
+    queue = train_queue(gpus)
+    workers = queue_workers(redis_client(), queue)
+    state = {"name": queue, "workers": len(workers)}
+    if not workers:
+        state["message"] = (
+            f"Waiting for a worker that consumes queue '{queue}' (one owning {gpus} device(s)); "
+            "none is running now."
+        )
+    return state
 
 
 @bp.get("/v1/jobs/<job_id>/metrics")
@@ -224,6 +242,7 @@ def view_job(job: dict) -> dict:
             "steps": progress.get("steps"),
             "fraction": progress.get("fraction", 1.0 if job["status"] == "succeeded" else 0.0),
             "eta_seconds": progress.get("eta_seconds"),
+            "metrics": progress.get("metrics"),
         },
         "metrics": {"last": job.get("metrics"), "best": job.get("best")},
         "test_metrics": job.get("test_metrics"),

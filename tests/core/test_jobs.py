@@ -114,6 +114,8 @@ def test_history_entries_are_replaced_when_an_epoch_is_redone(store: JobStore):
         (2, 0.5),
     ]
     assert [h["epoch"] for h in manifest_of(store, job_id)["history"]] == [1, 2]
+    store.record_epoch(job_id, 1, {"loss": 0.8})
+    assert [(h["epoch"], h["metrics"]["loss"]) for h in store.history(job_id)] == [(1, 0.8)]
 
 
 def test_a_lease_has_one_holder(store: JobStore):

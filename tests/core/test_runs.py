@@ -102,9 +102,19 @@ def test_a_shutdown_requeues_and_sends_the_job_again(store: JobStore):
         assert control.should_stop() == "shutdown"
         return {"status": "interrupted", "epoch": 1}
 
-    assert run(store, job_id, interrupted, sent) == "interrupted"
+    holders: list[str | None] = []
+
+    def send(job: dict) -> None:
+        sent.append(job)
+        holders.append(store.lease_holder(job_id))
+
+    result = run_job(store, job_id, ME, train=interrupted, send=send, devices=dict)
+
+    assert result == "interrupted"
     assert store.get(job_id)["status"] == "queued"
     assert [job["id"] for job in sent] == [job_id]
+    # The next worker must find the job free the moment the message is out.
+    assert holders == [None]
 
 
 def test_the_attempt_limit_ends_the_job_worker_lost(store: JobStore):

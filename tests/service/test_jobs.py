@@ -66,6 +66,9 @@ def test_submit_records_and_enqueues(client, dataset_id, settings):
     assert shown["id"] == job["id"]
     assert shown["progress"]["fraction"] == 0.0
     assert shown["error"] is None
+    assert shown["queue"]["name"] == "train"
+    assert shown["queue"]["workers"] == 0
+    assert "Waiting for a worker" in shown["queue"]["message"]
 
 
 def test_invalid_request_is_422_and_enqueues_nothing(client, dataset_id, settings):
