@@ -224,6 +224,16 @@ def _sequential(
         return None
     layers: list[_Layer] = [layer for layer in read if layer is not None]
     inputs = []
+    given_ways = [shape is not None, layers[0].input_shape is not None]
+    given_ways.append(layers[0].class_name == "InputLayer")
+    if sum(given_ways) > 1:
+        place.refuse(
+            None,
+            "one of: input_shape at the top, input_shape in the first layer, an InputLayer",
+            "The model gives its input shape more than once. Expected one of: input_shape at "
+            "the top, input_shape in the first layer's config, an InputLayer first.",
+        )
+        return None
     if layers[0].class_name == "InputLayer":
         first = layers.pop(0)
         found = _read_input(first, place.at(0))
@@ -319,7 +329,11 @@ def _parse_sequential_config(
     if not _check_layer_count(layers, place.at("layers"), max_layers):
         return None
     shape = None
-    if isinstance(config.get("build_input_shape"), list):
+    # Keras writes build_input_shape beside the InputLayer; it says the same thing.
+    first = layers[0] if isinstance(layers[0], dict) else {}
+    if first.get("class_name") != "InputLayer" and isinstance(
+        config.get("build_input_shape"), list
+    ):
         shape = BATCH_SHAPE.check(config["build_input_shape"], place.at("build_input_shape"))
         shape = None if shape is INVALID else shape[1:]
     parsed = _sequential(layers, place.at("layers"), shape, "float32", output_name=None)
