@@ -47,7 +47,14 @@ def test_cancel_of_a_running_job_ends_cancelled_with_a_loadable_checkpoint(
     stack: Stack, blobs_dataset
 ):
     job = stack.submit(tiny_request(blobs_dataset, epochs=1000))
-    stack.wait_job(job["id"], lambda j: j["checkpoints"], "to save a checkpoint", timeout=120)
+    seen = stack.wait_job(
+        job["id"], lambda j: j["checkpoints"], "to save a checkpoint", timeout=120
+    )
+    assert seen["status"] == "running"
+    assert seen["progress"]["epochs"] == 1000
+    assert 0 < seen["progress"]["fraction"] < 1
+    assert seen["progress"]["eta_seconds"] > 0
+    assert seen["worker"].startswith("main@") or seen["worker"].startswith("spare")
 
     cancelling = requests.post(stack.url(f"/v1/jobs/{job['id']}:cancel"), timeout=30)
     assert cancelling.status_code == 202

@@ -170,3 +170,31 @@ def test_redis_down_is_503_with_nothing_recorded(tmp_path, client, dataset_id, s
     assert response.headers["Retry-After"] == "2"
     assert response.mimetype == "application/problem+json"
     assert list((settings.data_dir / "jobs").iterdir()) == []
+
+
+def test_keys_see_their_own_jobs_and_admins_see_all(settings):
+    from core.keys import hash_key
+    from service import create_app
+
+    keys = {"ann": "fs_ann", "bob": "fs_bob", "ops": "fs_ops"}
+    entries = [f"{name}:{hash_key(key)}" for name, key in keys.items()]
+    app = create_app(settings.with_overrides(api_keys=",".join(entries) + ":admin"))
+    client = app.test_client()
+
+    def as_(name: str) -> dict:
+        return {"Authorization": f"Bearer {keys[name]}"}
+
+    upload = client.post("/v1/datasets", json={"arrays": {"x": X, "y": Y}}, headers=as_("ann"))
+    dataset_id = upload.get_json()["id"]
+    job = client.post("/v1/jobs", json=job_request(dataset_id), headers=as_("ann")).get_json()
+    assert job["owner"] == "ann"
+    refused = client.post("/v1/jobs", json=job_request(dataset_id), headers=as_("bob"))
+    assert refused.status_code == 422
+    assert client.get(f"/v1/jobs/{job['id']}", headers=as_("bob")).status_code == 404
+    assert client.post(f"/v1/jobs/{job['id']}:cancel", headers=as_("bob")).status_code == 404
+    assert client.get("/v1/jobs", headers=as_("bob")).get_json()["items"] == []
+    assert [j["id"] for j in client.get("/v1/jobs", headers=as_("ann")).get_json()["items"]] == [
+        job["id"]
+    ]
+    assert len(client.get("/v1/jobs", headers=as_("ops")).get_json()["items"]) == 1
+    assert client.get("/v1/jobs").status_code == 401
