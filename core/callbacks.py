@@ -1,9 +1,9 @@
 """The Keras callbacks every job trains with: progress, stop requests, checkpoints, NaN, time.
 
 One behaviour per callback. They import Keras, so only a process that trains imports this module
-(core.training imports it inside `train_job`). Each is `async_safe`: Keras then runs batch-end
-hooks on a helper thread instead of waiting for every batch's logs on the training loop; they only
-read logs, set `model.stop_training` and keep their own state.
+(core.training imports it inside `train_job`). Each is `async_safe`: when every callback of a fit
+is, Keras runs the batch-end hooks on a helper thread instead of waiting for every batch's logs on
+the training loop. They only read logs, set `model.stop_training` and keep their own state.
 """
 
 from __future__ import annotations
