@@ -371,3 +371,13 @@ def test_download_savedmodel_answers_like_the_service(client, jobs, library, tmp
     assert np.allclose(outputs["probs"], probs, atol=1e-6)
     again = client.get(f"/v1/models/{jobs[MULTI]}/download?format=savedmodel")
     assert again.data == response.data
+
+
+def test_finished_jobs_serve_from_the_volume_while_redis_is_down(settings, jobs, library):
+    down = create_app(settings.with_overrides(redis_url="redis://127.0.0.1:1/0")).test_client()
+    assert down.get("/readyz").status_code == 503
+    response = down.post("/v1/models/tiny:predict", json={"instances": ROWS.tolist()})
+    assert response.status_code == 200
+    assert np.allclose(
+        response.get_json()["predictions"], expected(library, SINGLE, ROWS), atol=1e-6
+    )
