@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from client import Client, ConnectionFailed, FitserveError
+from client import Client, ConnectionFailed, FitserveError, JobFailed
 from client.errors import describe_field_error
 from tests.client.conftest import API_KEY
 from tests.support.processes import free_port
@@ -77,3 +77,16 @@ def test_what_the_message_already_says_is_not_repeated():
         "received": -1,
     }
     assert describe_field_error(error) == f"/fit/epochs: {error['message']}"
+
+
+def test_a_failed_job_says_why():
+    job = {
+        "id": "j1",
+        "status": "failed",
+        "error": {"reason": "nan_loss", "message": "The loss became NaN at epoch 2."},
+    }
+    error = JobFailed(job)
+    assert error.job is job
+    assert error.code == "job_failed"
+    assert error.detail == "Job j1 ended failed (nan_loss): The loss became NaN at epoch 2."
+    assert JobFailed({"id": "j2", "status": "cancelled"}).detail == "Job j2 ended cancelled."
