@@ -244,7 +244,6 @@ class JobStore:
         if job["status"] in LIVE:
             for dataset in job["datasets"]:
                 pipe.sadd(dataset_jobs_key(dataset), job["id"])
-        pipe.set(RECORDS_MARKER, "1")
         pipe.execute()
 
     def get(self, job_id: str) -> dict:
@@ -539,7 +538,6 @@ class JobStore:
         status: their workers take their leases again at the next heartbeat, and the reconciler
         requeues the others once the grace period (one lease) has passed.
         """
-        self.redis.set(REBUILT_GRACE, "1", ex=self.settings.lease_seconds)
         queued = []
         folders = sorted(self.data.jobs.iterdir()) if self.data.jobs.is_dir() else []
         for folder in folders:
@@ -554,6 +552,10 @@ class JobStore:
             job = self._restore(manifest, created)
             if job["status"] == "queued":
                 queued.append(job)
+            elif job["status"] in LIVE:
+                self.redis.set(REBUILT_GRACE, "1", ex=self.settings.lease_seconds)
+        # Set here only, never at create: a job submitted just after Redis lost its data must
+        # not hide that loss from the reconciler.
         self.redis.set(RECORDS_MARKER, "1")
         return queued
 
