@@ -49,11 +49,10 @@ class JobFailed(FitserveError):
         self.job = job
         status = job.get("status")
         error = job.get("error") or {}
-        reason = error.get("reason") or status
-        message = error.get("message") or ""
-        detail = f"Job {job.get('id')} ended {status} ({reason})" + (
-            f": {message}" if message else "."
-        )
+        detail = f"Job {job.get('id')} ended {status}"
+        if error.get("reason"):
+            detail += f" ({error['reason']})"
+        detail += f": {error['message']}" if error.get("message") else "."
         super().__init__(0, {"code": f"job_{status}", "detail": detail})
 
 
