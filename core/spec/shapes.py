@@ -218,21 +218,32 @@ def _conv_geometry(rank: int, cfg: dict[str, Any], shapes: list[Shape]):
     return channels, spatial, kernel, strides, dilation
 
 
+def _refuse_strided_dilation(strides: tuple[int, ...], dilation: tuple[int, ...]) -> None:
+    """Keras's plain and transposed convolutions refuse both at once (depthwise ones do not)."""
+    if max(strides) > 1 and max(dilation) > 1:
+        raise ShapeMismatch(
+            f"strides {list(strides)} and dilation_rate {list(dilation)} are both above 1, "
+            "which Keras does not support",
+            "strides of 1 or a dilation_rate of 1",
+        )
+
+
 def conv(rank: int) -> Rule:
     def rule(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
         channels, spatial, kernel, strides, dilation = _conv_geometry(rank, cfg, shapes)
-        groups = cfg.get("groups", 1)
-        if channels % groups:
+        _refuse_strided_dilation(strides, dilation)
+        groups, filters = cfg.get("groups", 1), cfg["filters"]
+        if channels % groups or filters % groups:
             raise ShapeMismatch(
-                f"{channels} input channels cannot be split into {groups} groups",
-                f"groups dividing the input channels ({channels})",
+                f"{channels} input channels and {filters} filters cannot both be split into "
+                f"{groups} groups",
+                f"groups dividing the input channels ({channels}) and the filters ({filters})",
             )
         padding = cfg.get("padding", "valid")
         out = tuple(
             _window(*args, padding)
             for args in zip(spatial, kernel, strides, dilation, strict=False)
         )
-        filters = cfg["filters"]
         weights = math.prod(kernel) * (channels // groups) * filters
         bias = filters if cfg.get("use_bias", True) else 0
         return _join(filters, out, cfg), weights + bias, 0
@@ -256,8 +267,14 @@ def conv_transpose(rank: int) -> Rule:
     def rule(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
         channels, spatial, kernel, strides, dilation = _conv_geometry(rank, cfg, shapes)
         padding = cfg.get("padding", "valid")
+        _refuse_strided_dilation(strides, dilation)
         output_padding = cfg.get("output_padding")
         extras = (None,) * rank if output_padding is None else _tuple(output_padding, rank)
+        if any(e is not None and e >= s for e, s in zip(extras, strides, strict=False)):
+            raise ShapeMismatch(
+                f"output_padding {list(extras)} is not below strides {list(strides)}",
+                "an output_padding smaller than the strides on every axis",
+            )
         out = tuple(
             _transposed_length(*args, padding, extra)
             for *args, extra in zip(spatial, kernel, strides, dilation, extras, strict=False)
@@ -349,6 +366,11 @@ def layer_normalization(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
 def prelu(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
     shape = _one(shapes)
     shared = set(cfg.get("shared_axes") or [])
+    if shared - set(range(1, len(shape) + 1)):
+        raise ShapeMismatch(
+            f"shared_axes {sorted(shared)} name axes that {show(shape)} does not have",
+            f"axes from 1 to {len(shape)}",
+        )
     sizes = [1 if i in shared else _known(d, f"axis {i}", shape) for i, d in enumerate(shape, 1)]
     return shape, math.prod(sizes), 0
 
@@ -410,11 +432,33 @@ def bidirectional(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
             "merge_mode null gives two outputs, which a layer in this grammar cannot have",
             "merge_mode 'concat', 'sum', 'mul' or 'ave'",
         )
-    units = forward["config"]["units"]
+    units, back_units = forward["config"]["units"], backward["config"]["units"]
+    if merge != "concat" and units != back_units:
+        raise ShapeMismatch(
+            f"merge_mode {merge!r} combines {units} forward and {back_units} backward units "
+            "element-wise",
+            "the same units forward and backward, or merge_mode 'concat'",
+        )
+    if backward is not forward:
+        _check_backward_layer(forward["config"], backward["config"])
     if merge == "concat":
-        units += backward["config"]["units"]
+        units += back_units
     out = (shape[0], units) if forward["config"].get("return_sequences") else (units,)
     return out, params, 0
+
+
+def _check_backward_layer(forward: dict[str, Any], backward: dict[str, Any]) -> None:
+    """Keras's own rule: opposite directions, the same return_sequences."""
+    if bool(forward.get("go_backwards")) == bool(backward.get("go_backwards")):
+        raise ShapeMismatch(
+            "the forward and backward layers read in the same direction",
+            "a backward_layer with go_backwards opposite to the layer's",
+        )
+    if bool(forward.get("return_sequences")) != bool(backward.get("return_sequences")):
+        raise ShapeMismatch(
+            "the forward and backward layers disagree on return_sequences",
+            "the same return_sequences forward and backward",
+        )
 
 
 def _several(shapes: list[Shape], least: int = 2) -> None:
@@ -483,6 +527,18 @@ def elementwise(least: int, most: int | None = None) -> Rule:
     return rule
 
 
+def softmax(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+    shape = _one(shapes)
+    axes = cfg.get("axis", -1)
+    rank = len(shape) + 1
+    for axis in axes if isinstance(axes, list | tuple) else [axes]:
+        if not -rank <= axis < rank:
+            raise ShapeMismatch(
+                f"axis {axis} is not an axis of {show(shape)}", f"an axis in -{rank}..{rank - 1}"
+            )
+    return shape, 0, 0
+
+
 RULES: dict[str, Rule] = {
     "InputLayer": identity,
     "Dense": dense,
@@ -523,7 +579,7 @@ RULES: dict[str, Rule] = {
     "LeakyReLU": identity,
     "PReLU": prelu,
     "ELU": identity,
-    "Softmax": identity,
+    "Softmax": softmax,
     "Embedding": embedding,
     "LSTM": recurrent("LSTM"),
     "GRU": recurrent("GRU"),

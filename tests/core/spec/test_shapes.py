@@ -5,13 +5,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import hypothesis
 import keras
+import numpy as np
 import orjson
 import pytest
+from hypothesis import strategies as st
 
 from core.errors import InvalidRequest
 from core.settings import Settings
 from core.spec import grammar
+from core.spec.kinds import INVALID, Place, check_arguments
 from core.spec.shapes import RULES, infer_model
 
 LSTM8 = {"class_name": "LSTM", "config": {"units": 8}}
@@ -354,3 +358,158 @@ def test_a_total_past_64_bits_is_reported_as_text():
     (error,) = caught.value.errors
     assert error.received == "2.951e+20"
     assert orjson.loads(orjson.dumps(error.to_dict()))["received"] == "2.951e+20"
+
+
+SMALL = st.integers(1, 4)
+FORMAT = st.sampled_from([None, "channels_last", "channels_first"])
+PADDING = st.sampled_from(["valid", "same"])
+
+
+def sizes(rank: int, low: int = 1) -> st.SearchStrategy:
+    return st.integers(low, 4) | st.lists(st.integers(low, 4), min_size=rank, max_size=rank)
+
+
+def conv_config(rank: int, *, filters: bool = True, groups: bool = True) -> tuple[dict, dict]:
+    required = {"kernel_size": sizes(rank)}
+    optional = {
+        "strides": sizes(rank),
+        "dilation_rate": sizes(rank),
+        "padding": PADDING,
+        "data_format": FORMAT,
+        "use_bias": st.booleans(),
+    }
+    if filters:
+        required["filters"] = st.integers(1, 6)
+    if groups:
+        optional["groups"] = st.integers(1, 3)
+    return required, optional
+
+
+def pool_config(rank: int) -> tuple[dict, dict]:
+    return {}, {
+        "pool_size": sizes(rank),
+        "strides": st.none() | sizes(rank),
+        "padding": PADDING,
+        "data_format": FORMAT,
+    }
+
+
+def with_optional(config: tuple[dict, dict], **more: st.SearchStrategy) -> tuple[dict, dict]:
+    return config[0], {**config[1], **more}
+
+
+AXES = st.integers(-4, 3) | st.lists(st.integers(-4, 3), min_size=1, max_size=2, unique=True)
+RNN = ({"units": SMALL}, {"return_sequences": st.booleans(), "use_bias": st.booleans()})
+# (required, optional) config strategies per layer: small values that reach the edge cases.
+FUZZED: dict[str, tuple[dict, dict]] = {
+    "Dense": ({"units": SMALL}, {"use_bias": st.booleans()}),
+    "Dropout": ({"rate": st.just(0.5)},
+                {"noise_shape": st.lists(st.none() | st.integers(1, 3), min_size=1, max_size=4)}),
+    "SpatialDropout1D": ({"rate": st.just(0.5)}, {}),
+    "SpatialDropout2D": ({"rate": st.just(0.5)}, {"data_format": FORMAT}),
+    "Flatten": ({}, {"data_format": FORMAT}),
+    "Reshape": ({"target_shape": st.lists(st.integers(-1, 6).filter(bool), min_size=1,
+                                          max_size=3)}, {}),
+    "Permute": ({"dims": st.lists(st.integers(1, 4), min_size=1, max_size=4)}, {}),
+    "RepeatVector": ({"n": SMALL}, {}),
+    "ZeroPadding1D": ({}, {"padding": sizes(2, 0), "data_format": FORMAT}),
+    "ZeroPadding2D": ({}, {"padding": sizes(2, 0), "data_format": FORMAT}),
+    "Cropping1D": ({}, {"cropping": sizes(2, 0)}),
+    "Cropping2D": ({}, {"cropping": sizes(2, 0), "data_format": FORMAT}),
+    "UpSampling1D": ({}, {"size": SMALL}),
+    "UpSampling2D": ({}, {"size": sizes(2), "data_format": FORMAT}),
+    "Conv1D": with_optional(conv_config(1), padding=st.sampled_from(["valid", "same", "causal"])),
+    "Conv2D": conv_config(2),
+    "Conv2DTranspose": with_optional(conv_config(2, groups=False),
+                                     output_padding=st.none() | sizes(2, 0)),
+    "SeparableConv2D": with_optional(conv_config(2, groups=False), depth_multiplier=SMALL),
+    "DepthwiseConv2D": with_optional(conv_config(2, filters=False, groups=False),
+                                     depth_multiplier=SMALL),
+    "MaxPooling1D": pool_config(1),
+    "AveragePooling2D": pool_config(2),
+    "GlobalAveragePooling1D": ({}, {"keepdims": st.booleans(), "data_format": FORMAT}),
+    "GlobalMaxPooling2D": ({}, {"keepdims": st.booleans(), "data_format": FORMAT}),
+    "BatchNormalization": ({}, {"axis": st.integers(-4, 3), "center": st.booleans()}),
+    "LayerNormalization": ({}, {"axis": AXES, "scale": st.booleans()}),
+    "PReLU": ({}, {"shared_axes": st.lists(st.integers(1, 4), min_size=1, max_size=2)}),
+    "Softmax": ({}, {"axis": AXES}),
+    "Embedding": ({"input_dim": SMALL, "output_dim": SMALL}, {}),
+    "LSTM": RNN,
+    "GRU": with_optional(RNN, reset_after=st.booleans()),
+    "SimpleRNN": RNN,
+}  # fmt: skip
+
+
+@st.composite
+def layer_cases(draw: st.DrawFn) -> tuple[str, dict[str, Any], list[list[int]]]:
+    class_name = draw(st.sampled_from(sorted(FUZZED)))
+    required, optional = FUZZED[class_name]
+    config = draw(st.fixed_dictionaries(required, optional=optional))
+    return class_name, config, [draw(st.lists(st.integers(1, 6), min_size=1, max_size=4))]
+
+
+@st.composite
+def merge_cases(draw: st.DrawFn) -> tuple[str, dict[str, Any], list[list[int]]]:
+    """Merges of 2-3 inputs of one rank, and Bidirectional wrappers.
+
+    Left out on purpose, being refused though Keras runs them: merges of a single input or
+    across the batch axis, and element-wise merges that broadcast across ranks or unit counts.
+    """
+    class_name = draw(st.sampled_from(["Add", "Average", "Bidirectional", "Concatenate",
+                                       "Multiply", "Subtract"]))  # fmt: skip
+    if class_name == "Bidirectional":
+        inner = draw(st.sampled_from(["LSTM", "GRU", "SimpleRNN"]))
+        units, sequences = draw(SMALL), draw(st.booleans())
+        merge = draw(st.sampled_from([None, "concat", "sum", "mul", "ave"]))
+        config = {"layer": {"class_name": inner,
+                            "config": {"units": units, "return_sequences": sequences}},
+                  "merge_mode": merge}  # fmt: skip
+        if draw(st.booleans()):
+            back = {
+                "units": units if merge != "concat" else draw(SMALL),
+                "go_backwards": draw(st.booleans()),
+                "return_sequences": draw(st.booleans()),
+            }
+            config["backward_layer"] = {"class_name": inner, "config": back}  # fmt: skip
+        return class_name, config, [draw(st.lists(SMALL, min_size=1, max_size=3))]
+    rank = draw(st.integers(1, 3))
+    count = 2 if class_name == "Subtract" else draw(st.integers(2, 3))
+    shapes = [draw(st.lists(st.integers(1, 3), min_size=rank, max_size=rank)) for _ in range(count)]
+    if class_name != "Concatenate":
+        return class_name, {}, shapes
+    return class_name, {"axis": draw(st.integers(-rank, rank).filter(bool))}, shapes
+
+
+def keras_outcome(class_name: str, config: dict[str, Any], shapes: list[list[int]]):
+    """Keras's answer for one layer on a real batch: (output shape, params) or None if it fails."""
+    try:
+        layer = keras_layer(class_name, config)
+        symbolic = [keras.Input(tuple(shape)) for shape in shapes]
+        batch = [np.zeros((2, *shape), dtype="float32") for shape in shapes]
+        if len(shapes) == 1 and class_name not in grammar.MERGE_LAYERS:
+            symbolic, batch = symbolic[0], batch[0]
+        layer(symbolic)
+        output = layer(batch)
+        return tuple(output.shape)[1:], layer.count_params()
+    except Exception:  # any refusal by Keras, at construction, build or call
+        return None
+
+
+@hypothesis.settings(
+    max_examples=150, deadline=None, suppress_health_check=[hypothesis.HealthCheck.filter_too_much]
+)
+@hypothesis.given(layer_cases() | merge_cases())
+def test_formulas_accept_exactly_what_keras_runs(case):
+    """Grammar + formulas against Keras on random configs: no crash at build, no false refusal."""
+    class_name, config, shapes = case
+    checked = check_arguments(config, grammar.LAYERS[class_name], Place([]))
+    hypothesis.assume(checked is not INVALID)
+    expected = keras_outcome(class_name, config, shapes)
+    try:
+        summary = infer_model(one_layer_model(class_name, checked, shapes), Settings())
+    except InvalidRequest:
+        assert expected is None, f"refused what Keras runs: {expected}"
+        return
+    assert expected is not None, f"accepted what Keras refuses: {summary['layers']}"
+    (row,) = summary["layers"]
+    assert (tuple(row["output_shape"][1:]), row["params"]) == expected
