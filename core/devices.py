@@ -152,6 +152,7 @@ def describe_devices(strategy: tf.distribute.Strategy | None = None) -> dict:
 
     With a strategy: its class, `num_replicas_in_sync` and the devices of its replicas.
     """
+    import keras
     import tensorflow as tf
 
     build = tf.sysconfig.get_build_info()
@@ -161,6 +162,7 @@ def describe_devices(strategy: tf.distribute.Strategy | None = None) -> dict:
         "devices": logical,
         "gpus": [tf.config.experimental.get_device_details(gpu).get("device_name") for gpu in gpus],
         "tensorflow": tf.__version__,
+        "keras": keras.__version__,
         "cuda": build.get("cuda_version"),
         "cudnn": build.get("cudnn_version"),
     }

@@ -38,6 +38,8 @@ PREFIX = "fitserve:"
 ALL = PREFIX + "jobs"
 RECORDS_MARKER = PREFIX + "records"
 REBUILT_GRACE = PREFIX + "records:grace"
+# Epochs completed by every worker, ever: Prometheus derives epochs per second from it.
+EPOCHS_DONE = PREFIX + "epochs"
 
 LIVE = ("queued", "running", "cancelling")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -76,6 +78,7 @@ MANIFEST_FIELDS = (
     "gpus",
     "datasets",
     "history",
+    "record",
 )
 IDEMPOTENCY_SECONDS = 24 * 3600
 EVENTS_MAX = 10_000
@@ -120,6 +123,44 @@ def datasets_of(spec: dict) -> list[str]:
     found = [data.get("dataset")]
     found += [(data.get(part) or {}).get("dataset") for part in ("validation", "test")]
     return sorted({dataset for dataset in found if dataset})
+
+
+def provenance(spec: dict, data: DataDir) -> dict:
+    """What a model was made from: the canonical spec's sha256, the seed, each dataset's sha256.
+
+    Taken at submit time, while the datasets the spec was checked against are certainly there.
+    """
+    from core.datasets import load_manifest
+
+    hashes = {}
+    for dataset in datasets_of(spec):
+        try:
+            hashes[dataset] = load_manifest(data, dataset)["source"]["sha256"]
+        except NotFound:
+            hashes[dataset] = None
+    return {
+        "spec_sha256": hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest(),
+        "seed": spec.get("seed"),
+        "datasets": hashes,
+    }
+
+
+def describe_record(job: dict) -> dict:
+    """The model's record from a job record or manifest: what it was made from, with which
+    TensorFlow, Keras and CUDA on which device, and what it scored."""
+    device = job.get("device") or {}
+    history = job.get("history") or [{}]
+    made_from = job.get("record") or {"spec_sha256": None, "seed": None, "datasets": {}}
+    return made_from | {
+        "tensorflow": device.get("tensorflow"),
+        "keras": device.get("keras"),
+        "cuda": device.get("cuda"),
+        "cudnn": device.get("cudnn"),
+        "device": device or None,
+        "final": job.get("final"),
+        "metrics": job.get("metrics") or history[-1].get("metrics"),
+        "test_metrics": job.get("test_metrics"),
+    }
 
 
 def send_training(producer: Any, job: dict) -> None:
@@ -219,6 +260,7 @@ class JobStore:
             "datasets": datasets_of(spec),
             "progress": None,
             "metrics": None,
+            "record": provenance(spec, self.data),
         }
         self._insert(job, score=time.time())
         try:
@@ -352,6 +394,15 @@ class JobStore:
                 for dataset in job["datasets"]:
                     pipe.srem(dataset_jobs_key(dataset), job_id)
                 pipe.delete(stop_key(job_id))
+            # In the same transaction, so an event stream reader sees every change in order.
+            pipe.xadd(
+                events_key(job_id),
+                _event_entry(
+                    "status", status=status, previous=current, reason=changes.get("reason")
+                ),
+                maxlen=EVENTS_MAX,
+                approximate=True,
+            )
             result.update(job, **changes)
 
         # The lease is watched too: the reconciler's check that none is held stays true.
@@ -461,6 +512,7 @@ class JobStore:
         else:
             pipe.ltrim(history_key(job_id), 0, epoch - 2)
         pipe.rpush(history_key(job_id), orjson.dumps({"epoch": epoch, "metrics": metrics}))
+        pipe.incr(EPOCHS_DONE)
         pipe.execute()
         self.update(job_id, epoch=epoch, metrics=metrics)
 
@@ -472,16 +524,13 @@ class JobStore:
             self.redis.ltrim(history_key(job_id), 0, epochs - 1)
 
     def add_event(self, job_id: str, kind: str, **fields: object) -> None:
-        entry = {"kind": kind, "time": utc_now(), "data": orjson.dumps(fields)}
-        self.redis.xadd(events_key(job_id), entry, maxlen=EVENTS_MAX, approximate=True)
+        self.redis.xadd(
+            events_key(job_id), _event_entry(kind, **fields), maxlen=EVENTS_MAX, approximate=True
+        )
 
     def events(self, job_id: str) -> list[dict]:
         """Every event of the job, oldest first: `{"kind", "time", **fields}`."""
-        found = []
-        for _, entry in self.redis.xrange(events_key(job_id)):
-            head = {"kind": entry[b"kind"].decode(), "time": entry[b"time"].decode()}
-            found.append(head | orjson.loads(entry[b"data"]))
-        return found
+        return [decode_event(entry) for _, entry in self.redis.xrange(events_key(job_id))]
 
     # Leases -------------------------------------------------------------------------------
 
@@ -577,6 +626,16 @@ class JobStore:
 
 
 _CANCEL = "Cancelled by request before it started."
+
+
+def _event_entry(kind: str, **fields: object) -> dict[str, bytes | str]:
+    return {"kind": kind, "time": utc_now(), "data": orjson.dumps(fields)}
+
+
+def decode_event(entry: dict[bytes, bytes]) -> dict[str, Any]:
+    """One stream entry as `{"kind", "time", **fields}`."""
+    head = {"kind": entry[b"kind"].decode(), "time": entry[b"time"].decode()}
+    return head | orjson.loads(entry[b"data"])
 
 
 def _final_progress(job: dict) -> dict | None:

@@ -79,7 +79,7 @@ class StoreControl:
 
     def report_epoch(self, epoch: int, metrics: dict) -> None:
         self.store.record_epoch(self.job_id, epoch, metrics)
-        self.event("epoch", epoch=epoch)
+        self.event("epoch", epoch=epoch, metrics=metrics)
 
     def record_checkpoints(self, checkpoints: list[dict], best: dict | None) -> None:
         self.store.update(self.job_id, checkpoints=checkpoints, best=best)

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fitserve.training")
 
+TENSORBOARD_DIR = "tensorboard"
+
 FAILURE_REASONS = (
     "invalid_data",
     "nan_loss",
@@ -273,11 +275,19 @@ class OurCallbacks:
             history=earlier["history"],
         )
         self.progress = callbacks.ProgressCallback(control.report_progress, control.report_epoch)
+        self.tensorboard = tensorboard_callback(job_dir)
 
     def in_order(self) -> list:
         """The guard and the stop checks first, so the checkpoint sees their decision; the
         epoch is reported after its checkpoint is on disk."""
-        return [self.guard, self.stop, self.limit, self.checkpoints, self.progress]
+        return [
+            self.guard,
+            self.stop,
+            self.limit,
+            self.checkpoints,
+            self.progress,
+            self.tensorboard,
+        ]
 
     def outcome(self, initial_epoch: int) -> dict:
         """The result so far: `succeeded` unless a stop came; TrainingFailed for nan or time."""
@@ -306,6 +316,21 @@ class OurCallbacks:
             "final": None,
             "test_metrics": None,
         }
+
+
+def tensorboard_callback(job_dir: Path) -> keras.callbacks.Callback:
+    """Epoch summaries in `tensorboard/` beside the checkpoints, for the compose TensorBoard.
+
+    No graph and no profiler: both cost time and space on every job; the request is the graph.
+    """
+    import keras
+
+    return keras.callbacks.TensorBoard(
+        log_dir=str(job_dir / TENSORBOARD_DIR),
+        write_graph=False,
+        update_freq="epoch",
+        profile_batch=0,
+    )
 
 
 def _kept_checkpoints(job_dir: Path, resume: dict) -> dict[str, Any]:

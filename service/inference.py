@@ -22,6 +22,7 @@ from core.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
+from core.jobs import describe_record
 from core.serving import catalog
 from core.serving.cache import LoadedModel, TensorInfo
 from core.serving.catalog import Servable
@@ -86,7 +87,8 @@ def _tensor(info: TensorInfo) -> dict:
 @bp.get("/v2/models/<model>/versions/<version>")
 def model_metadata(model: str, version: str | None = None):
     loaded = load(resolve_segment(model, version))
-    versions = catalog.version_entries(find_manifest(model))
+    manifest = find_manifest(model)
+    versions = catalog.version_entries(manifest)
     return json_response(
         {
             "name": model,
@@ -94,6 +96,7 @@ def model_metadata(model: str, version: str | None = None):
             "platform": "keras",
             "inputs": [_tensor(info) for info in loaded.inputs],
             "outputs": [_tensor(info) for info in loaded.outputs],
+            "record": describe_record(manifest),
         }
     )
 

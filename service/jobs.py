@@ -17,7 +17,7 @@ from flask import Blueprint, current_app, g, request
 from core import spec
 from core.devices import queue_workers
 from core.errors import Conflict, FieldError, InvalidRequest, NotFound, Unavailable
-from core.jobs import STATUSES, JobStore, parse_time, send_training
+from core.jobs import STATUSES, JobStore, describe_record, parse_time, send_training
 from core.queues import celery_config, train_queue
 from core.storage import check_id
 from service.auth import can_see, owner
@@ -246,6 +246,7 @@ def view_job(job: dict) -> dict:
         },
         "metrics": {"last": job.get("metrics"), "best": job.get("best")},
         "test_metrics": job.get("test_metrics"),
+        "record": describe_record(job),
         "checkpoints": job.get("checkpoints") or [],
         "final": job.get("final"),
         "error": (
@@ -258,6 +259,7 @@ def view_job(job: dict) -> dict:
             "metrics": f"/v1/jobs/{job_id}/metrics",
             "logs": f"/v1/jobs/{job_id}/logs",
             "cancel": f"/v1/jobs/{job_id}:cancel",
+            "events": f"/v1/jobs/{job_id}/events",
             "model": f"/v1/models/{job_id}",
         },
     }
