@@ -10,7 +10,6 @@ from __future__ import annotations
 from flask import Blueprint, Flask, Response, current_app, g, request, send_file
 
 from core.errors import FieldError, InvalidRequest
-from core.jobs import describe_record
 from core.serving import catalog, tensors
 from core.serving.cache import LoadedModel, ModelCache, TensorInfo
 from core.serving.catalog import Servable
@@ -40,6 +39,7 @@ DOWNLOAD_FORMATS = ("keras", "savedmodel")
 def install(app: Flask) -> None:
     """Register the routes and give this process its model cache."""
     app.extensions["fitserve.models"] = ModelCache(app.config["FITSERVE"])
+    app.extensions["fitserve.manifests"] = catalog.Manifests(app.extensions["fitserve.data"])
     app.register_blueprint(bp)
 
 
@@ -47,9 +47,13 @@ def model_cache() -> ModelCache:
     return current_app.extensions["fitserve.models"]
 
 
+def manifests() -> catalog.Manifests:
+    return current_app.extensions["fitserve.manifests"]
+
+
 def find_manifest(model: str) -> dict:
     """The manifest of the job `model` names, if this caller may see it (else 404)."""
-    return catalog.find_model(data_dir(), model, can_see)
+    return manifests().find_model(model, can_see)
 
 
 def resolve(model: str, version: int | None = None, label: str | None = None) -> Servable:
@@ -98,19 +102,15 @@ def model_record(manifest: dict) -> dict:
 def list_models():
     """Jobs with a servable version, newest first, `?limit=&cursor=`."""
     limit, cursor = page_args()
-    manifests = sorted(
-        (
-            m
-            for m in catalog.iter_manifests(data_dir())
-            if can_see(m.get("owner")) and catalog.version_entries(m)
-        ),
+    visible = sorted(
+        (m for m in manifests().all() if can_see(m.get("owner")) and catalog.version_entries(m)),
         key=_order,
         reverse=True,
     )
     if cursor is not None:
-        manifests = [m for m in manifests if _order(m) < tuple(cursor.split("~", 1))]
-    page = manifests[:limit]
-    more = len(manifests) > limit
+        visible = [m for m in visible if _order(m) < tuple(cursor.split("~", 1))]
+    page = visible[:limit]
+    more = len(visible) > limit
     return json_response(
         {
             "items": [model_record(m) for m in page],
@@ -185,7 +185,6 @@ def model_metadata(model: str, version: int | None = None, label: str | None = N
             "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}},
             "inputs": [describe(i) for i in loaded.inputs],
             "outputs": [describe(o) for o in loaded.outputs],
-            "record": describe_record(find_manifest(model)),
         }
     )
 

@@ -8,6 +8,7 @@ servable while Redis is down.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -54,46 +55,74 @@ class Servable:
         return path
 
 
-def read_manifest(data: DataDir, job_id: str) -> dict[str, Any]:
-    """A job's manifest, or NotFound for an unknown id."""
-    try:
-        manifest = read_json(data.job(job_id) / "manifest.json")
-    except (FileNotFoundError, NotADirectoryError):
-        raise NotFound(f"No model {job_id!r}: no job has this id.") from None
-    except orjson.JSONDecodeError:
-        raise CheckpointCorrupt(f"The manifest of job {job_id} is not readable JSON.") from None
-    return manifest
+class Manifests:
+    """Job manifests read from the volume, each parsed again only once its file was replaced.
 
-
-def iter_manifests(data: DataDir) -> Iterator[dict[str, Any]]:
-    """Every job manifest on the volume that reads; half-written jobs are skipped."""
-    if not data.jobs.is_dir():
-        return
-    for folder in data.jobs.iterdir():
-        try:
-            yield read_manifest(data, folder.name)
-        except (NotFound, CheckpointCorrupt):
-            continue
-
-
-def find_model(data: DataDir, model: str, can_see: Callable[[str | None], bool]) -> dict:
-    """The manifest of the job `model` names: a job id, else a job name.
-
-    A name means the newest succeeded job of that name, or, while none has succeeded, the newest
-    job of that name (so a running job is servable by name from its first checkpoint).
-    Another key's job is reported exactly like an unknown one.
+    Manifests are written by `os.replace`, so a new version is a new inode; (inode, mtime,
+    size) tells a changed file from a seen one without parsing it. Listing models and finding
+    one by name then costs a `stat` per job.
     """
-    try:
-        manifest = read_manifest(data, check_id(model, "model"))
-    except NotFound:
-        manifest = None
-    if manifest is not None and can_see(manifest.get("owner")):
+
+    def __init__(self, data: DataDir) -> None:
+        self.data = data
+        self._lock = threading.Lock()
+        self._parsed: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+
+    def read(self, job_id: str) -> dict[str, Any]:
+        """A job's manifest, or NotFound for an unknown id."""
+        path = self.data.job(job_id) / "manifest.json"
+        try:
+            stat = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"No model {job_id!r}: no job has this id.") from None
+        key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            seen = self._parsed.get(job_id)
+        if seen is not None and seen[0] == key:
+            return seen[1]
+        try:
+            manifest = read_json(path)
+        except FileNotFoundError:
+            raise NotFound(f"No model {job_id!r}: no job has this id.") from None
+        except orjson.JSONDecodeError:
+            raise CheckpointCorrupt(f"The manifest of job {job_id} is not readable JSON.") from None
+        with self._lock:
+            self._parsed[job_id] = (key, manifest)
         return manifest
-    named = [m for m in iter_manifests(data) if m.get("name") == model and can_see(m.get("owner"))]
-    if not named:
-        raise NotFound(f"No model {model[:200]!r}: no job has this id or name.")
-    succeeded = [m for m in named if m.get("status") == "succeeded"]
-    return max(succeeded or named, key=lambda m: (m.get("created_at") or "", m["id"]))
+
+    def all(self) -> Iterator[dict[str, Any]]:
+        """Every job manifest on the volume that reads; half-written jobs are skipped."""
+        if not self.data.jobs.is_dir():
+            return
+        present = set()
+        for folder in self.data.jobs.iterdir():
+            present.add(folder.name)
+            try:
+                yield self.read(folder.name)
+            except (NotFound, CheckpointCorrupt):
+                continue
+        with self._lock:  # forget deleted jobs
+            for job_id in set(self._parsed) - present:
+                del self._parsed[job_id]
+
+    def find_model(self, model: str, can_see: Callable[[str | None], bool]) -> dict[str, Any]:
+        """The manifest of the job `model` names: a job id, else a job name.
+
+        A name means the newest succeeded job of that name, or, while none has succeeded, the
+        newest job of that name (so a running job is servable by name from its first
+        checkpoint). Another key's job is reported exactly like an unknown one.
+        """
+        try:
+            manifest = self.read(check_id(model, "model"))
+        except NotFound:
+            manifest = None
+        if manifest is not None and can_see(manifest.get("owner")):
+            return manifest
+        named = [m for m in self.all() if m.get("name") == model and can_see(m.get("owner"))]
+        if not named:
+            raise NotFound(f"No model {model[:200]!r}: no job has this id or name.")
+        succeeded = [m for m in named if m.get("status") == "succeeded"]
+        return max(succeeded or named, key=lambda m: (m.get("created_at") or "", m["id"]))
 
 
 def version_entries(manifest: dict) -> dict[int, tuple[dict, bool]]:

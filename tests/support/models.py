@@ -90,6 +90,9 @@ def write_trained_job(
 
     With `final` the job is `succeeded` with `model.keras`; else it is `running`.
     """
+    import keras
+    import tensorflow as tf
+
     model = BUILDERS[kind]()
     model.compile(optimizer="adam", loss="mse")
     x, y = training_data(kind)
@@ -103,6 +106,14 @@ def write_trained_job(
         checkpoints.append(save_checkpoint(model, job_dir, epoch, {"loss": loss}, history))
     manifest = job_manifest(job_id, name=name, owner=owner, status="running", epoch=epochs)
     manifest["checkpoints"] = checkpoints
+    manifest["device"] = {
+        "devices": ["/device:CPU:0"],
+        "gpus": [],
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "cuda": None,
+        "cudnn": None,
+    }
     best = min(checkpoints, key=lambda entry: entry["metrics"]["loss"])
     manifest["best"] = {
         "version": best["version"],
@@ -137,7 +148,7 @@ def job_manifest(
         "updated_at": now,
         "started_at": now if status != "queued" else None,
         "finished_at": None,
-        "device": "cpu",
+        "device": None,
         "epoch": epoch,
         "checkpoints": [],
         "best": None,
