@@ -10,6 +10,7 @@ from __future__ import annotations
 from flask import Blueprint, Flask, Response, current_app, g, request, send_file
 
 from core.errors import FieldError, InvalidRequest
+from core.jobs import describe_record
 from core.serving import catalog, tensors
 from core.serving.cache import LoadedModel, ModelCache, TensorInfo
 from core.serving.catalog import Servable
@@ -185,6 +186,7 @@ def model_metadata(model: str, version: int | None = None, label: str | None = N
             "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}},
             "inputs": [describe(i) for i in loaded.inputs],
             "outputs": [describe(o) for o in loaded.outputs],
+            "record": describe_record(find_manifest(model)),
         }
     )
 
