@@ -43,6 +43,8 @@ class Settings:
     model_cache_bytes: int = 2 << 30
     predict_max_batch_rows: int = 256
     predict_max_latency_ms: int = 20
+    # Dashboard sign-in: how long a session (a random token in a cookie, kept in Redis) lasts.
+    session_seconds: int = 12 * 3600
     log_level: str = "INFO"
 
     @classmethod

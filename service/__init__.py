@@ -30,7 +30,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     logging.getLogger("fitserve").setLevel(settings.log_level)
 
-    from service import auth, datasets, health, http, inference, jobs, models, problems, validate
+    from service import (
+        auth,
+        dashboard,
+        datasets,
+        health,
+        http,
+        inference,
+        jobs,
+        models,
+        problems,
+        validate,
+    )
 
     http.install(app)
     auth.install(app)
@@ -41,4 +52,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(jobs.bp)
     models.install(app)
     app.register_blueprint(inference.bp)
+    app.register_blueprint(dashboard.bp)
     return app

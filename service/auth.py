@@ -1,4 +1,4 @@
-"""Bearer API keys on every /v1 and /v2 route when `FITSERVE_API_KEYS` is set."""
+"""Bearer API keys, or the dashboard's session cookie, on /v1 and /v2 when keys are set."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from flask import Flask, current_app, g, request
 
 from core.errors import Unauthorized
 from core.keys import ApiKey, match_key
+from service import sessions
 
 OPEN_PATHS = ("/healthz", "/readyz")
 PROTECTED_PREFIXES = ("/v1/", "/v2/", "/v1", "/v2")
@@ -18,6 +19,9 @@ def authenticate() -> None:
     if not keys or not request.path.startswith(PROTECTED_PREFIXES):
         return
     header = request.headers.get("Authorization", "")
+    if not header and request.cookies.get(sessions.COOKIE):
+        g.principal = _session_principal(keys)
+        return
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("This route needs an API key: send 'Authorization: Bearer <key>'.")
@@ -25,6 +29,16 @@ def authenticate() -> None:
     if key is None:
         raise Unauthorized("The API key is not valid.")
     g.principal = key
+
+
+def _session_principal(keys: tuple[ApiKey, ...]) -> ApiKey:
+    """The dashboard's session cookie stands for the key it was opened with (CSRF-checked)."""
+    session = sessions.current_session()
+    key = session and sessions.session_key(keys, session)
+    if not key:
+        raise Unauthorized("The dashboard session has ended or is unknown; sign in again.")
+    sessions.check_csrf(session, request.headers.get(sessions.CSRF_HEADER))
+    return key
 
 
 def owner() -> str | None:

@@ -1,0 +1,365 @@
+// The fitserve dashboard: fills the server-rendered pages from the /v1 API.
+// Plain browser JavaScript, no build step. Text goes into the page with textContent only, so
+// nothing a user typed (job names, metric names, errors) is ever parsed as HTML.
+"use strict";
+
+(function () {
+  const CSRF = document.querySelector('meta[name="fitserve-csrf"]').content;
+  const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+  const LIVE_MS = 1000;
+  const LIST_MS = 2000;
+  const PALETTE = ["#1f5fbf", "#b3261e", "#1b7f3b", "#7b3fa0", "#a15c00", "#00707a"];
+
+  class ApiError extends Error {
+    constructor(status, problem) {
+      super((problem && (problem.detail || problem.title)) || `HTTP ${status}`);
+      this.status = status;
+      this.problem = problem || {};
+    }
+  }
+
+  // One call to the API. `body`: FormData, a JSON string sent as-is, or a value to encode.
+  async function api(method, path, body) {
+    const headers = { Accept: "application/json" };
+    if (CSRF) headers["X-Fitserve-CSRF"] = CSRF;
+    let payload;
+    if (body instanceof FormData) {
+      payload = body;
+    } else if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      payload = typeof body === "string" ? body : JSON.stringify(body);
+    }
+    const response = await fetch(path, { method, headers, body: payload, credentials: "same-origin" });
+    const text = await response.text();
+    let data = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch (error) {
+      data = { detail: text };
+    }
+    if (response.status === 401 && CSRF) {
+      // The session ended (signed out elsewhere, expired, key removed): sign in again.
+      window.location.assign("/sign-in?next=" + encodeURIComponent(window.location.pathname));
+    }
+    if (!response.ok) throw new ApiError(response.status, data);
+    return { data, response };
+  }
+
+  function element(tag, text, attributes) {
+    const node = document.createElement(tag);
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    for (const [name, value] of Object.entries(attributes || {})) node.setAttribute(name, value);
+    return node;
+  }
+
+  // A problem document as a message and its list of located errors.
+  function showProblem(target, error) {
+    target.replaceChildren();
+    const message = element("p", error.message, { class: "error", role: "alert" });
+    target.append(message);
+    const errors = (error.problem && error.problem.errors) || [];
+    if (errors.length) {
+      const list = element("ul", null, { class: "problems" });
+      for (const item of errors) {
+        const line = `${item.path || "/"}: ${item.message}` +
+          (item.expected !== undefined ? ` (expected ${item.expected}` : "") +
+          (item.received !== undefined ? `; received ${JSON.stringify(item.received)})` :
+            item.expected !== undefined ? ")" : "");
+        list.append(element("li", line));
+      }
+      target.append(list);
+    }
+  }
+
+  function formatNumber(value) {
+    if (typeof value !== "number") return value === null || value === undefined ? "–" : String(value);
+    return Math.abs(value) >= 1000 || value === Math.trunc(value) ? String(value) : value.toPrecision(4);
+  }
+
+  function formatMetrics(metrics) {
+    return Object.entries(metrics || {}).map(([name, value]) => `${name} ${formatNumber(value)}`).join(", ");
+  }
+
+  function formatTime(value) {
+    return value ? new Date(value).toLocaleString() : "–";
+  }
+
+  function progressText(job) {
+    const progress = job.progress || {};
+    const epochs = progress.epochs ? `/${progress.epochs}` : "";
+    const eta = progress.eta_seconds && !TERMINAL.has(job.status) ? `, about ${Math.ceil(progress.eta_seconds)} s left` : "";
+    return `epoch ${progress.epoch || 0}${epochs}${eta}`;
+  }
+
+  function statusBadge(node, status) {
+    node.textContent = status;
+    node.className = `status status-${status}`;
+  }
+
+  // Poll `refresh` every `ms` while the tab is visible; it returns false to stop.
+  function poll(refresh, ms) {
+    let timer = null;
+    async function tick() {
+      timer = null;
+      let again = true;
+      try {
+        again = (await refresh()) !== false;
+      } catch (error) {
+        console.warn("refresh failed", error);
+      }
+      if (again && !document.hidden) timer = setTimeout(tick, ms);
+    }
+    document.addEventListener("visibilitychange", () => {
+      if (!document.hidden && timer === null) tick();
+    });
+    tick();
+  }
+
+  // The jobs page ------------------------------------------------------------------------
+
+  function startJobsPage() {
+    const body = document.querySelector("#jobs tbody");
+    const updated = document.getElementById("jobs-updated");
+
+    async function refreshJobs() {
+      const { data } = await api("GET", "/v1/jobs?limit=100");
+      body.replaceChildren();
+      for (const job of data.items) {
+        const row = element("tr", null, { "data-job-id": job.id });
+        const link = element("a", job.name || job.id.slice(0, 8), { href: `/jobs/${job.id}` });
+        const first = element("td");
+        first.append(link, element("div", job.id, { class: "muted small" }));
+        const status = element("td");
+        const badge = element("span");
+        statusBadge(badge, job.status);
+        status.append(badge);
+        const progress = element("td");
+        const bar = element("progress", null, { max: "1", value: String(job.progress.fraction || 0) });
+        bar.setAttribute("aria-label", `Job ${job.name || job.id} progress`);
+        progress.append(bar, element("span", " " + progressText(job)));
+        const metrics = job.progress.metrics || (job.metrics && job.metrics.last) || {};
+        row.append(first, status, progress, element("td", formatNumber(metrics.loss)),
+          element("td", formatTime(job.created_at)));
+        body.append(row);
+      }
+      if (!data.items.length) {
+        const row = element("tr");
+        row.append(element("td", "No jobs yet: upload a dataset and submit one below.", { colspan: "5" }));
+        body.append(row);
+      }
+      updated.textContent = `${data.items.length} job(s), updated ${new Date().toLocaleTimeString()}`;
+    }
+
+    document.getElementById("upload-form").addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const result = document.getElementById("upload-result");
+      const form = new FormData();
+      form.append("file", document.getElementById("dataset-file").files[0]);
+      for (const field of ["label", "name"]) {
+        const value = document.getElementById(`dataset-${field}`).value.trim();
+        if (value) form.append(field, value);
+      }
+      result.textContent = "Uploading…";
+      try {
+        const { data } = await api("POST", "/v1/datasets", form);
+        const arrays = Object.entries(data.arrays)
+          .map(([name, array]) => `${name} [${array.shape.join(", ")}] ${array.dtype}`).join("; ");
+        result.replaceChildren(element("p", `Dataset ${data.id}: ${arrays}`, { id: "dataset-id", "data-id": data.id }));
+        const spec = document.getElementById("job-spec");
+        spec.value = spec.value.replace(/<dataset id>|"dataset": "[0-9a-f]{32}"/,
+          (match) => match.startsWith("<") ? data.id : `"dataset": "${data.id}"`);
+      } catch (error) {
+        showProblem(result, error);
+      }
+    });
+
+    document.getElementById("submit-form").addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const result = document.getElementById("submit-result");
+      const text = document.getElementById("job-spec").value;
+      try {
+        JSON.parse(text);
+      } catch (error) {
+        result.replaceChildren(element("p", `The request is not valid JSON: ${error.message}`, { class: "error", role: "alert" }));
+        return;
+      }
+      result.textContent = "Submitting…";
+      try {
+        const { data } = await api("POST", "/v1/jobs", text);
+        window.location.assign(`/jobs/${data.id}`);
+      } catch (error) {
+        showProblem(result, error);
+      }
+    });
+
+    poll(refreshJobs, LIST_MS);
+  }
+
+  // The job page -------------------------------------------------------------------------
+
+  // A uPlot chart of some metrics against the epoch; rebuilt when the set of metrics changes.
+  class Curves {
+    constructor(container, title) {
+      this.container = container;
+      this.title = title;
+      this.plot = null;
+      this.names = "";
+    }
+
+    update(epochs, history, names) {
+      if (!names.length) return;
+      const data = [epochs, ...names.map((name) => history[name])];
+      if (this.plot && this.names === names.join()) {
+        this.plot.setData(data);
+        return;
+      }
+      if (this.plot) this.plot.destroy();
+      this.names = names.join();
+      this.plot = new uPlot({
+        title: this.title,
+        width: Math.max(300, this.container.clientWidth),
+        height: 260,
+        scales: { x: { time: false } },
+        axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100] }, {}],
+        series: [
+          { label: "epoch" },
+          ...names.map((name, index) => ({
+            label: name,
+            stroke: PALETTE[Math.floor(index / 2) % PALETTE.length],
+            width: 2,
+            dash: name.startsWith("val_") ? [6, 4] : undefined,
+            points: { show: true, size: 6 },
+          })),
+        ],
+      }, data, this.container);
+    }
+  }
+
+  function startJobPage(jobId) {
+    const charts = document.getElementById("charts");
+    const lossCurves = new Curves(document.getElementById("loss-chart"), "Loss");
+    const metricCurves = new Curves(document.getElementById("metric-chart"), "Metrics");
+    const cancelButton = document.getElementById("cancel-button");
+    const logDetails = document.getElementById("log-details");
+
+    function showJob(job) {
+      statusBadge(document.getElementById("job-status"), job.status);
+      document.getElementById("job-title").replaceChildren(
+        element("span", job.name ? `${job.name} ` : "Job "), element("code", job.id));
+      document.getElementById("job-progress").value = job.progress.fraction || 0;
+      document.getElementById("job-epoch").textContent = progressText(job);
+      document.getElementById("job-attempt").textContent = job.attempt;
+      document.getElementById("job-device").textContent = job.device || job.worker || "–";
+      const best = job.metrics && job.metrics.best;
+      document.getElementById("job-best").textContent = best
+        ? `${best.monitor} ${formatNumber(best.value)} at version ${best.version}` : "–";
+      const error = document.getElementById("job-error");
+      const message = job.error ? `${job.error.reason}: ${job.error.message}`
+        : job.queue && job.queue.message ? job.queue.message : "";
+      error.textContent = message;
+      error.hidden = !message;
+      cancelButton.disabled = !(job.status === "queued" || job.status === "running");
+      showCheckpoints(job);
+    }
+
+    function showCheckpoints(job) {
+      const body = document.querySelector("#checkpoints tbody");
+      body.replaceChildren();
+      for (const checkpoint of [...job.checkpoints].reverse()) {
+        const row = element("tr");
+        const link = element("a", `version ${checkpoint.version} (.keras)`, {
+          href: `/v1/models/${job.id}/download?format=keras&version=${checkpoint.version}`,
+          download: `${job.name || job.id}-v${checkpoint.version}.keras`,
+        });
+        const cell = element("td");
+        cell.append(link);
+        row.append(element("td", checkpoint.version), element("td", formatMetrics(checkpoint.metrics)),
+          element("td", formatTime(checkpoint.created_at)), cell);
+        body.append(row);
+      }
+      const final = document.getElementById("final-model");
+      final.replaceChildren();
+      if (job.final) {
+        final.append(element("a", `Download the final model (version ${job.final.version}, .keras)`, {
+          href: `/v1/models/${job.id}/download?format=keras`,
+          download: `${job.name || job.id}.keras`,
+        }));
+      }
+    }
+
+    function showCurves(metrics) {
+      const names = Object.keys(metrics.history);
+      const losses = names.filter((name) => name.endsWith("loss"));
+      const others = names.filter((name) => !name.endsWith("loss") && name !== "learning_rate");
+      lossCurves.update(metrics.epochs, metrics.history, losses);
+      metricCurves.update(metrics.epochs, metrics.history, others);
+      charts.dataset.points = String(metrics.epochs.length);
+      const last = metrics.epochs.length - 1;
+      document.getElementById("chart-summary").textContent = last < 0 ? "No completed epoch yet."
+        : `Epoch ${metrics.epochs[last]}: ` +
+          formatMetrics(Object.fromEntries(names.map((name) => [name, metrics.history[name][last]])));
+    }
+
+    async function refreshLog() {
+      if (!logDetails.open) return;
+      const { data } = await api("GET", `/v1/jobs/${jobId}/logs?tail=200`);
+      document.getElementById("job-log").textContent = data.lines.join("\n");
+    }
+
+    async function refreshJob() {
+      const [job, metrics] = await Promise.all([
+        api("GET", `/v1/jobs/${jobId}`),
+        api("GET", `/v1/jobs/${jobId}/metrics`),
+      ]);
+      showJob(job.data);
+      showCurves(metrics.data);
+      await refreshLog();
+      return !TERMINAL.has(job.data.status);
+    }
+
+    cancelButton.addEventListener("click", async () => {
+      const result = document.getElementById("cancel-result");
+      cancelButton.disabled = true;
+      try {
+        const { data } = await api("POST", `/v1/jobs/${jobId}:cancel`);
+        result.textContent = `Cancel requested: ${data.status}.`;
+        showJob(data);
+      } catch (error) {
+        showProblem(result, error);
+      }
+    });
+
+    logDetails.addEventListener("toggle", () => refreshLog().catch(console.warn));
+
+    document.getElementById("predict-form").addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const result = document.getElementById("predict-result");
+      const text = document.getElementById("predict-instances").value;
+      try {
+        JSON.parse(text);
+      } catch (error) {
+        result.replaceChildren(element("p", `The instances are not valid JSON: ${error.message}`, { class: "error", role: "alert" }));
+        return;
+      }
+      const version = document.getElementById("predict-version").value.trim();
+      const path = version ? `/v1/models/${jobId}/versions/${version}:predict` : `/v1/models/${jobId}:predict`;
+      result.textContent = "Predicting…";
+      try {
+        const { data, response } = await api("POST", path, `{"instances": ${text}}`);
+        result.replaceChildren(
+          element("p", `Served by version ${response.headers.get("X-Model-Version") || "?"}`),
+          element("pre", JSON.stringify(data.predictions, null, 1), { id: "predictions" }));
+      } catch (error) {
+        showProblem(result, error);
+      }
+    });
+
+    poll(refreshJob, LIVE_MS);
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    if (document.querySelector('[data-page="jobs"]')) startJobsPage();
+    const job = document.querySelector('[data-page="job"]');
+    if (job) startJobPage(job.dataset.jobId);
+  });
+})();
