@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 
 deps: $(STAMP)
 	@scripts/install-redis
+	@scripts/install-chromium
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
