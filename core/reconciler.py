@@ -5,26 +5,39 @@ Every worker's heartbeat calls `reconcile`; a Redis lock lets one of them act pe
   id, or fails `worker_lost` once it has used its attempts; a cancelling one becomes cancelled.
 - After Redis lost its data (the records marker is gone), the records are rebuilt from the
   volume and the queued jobs re-sent, since their broker messages went with the data.
+- Every ORPHAN_PERIOD, a queued job that has waited two leases with no message in its queue
+  (an API process died between recording and enqueueing it; a whole worker died between
+  receiving it and leasing it) is sent again. A duplicate message is harmless: the delivery
+  that finds the job leased or finished acks without work.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 
-from core.errors import Conflict
+import orjson
+import redis
+
+from core.errors import Conflict, NotFound
 from core.jobs import (
     REBUILT_GRACE,
     RECORDS_MARKER,
     JobStore,
     lease_key,
+    parse_time,
     status_index,
 )
+from core.queues import train_queue
 from core.runs import CANCELLED, worker_lost_message
 
 log = logging.getLogger("fitserve.reconciler")
 
 LOCK = "fitserve:reconciler:lock"
+ORPHAN_LOCK = "fitserve:reconciler:orphans"
+ORPHAN_PERIOD = 30
 
 
 def reconcile(store: JobStore, send: Callable[[dict], None], holder: str) -> list[str]:
@@ -45,7 +58,45 @@ def reconcile(store: JobStore, send: Callable[[dict], None], holder: str) -> lis
             job_id = member.decode()
             if not store.redis.exists(lease_key(job_id)) and _recover(store, job_id, send):
                 changed.append(job_id)
+    if store.redis.set(ORPHAN_LOCK, holder, nx=True, ex=ORPHAN_PERIOD):
+        changed += _resend_orphans(store, send)
     return changed
+
+
+def _resend_orphans(store: JobStore, send: Callable[[dict], None]) -> list[str]:
+    """Send again the queued jobs, waiting for two leases already, whose message is gone."""
+    stale = time.time() - 2 * store.settings.lease_seconds
+    jobs = []
+    for member in store.redis.zrange(status_index("queued"), 0, -1):
+        with contextlib.suppress(NotFound):
+            job = store.get(member.decode())
+            if parse_time(job["updated_at"]) < stale and not store.lease_holder(job["id"]):
+                jobs.append(job)
+    if not jobs:
+        return []
+    waiting = waiting_task_ids(store.redis, {train_queue(job.get("gpus") or 1) for job in jobs})
+    resent = []
+    for job in jobs:
+        if job["id"] not in waiting:
+            log.info("job_resent job=%s after=message_lost", job["id"])
+            send(job)
+            resent.append(job["id"])
+    return resent
+
+
+def waiting_task_ids(client: redis.Redis, queues: Iterable[str]) -> set[str]:
+    """The task ids of the messages waiting in Celery queues on Redis.
+
+    Kombu keeps one list per priority step: `<queue>` for step 0, `<queue>:<step>` for the
+    others (the `sep` and `priority_steps` of core.queues.celery_config).
+    """
+    found = set()
+    for queue in queues:
+        for name in [queue, *(f"{queue}:{step}" for step in range(1, 10))]:
+            for raw in client.lrange(name, 0, -1):
+                with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
+                    found.add(orjson.loads(raw)["headers"]["id"])
+    return found
 
 
 def _recover(store: JobStore, job_id: str, send: Callable[[dict], None]) -> bool:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import orjson
 import pytest
 import redis
 
 from core.jobs import JobStore
-from core.reconciler import reconcile
+from core.reconciler import LOCK, ORPHAN_LOCK, reconcile
 from core.runs import StoreControl, WorkerIdentity, run_job, shutdown_key
 from core.settings import Settings
 from core.storage import DataDir
@@ -159,8 +160,33 @@ def test_reconciler_requeues_unleased_jobs_and_rebuilds_after_data_loss(store: J
     assert store.get(alive)["status"] == "running"
 
     store.redis.flushall()
-    store.redis.delete("fitserve:reconciler:lock")
+    store.redis.delete(LOCK)
     sent.clear()
     assert reconcile(store, sent.append, ME.holder) == [lost]
     assert store.get(alive)["status"] == "running"
     assert [job["id"] for job in sent] == [lost]
+
+
+def test_reconciler_resends_a_stale_queued_job_whose_message_is_gone(store: JobStore):
+    from celery import Celery
+
+    from core.jobs import job_key, send_training
+    from core.queues import celery_config
+
+    producer = Celery("test-producer", set_as_current=False)
+    producer.conf.update(celery_config(store.settings))
+    waiting = store.create(SPEC, owner=None)
+    send_training(producer, waiting)
+    lost = store.create(SPEC, owner=None)
+    fresh = store.create(SPEC, owner=None)
+    for job in (waiting, lost):
+        store.redis.hset(job_key(job["id"]), "updated_at", orjson.dumps("2020-01-01T00:00:00Z"))
+    sent: list[dict] = []
+
+    assert reconcile(store, sent.append, ME.holder) == [lost["id"]]
+    assert [job["id"] for job in sent] == [lost["id"]]
+    assert fresh["id"] not in [job["id"] for job in sent]
+    store.redis.delete(LOCK)
+    assert reconcile(store, sent.append, ME.holder) == []  # one broker scan per period
+    store.redis.delete(LOCK, ORPHAN_LOCK)
+    assert reconcile(store, sent.append, ME.holder) == [lost["id"]]  # no worker took it
