@@ -97,6 +97,13 @@ class RateLimited(FitserveError):
         self.retry_after = retry_after
 
 
+class QuotaExceeded(RateLimited):
+    """A key has as many live jobs as its quota allows (429, like a rate limit)."""
+
+    code = "quota_exceeded"
+    title = "Quota exceeded"
+
+
 class Unavailable(FitserveError):
     """A dependency (Redis, a checkpoint on disk) cannot serve right now (503)."""
 

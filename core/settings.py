@@ -29,6 +29,10 @@ class Settings:
     max_job_seconds: int = 24 * 3600
     max_attempts: int = 3
     max_gpus_per_job: int = 8
+    # Abuse limits (service.limits): requests per minute per API key (per client address
+    # without keys) and queued + running jobs per key; 0 turns either off.
+    rate_limit: int = 60_000
+    max_active_jobs_per_key: int = 1000
     # Workers' devices (core.devices): memory growth on every visible GPU; `cpu_replicas` > 1
     # splits the CPU into that many logical devices, a test aid so the multi-GPU path runs
     # under MirroredStrategy on a machine without GPUs.

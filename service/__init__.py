@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         http,
         inference,
         jobs,
+        limits,
         models,
         problems,
         validate,
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     http.install(app)
     auth.install(app)
+    limits.install(app)
     problems.register(app)
     app.register_blueprint(health.bp)
     datasets.install(app)

@@ -22,6 +22,7 @@ from core.queues import celery_config, train_queue
 from core.storage import check_id
 from service.auth import can_see, owner
 from service.http import json_body, json_response, page_args
+from service.limits import check_job_quota
 from service.state import data_dir, redis_client, settings
 from service.validate import visible_manifest
 
@@ -73,6 +74,7 @@ def submit_job():
         earlier = store.idempotent_job(owner(), key)
         if earlier is not None:
             return _replay(earlier, request_sha256)
+    check_job_quota(owner())
     normalized = spec.parse_job_request(body, settings=settings(), manifest_of=visible_manifest)
     job = store.create(
         normalized, owner=owner(), request_id=g.get("request_id"), request_sha256=request_sha256
