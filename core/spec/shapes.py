@@ -101,6 +101,24 @@ def identity(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
     return _one(shapes), 0, 0
 
 
+def dropout(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+    """Dropout's mask (noise_shape, batch axis first) must broadcast to the input, not widen it."""
+    shape = _one(shapes)
+    mask = cfg.get("noise_shape")
+    if mask is not None:
+        full = (None, *shape)
+        fits = len(mask) == len(full) and all(
+            m is None or m == 1 or m == d for m, d in zip(mask, full, strict=True)
+        )
+        if not fits:
+            raise ShapeMismatch(
+                f"noise_shape {list(mask)} does not match the input {show(shape)}",
+                f"a noise_shape of {len(full)} entries (batch axis first), each null, 1 or the "
+                "input's size",
+            )
+    return shape, 0, 0
+
+
 def spatial_dropout(rank: int) -> Rule:
     def rule(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
         return _rank(_one(shapes), rank + 1, "(batch, steps..., channels)"), 0, 0
@@ -543,7 +561,7 @@ RULES: dict[str, Rule] = {
     "InputLayer": identity,
     "Dense": dense,
     "Activation": identity,
-    "Dropout": identity,
+    "Dropout": dropout,
     "GaussianNoise": identity,
     "SpatialDropout1D": spatial_dropout(1),
     "SpatialDropout2D": spatial_dropout(2),
