@@ -91,6 +91,16 @@
     return `epoch ${progress.epoch || 0}${epochs}${eta}`;
   }
 
+  // Where a job trains: its GPUs (else its devices), the worker, and the library versions.
+  function formatDevice(job) {
+    const device = job.device;
+    if (!device) return job.worker || "–";
+    const where = device.gpus && device.gpus.length ? device.gpus.join(", ")
+      : (device.replica_devices || device.devices || []).join(", ");
+    const worker = job.worker ? ` on ${job.worker}` : "";
+    return `${where}${worker} (TensorFlow ${device.tensorflow}, Keras ${device.keras})`;
+  }
+
   function statusBadge(node, status) {
     node.textContent = status;
     node.className = `status status-${status}`;
@@ -215,6 +225,8 @@
       }
       if (this.plot) this.plot.destroy();
       this.names = names.join();
+      // A metric and its val_ twin share a colour; the validation curve is dashed.
+      const bases = [...new Set(names.map((name) => name.replace(/^val_/, "")))];
       this.plot = new uPlot({
         title: this.title,
         width: Math.max(300, this.container.clientWidth),
@@ -223,9 +235,9 @@
         axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100] }, {}],
         series: [
           { label: "epoch" },
-          ...names.map((name, index) => ({
+          ...names.map((name) => ({
             label: name,
-            stroke: PALETTE[Math.floor(index / 2) % PALETTE.length],
+            stroke: PALETTE[bases.indexOf(name.replace(/^val_/, "")) % PALETTE.length],
             width: 2,
             dash: name.startsWith("val_") ? [6, 4] : undefined,
             points: { show: true, size: 6 },
@@ -249,7 +261,7 @@
       document.getElementById("job-progress").value = job.progress.fraction || 0;
       document.getElementById("job-epoch").textContent = progressText(job);
       document.getElementById("job-attempt").textContent = job.attempt;
-      document.getElementById("job-device").textContent = job.device || job.worker || "–";
+      document.getElementById("job-device").textContent = formatDevice(job);
       const best = job.metrics && job.metrics.best;
       document.getElementById("job-best").textContent = best
         ? `${best.monitor} ${formatNumber(best.value)} at version ${best.version}` : "–";
@@ -273,7 +285,9 @@
         });
         const cell = element("td");
         cell.append(link);
-        row.append(element("td", checkpoint.version), element("td", formatMetrics(checkpoint.metrics)),
+        // A stop (cancel, shutdown, time limit) saves the epoch it cut short, marked partial.
+        const version = checkpoint.partial ? `${checkpoint.version} (partial epoch)` : checkpoint.version;
+        row.append(element("td", version), element("td", formatMetrics(checkpoint.metrics)),
           element("td", formatTime(checkpoint.created_at)), cell);
         body.append(row);
       }

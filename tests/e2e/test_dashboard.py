@@ -1,0 +1,170 @@
+"""The dashboard in headless Chromium against the real stack, with API keys on.
+
+A second gunicorn with `FITSERVE_API_KEYS` set serves the session stack's Redis and data folder,
+so the stack's worker trains what the browser submits. The browser signs in with a key, uploads
+a dataset, submits a job, watches its curve grow, downloads a checkpoint and predicts with the
+session cookie, cancels the job and keeps a screenshot (docs/dashboard.png, shown by the README).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from core.keys import hash_key
+from scripts.stack import ROOT, compose_command
+from tests.e2e.conftest import START_SECONDS, Stack, blobs, tiny_request
+from tests.support.processes import free_port, stop_tree, wait_for
+
+pytestmark = pytest.mark.e2e
+
+KEY = "fs_dashboard-e2e-key"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+WAIT_MS = 120_000  # an epoch on a busy shared CPU; the happy path takes a few seconds
+SCREENSHOTS = (ROOT / "docs" / "dashboard.png", ROOT / "tests" / "artifacts" / "dashboard.png")
+
+
+@pytest.fixture(scope="module")
+def keyed_api(stack: Stack) -> Iterator[str]:
+    """A one-worker gunicorn with API keys on, over the stack's Redis and data; its URL."""
+    port = free_port()
+    argv = compose_command("api", bind=f"127.0.0.1:{port}")
+    argv[argv.index("--workers") + 1] = "1"
+    env = {**stack.env, "FITSERVE_API_KEYS": f"dashboard:{hash_key(KEY)}"}
+    with open(stack.logs / "api-keyed.log", "ab") as log:
+        process = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(
+            lambda: requests.get(f"{url}/readyz", timeout=2).status_code == 200,
+            START_SECONDS,
+            f"keyed gunicorn /readyz (log: {stack.logs / 'api-keyed.log'})",
+            interval=0.2,
+        )
+        yield url
+    finally:
+        stop_tree(process, timeout=30)
+
+
+@pytest.fixture
+def browser_page() -> Iterator:
+    """A fresh page in Debian's headless Chromium, closed with its browser afterwards."""
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/install-chromium (make deps does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            page = context.new_page()
+            page.set_default_timeout(30_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def more_points_than(count: int) -> str:
+    """A selector for the charts once they hold more than `count` epochs."""
+    return "#charts" + "".join(f':not([data-points="{n}"])' for n in range(count + 1))
+
+
+def test_sign_in_submit_watch_predict_cancel(
+    keyed_api: str, browser_page, tmp_path: Path, stack: Stack
+) -> None:
+    page = browser_page
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+
+    page.goto(f"{keyed_api}/")
+    assert page.url == f"{keyed_api}/sign-in?next=/"
+    page.fill("#key", "fs_wrong")
+    page.click("button[type=submit]")
+    assert "not valid" in page.inner_text("#sign-in-error")
+    page.fill("#key", KEY)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{keyed_api}/")
+    assert "Signed in as dashboard" in page.inner_text("header")
+    # From here on nothing should fail to load or run (the wrong key's 401 page is behind us).
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+
+    data = blobs(rows=3000)
+    # Some labels shuffled, so the curves keep moving for a while (and the screenshot says so).
+    noisy = np.random.default_rng(0).random(len(data["y"])) < 0.2
+    data["y"][noisy] = np.random.default_rng(1).integers(0, 3, int(noisy.sum()))
+    dataset_file = tmp_path / "blobs.npz"
+    buffer = io.BytesIO()
+    np.savez(buffer, **data)
+    dataset_file.write_bytes(buffer.getvalue())
+    page.set_input_files("#dataset-file", str(dataset_file))
+    page.click("#upload-form button[type=submit]")
+    dataset_id = page.get_attribute("#dataset-id", "data-id")
+    assert len(dataset_id) == 32
+    assert dataset_id in page.input_value("#job-spec")
+
+    # Many epochs, so the job is still running when the test cancels it.
+    request = tiny_request(dataset_id, epochs=200, batch_size=16, name="dashboard-e2e")
+    page.fill("#job-spec", json.dumps(request, indent=2))
+    page.click("#submit-form button[type=submit]")
+    page.wait_for_url(f"{keyed_api}/jobs/*")
+    job_id = page.url.rsplit("/", 1)[1]
+
+    # Selectors, not JavaScript strings: the page's CSP rightly forbids eval, Playwright's too.
+    page.wait_for_selector(more_points_than(1), timeout=WAIT_MS)
+    seen = int(page.get_attribute("#charts", "data-points"))
+    page.wait_for_selector(more_points_than(seen), timeout=WAIT_MS)
+    assert page.locator("#loss-chart canvas").count() == 1
+    assert "running" in page.inner_text("#job-status")
+
+    link = page.locator("#checkpoints a").first
+    download = page.context.request.get(keyed_api + link.get_attribute("href"))
+    assert download.status == 200
+    assert download.body()[:2] == b"PK"  # a .keras file is a zip
+
+    page.fill("#predict-instances", json.dumps(data["x"][:2].tolist()))
+    page.click("#predict-form button[type=submit]")
+    predictions = json.loads(page.inner_text("#predictions", timeout=WAIT_MS))
+    assert np.asarray(predictions).shape == (2, 3)
+    assert np.allclose(np.sum(predictions, axis=1), 1.0, atol=1e-4)
+
+    page.click("#cancel-button")
+    page.wait_for_selector("#job-status.status-cancelled", timeout=WAIT_MS)
+    assert page.is_disabled("#cancel-button")
+    job = requests.get(
+        f"{keyed_api}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {KEY}"}, timeout=30
+    ).json()
+    assert job["status"] == "cancelled"
+    assert job["owner"] == "dashboard"
+    page.wait_for_timeout(300)  # the last refresh redraws the charts
+    for path in SCREENSHOTS:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(path), full_page=True)
+    assert SCREENSHOTS[0].stat().st_size > 10_000
+
+    page.goto(f"{keyed_api}/")
+    row = page.locator(f'tr[data-job-id="{job_id}"]')
+    assert "cancelled" in row.inner_text()
+    page.click("text=Sign out")
+    page.wait_for_url(f"{keyed_api}/sign-in")
+    page.goto(f"{keyed_api}/jobs/{job_id}")
+    assert page.url.startswith(f"{keyed_api}/sign-in")
+    assert errors == [], errors
