@@ -104,7 +104,7 @@ def _check_tensor_header(
             base, "Each input is an object.", "{name, shape, datatype, data}", preview(tensor)
         )
     name = tensor.get("name")
-    if name not in by_name:
+    if not isinstance(name, str) or name not in by_name:
         raise invalid(
             f"{base}/name", f"Unknown input {preview(name)!r}.", f"one of {sorted(by_name)}", name
         )
@@ -128,7 +128,7 @@ def _check_tensor_header(
             shape,
         )
     datatype = tensor.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise invalid(
             f"{base}/datatype",
             f"Unsupported datatype {preview(datatype)!r}.",

@@ -33,10 +33,11 @@ def preview(value: Any) -> Any:
     """A short, JSON-safe rendering of a received value for an error message."""
     if isinstance(value, bool | int | float) or value is None:
         return value
-    text = value if isinstance(value, str) else orjson.dumps(value, default=repr).decode()
-    if len(text) > 80:
-        return text[:77] + "..."
-    return value
+    try:
+        text = value if isinstance(value, str) else orjson.dumps(value, default=repr).decode()
+    except TypeError:  # integers beyond 64 bits: shown as text
+        value = text = repr(value)
+    return text[:77] + "..." if len(text) > 80 else value
 
 
 def _leaves(value: Any) -> Iterator[Any]:
