@@ -49,6 +49,16 @@ class Settings:
     predict_max_latency_ms: int = 20
     # Dashboard sign-in: how long a session (a random token in a cookie, kept in Redis) lasts.
     session_seconds: int = 12 * 3600
+    # Job event streams (SSE): a keep-alive comment after this many idle seconds; at most this
+    # many open streams per API process (each holds a gunicorn thread: keep it below `threads`
+    # so predictions always find one); each stream ends after `events_max_seconds` and the
+    # client reconnects with Last-Event-ID.
+    events_keepalive_seconds: int = 15
+    events_max_streams: int = 4
+    events_max_seconds: int = 300
+    # Where the API processes keep their Prometheus counters (prometheus-client's multiprocess
+    # files); empty: a fresh temporary folder for each gunicorn run.
+    metrics_dir: str = ""
     log_level: str = "INFO"
 
     @classmethod

@@ -34,17 +34,22 @@ def create_app(settings: Settings | None = None) -> Flask:
         auth,
         dashboard,
         datasets,
+        events,
         health,
         http,
         inference,
         jobs,
         limits,
+        metrics,
         models,
+        openapi,
         problems,
         validate,
     )
 
     http.install(app)
+    # Before auth: a refused request is timed and counted too.
+    metrics.install(app)
     auth.install(app)
     limits.install(app)
     problems.register(app)
@@ -55,4 +60,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     models.install(app)
     app.register_blueprint(inference.bp)
     app.register_blueprint(dashboard.bp)
+    openapi.install(app)
+    events.install(app)
     return app

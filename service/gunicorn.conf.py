@@ -3,7 +3,15 @@
 gthread workers: predictions are short and mostly in TensorFlow's C++ (which releases the GIL),
 and one process per core keeps the model cache per process small. No preload: TensorFlow must
 not start in the master and then be forked.
+
+Prometheus: every worker writes its counters into one folder (prometheus-client's multiprocess
+mode), emptied at each start, so /metrics sums the workers whichever one answers.
 """
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 worker_class = "gthread"
 threads = 8
@@ -20,3 +28,36 @@ def post_worker_init(worker) -> None:
     import tensorflow  # noqa: F401
 
     worker.log.info("tensorflow imported pid=%s", worker.pid)
+
+
+def on_starting(server) -> None:
+    """Point the workers (forked later, inheriting the environment) at an empty metrics folder."""
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_folder())
+
+
+def metrics_folder() -> Path:
+    """FITSERVE_METRICS_DIR (or PROMETHEUS_MULTIPROC_DIR) emptied of an earlier run's files, else
+    a new temporary folder, removed at exit."""
+    from core.settings import Settings
+
+    configured = Settings.from_env().metrics_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not configured:
+        return Path(tempfile.mkdtemp(prefix="fitserve-metrics-"))
+    folder = Path(configured)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+    return folder
+
+
+def child_exit(server, worker) -> None:
+    """A dead worker's live gauges (models loaded) stop counting; its counters stay summed."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if Path(folder).name.startswith("fitserve-metrics-"):
+        shutil.rmtree(folder, ignore_errors=True)

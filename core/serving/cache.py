@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from core.checkpoints import CheckpointCorrupt
+from core.metrics import observe_predict_rows
 from core.serving.batcher import Batcher
 from core.serving.catalog import Servable
 from core.settings import Settings
@@ -83,6 +84,7 @@ class LoadedModel:
 
     def forward(self, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """One forward pass on checked arrays (in input order); no batching."""
+        observe_predict_rows(len(inputs[0]))
         outputs = self._concrete(*inputs)
         return {name: tensor.numpy() for name, tensor in outputs.items()}
 

@@ -1,0 +1,99 @@
+"""Prometheus metrics recorded inside the API processes, and those read from Redis at scrape time.
+
+Counters and histograms live in prometheus-client objects; under gunicorn they are written to
+`PROMETHEUS_MULTIPROC_DIR` (set by service/gunicorn.conf.py before any worker imports this), so a
+scrape answered by any worker sums every worker. Job, queue, worker and epoch figures are
+shared state already, so `RedisCollector` reads them from Redis when scraped instead of counting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import redis
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from core.jobs import EPOCHS_DONE, STATUSES, status_index
+from core.queues import celery_config, train_queue
+from core.settings import Settings
+
+REQUESTS = Counter(
+    "fitserve_http_requests", "HTTP requests answered, by route rule and status.",
+    ["method", "route", "status"],
+)  # fmt: skip
+LATENCY = Histogram(
+    "fitserve_http_request_duration_seconds",
+    "Time to answer (to the first byte of a streamed body), by route rule.",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+PREDICT_ROWS = Histogram(
+    "fitserve_predict_batch_rows",
+    "Rows per forward pass of a served model (gathered requests count once).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 10000),
+)
+MODELS_LOADED = Gauge(
+    "fitserve_models_loaded",
+    "Model versions held in the API processes' caches.",
+    multiprocess_mode="livesum",
+)
+
+# The most GPUs a queue is listed for: train_queue(n) for n up to this.
+QUEUE_GPUS = 8
+WORKER_KEYS = "fitserve:worker:*"
+
+
+def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    REQUESTS.labels(method, route, str(status)).inc()
+    LATENCY.labels(method, route).observe(seconds)
+
+
+def observe_predict_rows(rows: int) -> None:
+    PREDICT_ROWS.observe(rows)
+
+
+def broker_lists(queue: str) -> list[str]:
+    """The Redis lists Celery's transport keeps for a queue: one per priority step."""
+    options = celery_config(Settings())["broker_transport_options"]
+    return [
+        queue if step == 0 else f"{queue}{options['sep']}{step}"
+        for step in options["priority_steps"]
+    ]
+
+
+class RedisCollector(Collector):
+    """Jobs by status, broker queue depth, live workers and epochs trained, read when scraped."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def collect(self) -> Iterator:
+        pipe = self.client.pipeline(transaction=False)
+        for status in STATUSES:
+            pipe.zcard(status_index(status))
+        queues = sorted({train_queue(gpus) for gpus in range(1, QUEUE_GPUS + 1)})
+        for queue in queues:
+            for name in broker_lists(queue):
+                pipe.llen(name)
+        pipe.get(EPOCHS_DONE)
+        found = pipe.execute()
+        jobs = GaugeMetricFamily("fitserve_jobs", "Jobs by status.", labels=["status"])
+        for status, count in zip(STATUSES, found, strict=False):
+            jobs.add_metric([status], count)
+        yield jobs
+        depth = GaugeMetricFamily(
+            "fitserve_queue_depth", "Messages waiting in a training queue.", labels=["queue"]
+        )
+        lengths = iter(found[len(STATUSES) : -1])
+        for queue in queues:
+            depth.add_metric([queue], sum(next(lengths) for _ in broker_lists(queue)))
+        yield depth
+        workers = sum(1 for _ in self.client.scan_iter(WORKER_KEYS, count=100))
+        yield GaugeMetricFamily("fitserve_workers", "Workers whose heartbeat is live.", workers)
+        yield CounterMetricFamily(
+            "fitserve_epochs",
+            "Epochs completed by every worker; rate() gives epochs per second.",
+            int(found[-1] or 0),
+        )

@@ -1,0 +1,164 @@
+"""A job's events as Server-Sent Events, read from its Redis stream.
+
+Each SSE `id` is the stream entry's id, so a client that reconnects with `Last-Event-ID` resumes
+exactly after the last event it saw. A stream sends a keep-alive comment when nothing happened
+for `events_keepalive_seconds`, ends after the job's terminal status, and ends anyway after
+`events_max_seconds` (the client reconnects). Each open stream holds one gunicorn thread, so a
+process serves at most `events_max_streams` at once (keep it below the thread count, so
+predictions always find a thread); past that it answers 429 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator
+
+import orjson
+import redis
+from flask import Blueprint, Flask, Response, current_app, request
+
+from core.errors import FieldError, InvalidRequest, RateLimited
+from core.jobs import TERMINAL, JobStore, decode_event, events_key, job_key
+from core.settings import Settings
+from service.jobs import _visible_job, job_store
+from service.state import settings
+
+bp = Blueprint("events", __name__)
+log = logging.getLogger("fitserve.service")
+
+_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+RECONNECT_MS = 2000
+BATCH = 100
+
+
+class StreamSlots:
+    """A per-process count of open streams, bounded."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.open >= self.limit:
+                return False
+            self.open += 1
+            return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.open -= 1
+
+
+@bp.get("/v1/jobs/<job_id>/events")
+def job_events(job_id: str):
+    """`text/event-stream` of the job's events from `Last-Event-ID` (default: the first)."""
+    _visible_job(job_id)
+    after = _last_event_id()
+    slots: StreamSlots = current_app.extensions["fitserve.event_slots"]
+    if not slots.take():
+        raise RateLimited(
+            f"This server process already streams {slots.limit} event streams "
+            "(FITSERVE_EVENTS_MAX_STREAMS); retry shortly or poll GET /v1/jobs/<id>.",
+            retry_after=5,
+        )
+    released = threading.Event()
+
+    def release() -> None:
+        if not released.is_set():
+            released.set()
+            slots.give_back()
+
+    stream = _stream(_stream_client(), job_store(), job_id, after, settings())
+    response = Response(stream, mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    # Runs when the server closes the body: at its end or when the client went away.
+    response.call_on_close(release)
+    return response
+
+
+def _last_event_id() -> str:
+    raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+    if raw is None:
+        return "0-0"
+    if not _STREAM_ID.fullmatch(raw):
+        raise InvalidRequest(
+            "Bad Last-Event-ID header.",
+            errors=[
+                FieldError(
+                    "/headers/Last-Event-ID",
+                    "not an event id",
+                    "the id of an event this stream sent, like 1700000000000-0",
+                    raw[:100],
+                )
+            ],
+        )
+    return raw
+
+
+def _stream_client() -> redis.Redis:
+    """A client whose read timeout outlasts a blocking read of one keep-alive interval."""
+    client = current_app.extensions.get("fitserve.events_redis")
+    if client is None:
+        wait = settings().events_keepalive_seconds
+        client = redis.Redis.from_url(
+            settings().redis_url, socket_connect_timeout=2, socket_timeout=wait + 10
+        )
+        current_app.extensions["fitserve.events_redis"] = client
+    return client
+
+
+def _stream(
+    client: redis.Redis, store: JobStore, job_id: str, after: str, config: Settings
+) -> Iterator[bytes]:
+    """The SSE body: events after `after`, keep-alives, until terminal or the time is up."""
+    key = events_key(job_id)
+    deadline = time.monotonic() + config.events_max_seconds
+    yield f"retry: {RECONNECT_MS}\n\n".encode()
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            # Read before the stream: what a finished job wrote is then surely in it.
+            done = _finished(store, job_id)
+            wait = None if done else int(min(config.events_keepalive_seconds, left) * 1000) or 1
+            found = client.xread({key: after}, count=BATCH, block=wait)
+        except redis.RedisError as error:
+            log.warning("events_redis_error job=%s error=%r", job_id, error)
+            yield _comment("redis unavailable; reconnect with Last-Event-ID")
+            return
+        if not found:
+            if done:
+                return
+            yield _comment("keep-alive")
+            continue
+        for entry_id, entry in found[0][1]:
+            after = entry_id.decode()
+            event = decode_event(entry)
+            yield _message(after, event)
+            if event["kind"] == "status" and event.get("status") in TERMINAL:
+                return
+
+
+def _finished(store: JobStore, job_id: str) -> bool:
+    """The job is over, or gone."""
+    raw = store.redis.hget(job_key(job_id), "status")
+    return raw is None or orjson.loads(raw) in TERMINAL
+
+
+def _message(event_id: str, event: dict) -> bytes:
+    return f"id: {event_id}\nevent: {event['kind']}\n".encode() + (
+        b"data: " + orjson.dumps(event) + b"\n\n"
+    )
+
+
+def _comment(text: str) -> bytes:
+    return f": {text}\n\n".encode()
+
+
+def install(app: Flask) -> None:
+    app.extensions["fitserve.event_slots"] = StreamSlots(app.config["FITSERVE"].events_max_streams)
+    app.register_blueprint(bp)

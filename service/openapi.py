@@ -1,0 +1,732 @@
+"""The OpenAPI 3.1 document at `/openapi.json`, and a docs page at `/docs` that renders it.
+
+The job request's schema is the grammar's own (`core.spec.grammar_schema()`), so the document
+cannot drift from what `POST /v1/jobs` accepts. Request schemas are closed where the API refuses
+unknown keys; responses are described by the keys they always carry. Every operation declares
+its problem documents (RFC 9457) as the `default` response.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+from typing import Any
+
+import swagger_ui_bundle
+from flask import Blueprint, Flask, current_app, send_from_directory
+
+from core.jobs import STATUSES
+from core.serving.catalog import LABELS
+from service.http import json_response
+
+bp = Blueprint("openapi", __name__)
+DOCS = Path(__file__).parent / "static" / "docs"
+
+ID_PATTERN = "^[0-9a-f]{32}$"
+PROBLEM = "application/problem+json"
+JSON = "application/json"
+
+# The Keras docs' first model (Dense 32 he_normal, relu, Dense 10, softmax, RMSprop) on a dataset
+# with a 784-feature `x` and integer labels `y`.
+SEED_MODEL_REQUEST: dict[str, Any] = {
+    "name": "seed-mlp",
+    "seed": 42,
+    "model": {
+        "input_shape": [784],
+        "layers": [
+            {"class_name": "Dense", "config": {"units": 32, "kernel_initializer": "he_normal"}},
+            {"class_name": "Activation", "config": {"activation": "relu"}},
+            {"class_name": "Dense", "config": {"units": 10}},
+            {"class_name": "Activation", "config": {"activation": "softmax"}},
+        ],
+    },
+    "compile": {
+        "optimizer": {"class_name": "RMSprop", "config": {"learning_rate": 0.001}},
+        "loss": "categorical_crossentropy",
+        "metrics": ["accuracy"],
+    },
+    "fit": {"batch_size": 128, "epochs": 1, "validation_split": 0.1},
+    "data": {
+        "dataset": "0123456789abcdef0123456789abcdef",
+        "x": "x",
+        "y": "y",
+        "preprocess": {"y": {"one_hot": 10}},
+    },
+}
+
+
+def get_document() -> dict:
+    """The document, built once per app."""
+    document = current_app.extensions.get("fitserve.openapi")
+    if document is None:
+        document = build_document()
+        current_app.extensions["fitserve.openapi"] = document
+    return document
+
+
+@bp.get("/openapi.json")
+def openapi_document():
+    return json_response(get_document())
+
+
+@bp.get("/docs")
+def docs_page():
+    """Swagger UI over /openapi.json, every file served from this package and swagger-ui-bundle."""
+    return send_from_directory(DOCS, "index.html", mimetype="text/html")
+
+
+@bp.get("/docs/init.js")
+def docs_script():
+    return send_from_directory(DOCS, "init.js", mimetype="text/javascript")
+
+
+@bp.get("/docs/assets/<path:name>")
+def docs_asset(name: str):
+    return send_from_directory(swagger_ui_bundle.swagger_ui_path, name)
+
+
+def install(app: Flask) -> None:
+    app.register_blueprint(bp)
+
+
+# The document ---------------------------------------------------------------------------------
+
+
+def build_document() -> dict:
+    """OpenAPI 3.1: every API route, its parameters, bodies, answers and problems."""
+    from core.spec import grammar_schema
+
+    grammar = grammar_schema()
+    definitions = grammar.pop("$defs", {})
+    grammar.pop("$schema", None)
+    schemas = {name.capitalize(): schema for name, schema in definitions.items()}
+    schemas["JobRequest"] = grammar
+    schemas.update(_component_schemas())
+    return {
+        "openapi": "3.1.0",
+        "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
+        "info": {
+            "title": "fitserve",
+            "version": _version(),
+            "description": (
+                "Train Keras models from JSON specs on GPU workers and serve their predictions "
+                "(TF Serving REST and Open Inference Protocol v2). Every error is an RFC 9457 "
+                "problem document whose `errors` locate each bad field by JSON pointer."
+            ),
+        },
+        "servers": [{"url": "/"}],
+        "security": [{}, {"apiKey": []}],
+        "tags": [{"name": name} for name in ("health", "datasets", "jobs", "models", "v2")],
+        "paths": _paths(),
+        "components": {
+            "schemas": _rebase(schemas),
+            "securitySchemes": {
+                "apiKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key, when the server has FITSERVE_API_KEYS set.",
+                }
+            },
+            "responses": {
+                "Problem": {
+                    "description": "A problem document (RFC 9457).",
+                    "content": {PROBLEM: {"schema": _ref("Problem")}},
+                }
+            },
+        },
+    }
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("fitserve")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
+
+
+def _rebase(value: Any) -> Any:
+    """The grammar's `#/$defs/x` references point into components once its $defs move there."""
+    if isinstance(value, dict):
+        return {
+            key: (
+                "#/components/schemas/" + item.rsplit("/", 1)[1].capitalize()
+                if key == "$ref" and item.startswith("#/$defs/")
+                else _rebase(item)
+            )
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_rebase(item) for item in value]
+    return value
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict) -> dict:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _object(required: dict[str, Any], optional: dict[str, Any] | None = None, **extra) -> dict:
+    return {
+        "type": "object",
+        "properties": {**required, **(optional or {})},
+        "required": list(required),
+        **extra,
+    }
+
+
+def _page(item: dict) -> dict:
+    return _object({"items": {"type": "array", "items": item}, "next_cursor": _text_or_null()})
+
+
+def _text_or_null() -> dict:
+    return {"type": ["string", "null"]}
+
+
+def _component_schemas() -> dict[str, dict]:
+    field_error = _object(
+        {"path": {"type": "string"}, "message": {"type": "string"}},
+        {"expected": {}, "received": {}},
+    )
+    any_object = {"type": "object"}
+    job_id = {"type": "string", "pattern": ID_PATTERN}
+    record = _object(
+        {
+            "spec_sha256": _text_or_null(),
+            "seed": {"type": ["integer", "null"]},
+            "datasets": {"type": "object", "additionalProperties": _text_or_null()},
+        },
+        {name: _text_or_null() for name in ("tensorflow", "keras", "cuda", "cudnn")}
+        | {"device": _nullable(any_object), "final": _nullable(any_object)}
+        | {"metrics": _nullable(any_object), "test_metrics": _nullable(any_object)},
+        description="What the model was made from and on, and what it scored.",
+    )
+    return {
+        "Problem": _object(
+            {
+                "type": {"type": "string"},
+                "title": {"type": "string"},
+                "status": {"type": "integer", "minimum": 400, "maximum": 599},
+                "detail": {"type": "string"},
+                "code": {"type": "string"},
+            },
+            {
+                "request_id": _text_or_null(),
+                "error": {"type": "string"},
+                "errors": {"type": "array", "items": _ref("FieldError")},
+            },
+        ),
+        "FieldError": field_error,
+        "Dataset": _object(
+            {
+                "id": job_id,
+                "created_at": {"type": "string"},
+                "source": any_object,
+                "rows": {"type": ["integer", "null"]},
+                "bytes": {"type": "integer"},
+                "arrays": {"type": "object", "additionalProperties": any_object},
+            },
+            {"owner": _text_or_null(), "classes": any_object},
+        ),
+        "DatasetPage": _page(_ref("Dataset")),
+        "JsonDataset": {
+            "type": "object",
+            "properties": {
+                "arrays": {
+                    "type": "object",
+                    "description": "Array name -> nested lists of numbers (or label strings).",
+                    "additionalProperties": {"type": "array"},
+                }
+            },
+            "required": ["arrays"],
+            "additionalProperties": False,
+            "example": {"arrays": {"x": [[0.1, 0.2], [0.3, 0.4]], "y": [0, 1]}},
+        },
+        "Job": _object(
+            {
+                "id": job_id,
+                "status": {"enum": list(STATUSES)},
+                "created_at": {"type": "string"},
+                "progress": any_object,
+                "checkpoints": {"type": "array", "items": any_object},
+                "record": _ref("ModelRecord"),
+                "links": any_object,
+            },
+            {
+                "name": _text_or_null(),
+                "owner": _text_or_null(),
+                "attempt": {"type": "integer"},
+                "priority": {"type": ["integer", "null"]},
+                "device": _nullable(any_object),
+                "metrics": any_object,
+                "test_metrics": _nullable(any_object),
+                "final": _nullable(any_object),
+                "error": _nullable(any_object),
+                "queue": _object(
+                    {"name": {"type": "string"}, "workers": {"type": "integer"}},
+                    {"message": {"type": "string"}},
+                ),
+            },
+        ),
+        "JobPage": _page(_ref("Job")),
+        "ModelRecord": record,
+        "JobMetrics": _object(
+            {
+                "epochs": {"type": "array", "items": {"type": "integer"}},
+                "history": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "array",
+                        "items": {"type": ["number", "null"]},
+                    },
+                },
+            }
+        ),
+        "JobEvent": {
+            "type": "object",
+            "description": "One Server-Sent Event. `event` is its kind: status (status, "
+            "previous, reason), attempt_started, training_started, epoch (epoch, metrics), "
+            "checkpoint (version, partial), training_stopped, requeued. `data` is the event as "
+            "JSON, with `kind` and `time`; `id` is what Last-Event-ID takes.",
+            "properties": {
+                "id": {"type": "string", "pattern": "^[0-9]+-[0-9]+$"},
+                "event": {"type": "string"},
+                "data": {"type": "string", "contentMediaType": JSON},
+                "retry": {"type": "integer"},
+            },
+        },
+        "JobLogs": _object({"lines": {"type": "array", "items": {"type": "string"}}}),
+        "ModelSummary": any_object,
+        "PredictRequest": {
+            "type": "object",
+            "description": "TF Serving's row (`instances`) or columnar (`inputs`) format.",
+            "properties": {
+                "instances": {"type": "array"},
+                "inputs": {},
+                "signature_name": {"enum": ["", "serving_default"]},
+            },
+            "oneOf": [{"required": ["instances"]}, {"required": ["inputs"]}],
+            "additionalProperties": False,
+            "example": {"instances": [[0.0, 0.5, 1.0]]},
+        },
+        "PredictResponse": {
+            "type": "object",
+            "properties": {"predictions": {}, "outputs": {}},
+        },
+        "ModelStatus": _object(
+            {"model_version_status": {"type": "array", "items": any_object, "minItems": 1}}
+        ),
+        "ModelMetadata": _object(
+            {
+                "model_spec": any_object,
+                "metadata": any_object,
+                "inputs": {"type": "array", "items": any_object},
+                "outputs": {"type": "array", "items": any_object},
+                "record": _ref("ModelRecord"),
+            }
+        ),
+        "ModelPage": _page(any_object),
+        "InferTensor": _object(
+            {
+                "name": {"type": "string"},
+                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                "datatype": {"type": "string"},
+            },
+            {"data": {"type": "array"}, "parameters": any_object},
+        ),
+        "InferRequest": _object(
+            {"inputs": {"type": "array", "items": _ref("InferTensor"), "minItems": 1}},
+            {
+                "id": {"type": "string"},
+                "parameters": any_object,
+                "outputs": {
+                    "type": "array",
+                    "items": _object({"name": {"type": "string"}}, {"parameters": any_object}),
+                },
+            },
+            example={
+                "id": "1",
+                "inputs": [
+                    {"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [0, 0.5, 1]}
+                ],
+            },
+        ),
+        "InferResponse": _object(
+            {
+                "model_name": {"type": "string"},
+                "outputs": {"type": "array", "items": any_object},
+            },
+            {"model_version": {"type": "string"}, "id": {"type": "string"}},
+        ),
+        "V2ModelMetadata": _object(
+            {
+                "name": {"type": "string"},
+                "versions": {"type": "array", "items": {"type": "string"}},
+                "platform": {"type": "string"},
+                "inputs": {"type": "array", "items": any_object},
+                "outputs": {"type": "array", "items": any_object},
+                "record": _ref("ModelRecord"),
+            }
+        ),
+    }
+
+
+# Paths ----------------------------------------------------------------------------------------
+
+
+def _path_parameter(name: str, schema: dict, description: str) -> dict:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def _query(name: str, schema: dict, description: str) -> dict:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+JOB_ID = _path_parameter("job_id", {"type": "string", "pattern": ID_PATTERN}, "A job id.")
+DATASET_ID = _path_parameter(
+    "dataset_id", {"type": "string", "pattern": ID_PATTERN}, "A dataset id."
+)
+MODEL = _path_parameter(
+    "model", {"type": "string", "pattern": ID_PATTERN}, "A model: the id of the job that made it."
+)
+VERSION = _path_parameter(
+    "version", {"type": "integer", "minimum": 1}, "A checkpoint version (epochs completed)."
+)
+LABEL = _path_parameter("label", {"enum": list(LABELS)}, "A version label.")
+V2_VERSION = _path_parameter(
+    "version",
+    {"anyOf": [{"type": "string", "pattern": "^[1-9][0-9]{0,8}$"}, {"enum": list(LABELS)}]},
+    "A version number or label.",
+)
+PAGE = [
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "Items per page."),
+    _query("cursor", {"type": "string"}, "The next_cursor of the previous page."),
+]
+IDEMPOTENCY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
+    "description": "Repeat a submit safely: the same key answers with the first result.",
+}
+
+
+def _operation(
+    summary: str,
+    tag: str,
+    answers: dict[int, tuple[str, str | None, dict | None]],
+    *,
+    parameters: list[dict] = (),
+    body: dict | None = None,
+) -> dict:
+    """One operation: `answers` maps a status to (description, media type, schema)."""
+    responses: dict[str, Any] = {}
+    for status, (description, media, schema) in answers.items():
+        responses[str(status)] = {"description": description}
+        if media is not None:
+            responses[str(status)]["content"] = {media: {"schema": schema or {}}}
+    responses["default"] = {"$ref": "#/components/responses/Problem"}
+    operation = {"summary": summary, "tags": [tag], "responses": responses}
+    if parameters:
+        operation["parameters"] = list(parameters)
+    if body is not None:
+        operation["requestBody"] = {"required": True, "content": body}
+    return operation
+
+
+def _json(schema_name: str, description: str = "OK") -> tuple[str, str, dict]:
+    return (description, JSON, _ref(schema_name))
+
+
+def _job_body() -> dict:
+    return {
+        JSON: {
+            "schema": _ref("JobRequest"),
+            "examples": {
+                "seed_model": {"summary": "The Keras docs' seed MLP", "value": SEED_MODEL_REQUEST}
+            },
+        }
+    }
+
+
+def _paths() -> dict[str, dict]:
+    predict_body = {JSON: {"schema": _ref("PredictRequest")}}
+    infer_body = {
+        JSON: {"schema": _ref("InferRequest")},
+        "application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"},
+            "description": "The binary tensor data extension: a JSON header of "
+            "Inference-Header-Content-Length bytes, then the tensors.",
+        },
+    }
+    download = {
+        200: (
+            "The model file (.keras, or a SavedModel as a zip).",
+            "application/octet-stream",
+            {"type": "string", "format": "binary"},
+        )
+    }
+    download_query = [
+        _query("format", {"enum": ["keras", "savedmodel"]}, "The file format."),
+    ]
+    paths: dict[str, dict] = {
+        "/healthz": {
+            "get": _operation(
+                "The process answers.", "health", {200: ("OK", JSON, {"type": "object"})}
+            )
+        },
+        "/readyz": {
+            "get": _operation(
+                "Redis and the data folder are usable; the workers seen.",
+                "health",
+                {200: ("Ready", JSON, {"type": "object"})},
+            )
+        },
+        "/metrics": {
+            "get": _operation(
+                "Prometheus metrics of every API process.",
+                "health",
+                {200: ("Metrics", "text/plain", {"type": "string"})},
+            )
+        },
+        "/openapi.json": {
+            "get": _operation(
+                "This document.", "health", {200: ("OpenAPI 3.1", JSON, {"type": "object"})}
+            )
+        },
+        "/v1/datasets": {
+            "post": _operation(
+                "Upload a dataset (.npz, .npy, .csv or JSON arrays).",
+                "datasets",
+                {
+                    201: _json("Dataset", "Stored"),
+                    200: _json("Dataset", "Stored earlier (Idempotency-Key)"),
+                },
+                parameters=[IDEMPOTENCY],
+                body={
+                    "multipart/form-data": {
+                        "schema": _object(
+                            {"file": {"type": "string", "format": "binary"}},
+                            {
+                                "label": {
+                                    "type": "string",
+                                    "description": "CSV: the label column.",
+                                },
+                                "name": {
+                                    "type": "string",
+                                    "description": ".npy: the array's name.",
+                                },
+                            },
+                        )
+                    },
+                    JSON: {"schema": _ref("JsonDataset")},
+                },
+            ),
+            "get": _operation(
+                "Datasets, newest first.", "datasets", {200: _json("DatasetPage")}, parameters=PAGE
+            ),
+        },
+        "/v1/datasets/{dataset_id}": {
+            "get": _operation(
+                "A dataset's manifest.",
+                "datasets",
+                {200: _json("Dataset")},
+                parameters=[DATASET_ID],
+            ),
+            "delete": _operation(
+                "Delete a dataset no live job uses.",
+                "datasets",
+                {204: ("Deleted", None, None)},
+                parameters=[DATASET_ID],
+            ),
+        },
+        "/v1/jobs:validate": {
+            "post": _operation(
+                "Check a job request; the model's summary.",
+                "jobs",
+                {200: _json("ModelSummary")},
+                body=_job_body(),
+            ),
+        },
+        "/v1/jobs": {
+            "post": _operation(
+                "Submit a training job.",
+                "jobs",
+                {
+                    202: _json("Job", "Queued"),
+                    200: _json("Job", "Submitted earlier (Idempotency-Key)"),
+                },
+                parameters=[IDEMPOTENCY],
+                body=_job_body(),
+            ),
+            "get": _operation(
+                "Jobs, newest first.",
+                "jobs",
+                {200: _json("JobPage")},
+                parameters=[
+                    *PAGE,
+                    _query("status", {"enum": list(STATUSES)}, "Only jobs in this status."),
+                ],
+            ),
+        },
+        "/v1/jobs/{job_id}": {
+            "get": _operation(
+                "A job, its progress and its model record.",
+                "jobs",
+                {200: _json("Job")},
+                parameters=[JOB_ID],
+            ),
+            "delete": _operation(
+                "Delete a finished job and its files.",
+                "jobs",
+                {204: ("Deleted", None, None)},
+                parameters=[JOB_ID],
+            ),
+        },
+        "/v1/jobs/{job_id}/metrics": {
+            "get": _operation(
+                "Each epoch's metrics.", "jobs", {200: _json("JobMetrics")}, parameters=[JOB_ID]
+            ),
+        },
+        "/v1/jobs/{job_id}/logs": {
+            "get": _operation(
+                "The tail of the job's training log.",
+                "jobs",
+                {200: _json("JobLogs")},
+                parameters=[
+                    JOB_ID,
+                    _query("tail", {"type": "integer", "minimum": 1, "maximum": 10_000}, "Lines."),
+                ],
+            ),
+        },
+        "/v1/jobs/{job_id}/events": {
+            "get": _operation(
+                "Server-Sent Events: status changes, epochs and checkpoints. Reconnect with "
+                "Last-Event-ID to miss nothing.",
+                "jobs",
+                {200: ("An event stream", "text/event-stream", _ref("JobEvent"))},
+                parameters=[
+                    JOB_ID,
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,20}-[0-9]{1,20}$"},
+                        "description": "The id of the last event received.",
+                    },
+                ],
+            ),
+        },
+        "/v1/jobs/{job_id}:cancel": {
+            "post": _operation(
+                "Cancel a job.",
+                "jobs",
+                {202: _json("Job", "Cancelling or cancelled")},
+                parameters=[JOB_ID],
+            ),
+        },
+        "/v1/models": {
+            "get": _operation(
+                "Models (jobs with a servable version).",
+                "models",
+                {200: _json("ModelPage")},
+                parameters=PAGE,
+            ),
+        },
+    }
+    for suffix, parameters in (
+        ("", [MODEL]),
+        ("/versions/{version}", [MODEL, VERSION]),
+        ("/labels/{label}", [MODEL, LABEL]),
+    ):
+        base = "/v1/models/{model}" + suffix
+        paths[base] = {
+            "get": _operation(
+                "TF Serving model status.",
+                "models",
+                {200: _json("ModelStatus")},
+                parameters=parameters,
+            )
+        }
+        paths[base + "/metadata"] = {
+            "get": _operation(
+                "TF Serving metadata and the model record.",
+                "models",
+                {200: _json("ModelMetadata")},
+                parameters=parameters,
+            )
+        }
+        paths[base + ":predict"] = {
+            "post": _operation(
+                "TF Serving predict.",
+                "models",
+                {200: _json("PredictResponse")},
+                parameters=parameters,
+                body=predict_body,
+            )
+        }
+        paths[base + "/download"] = {
+            "get": _operation(
+                "Download the model.", "models", download, parameters=[*parameters, *download_query]
+            )
+        }
+    paths["/v2"] = {
+        "get": _operation("OIP server metadata.", "v2", {200: ("OK", JSON, {"type": "object"})})
+    }
+    paths["/v2/health/live"] = {
+        "get": _operation("OIP liveness.", "v2", {200: ("OK", JSON, {"type": "object"})})
+    }
+    paths["/v2/health/ready"] = {
+        "get": _operation("OIP readiness.", "v2", {200: ("OK", JSON, {"type": "object"})})
+    }
+    for suffix, parameters in (("", [MODEL]), ("/versions/{version}", [MODEL, V2_VERSION])):
+        base = "/v2/models/{model}" + suffix
+        paths[base] = {
+            "get": _operation(
+                "OIP model metadata and the model record.",
+                "v2",
+                {200: _json("V2ModelMetadata")},
+                parameters=parameters,
+            )
+        }
+        paths[base + "/ready"] = {
+            "get": _operation(
+                "OIP model readiness (loads it).",
+                "v2",
+                {200: ("OK", JSON, {"type": "object"})},
+                parameters=parameters,
+            )
+        }
+        paths[base + "/infer"] = {
+            "post": _operation(
+                "OIP inference (JSON, or the binary tensor data extension).",
+                "v2",
+                {200: _json("InferResponse")},
+                parameters=[
+                    *parameters,
+                    {
+                        "name": "Inference-Header-Content-Length",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 0},
+                        "description": "Bytes of JSON before the binary tensors.",
+                    },
+                ],
+                body=infer_body,
+            )
+        }
+    return paths

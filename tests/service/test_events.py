@@ -1,0 +1,104 @@
+"""GET /v1/jobs/<id>/events in one process: replay, Last-Event-ID, keep-alives, lifetime, cap."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from flask import Flask
+
+from core.jobs import JobStore
+from core.settings import Settings
+from core.storage import DataDir
+from service import create_app
+
+SPEC = {"name": "events", "data": {"dataset": None}, "resources": {"gpus": 1}}
+
+
+@pytest.fixture
+def quick(settings: Settings) -> Flask:
+    return create_app(
+        settings.with_overrides(
+            events_keepalive_seconds=1, events_max_seconds=3, events_max_streams=2
+        )
+    )
+
+
+@pytest.fixture
+def store(settings: Settings) -> JobStore:
+    import redis
+
+    return JobStore(redis.Redis.from_url(settings.redis_url), DataDir(settings.data_dir), settings)
+
+
+def parse(body: bytes) -> list[dict]:
+    """SSE messages as dicts (`id`, `event`, `data`), comments as `{"comment": ...}`."""
+    found = []
+    for block in body.decode().split("\n\n"):
+        fields: dict = {}
+        for line in block.splitlines():
+            name, _, value = line.partition(": ")
+            if name == "":
+                fields["comment"] = value
+            else:
+                fields[name] = orjson.loads(value) if name == "data" else value
+        if fields:
+            found.append(fields)
+    return found
+
+
+def test_a_finished_job_replays_every_event_then_the_stream_ends(quick: Flask, store: JobStore):
+    job_id = store.create(SPEC, owner=None)["id"]
+    store.transition(job_id, "running", attempt=1)
+    store.add_event(job_id, "epoch", epoch=1, metrics={"loss": 0.5})
+    store.transition(job_id, "succeeded")
+    response = quick.test_client().get(f"/v1/jobs/{job_id}/events")
+    assert response.status_code == 200
+    assert response.mimetype == "text/event-stream"
+    messages = [m for m in parse(response.data) if "event" in m]
+    assert [m["event"] for m in messages] == ["status", "epoch", "status"]
+    assert messages[0]["data"]["status"] == "running"
+    assert messages[1]["data"]["metrics"] == {"loss": 0.5}
+    assert messages[2]["data"]["status"] == "succeeded"
+
+    again = quick.test_client().get(
+        f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": messages[0]["id"]}
+    )
+    assert [m.get("id") for m in parse(again.data) if "event" in m] == [
+        m["id"] for m in messages[1:]
+    ]
+
+
+def test_an_idle_stream_sends_keep_alives_and_ends_at_its_lifetime(quick: Flask, store: JobStore):
+    job_id = store.create(SPEC, owner=None)["id"]
+    response = quick.test_client().get(f"/v1/jobs/{job_id}/events")
+    comments = [m["comment"] for m in parse(response.data) if "comment" in m]
+    assert comments.count("keep-alive") >= 2
+    assert parse(response.data)[0] == {"retry": "2000"}
+
+
+def test_streams_past_the_cap_are_refused_with_retry_after(quick: Flask, store: JobStore):
+    job_id = store.create(SPEC, owner=None)["id"]
+    client = quick.test_client()
+    held = [client.get(f"/v1/jobs/{job_id}/events", buffered=False) for _ in range(2)]
+    assert [r.status_code for r in held] == [200, 200]
+    refused = client.get(f"/v1/jobs/{job_id}/events")
+    assert refused.status_code == 429
+    assert refused.mimetype == "application/problem+json"
+    assert refused.headers["Retry-After"] == "5"
+    held[0].close()
+    assert client.get(f"/v1/jobs/{job_id}/events", buffered=False).status_code == 200
+
+
+@pytest.mark.parametrize("given", ["abc", "1-", "-1", "1-2-3", "x" * 200])
+def test_a_bad_last_event_id_is_a_located_422(client, store: JobStore, given: str):
+    job_id = store.create(SPEC, owner=None)["id"]
+    response = client.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": given})
+    assert response.status_code == 422
+    error = response.json["errors"][0]
+    assert error["path"] == "/headers/Last-Event-ID"
+    assert error["received"] == given[:100]
+
+
+def test_an_unknown_job_is_a_404(client):
+    response = client.get("/v1/jobs/0123456789abcdef0123456789abcdef/events")
+    assert response.status_code == 404
