@@ -145,12 +145,41 @@ def test_multi_input_multi_output_through_both_protocols(stack: Stack, served):
     by_name = {o["name"]: np.reshape(o["data"], o["shape"]) for o in infer["outputs"]}
     assert np.allclose(by_name["cls"], cls, atol=1e-5)
     assert np.allclose(by_name["reg"], reg, atol=1e-5)
+    binary = binary_infer(stack, job_id)
+    assert np.allclose(binary, cls, atol=1e-5)
     metadata = requests.get(stack.url(f"/v1/models/{job_id}/metadata"), timeout=60).json()
     assert metadata["inputs"] == [
         {"name": "a", "dtype": "float32", "shape": [-1, 16]},
         {"name": "b", "dtype": "float32", "shape": [-1, 4]},
     ]
     assert [o["name"] for o in metadata["outputs"]] == ["cls", "reg"]
+
+
+def binary_infer(stack: Stack, job_id: str) -> np.ndarray:
+    """`cls` for A, B sent and answered as binary tensors, as Triton's client does by default."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": name, "shape": list(x.shape), "datatype": "FP32",
+                 "parameters": {"binary_data_size": x.nbytes}}
+                for name, x in (("a", A), ("b", B))
+            ],
+            "outputs": [{"name": "cls", "parameters": {"binary_data": True}}],
+        }
+    ).encode()  # fmt: skip
+    response = requests.post(
+        stack.url(f"/v2/models/{job_id}/infer"),
+        data=header + A.astype("<f4").tobytes() + B.astype("<f4").tobytes(),
+        headers={
+            "Inference-Header-Content-Length": str(len(header)),
+            "Content-Type": "application/octet-stream",
+        },
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    length = int(response.headers["Inference-Header-Content-Length"])
+    [out] = json.loads(response.content[:length])["outputs"]
+    return np.frombuffer(response.content[length:], "<f4").reshape(out["shape"])
 
 
 def test_a_job_name_serves_its_newest_succeeded_job(stack: Stack, served):
@@ -247,6 +276,7 @@ def test_running_job_serves_its_latest_checkpoint_and_a_queued_one_is_409(
 
 
 def test_a_corrupt_checkpoint_is_503_naming_it(stack: Stack, served):
+    workers = api_workers(stack)
     job_id = served["multi"]
     path: Path = stack.data_dir / "jobs" / job_id / "checkpoints" / "epoch-0001.keras"
     original = path.read_bytes()
@@ -263,5 +293,6 @@ def test_a_corrupt_checkpoint_is_503_naming_it(stack: Stack, served):
             assert response.headers["X-Model-Version"] == "1"
         fine = post(stack, f"/v2/models/{job_id}/versions/2/infer", {"inputs": tensors})
         assert fine.status_code == 200
+        assert api_workers(stack) == workers
     finally:
         path.write_bytes(original)
