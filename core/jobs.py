@@ -435,6 +435,7 @@ class JobStore:
         raise Conflict(f"Job {job_id} already {job['status']}; only live jobs can be cancelled.")
 
     def stop_request(self, job_id: str) -> str | None:
+        """ "cancel" once a cancel was asked for a running job, else None."""
         value = self.redis.get(stop_key(job_id))
         return value.decode() if value else None
 
@@ -524,6 +525,7 @@ class JobStore:
             self.redis.ltrim(history_key(job_id), 0, epochs - 1)
 
     def add_event(self, job_id: str, kind: str, **fields: object) -> None:
+        """Append `{"kind", "time", **fields}` to the job's event stream (capped)."""
         self.redis.xadd(
             events_key(job_id), _event_entry(kind, **fields), maxlen=EVENTS_MAX, approximate=True
         )
@@ -555,9 +557,11 @@ class JobStore:
         )
 
     def release_lease(self, job_id: str, holder: str) -> None:
+        """Let go of the lease if `holder` still holds it (never someone else's)."""
         self._release(keys=[lease_key(job_id)], args=[holder])
 
     def lease_holder(self, job_id: str) -> str | None:
+        """`<host>/<pid>/<worker name>` of the process training the job, or None."""
         value = self.redis.get(lease_key(job_id))
         return value.decode() if value else None
 
@@ -577,6 +581,7 @@ class JobStore:
             write_json(job_dir / "manifest.json", {k: job.get(k) for k in MANIFEST_FIELDS})
 
     def manifest(self, job_id: str) -> dict:
+        """The job's `manifest.json` as last written."""
         return read_json(self.data.job(job_id) / "manifest.json")
 
     def rebuild_records(self) -> list[dict]:

@@ -283,6 +283,7 @@ def _requeue(store: JobStore, job_id: str, holder: str, send: Send, fields: dict
 
 
 def worker_lost_message(job: dict, limit: int) -> str:
+    """What a person reads when a job ran out of attempts because its workers kept dying."""
     return (
         f"The worker training this job was lost {job['attempt']} times "
         f"(FITSERVE_MAX_ATTEMPTS={limit}): it was killed or crashed mid-training, often by the "

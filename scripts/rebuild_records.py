@@ -17,6 +17,7 @@ from core.storage import DataDir
 
 
 def main() -> int:
+    """Rebuild from FITSERVE_DATA_DIR into FITSERVE_REDIS_URL; re-send the queued jobs."""
     settings = Settings.from_env()
     store = JobStore(redis.Redis.from_url(settings.redis_url), DataDir(settings.data_dir), settings)
     producer = Celery("fitserve-rebuild", set_as_current=False)

@@ -45,6 +45,7 @@ class ChildState:
 
 
 def child() -> ChildState:
+    """The pool child's state, set up in `worker_process_init`."""
     return _child["state"]
 
 
@@ -66,6 +67,7 @@ _log_context = JobLogContext()
 
 @contextlib.contextmanager
 def job_context(job_id: str, request_id: str | None) -> Iterator[None]:
+    """Tag the log lines written inside with the job and the request that submitted it."""
     _log_context.job_id, _log_context.request_id = job_id, request_id
     try:
         yield
@@ -75,6 +77,7 @@ def job_context(job_id: str, request_id: str | None) -> Iterator[None]:
 
 @celeryd_init.connect
 def remember_node_name(sender: str, **_: object) -> None:
+    """The node name (`--hostname`) names the heartbeat record and the shutdown flag."""
     _node["name"] = sender
 
 
