@@ -106,6 +106,10 @@ def test_sign_in_submit_watch_predict_cancel(
     assert "Signed in as dashboard" in page.inner_text("header")
     # From here on nothing should fail to load or run (the wrong key's 401 page is behind us).
     page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    streams: list[int] = []
+    page.on(
+        "response", lambda answer: answer.url.endswith("/events") and streams.append(answer.status)
+    )
 
     data = blobs(rows=3000)
     # Some labels shuffled, so the curves keep moving for a while (and the screenshot says so).
@@ -134,6 +138,7 @@ def test_sign_in_submit_watch_predict_cancel(
     page.wait_for_selector(more_points_than(seen), timeout=WAIT_MS)
     assert page.locator("#loss-chart canvas").count() == 1
     assert "running" in page.inner_text("#job-status")
+    assert streams[:1] == [200], "the session cookie opens the job's event stream"
 
     link = page.locator("#checkpoints a").first
     download = page.context.request.get(keyed_api + link.get_attribute("href"))

@@ -8,6 +8,10 @@
   const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
   const LIVE_MS = 1000;
   const LIST_MS = 2000;
+  const STREAMING_MS = 5000;
+  // The kinds of a job's Server-Sent Events (GET /v1/jobs/<id>/events); each one means the
+  // job changed, so the page refreshes at once instead of at the next poll.
+  const EVENT_KINDS = ["status", "epoch", "checkpoint", "training_started", "training_stopped", "requeued"];
   const PALETTE = ["#1f5fbf", "#b3261e", "#1b7f3b", "#7b3fa0", "#a15c00", "#00707a"];
 
   class ApiError extends Error {
@@ -106,8 +110,8 @@
     node.className = `status status-${status}`;
   }
 
-  // Poll `refresh` every `ms` while the tab is visible; it returns false to stop.
-  function poll(refresh, ms) {
+  // Poll `refresh` while the tab is visible, every `interval()` ms; it returns false to stop.
+  function poll(refresh, interval) {
     let timer = null;
     async function tick() {
       timer = null;
@@ -117,7 +121,7 @@
       } catch (error) {
         console.warn("refresh failed", error);
       }
-      if (again && !document.hidden) timer = setTimeout(tick, ms);
+      if (again && !document.hidden) timer = setTimeout(tick, interval());
     }
     document.addEventListener("visibilitychange", () => {
       if (!document.hidden && timer === null) tick();
@@ -202,7 +206,7 @@
       }
     });
 
-    poll(refreshJobs, LIST_MS);
+    poll(refreshJobs, () => LIST_MS);
   }
 
   // The job page -------------------------------------------------------------------------
@@ -253,6 +257,30 @@
     const metricCurves = new Curves(document.getElementById("metric-chart"), "Metrics");
     const cancelButton = document.getElementById("cancel-button");
     const logDetails = document.getElementById("log-details");
+    let stream = null;
+    let soon = null;
+
+    function refreshSoon() {
+      if (soon === null) {
+        soon = setTimeout(() => {
+          soon = null;
+          refreshJob().catch(console.warn);
+        }, 100);
+      }
+    }
+
+    // The session cookie authorizes the stream (EventSource cannot send an Authorization
+    // header). Polling goes on, slower while the stream is open, and is the fallback when the
+    // stream is refused (429: the server's stream cap) or lost.
+    function listen() {
+      if (!window.EventSource) return;
+      stream = new EventSource(`/v1/jobs/${jobId}/events`);
+      for (const kind of EVENT_KINDS) stream.addEventListener(kind, refreshSoon);
+    }
+
+    function streaming() {
+      return stream !== null && stream.readyState === EventSource.OPEN;
+    }
 
     function showJob(job) {
       statusBadge(document.getElementById("job-status"), job.status);
@@ -328,6 +356,11 @@
       showJob(job.data);
       showCurves(metrics.data);
       await refreshLog();
+      if (TERMINAL.has(job.data.status) && stream !== null) {
+        // The server ends a finished job's stream; without this the browser would reconnect.
+        stream.close();
+        stream = null;
+      }
       return !TERMINAL.has(job.data.status);
     }
 
@@ -368,7 +401,8 @@
       }
     });
 
-    poll(refreshJob, LIVE_MS);
+    listen();
+    poll(refreshJob, () => (streaming() ? STREAMING_MS : LIVE_MS));
   }
 
   document.addEventListener("DOMContentLoaded", () => {
