@@ -163,3 +163,19 @@ def test_rebuild_restores_records_from_the_volume(store: JobStore):
         queued.encode(),
         running.encode(),
     }
+
+
+def test_rebuild_command_restores_records_and_requeues(store: JobStore, monkeypatch, capsys):
+    from core.reconciler import waiting_task_ids
+    from scripts.rebuild_records import main
+
+    queued = store.create(SPEC, owner=None)["id"]
+    store.redis.flushall()
+    monkeypatch.setenv("FITSERVE_REDIS_URL", store.settings.redis_url)
+    monkeypatch.setenv("FITSERVE_DATA_DIR", str(store.settings.data_dir))
+
+    assert main() == 0
+
+    assert store.get(queued)["status"] == "queued"
+    assert waiting_task_ids(store.redis, ["train"]) == {queued}
+    assert "1 queued job(s) sent again" in capsys.readouterr().out
