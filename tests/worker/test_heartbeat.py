@@ -77,3 +77,25 @@ def test_the_thread_beats_until_stopped(settings: Settings):
         heartbeat.stop()
     assert [job["id"] for job in sent] == [lost]
     assert heartbeat.store.redis.exists(worker_key(ME.name))
+
+
+def test_after_redis_lost_its_data_a_beat_keeps_its_job_and_restores_the_records(
+    settings: Settings,
+):
+    sent: list = []
+    heartbeat = make_heartbeat(settings, sent)
+    store = heartbeat.store
+    running = store.create(SPEC, owner=None)["id"]
+    store.transition(running, "running", attempt=1)
+    store.acquire_lease(running, ME.holder)
+    queued = store.create(SPEC, owner=None)["id"]
+    heartbeat.set_control(StoreControl(store, running, 1, ME))
+    store.redis.flushall()
+
+    heartbeat.beat()
+
+    assert store.lease_holder(running) == ME.holder
+    assert store.get(running)["status"] == "running"
+    assert store.get(queued)["status"] == "queued"
+    assert [job["id"] for job in sent] == [queued]
+    assert not heartbeat.control.lease_lost
