@@ -315,3 +315,50 @@ class CheckpointCallback(keras.callbacks.Callback):
         if self.best is None or self.best.get("monitor") != self.monitor:
             return None
         return self.best["value"]
+
+
+class EpochSummaries(keras.callbacks.Callback):
+    """Write each epoch's logs as TensorBoard scalars, as `keras.callbacks.TensorBoard` names them.
+
+    `log_dir/train` gets `epoch_loss`, `epoch_accuracy`, ...; `log_dir/validation` gets the
+    `val_` logs without the prefix, at step = epoch (from 0). Only at epoch ends: Keras's own
+    callback also writes a (disabled) summary at every batch end, which costs time on every step
+    and makes Keras wait for every batch's logs.
+
+    Args:
+        log_dir: the folder TensorBoard reads.
+
+    Example:
+        ```
+        model.fit(x, y, epochs=3, callbacks=[EpochSummaries(Path("runs/1"))])
+        # tensorboard --logdir runs   shows epoch_loss for epochs 0, 1 and 2
+        ```
+    """
+
+    async_safe = True
+
+    def __init__(self, log_dir: Path) -> None:
+        super().__init__()
+        self.log_dir = log_dir
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        import tensorflow as tf
+
+        self.writers = {
+            part: tf.summary.create_file_writer(str(self.log_dir / part))
+            for part in ("train", "validation")
+        }
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        import tensorflow as tf
+
+        for name, value in _floats(logs).items():
+            part = "validation" if name.startswith("val_") else "train"
+            with self.writers[part].as_default():
+                tf.summary.scalar(f"epoch_{name.removeprefix('val_')}", value, step=epoch)
+        for writer in self.writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        for writer in self.writers.values():
+            writer.close()

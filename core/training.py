@@ -275,7 +275,7 @@ class OurCallbacks:
             history=earlier["history"],
         )
         self.progress = callbacks.ProgressCallback(control.report_progress, control.report_epoch)
-        self.tensorboard = tensorboard_callback(job_dir)
+        self.summaries = callbacks.EpochSummaries(job_dir / TENSORBOARD_DIR)
 
     def in_order(self) -> list:
         """The guard and the stop checks first, so the checkpoint sees their decision; the
@@ -286,7 +286,7 @@ class OurCallbacks:
             self.limit,
             self.checkpoints,
             self.progress,
-            self.tensorboard,
+            self.summaries,
         ]
 
     def outcome(self, initial_epoch: int) -> dict:
@@ -316,21 +316,6 @@ class OurCallbacks:
             "final": None,
             "test_metrics": None,
         }
-
-
-def tensorboard_callback(job_dir: Path) -> keras.callbacks.Callback:
-    """Epoch summaries in `tensorboard/` beside the checkpoints, for the compose TensorBoard.
-
-    No graph and no profiler: both cost time and space on every job; the request is the graph.
-    """
-    import keras
-
-    return keras.callbacks.TensorBoard(
-        log_dir=str(job_dir / TENSORBOARD_DIR),
-        write_graph=False,
-        update_freq="epoch",
-        profile_batch=0,
-    )
 
 
 def _kept_checkpoints(job_dir: Path, resume: dict) -> dict[str, Any]:

@@ -7,21 +7,39 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from core.callbacks import CheckpointCallback, NaNGuard, ProgressCallback, StopCallback, TimeLimit
+from core.callbacks import (
+    CheckpointCallback,
+    EpochSummaries,
+    NaNGuard,
+    ProgressCallback,
+    StopCallback,
+    TimeLimit,
+)
 from core.checkpoints import load_checkpoint, verify_checkpoint
 
 ROWS, BATCH = 64, 8  # 8 steps per epoch
 
 
-def fit(callbacks: list, *, epochs: int = 3, learning_rate: float = 0.01) -> keras.Model:
+def fit(
+    callbacks: list, *, epochs: int = 3, learning_rate: float = 0.01, validation: float = 0.0
+) -> keras.Model:
     keras.utils.set_random_seed(7)
     rng = np.random.default_rng(7)
     x = rng.normal(size=(ROWS, 4)).astype("float32")
     y = (x[:, :1] > 0).astype("float32")
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
     model.compile(optimizer=keras.optimizers.SGD(learning_rate), loss="binary_crossentropy")
-    model.fit(x, y, batch_size=BATCH, epochs=epochs, callbacks=callbacks, verbose=0)
+    model.fit(
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=epochs,
+        callbacks=callbacks,
+        validation_split=validation,
+        verbose=0,
+    )
     return model
 
 
@@ -183,3 +201,25 @@ def test_checkpoint_resumed_run_continues_versions_and_history(tmp_path: Path, k
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.keras")) == [
         f"epoch-{v:04d}.keras" for v in expected
     ]
+
+
+def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """The scalar summaries of the event files in `folder`: name -> [(step, value)]."""
+    found: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                number = float(tf.make_ndarray(value.tensor))
+                found.setdefault(value.tag, []).append((event.step, number))
+    return found
+
+
+def test_epoch_summaries_are_written_for_tensorboard(tmp_path: Path) -> None:
+    history = fit([EpochSummaries(tmp_path)], epochs=2, validation=0.25).history.history
+
+    train, validation = scalars(tmp_path / "train"), scalars(tmp_path / "validation")
+    assert set(train) == {"epoch_loss"}
+    assert set(validation) == {"epoch_loss"}
+    assert [step for step, _ in train["epoch_loss"]] == [0, 1]
+    assert [value for _, value in validation["epoch_loss"]] == pytest.approx(history["val_loss"])

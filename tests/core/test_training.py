@@ -161,6 +161,7 @@ def test_job_trains_and_leaves_its_files(trainer: Trainer, spec) -> None:
     assert final["version"] == 4
     assert final["sha256"] == sha256_file(job_dir / "model.keras")
     assert read_json(job_dir / "history.json") == result["history"]
+    assert list((job_dir / "tensorboard" / "validation").glob("events.out.tfevents.*"))
     log = (job_dir / "train.log").read_text()
     assert f"job={control.job_id}" in log
     assert "epoch=4/4" in log
