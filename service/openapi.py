@@ -428,17 +428,18 @@ IDEMPOTENCY = {
 def _operation(
     summary: str,
     tag: str,
-    answers: dict[int, tuple[str, str | None, dict | None]],
+    answers: dict[int, tuple[str, str | tuple[str, ...] | None, dict | None]],
     *,
     parameters: list[dict] = (),
     body: dict | None = None,
 ) -> dict:
-    """One operation: `answers` maps a status to (description, media type, schema)."""
+    """One operation: `answers` maps a status to (description, media type(s), schema)."""
     responses: dict[str, Any] = {}
     for status, (description, media, schema) in answers.items():
         responses[str(status)] = {"description": description}
         if media is not None:
-            responses[str(status)]["content"] = {media: {"schema": schema or {}}}
+            kinds = (media,) if isinstance(media, str) else media
+            responses[str(status)]["content"] = {kind: {"schema": schema or {}} for kind in kinds}
     responses["default"] = {"$ref": "#/components/responses/Problem"}
     operation = {"summary": summary, "tags": [tag], "responses": responses}
     if parameters:
@@ -475,13 +476,14 @@ def _paths() -> dict[str, dict]:
     }
     download = {
         200: (
-            "The model file (.keras, or a SavedModel as a zip).",
-            "application/octet-stream",
+            "The model file: .keras, or a SavedModel as a .tar.gz.",
+            ("application/octet-stream", "application/gzip"),
             {"type": "string", "format": "binary"},
         )
     }
     download_query = [
         _query("format", {"enum": ["keras", "savedmodel"]}, "The file format."),
+        _query("version", {"type": "integer", "minimum": 1}, "A version, instead of the path's."),
     ]
     paths: dict[str, dict] = {
         "/healthz": {

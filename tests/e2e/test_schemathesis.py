@@ -1,0 +1,142 @@
+"""Schemathesis against the real stack, driven by the server's own /openapi.json.
+
+A stack of its own (gunicorn with two workers, a Celery worker, Redis) with FITSERVE_MAX_EPOCHS=1,
+so the jobs that valid examples create train one epoch. The document's examples point at a
+placeholder dataset; the test points them at a real one, so they pass validation into jobs.
+Generated cases are bounded (MAX_EXAMPLES per operation, and a deadline for the whole run).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from scripts.stack import compose_command
+from service.openapi import SEED_MODEL_REQUEST, build_document
+from tests.e2e.conftest import START_SECONDS, Stack, stack_environment
+from tests.support.processes import free_port, redis_server, wait_for
+from tests.support.seed_model import make_blobs
+
+pytestmark = pytest.mark.e2e
+
+MAX_EXAMPLES = 12
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+@pytest.fixture(scope="module")
+def small_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack whose jobs may train one epoch at most."""
+    folder = tmp_path_factory.mktemp("schemathesis")
+    logs = folder / "logs"
+    logs.mkdir()
+    with redis_server(folder / "redis") as redis_url:
+        env = stack_environment(redis_url, folder / "data") | {"FITSERVE_MAX_EPOCHS": "1"}
+        port = free_port()
+        running = Stack(
+            api=f"http://127.0.0.1:{port}",
+            redis_url=redis_url,
+            data_dir=folder / "data",
+            logs=logs,
+            env=env,
+        )
+        try:
+            running.others.append(
+                running._spawn(compose_command("api", bind=f"127.0.0.1:{port}"), "api")
+            )
+            running.start_worker("schemathesis")
+            wait_for(
+                lambda: requests.get(running.url("/readyz"), timeout=2).status_code == 200,
+                START_SECONDS,
+                f"gunicorn /readyz (log: {logs / 'api.log'})",
+                interval=0.2,
+            )
+            yield running
+        finally:
+            running.stop()
+
+
+@pytest.fixture(scope="module")
+def api_schema(small_stack: Stack):
+    """The served document, its examples pointed at a real dataset and a trained model.
+
+    Deletions keep generated ids, so the examples' dataset and model outlive the run.
+    """
+    x, y = make_blobs(256)
+    dataset = small_stack.upload(x=x, y=y)
+    example = copy.deepcopy(SEED_MODEL_REQUEST)
+    example["data"]["dataset"] = dataset
+    model = small_stack.submit({**example, "name": "served"})["id"]
+    assert small_stack.wait_finished(model)["status"] == "succeeded"
+    document = requests.get(small_stack.url("/openapi.json"), timeout=30).json()
+    for path in ("/v1/jobs", "/v1/jobs:validate"):
+        content = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        content["examples"]["seed_model"]["value"] = example
+    real = {"dataset_id": dataset, "job_id": model, "model": model}
+    for item in document["paths"].values():
+        for method, operation in item.items():
+            for parameter in operation.get("parameters", []) if method != "delete" else []:
+                if parameter["in"] == "path" and parameter["name"] in real:
+                    parameter["example"] = real[parameter["name"]]
+    row = x[:1].tolist()
+    schemas = document["components"]["schemas"]
+    schemas["PredictRequest"]["example"] = {"instances": row}
+    schemas["InferRequest"]["example"]["inputs"][0] |= {"shape": [1, 784], "data": row[0]}
+    schema = schemathesis.openapi.from_dict(document)
+    schema.config.update(base_url=small_stack.api)
+    return schema
+
+
+# Collected from the same function that serves /openapi.json (test_openapi checks they agree).
+OPERATIONS = [
+    (path, method.upper()) for path, item in build_document()["paths"].items() for method in item
+]
+
+
+@pytest.mark.parametrize(("path", "method"), OPERATIONS)
+def test_api_conforms_to_its_document(api_schema, path: str, method: str) -> None:
+    """The document's examples, then generated cases: no 5xx, every answer as documented."""
+    operation = api_schema[path][method]
+    for strategy in [*operation.get_strategies_from_examples(), operation.as_strategy()]:
+        check_cases(strategy)
+
+
+def check_cases(strategy) -> None:
+    @given(case=strategy)
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    def run(case) -> None:
+        case.call_and_validate(checks=CHECKS, timeout=60)
+
+    run()
+
+
+def test_the_seed_example_became_a_job_that_trained(small_stack: Stack) -> None:
+    """Runs after the generated cases (same module): the example's jobs exist and finish."""
+    jobs = requests.get(small_stack.url("/v1/jobs?limit=500"), timeout=30).json()["items"]
+    seeded = [job for job in jobs if job["name"] == SEED_MODEL_REQUEST["name"]]
+    assert seeded, f"no job from the document's example among {[j['name'] for j in jobs]}"
+    finished = small_stack.wait_finished(seeded[-1]["id"])
+    assert finished["status"] == "succeeded", finished
+    assert finished["progress"]["epoch"] == 1
