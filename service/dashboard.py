@@ -87,6 +87,8 @@ def sign_in() -> Response:
     key = match_key(_keys(), request.form.get("key", "").strip())
     if key is None:
         return _sign_in_page("That API key is not valid. Check it and try again.", 401)
+    # A sign-in always gets a fresh token; the one the browser held (if any) ends now.
+    sessions.end_session()
     response = redirect(_next_page(request.form.get("next", "/")), 303)
     sessions.set_cookie(response, sessions.start_session(key))
     return response

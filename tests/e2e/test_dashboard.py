@@ -168,6 +168,7 @@ def test_sign_in_submit_watch_predict_cancel(
     page.goto(f"{keyed_api}/")
     row = page.locator(f'tr[data-job-id="{job_id}"]')
     assert "cancelled" in row.inner_text()
+    page.screenshot(path=str(SCREENSHOTS[1].with_name("dashboard-jobs.png")), full_page=True)
     page.click("text=Sign out")
     page.wait_for_url(f"{keyed_api}/sign-in")
     page.goto(f"{keyed_api}/jobs/{job_id}")

@@ -119,6 +119,16 @@ def test_sign_in_sets_a_strict_http_only_cookie_that_is_not_the_key(
     assert "Signed in as <strong>alice</strong>" in page.get_data(as_text=True)
 
 
+def test_signing_in_again_replaces_the_session(keyed: FlaskClient) -> None:
+    sign_in(keyed)
+    first = keyed.get_cookie("fitserve_session").value
+    sign_in(keyed, BOB)
+    assert keyed.get_cookie("fitserve_session").value != first
+    assert "Signed in as <strong>bob</strong>" in keyed.get("/").get_data(as_text=True)
+    keyed.set_cookie("fitserve_session", first)
+    assert keyed.get("/v1/jobs").status_code == 401
+
+
 def test_the_cookie_is_secure_behind_a_tls_proxy(keyed: FlaskClient) -> None:
     response = sign_in(keyed, **{"X-Forwarded-Proto": "https"})
     assert "Secure" in response.headers["Set-Cookie"]
