@@ -353,14 +353,15 @@ def global_pooling(rank: int) -> Rule:
 
 def _axis_dims(shape: Shape, axes: Any) -> list[int]:
     """The sizes on Keras axes (which count the batch axis as 0), each known."""
-    dims = []
+    dims, seen = [], set()
+    full = len(shape) + 1
     for axis in axes if isinstance(axes, list | tuple) else [axes]:
-        full = len(shape) + 1
-        if not -full <= axis < full or axis % full == 0:
+        if not -full <= axis < full or axis % full == 0 or axis % full in seen:
             raise ShapeMismatch(
-                f"axis {axis} is not a feature axis of {show(shape)}",
-                f"an axis in 1..{full - 1} or -{full - 1}..-1",
+                f"axis {axis} is not a feature axis of {show(shape)}, or is named twice",
+                f"distinct axes in 1..{full - 1} or -{full - 1}..-1",
             )
+        seen.add(axis % full)
         dims.append(_known(shape[axis % full - 1], f"axis {axis}", shape))
     return dims
 
@@ -549,11 +550,13 @@ def softmax(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
     shape = _one(shapes)
     axes = cfg.get("axis", -1)
     rank = len(shape) + 1
-    for axis in axes if isinstance(axes, list | tuple) else [axes]:
-        if not -rank <= axis < rank:
-            raise ShapeMismatch(
-                f"axis {axis} is not an axis of {show(shape)}", f"an axis in -{rank}..{rank - 1}"
-            )
+    named = [axes] if isinstance(axes, int) else list(axes)
+    inside = all(-rank <= axis < rank for axis in named)
+    if not inside or len({axis % rank for axis in named}) < len(named):
+        raise ShapeMismatch(
+            f"axis {axes} names an axis that {show(shape)} does not have, or one axis twice",
+            f"distinct axes in -{rank}..{rank - 1}",
+        )
     return shape, 0, 0
 
 

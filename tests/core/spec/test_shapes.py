@@ -388,19 +388,19 @@ def conv_config(rank: int, *, filters: bool = True, groups: bool = True) -> tupl
     return required, optional
 
 
-def pool_config(rank: int) -> tuple[dict, dict]:
-    return {}, {
-        "pool_size": sizes(rank),
-        "strides": st.none() | sizes(rank),
-        "padding": PADDING,
-        "data_format": FORMAT,
-    }
+def pool_config(rank: int, *, required: bool = False) -> tuple[dict, dict]:
+    optional = {"pool_size": sizes(rank), "strides": st.none() | sizes(rank),
+                "padding": PADDING, "data_format": FORMAT}  # fmt: skip
+    if required:
+        return {"pool_size": optional.pop("pool_size")}, optional
+    return {}, optional
 
 
 def with_optional(config: tuple[dict, dict], **more: st.SearchStrategy) -> tuple[dict, dict]:
     return config[0], {**config[1], **more}
 
 
+GLOBAL = {"keepdims": st.booleans(), "data_format": FORMAT}
 AXES = st.integers(-4, 3) | st.lists(st.integers(-4, 3), min_size=1, max_size=2, unique=True)
 RNN = ({"units": SMALL}, {"return_sequences": st.booleans(), "use_bias": st.booleans()})
 # (required, optional) config strategies per layer: small values that reach the edge cases.
@@ -427,10 +427,23 @@ FUZZED: dict[str, tuple[dict, dict]] = {
     "SeparableConv2D": with_optional(conv_config(2, groups=False), depth_multiplier=SMALL),
     "DepthwiseConv2D": with_optional(conv_config(2, filters=False, groups=False),
                                      depth_multiplier=SMALL),
+    "Conv3D": conv_config(3),
     "MaxPooling1D": pool_config(1),
-    "AveragePooling2D": pool_config(2),
-    "GlobalAveragePooling1D": ({}, {"keepdims": st.booleans(), "data_format": FORMAT}),
-    "GlobalMaxPooling2D": ({}, {"keepdims": st.booleans(), "data_format": FORMAT}),
+    "MaxPooling2D": pool_config(2),
+    "MaxPooling3D": pool_config(3),
+    "AveragePooling1D": pool_config(1, required=True),
+    "AveragePooling2D": pool_config(2, required=True),
+    "AveragePooling3D": pool_config(3, required=True),
+    "GlobalAveragePooling1D": ({}, GLOBAL),
+    "GlobalAveragePooling2D": ({}, GLOBAL),
+    "GlobalMaxPooling1D": ({}, GLOBAL),
+    "GlobalMaxPooling2D": ({}, GLOBAL),
+    "Activation": ({"activation": st.sampled_from(["relu", "softmax", "tanh"])}, {}),
+    "GaussianNoise": ({"stddev": st.just(0.1)}, {}),
+    "ReLU": ({}, {"max_value": st.none() | st.just(6.0)}),
+    "LeakyReLU": ({}, {"negative_slope": st.just(0.2)}),
+    "ELU": ({}, {"alpha": st.just(0.5)}),
+    "Rescaling": ({"scale": st.just(0.5)}, {"offset": st.just(1.0)}),
     "BatchNormalization": ({}, {"axis": st.integers(-4, 3), "center": st.booleans()}),
     "LayerNormalization": ({}, {"axis": AXES, "scale": st.booleans()}),
     "PReLU": ({}, {"shared_axes": st.lists(st.integers(1, 4), min_size=1, max_size=2)}),
@@ -450,6 +463,13 @@ def layer_cases(draw: st.DrawFn) -> tuple[str, dict[str, Any], list[list[int]]]:
     return class_name, config, [draw(st.lists(st.integers(1, 6), min_size=1, max_size=4))]
 
 
+MERGED = ["Add", "Average", "Bidirectional", "Concatenate", "Multiply", "Subtract"]
+
+
+def test_the_differential_test_reaches_every_layer():
+    assert {*FUZZED, *MERGED, "InputLayer"} == set(RULES)
+
+
 @st.composite
 def merge_cases(draw: st.DrawFn) -> tuple[str, dict[str, Any], list[list[int]]]:
     """Merges of 2-3 inputs of one rank, and Bidirectional wrappers.
@@ -457,8 +477,7 @@ def merge_cases(draw: st.DrawFn) -> tuple[str, dict[str, Any], list[list[int]]]:
     Left out on purpose, being refused though Keras runs them: merges of a single input or
     across the batch axis, and element-wise merges that broadcast across ranks or unit counts.
     """
-    class_name = draw(st.sampled_from(["Add", "Average", "Bidirectional", "Concatenate",
-                                       "Multiply", "Subtract"]))  # fmt: skip
+    class_name = draw(st.sampled_from(MERGED))
     if class_name == "Bidirectional":
         inner = draw(st.sampled_from(["LSTM", "GRU", "SimpleRNN"]))
         units, sequences = draw(SMALL), draw(st.booleans())
