@@ -1,9 +1,10 @@
 """Schemathesis against the real stack, driven by the server's own /openapi.json.
 
-A stack of its own (gunicorn with two workers, a Celery worker, Redis) with FITSERVE_MAX_EPOCHS=1,
-so the jobs that valid examples create train one epoch. The document's examples point at a
-placeholder dataset; the test points them at a real one, so they pass validation into jobs.
-Generated cases are bounded (MAX_EXAMPLES per operation, and a deadline for the whole run).
+A stack of its own (gunicorn with two workers, a Celery worker, Redis) with FITSERVE_MAX_EPOCHS=1
+and a quota of two live jobs, so the jobs that valid examples create train one epoch each. The
+document's examples point at placeholder ids; the test points them at a real dataset and a
+trained model, so they pass validation into jobs and reach real predictions. Each operation
+runs its examples, then MAX_EXAMPLES generated cases (about two minutes in all on two cores).
 """
 
 from __future__ import annotations
@@ -41,12 +42,15 @@ CHECKS = [
 
 @pytest.fixture(scope="module")
 def small_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A stack whose jobs may train one epoch at most."""
+    """A stack whose jobs may train one epoch at most, two at a time."""
     folder = tmp_path_factory.mktemp("schemathesis")
     logs = folder / "logs"
     logs.mkdir()
     with redis_server(folder / "redis") as redis_url:
-        env = stack_environment(redis_url, folder / "data") | {"FITSERVE_MAX_EPOCHS": "1"}
+        env = stack_environment(redis_url, folder / "data") | {
+            "FITSERVE_MAX_EPOCHS": "1",
+            "FITSERVE_MAX_ACTIVE_JOBS_PER_KEY": "2",
+        }
         port = free_port()
         running = Stack(
             api=f"http://127.0.0.1:{port}",
