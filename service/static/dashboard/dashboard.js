@@ -84,6 +84,12 @@
     return Object.entries(metrics || {}).map(([name, value]) => `${name} ${formatNumber(value)}`).join(", ");
   }
 
+  // Predictions as JSON, one row per line.
+  function formatRows(rows) {
+    if (!Array.isArray(rows)) return JSON.stringify(rows, null, 1);
+    return "[\n" + rows.map((row) => "  " + JSON.stringify(row)).join(",\n") + "\n]";
+  }
+
   function formatTime(value) {
     return value ? new Date(value).toLocaleString() : "–";
   }
@@ -299,6 +305,7 @@
       error.textContent = message;
       error.hidden = !message;
       cancelButton.disabled = !(job.status === "queued" || job.status === "running");
+      if (TERMINAL.has(job.status)) document.getElementById("cancel-result").textContent = "";
       showCheckpoints(job);
     }
 
@@ -369,8 +376,8 @@
       cancelButton.disabled = true;
       try {
         const { data } = await api("POST", `/v1/jobs/${jobId}:cancel`);
-        result.textContent = `Cancel requested: ${data.status}.`;
         showJob(data);
+        if (!TERMINAL.has(data.status)) result.textContent = "Cancel requested; the job stops after its current batch.";
       } catch (error) {
         showProblem(result, error);
       }
@@ -395,7 +402,7 @@
         const { data, response } = await api("POST", path, `{"instances": ${text}}`);
         result.replaceChildren(
           element("p", `Served by version ${response.headers.get("X-Model-Version") || "?"}`),
-          element("pre", JSON.stringify(data.predictions, null, 1), { id: "predictions" }));
+          element("pre", formatRows(data.predictions), { id: "predictions" }));
       } catch (error) {
         showProblem(result, error);
       }
