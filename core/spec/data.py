@@ -88,6 +88,7 @@ class _Model:
     """What the data checks need of the parsed model: names, shapes, dtypes and losses."""
 
     def __init__(self, spec: dict[str, Any], summary: dict[str, Any]) -> None:
+        self.model = spec["model"]
         self.inputs = {i["name"]: i for i in spec["model"]["inputs"]}
         self.outputs = {o["name"]: o["shape"][1:] for o in summary["outputs"]}
         self.shapes = {i["name"]: i["shape"][1:] for i in summary["inputs"]}
@@ -98,6 +99,15 @@ class _Model:
             for layer in reversed(spec["model"]["layers"])
             if layer["class_name"] == "Embedding" and layer["inbound"][0] in self.inputs
         }
+
+    def outputs_for(self, rows: dict[str, Shape]) -> dict[str, Shape]:
+        """Output shapes once variable input dims take the arrays' sizes; InvalidRequest if the
+        layers cannot take those sizes (a Reshape that fit a variable length may not fit 7)."""
+        if all(None not in self.shapes[name] for name in rows):
+            return self.outputs
+        inputs = [{**i, "shape": rows.get(i["name"], i["shape"])} for i in self.model["inputs"]]
+        summary = summarize_model({**self.model, "inputs": inputs})
+        return {o["name"]: o["shape"][1:] for o in summary["outputs"]}
 
     @classmethod
     def of(cls, spec: dict[str, Any]) -> _Model | None:
@@ -143,6 +153,7 @@ class _Split:
         self.x: dict[str, str] = {}
         self.y: dict[str, str] = {}
         self.dataset_id, self.manifest = None, None
+        self.outputs = model.outputs if model else {}
         if default_names is not None and not isinstance(raw, dict):
             place.refuse(raw, 'an object with "dataset" (and "x", "y" when named differently)')
             return
@@ -255,6 +266,7 @@ class _Split:
         """Each input's declared shape against its array's shape (after any reshape)."""
         if self.model is None:
             return
+        before, rows = len(self.errors), {}
         for name, array in self.x.items():
             entry = self._array(array)
             if entry is None:
@@ -262,6 +274,7 @@ class _Split:
             at = self.paths[("x", name)]
             rows_shape = entry["shape"][1:]
             steps = preprocess.get(name) or {}
+            rows[name] = steps.get("reshape") or rows_shape
             if steps.get("reshape") is not None:
                 # The built model takes the training array's raw rows; every split must match.
                 raw_shape = steps.setdefault("raw_shape", rows_shape)
@@ -294,6 +307,20 @@ class _Split:
                     "an array of whole numbers",
                     f"Input {name!r} takes {dtype} values but array {array!r} holds fractions.",
                 )
+        if len(self.errors) == before and len(rows) == len(self.model.inputs):
+            self._check_with_rows(rows)
+
+    def _check_with_rows(self, rows: dict[str, Shape]) -> None:
+        try:
+            self.outputs = self.model.outputs_for(rows)
+        except InvalidRequest as error:
+            first = error.errors[0]
+            self.place.at("x").refuse(
+                self.x,
+                "arrays whose sizes every layer can take",
+                f"With the arrays' row shapes ({', '.join(f'{k}: {v}' for k, v in rows.items())})"
+                f" in place of the model's variable sizes, {first.message}.",
+            )
 
     def _check_vocabulary(self, at: Place, name: str, array: str, stats: dict[str, Any]) -> None:
         if name not in self.model.vocabulary or stats.get("max") is None:
@@ -317,7 +344,7 @@ class _Split:
                 continue
             at = self.paths[("y", name)]
             problem = _target_problem(
-                self.model.outputs[name],
+                self.outputs[name],
                 entry,
                 self.model.losses.get(name),
                 one_hot.get(name),

@@ -291,3 +291,19 @@ def test_any_json_is_parsed_or_refused_never_crashes(data, checkpoint_raw):
     errors += refusals_or_none(lambda: parse_checkpoint(checkpoint_raw, spec, settings=Settings()))
     assert all(error.path.startswith(("/data", "/checkpoint", "/fit")) for error in errors)
     orjson.dumps([error.to_dict() for error in errors])
+
+
+def test_variable_sizes_are_checked_with_the_arrays_sizes():
+    spec = spec_with()
+    spec["model"]["inputs"][0]["shape"] = [None]
+    spec["model"]["layers"][:0] = [
+        {"name": "grid", "class_name": "Reshape", "config": {"target_shape": [5, 5]},
+         "inbound": ["input"]},
+        {"name": "flatten", "class_name": "Flatten", "config": {}, "inbound": ["grid"]},
+    ]  # fmt: skip
+    spec["model"]["layers"][2]["inbound"] = ["flatten"]
+    ((path, message),) = refusals({"dataset": DATASET, "x": "x", "y": "y"}, spec)
+    assert path == "/data/x"
+    assert "input: [4]" in message
+    assert "layer 'grid' (Reshape)" in message
+    assert "[5, 5]" in message
