@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fitserve.training")
 
+# Epoch summaries per job, read by the compose TensorBoard over the jobs' folders.
 TENSORBOARD_DIR = "tensorboard"
 
 FAILURE_REASONS = (
@@ -85,7 +86,8 @@ def train_job(
     epoch as ended), so every history entry has its version.
 
     Args:
-        job_dir: the job's folder (`checkpoints/`, `model.keras`, `history.json`, `train.log`).
+        job_dir: the job's folder (`checkpoints/`, `model.keras`, `history.json`, `train.log`,
+            `tensorboard/` with the epoch summaries).
         spec: the normalized job spec (core.spec).
         data: the data folder the spec's datasets live in.
         settings: limits (`max_job_seconds`).
