@@ -30,6 +30,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "broker_connection_retry_on_startup": True,
+        # A worker whose Redis restarts reconnects for as long as it takes (Celery gives up
+        # after 100 tries by default and the process exits), then consumes again.
+        "broker_connection_retry": True,
+        "broker_connection_max_retries": None,
         "task_default_queue": "train",
         "broker_transport_options": {
             # Longer than the longest allowed job: redelivery after a lost worker is the

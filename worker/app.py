@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import redis
 from celery import Celery
 from celery.signals import celeryd_init, worker_process_init, worker_shutting_down
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from core.queues import celery_config
 from core.settings import Settings
@@ -115,7 +117,14 @@ def start_heartbeat(devices: list[str]) -> None:
         handler.addFilter(_log_context)
     data = DataDir(settings.data_dir)
     data.ensure()
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
+    # A Redis restart must not fail the epoch that ends during it: every command is retried for
+    # about 15 s (a client made by from_url does not retry at all by default).
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=5,
+        socket_timeout=10,
+        retry=Retry(ExponentialBackoff(cap=2, base=0.1), retries=10),
+    )
     store = JobStore(client, data, settings)
     worker = WorkerIdentity(_node["name"])
     client.delete(shutdown_key(worker.name))
