@@ -197,6 +197,16 @@ end
 return 0
 """
 
+# Fields go only into a record that exists: after Redis lost its data, a worker's progress write
+# would otherwise leave a record without a status, which the rebuild then takes for a live one.
+_UPDATE_EXISTING = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], unpack(ARGV))
+  return 1
+end
+return 0
+"""
+
 _STEAL_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
@@ -216,6 +226,7 @@ class JobStore:
         self._renew = client.register_script(_RENEW_LEASE)
         self._release = client.register_script(_RELEASE_LEASE)
         self._steal = client.register_script(_STEAL_LEASE)
+        self._update = client.register_script(_UPDATE_EXISTING)
 
     # Creating, reading, listing -----------------------------------------------------------
 
@@ -411,8 +422,12 @@ class JobStore:
         return result
 
     def update(self, job_id: str, *, manifest: bool = True, **fields: Any) -> None:
-        """Change fields other than the status (progress, epoch, checkpoints...)."""
-        self.redis.hset(job_key(job_id), mapping=_encode({**fields, "updated_at": utc_now()}))
+        """Change fields other than the status (progress, epoch, checkpoints...) of an existing
+        record; a record lost with Redis's data stays missing until the rebuild restores it."""
+        encoded = _encode({**fields, "updated_at": utc_now()})
+        self._update(
+            keys=[job_key(job_id)], args=[part for pair in encoded.items() for part in pair]
+        )
         if manifest:
             self._write_manifest(job_id)
 
@@ -625,6 +640,8 @@ class JobStore:
         )
         self._insert(job, score=parse_time(job["created_at"]))
         history = manifest.get("history") or []
+        # Epochs a worker reported between the loss and now are in the manifest's history too.
+        self.redis.delete(history_key(job["id"]))
         if history:
             self.redis.rpush(history_key(job["id"]), *(orjson.dumps(h) for h in history))
         return job
