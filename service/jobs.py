@@ -17,7 +17,14 @@ from flask import Blueprint, current_app, g, request
 from core import spec
 from core.devices import queue_workers
 from core.errors import Conflict, FieldError, InvalidRequest, NotFound, Unavailable
-from core.jobs import STATUSES, JobStore, describe_record, parse_time, send_training
+from core.jobs import (
+    STATUSES,
+    TERMINAL,
+    JobStore,
+    describe_record,
+    parse_time,
+    send_training,
+)
 from core.queues import celery_config, train_queue
 from core.storage import check_id
 from service.auth import can_see, owner
@@ -147,7 +154,12 @@ def list_jobs():
 @bp.get("/v1/jobs/<job_id>")
 def get_job(job_id: str):
     """The job; a queued one also says whether any live worker consumes its queue."""
-    job = _visible_job(job_id)
+    try:
+        job = _visible_job(job_id)
+    except redis.RedisError:
+        job = _finished_on_volume(job_id)
+        if job is None:
+            raise
     view = view_job(job)
     if job["status"] == "queued":
         view["queue"] = _queue_state(job.get("gpus") or 1)
@@ -217,6 +229,20 @@ def _visible_job(job_id: str) -> dict:
     if not can_see(job.get("owner")):
         raise NotFound(f"No job with id {job_id!r}.")
     return job
+
+
+def _finished_on_volume(job_id: str) -> dict | None:
+    """While Redis is away, a finished job as its manifest has it (a finished job no longer
+    changes); None for a live job, whose manifest may lag its record (that read stays a 503)."""
+    try:
+        job = job_store().manifest(job_id)
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    if job.get("status") not in TERMINAL:
+        return None
+    if not can_see(job.get("owner")):
+        raise NotFound(f"No job with id {job_id!r}.")
+    return job | {"metrics": (job.get("history") or [{}])[-1].get("metrics")}
 
 
 def view_job(job: dict) -> dict:
