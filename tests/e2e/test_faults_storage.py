@@ -1,0 +1,379 @@
+"""Redis and the data volume failing under a private stack: nothing is lost, reads keep working.
+
+The faults here would disturb the session stack, so this module starts its own: a redis-server
+with AOF (`appendfsync always`) in its own folder, restarted on the same port; the data folder
+on a small tmpfs, so a test can fill it; one Celery worker and one gunicorn worker.
+
+The tests run in file order over the one stack (each leaves it serving). Each prints
+`recovery fault=<name> seconds=<s>` (run with `-s`): seconds from the fault to what a user sees
+working again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from core.jobs import JobStore
+from core.settings import Settings
+from core.storage import DataDir, read_json
+from scripts.stack import ROOT, compose_command
+from tests.e2e.conftest import (
+    START_SECONDS,
+    Stack,
+    blobs,
+    stack_environment,
+    tiny_request,
+)
+from tests.support.processes import free_port, stop_tree, wait_for
+
+pytestmark = pytest.mark.e2e
+
+WORKER = "faults"
+TMPFS_BYTES = 48 << 20
+X = blobs(rows=8)["x"]
+
+
+class FaultyRedis:
+    """A redis-server with AOF on a fixed port and folder, so a restart keeps both."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> None:
+        argv = [
+            shutil.which("redis-server") or "redis-server",
+            *("--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)),
+            *("--appendonly", "yes", "--appendfsync", "always", "--save", ""),
+            *("--maxmemory-policy", "noeviction"),
+        ]
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        import redis
+
+        wait_for(redis.Redis.from_url(self.url).ping, 10, f"redis-server on port {self.port}")
+
+    def kill(self) -> float:
+        """SIGKILL (a crash: only what AOF fsynced survives); returns the time it happened."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+        return time.monotonic()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_tree(self.process)
+
+
+@contextlib.contextmanager
+def small_volume(folder: Path) -> Iterator[bool]:
+    """`folder` as a tmpfs of TMPFS_BYTES; yields False (a plain folder) where mounting fails."""
+    folder.mkdir(parents=True)
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", str(folder)],
+            capture_output=True,
+        ).returncode
+        == 0
+    )
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The module's own stack; `private.tmpfs` says whether the data folder is a tmpfs."""
+    folder = tmp_path_factory.mktemp("faults")
+    logs = folder / "logs"
+    logs.mkdir()
+    server = FaultyRedis(folder / "redis")
+    server.start()
+    with small_volume(folder / "data") as mounted:
+        port = free_port()
+        running = Stack(
+            api=f"http://127.0.0.1:{port}",
+            redis_url=server.url,
+            data_dir=folder / "data",
+            logs=logs,
+            env=stack_environment(server.url, folder / "data"),
+        )
+        running.server = server
+        running.tmpfs = mounted
+        try:
+            argv = compose_command("api", bind=f"127.0.0.1:{port}")
+            argv[argv.index("--workers") + 1] = "1"
+            running.others.append(running._spawn(argv, "api"))
+            running.start_worker(WORKER)
+            wait_for(
+                lambda: requests.get(running.url("/readyz"), timeout=2).status_code == 200,
+                START_SECONDS,
+                f"gunicorn /readyz (log: {logs / 'api.log'})",
+                interval=0.2,
+            )
+            yield running
+        finally:
+            running.stop()
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def dataset(private: Stack) -> str:
+    return private.upload(**blobs(rows=600))
+
+
+@pytest.fixture(scope="module")
+def finished(private: Stack, dataset: str) -> str:
+    """A succeeded two-epoch job: its record, manifest and model exist."""
+    job = private.submit(tiny_request(dataset, epochs=2, name="finished"))
+    done = private.wait_finished(job["id"])
+    assert done["status"] == "succeeded", done
+    return job["id"]
+
+
+def report(fault: str, since: float) -> float:
+    seconds = round(time.monotonic() - since, 2)
+    print(f"\nrecovery fault={fault} seconds={seconds}")
+    return seconds
+
+
+def slow_request(dataset: str, epochs: int, name: str) -> dict:
+    # Batches of 4: a few hundred steps per epoch, so the job is still running when we strike.
+    return tiny_request(dataset, epochs=epochs, batch_size=4, name=name)
+
+
+def predict(stack: Stack, job_id: str, version: str = "") -> requests.Response:
+    path = f"/v1/models/{job_id}{version}:predict"
+    return requests.post(stack.url(path), json={"instances": X.tolist()}, timeout=60)
+
+
+def job_folders(stack: Stack) -> set[str]:
+    return {p.name for p in (stack.data_dir / "jobs").iterdir() if not p.name.startswith(".")}
+
+
+def submit_when_back(stack: Stack, request: dict, timeout: float = 60) -> dict:
+    """Submit, retrying while the API answers 503 (Redis still coming back)."""
+    answer: dict = {}
+
+    def accepted() -> bool:
+        response = requests.post(stack.url("/v1/jobs"), json=request, timeout=30)
+        assert response.status_code in (202, 503), response.text
+        answer.update(response.json())
+        return response.status_code == 202
+
+    wait_for(accepted, timeout, "a submit accepted", interval=0.2)
+    return answer
+
+
+def test_redis_down_refuses_writes_with_503_and_serves_reads_from_the_volume(
+    private: Stack, dataset: str, finished: str
+):
+    before = job_folders(private)
+    private.server.kill()
+    try:
+        submit = requests.post(
+            private.url("/v1/jobs"), json=tiny_request(dataset, epochs=1), timeout=60
+        )
+        cancel = requests.post(private.url(f"/v1/jobs/{finished}:cancel"), timeout=60)
+        for refused in (submit, cancel):
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["Retry-After"].isdigit()
+            assert refused.headers["Content-Type"] == "application/problem+json"
+            assert "Redis" in refused.json()["detail"]
+
+        assert requests.get(private.url("/healthz"), timeout=30).status_code == 200
+        assert requests.get(private.url(f"/v1/datasets/{dataset}"), timeout=30).status_code == 200
+        job = requests.get(private.url(f"/v1/jobs/{finished}"), timeout=60)
+        assert job.status_code == 200, job.text
+        assert job.json()["status"] == "succeeded"
+        served = predict(private, finished)
+        assert served.status_code == 200, served.text
+        assert served.headers["X-Model-Version"] == "2"
+    finally:
+        private.server.start()
+    back = time.monotonic()
+
+    again = submit_when_back(private, tiny_request(dataset, epochs=1, name="after-outage"))
+    report("redis_down_submit_accepted", back)
+    # Nothing of the refused submit: one new job only, in Redis and on the volume.
+    assert job_folders(private) == before | {again["id"]}
+    listed = requests.get(private.url("/v1/jobs?limit=100"), timeout=30).json()["items"]
+    assert {job["id"] for job in listed} == before | {again["id"]}
+    assert private.wait_finished(again["id"])["status"] == "succeeded"
+
+
+def test_redis_restart_loses_no_job_and_the_same_worker_goes_on(private: Stack, dataset: str):
+    worker_pid = private.workers[WORKER].pid
+    running = private.submit(slow_request(dataset, 10, "running"))
+    private.wait_job(running["id"], lambda j: j["checkpoints"], "to checkpoint", timeout=120)
+    queued = private.submit(tiny_request(dataset, epochs=2, name="queued"))
+
+    struck = private.server.kill()
+    private.server.start()
+    after = submit_when_back(private, tiny_request(dataset, epochs=2, name="after"))
+    report("redis_restart_submit_accepted", struck)
+
+    for job in (running, queued, after):
+        done = private.wait_finished(job["id"])
+        assert done["status"] == "succeeded", done
+        # Trained through the restart in one attempt, by the same worker.
+        assert done["attempt"] == 1, done
+        assert done["worker"].startswith(f"{WORKER}@"), done
+    report("redis_restart_all_three_succeeded", struck)
+    assert private.workers[WORKER].poll() is None
+    assert private.workers[WORKER].pid == worker_pid
+
+    # The compose healthcheck's command: the worker's consumer answers over the broker.
+    ping = subprocess.run(
+        [
+            *("celery", "--app", "worker.app", "inspect", "ping"),
+            *("--destination", f"{WORKER}@{os.uname().nodename}", "--timeout", "10"),
+        ],
+        cwd=ROOT,
+        env=private.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert "pong" in ping.stdout
+
+
+def fill(folder: Path, leave: int) -> Path:
+    """Take all the free space of `folder`'s file system but `leave` bytes; returns the filler."""
+    filler = folder / "filler"
+    with open(filler, "wb") as handle:
+        os.posix_fallocate(handle.fileno(), 0, shutil.disk_usage(folder).free - leave)
+    return filler
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_fails_the_job_no_space(
+    private: Stack, dataset: str, finished: str
+):
+    if not private.tmpfs:
+        pytest.skip("mounting a tmpfs for the data folder is not permitted here")
+    job = private.submit(slow_request(dataset, 1000, "fills-the-disk"))
+    seen = private.wait_job(job["id"], lambda j: j["checkpoints"], "to checkpoint", timeout=120)
+    size = seen["checkpoints"][-1]["bytes"]
+
+    filler = fill(private.data_dir, leave=size // 2)
+    struck = time.monotonic()
+    try:
+        done = private.wait_finished(job["id"], timeout=120)
+        report("disk_full_job_failed", struck)
+        assert done["status"] == "failed", done
+        assert done["error"]["reason"] == "no_space", done
+        assert "data volume is full" in done["error"]["message"]
+
+        last = done["checkpoints"][-1]
+        from core.checkpoints import verify_checkpoint
+
+        verify_checkpoint(private.data_dir / "jobs" / job["id"], last)
+        assert requests.get(private.url("/healthz"), timeout=30).status_code == 200
+        assert requests.get(private.url(f"/v1/datasets/{dataset}"), timeout=30).status_code == 200
+        assert predict(private, finished).status_code == 200
+        served = predict(private, job["id"], f"/versions/{last['version']}")
+        assert served.status_code == 200, served.text
+        assert served.headers["X-Model-Version"] == str(last["version"])
+    finally:
+        filler.unlink()
+    # The volume says so too (a rebuild after Redis lost its data reads it).
+    manifest = read_json(private.data_dir / "jobs" / job["id"] / "manifest.json")
+    assert (manifest["status"], manifest["reason"]) == ("failed", "no_space")
+
+
+def test_redis_data_loss_rebuilds_the_records_and_requeues_the_queued(private: Stack, dataset: str):
+    before = {
+        job["id"]: job["status"]
+        for job in requests.get(private.url("/v1/jobs?limit=100"), timeout=30).json()["items"]
+    }
+    running = private.submit(slow_request(dataset, 8, "running-at-loss"))
+    private.wait_job(running["id"], lambda j: j["status"] == "running", "to run", timeout=120)
+    queued = private.submit(tiny_request(dataset, epochs=2, name="queued-at-loss"))
+
+    private.redis.flushall()
+    struck = time.monotonic()
+    statuses: dict[str, str] = {}
+
+    def rebuilt() -> bool:
+        listed = requests.get(private.url("/v1/jobs?limit=100"), timeout=5).json()["items"]
+        statuses.update({job["id"]: job["status"] for job in listed})
+        return set(before) | {running["id"], queued["id"]} <= set(statuses)
+
+    wait_for(rebuilt, 30, "every job listed again", interval=0.1)
+    report("redis_data_loss_records_back", struck)
+
+    assert {job_id: statuses[job_id] for job_id in before} == before
+    for job in (running, queued):
+        done = private.wait_finished(job["id"])
+        assert done["status"] == "succeeded", done
+    report("redis_data_loss_queued_succeeded", struck)
+
+
+def test_a_progress_write_racing_the_data_loss_does_not_hide_the_job(settings: Settings):
+    """Between Redis losing its data and the rebuild, a worker still reports progress: that write
+    must not leave a record without a status, which the rebuild would then skip."""
+    import redis
+
+    store = JobStore(redis.Redis.from_url(settings.redis_url), DataDir(settings.data_dir), settings)
+    store.data.ensure()
+    job = store.create({"name": "raced", "data": {"dataset": "a" * 32}}, owner=None)
+    store.redis.flushall()
+
+    store.update(job["id"], manifest=False, progress={"epoch": 1})
+    resent = store.rebuild_records()
+
+    assert [queued["id"] for queued in resent] == [job["id"]]
+    assert store.get(job["id"])["status"] == "queued"
+
+
+def broker_messages(stack: Stack) -> int:
+    """Messages waiting in the `train` queue (Celery's Redis transport keeps one list per
+    priority: `train`, `train:1` ... `train:9`)."""
+    keys = ["train", *(f"train:{step}" for step in range(1, 10))]
+    return sum(stack.redis.llen(key) for key in keys)
+
+
+def test_a_job_cancelled_while_queued_never_starts_and_a_late_job_times_out(
+    private: Stack, dataset: str
+):
+    stop_tree(private.workers.pop(WORKER), timeout=60)
+    cancelled = private.submit(tiny_request(dataset, epochs=2, name="cancelled-while-queued"))
+    response = requests.post(private.url(f"/v1/jobs/{cancelled['id']}:cancel"), timeout=30)
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "cancelled"
+    assert broker_messages(private) == 1  # its message is still in the broker
+
+    private.env = {**private.env, "FITSERVE_MAX_JOB_SECONDS": "3"}
+    private.start_worker(WORKER)
+    wait_for(lambda: broker_messages(private) == 0, 60, "the cancelled job's message taken")
+    late = private.submit(slow_request(dataset, 1000, "too-long"))
+    done = private.wait_finished(late["id"], timeout=120)
+
+    assert done["status"] == "failed", done
+    assert done["error"]["reason"] == "timeout"
+    assert "FITSERVE_MAX_JOB_SECONDS" in done["error"]["message"]
+    assert done["checkpoints"], done
+    from core.checkpoints import verify_checkpoint
+
+    verify_checkpoint(private.data_dir / "jobs" / late["id"], done["checkpoints"][-1])
+
+    never = private.job(cancelled["id"])
+    assert never["status"] == "cancelled"
+    assert never["attempt"] == 0
+    assert never["started_at"] is None
+    assert [e["kind"] for e in private.events(cancelled["id"])] == ["status"]
+    assert not (private.data_dir / "jobs" / cancelled["id"] / "checkpoints").exists()
