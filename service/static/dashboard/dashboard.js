@@ -336,17 +336,26 @@
       }
     }
 
-    function showCurves(metrics) {
+    // Completed epochs only: an epoch a stop cut short (its checkpoint is marked partial) has
+    // metrics over a few batches, which would draw a spike that training never had.
+    function showCurves(job, metrics) {
+      const partial = new Set(job.checkpoints.filter((c) => c.partial).map((c) => c.version));
+      const keep = metrics.epochs.map((epoch, index) => (partial.has(epoch) ? -1 : index))
+        .filter((index) => index >= 0);
+      const epochs = keep.map((index) => metrics.epochs[index]);
       const names = Object.keys(metrics.history);
+      const history = Object.fromEntries(
+        names.map((name) => [name, keep.map((index) => metrics.history[name][index])]));
       const losses = names.filter((name) => name.endsWith("loss"));
       const others = names.filter((name) => !name.endsWith("loss") && name !== "learning_rate");
-      lossCurves.update(metrics.epochs, metrics.history, losses);
-      metricCurves.update(metrics.epochs, metrics.history, others);
-      charts.dataset.points = String(metrics.epochs.length);
-      const last = metrics.epochs.length - 1;
-      document.getElementById("chart-summary").textContent = last < 0 ? "No completed epoch yet."
-        : `Epoch ${metrics.epochs[last]}: ` +
-          formatMetrics(Object.fromEntries(names.map((name) => [name, metrics.history[name][last]])));
+      lossCurves.update(epochs, history, losses);
+      metricCurves.update(epochs, history, others);
+      charts.dataset.points = String(epochs.length);
+      const last = epochs.length - 1;
+      const cut = partial.size ? `. Not drawn: epoch ${[...partial].join(", ")}, cut short by a stop.` : "";
+      document.getElementById("chart-summary").textContent = (last < 0 ? "No completed epoch yet."
+        : `Epoch ${epochs[last]}: ` +
+          formatMetrics(Object.fromEntries(names.map((name) => [name, history[name][last]])))) + cut;
     }
 
     async function refreshLog() {
@@ -361,7 +370,7 @@
         api("GET", `/v1/jobs/${jobId}/metrics`),
       ]);
       showJob(job.data);
-      showCurves(metrics.data);
+      showCurves(job.data, metrics.data);
       await refreshLog();
       if (TERMINAL.has(job.data.status) && stream !== null) {
         // The server ends a finished job's stream; without this the browser would reconnect.
