@@ -731,4 +731,8 @@ def _paths() -> dict[str, dict]:
                 body=infer_body,
             )
         }
+    for path, item in paths.items():
+        if not path.startswith(("/v1", "/v2")):
+            for operation in item.values():
+                operation["security"] = []
     return paths
