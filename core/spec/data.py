@@ -26,12 +26,6 @@ RESHAPE_DIM = Integer(1, 1 << 24)
 KEEP = Integer(1, 100)
 MODE = Choice(("min", "max", "auto"))
 SPARSE_LOSSES = {"sparse_categorical_crossentropy", "SparseCategoricalCrossentropy"}
-CATEGORICAL_LOSSES = {
-    "categorical_crossentropy",
-    "CategoricalCrossentropy",
-    "categorical_focal_crossentropy",
-    "CategoricalFocalCrossentropy",
-}
 # Keras's own `mode="auto"` rule, widened to the metrics that grow as a model improves.
 HIGHER_IS_BETTER = ("acc", "auc", "precision", "recall", "r2", "true_positives")
 
@@ -427,9 +421,13 @@ def _target_problem(
                 f"one_hot equal to the output's units ({units})",
             )
         if count is not None and found > count:
+            room = (
+                f"data.preprocess.y.one_hot is {count}"
+                if one_hot is not None
+                else f"the output has {count} units"
+            )
             return (
-                f"the labels hold {found} classes (0..{found - 1}) but the output has "
-                f"{count} {'one-hot classes' if one_hot is not None else 'units'}",
+                f"the labels hold {found} classes (0..{found - 1}) but {room}",
                 f"at most {count} classes",
             )
         return None

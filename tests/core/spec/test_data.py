@@ -307,3 +307,11 @@ def test_variable_sizes_are_checked_with_the_arrays_sizes():
     assert "input: [4]" in message
     assert "layer 'grid' (Reshape)" in message
     assert "[5, 5]" in message
+
+
+def test_labels_beyond_the_one_hot_count():
+    raw = {"dataset": DATASET, "x": "x", "y": "animals", "preprocess": {"y": {"one_hot": 3}}}
+    spec = spec_with(loss="categorical_crossentropy")
+    ((path, message),) = refusals(raw, spec)
+    assert path == "/data/y"
+    assert "4 classes (0..3) but data.preprocess.y.one_hot is 3" in message
