@@ -15,7 +15,7 @@ from celery import Celery
 from flask import Blueprint, current_app, g, request
 
 from core import spec
-from core.devices import queue_workers
+from core.devices import queue_workers, waiting_message
 from core.errors import Conflict, FieldError, InvalidRequest, NotFound, Unavailable
 from core.jobs import (
     STATUSES,
@@ -170,11 +170,9 @@ def _queue_state(gpus: int) -> dict:
     queue = train_queue(gpus)
     workers = queue_workers(redis_client(), queue)
     state = {"name": queue, "workers": len(workers)}
-    if not workers:
-        state["message"] = (
-            f"Waiting for a worker that consumes queue '{queue}' (one owning {gpus} device(s)); "
-            "none is running now."
-        )
+    message = None if workers else waiting_message(redis_client(), gpus)
+    if message:
+        state["message"] = message
     return state
 
 
