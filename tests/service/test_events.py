@@ -102,3 +102,19 @@ def test_a_bad_last_event_id_is_a_located_422(client, store: JobStore, given: st
 def test_an_unknown_job_is_a_404(client):
     response = client.get("/v1/jobs/0123456789abcdef0123456789abcdef/events")
     assert response.status_code == 404
+
+
+def test_a_key_streams_only_its_own_jobs(settings: Settings, store: JobStore):
+    from core.keys import hash_key
+
+    keys = {"ann": "fs_ann", "bob": "fs_bob"}
+    entries = ",".join(f"{name}:{hash_key(key)}" for name, key in keys.items())
+    client = create_app(settings.with_overrides(api_keys=entries)).test_client()
+    job_id = store.create(SPEC, owner="ann")["id"]
+    store.transition(job_id, "cancelled")
+    url = f"/v1/jobs/{job_id}/events"
+    assert client.get(url).status_code == 401
+    assert client.get(url, headers={"Authorization": "Bearer fs_bob"}).status_code == 404
+    mine = client.get(url, headers={"Authorization": "Bearer fs_ann"})
+    assert mine.status_code == 200
+    assert [m["data"]["status"] for m in parse(mine.data) if "event" in m] == ["cancelled"]
