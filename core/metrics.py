@@ -8,6 +8,7 @@ shared state already, so `RedisCollector` reads them from Redis when scraped ins
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import redis
@@ -18,6 +19,8 @@ from prometheus_client.registry import Collector
 from core.jobs import EPOCHS_DONE, STATUSES, status_index
 from core.queues import celery_config, train_queue
 from core.settings import Settings
+
+log = logging.getLogger("fitserve.metrics")
 
 REQUESTS = Counter(
     "fitserve_http_requests", "HTTP requests answered, by route rule and status.",
@@ -70,6 +73,18 @@ class RedisCollector(Collector):
         self.client = client
 
     def collect(self) -> Iterator:
+        """Redis's figures, or none while Redis is away: the processes' own still answer."""
+        try:
+            families = list(self._read())
+        except redis.RedisError as error:
+            log.warning("metrics_redis_unavailable error=%r", str(error))
+            families = []
+        yield GaugeMetricFamily(
+            "fitserve_redis_up", "Whether Redis answered this scrape.", 1 if families else 0
+        )
+        yield from families
+
+    def _read(self) -> Iterator:
         pipe = self.client.pipeline(transaction=False)
         for status in STATUSES:
             pipe.zcard(status_index(status))
