@@ -164,6 +164,14 @@ def job_folders(stack: Stack) -> set[str]:
     return {p.name for p in (stack.data_dir / "jobs").iterdir() if not p.name.startswith(".")}
 
 
+def fail_open_count(metrics: str) -> float:
+    """`fitserve_rate_limit_fail_open_total` in a Prometheus scrape."""
+    for line in metrics.splitlines():
+        if line.startswith("fitserve_rate_limit_fail_open_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
 def submit_when_back(stack: Stack, request: dict, timeout: float = 60) -> dict:
     """Submit, retrying while the API answers 503 (Redis still coming back)."""
     answer: dict = {}
@@ -202,6 +210,12 @@ def test_redis_down_refuses_writes_with_503_and_serves_reads_from_the_volume(
         served = predict(private, finished)
         assert served.status_code == 200, served.text
         assert served.headers["X-Model-Version"] == "2"
+        # The rate limiter let those through unchecked, and says so.
+        scrape = requests.get(private.url("/metrics"), timeout=60)
+        assert scrape.status_code == 200, scrape.text
+        assert fail_open_count(scrape.text) >= 3
+        assert "\nfitserve_redis_up 0.0\n" in scrape.text
+        assert "rate_limit_fail_open" in private.log_tail("api", 400)
     finally:
         private.server.start()
     back = time.monotonic()
