@@ -340,6 +340,7 @@ class EpochSummaries(keras.callbacks.Callback):
     def __init__(self, log_dir: Path) -> None:
         super().__init__()
         self.log_dir = log_dir
+        self.writers: dict = {}
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         import tensorflow as tf
@@ -360,5 +361,10 @@ class EpochSummaries(keras.callbacks.Callback):
             writer.flush()
 
     def on_train_end(self, logs: dict | None = None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the event files; also for a fit() that raised, which skips `on_train_end`."""
         for writer in self.writers.values():
             writer.close()
+        self.writers = {}

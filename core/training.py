@@ -212,16 +212,19 @@ def _train(
         control.event("training_started", initial_epoch=initial_epoch, epochs=epochs, device=device)
         ours = OurCallbacks(job_dir, spec, settings, control, earlier)
         if initial_epoch < epochs:
-            model.fit(
-                train.x,
-                train.y,
-                sample_weight=train.sample_weight,
-                validation_data=None if validation is None else (validation.x, validation.y),
-                initial_epoch=initial_epoch,
-                epochs=epochs,
-                callbacks=[*ours.in_order(), *build_callbacks(spec)],
-                **fit_kwargs,
-            )
+            try:
+                model.fit(
+                    train.x,
+                    train.y,
+                    sample_weight=train.sample_weight,
+                    validation_data=None if validation is None else (validation.x, validation.y),
+                    initial_epoch=initial_epoch,
+                    epochs=epochs,
+                    callbacks=[*ours.in_order(), *build_callbacks(spec)],
+                    **fit_kwargs,
+                )
+            finally:
+                ours.summaries.close()
         result = ours.outcome(initial_epoch) | {"device": device}
         if result["status"] != "succeeded":
             return result

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -266,6 +269,56 @@ def test_time_limit_fails_with_timeout_after_a_checkpoint(trainer: Trainer, spec
     assert "FITSERVE_MAX_JOB_SECONDS" in caught.value.message
     [(kept, _)] = control.saves
     verify_checkpoint(trainer.job_dir, kept[0])
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs: a disk the test can fill (mounting needs root; skipped, saying so, if not)."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+class FillingControl(RecordingControl):
+    """Fills the job's disk once the first checkpoint is recorded."""
+
+    def __init__(self, disk: Path) -> None:
+        super().__init__()
+        self.disk = disk
+
+    def record_checkpoints(self, checkpoints: list[dict], best: dict | None) -> None:
+        super().record_checkpoints(checkpoints, best)
+        if len(self.saves) == 1:
+            with contextlib.suppress(OSError), open(self.disk / "ballast", "wb") as ballast:
+                while True:
+                    ballast.write(bytes(1 << 16))
+
+
+def test_full_disk_fails_with_no_space_and_keeps_the_last_checkpoint(
+    trainer: Trainer, spec, small_disk: Path
+) -> None:
+    trainer.job_dir = small_disk / "job"
+    control = FillingControl(small_disk)
+    with pytest.raises(TrainingFailed) as caught:
+        trainer.run(spec(epochs=3), control, resume=None)
+
+    assert caught.value.reason == "no_space"
+    [(kept, _)] = control.saves
+    verify_checkpoint(trainer.job_dir, kept[0])
+    assert [p.name for p in (trainer.job_dir / "checkpoints").glob("*.keras")] == [
+        "epoch-0001.keras"
+    ]  # and no temp file left behind
 
 
 @pytest.mark.parametrize(
