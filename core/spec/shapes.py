@@ -742,7 +742,7 @@ def model_with_preprocessing(spec: dict[str, Any]) -> dict[str, Any]:
     model = spec["model"]
     preprocess = spec.get("data", {}).get("preprocess", {}).get("x", {})
     inputs, front, rename = [], [], {}
-    taken = {layer["name"] for layer in model["layers"]}
+    taken = {layer["name"] for layer in model["layers"]} | {i["name"] for i in model["inputs"]}
     for given in model["inputs"]:
         name, steps = given["name"], preprocess.get(given["name"])
         source, shape = name, given["shape"]
