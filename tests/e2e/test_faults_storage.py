@@ -12,6 +12,7 @@ working again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -94,9 +95,17 @@ def small_volume(folder: Path) -> Iterator[bool]:
             subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
+@dataclasses.dataclass
+class FaultStack(Stack):
+    """A stack whose Redis the tests kill and restart; `tmpfs`: the data folder is one."""
+
+    server: FaultyRedis | None = None
+    tmpfs: bool = False
+
+
 @pytest.fixture(scope="module")
-def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The module's own stack; `private.tmpfs` says whether the data folder is a tmpfs."""
+def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
+    """The module's own stack, ready (the worker's heartbeat seen, /readyz answering)."""
     folder = tmp_path_factory.mktemp("faults")
     logs = folder / "logs"
     logs.mkdir()
@@ -104,15 +113,15 @@ def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     server.start()
     with small_volume(folder / "data") as mounted:
         port = free_port()
-        running = Stack(
+        running = FaultStack(
             api=f"http://127.0.0.1:{port}",
             redis_url=server.url,
             data_dir=folder / "data",
             logs=logs,
             env=stack_environment(server.url, folder / "data"),
+            server=server,
+            tmpfs=mounted,
         )
-        running.server = server
-        running.tmpfs = mounted
         try:
             argv = compose_command("api", bind=f"127.0.0.1:{port}")
             argv[argv.index("--workers") + 1] = "1"
@@ -131,12 +140,12 @@ def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def dataset(private: Stack) -> str:
+def dataset(private: FaultStack) -> str:
     return private.upload(**blobs(rows=600))
 
 
 @pytest.fixture(scope="module")
-def finished(private: Stack, dataset: str) -> str:
+def finished(private: FaultStack, dataset: str) -> str:
     """A succeeded two-epoch job: its record, manifest and model exist."""
     job = private.submit(tiny_request(dataset, epochs=2, name="finished"))
     done = private.wait_finished(job["id"])
@@ -187,7 +196,7 @@ def submit_when_back(stack: Stack, request: dict, timeout: float = 60) -> dict:
 
 
 def test_redis_down_refuses_writes_with_503_and_serves_reads_from_the_volume(
-    private: Stack, dataset: str, finished: str
+    private: FaultStack, dataset: str, finished: str
 ):
     before = job_folders(private)
     private.server.kill()
@@ -229,7 +238,7 @@ def test_redis_down_refuses_writes_with_503_and_serves_reads_from_the_volume(
     assert private.wait_finished(again["id"])["status"] == "succeeded"
 
 
-def test_redis_restart_loses_no_job_and_the_same_worker_goes_on(private: Stack, dataset: str):
+def test_redis_restart_loses_no_job_and_the_same_worker_goes_on(private: FaultStack, dataset: str):
     worker_pid = private.workers[WORKER].pid
     running = private.submit(slow_request(dataset, 10, "running"))
     private.wait_job(running["id"], lambda j: j["checkpoints"], "to checkpoint", timeout=120)
@@ -275,7 +284,7 @@ def fill(folder: Path, leave: int) -> Path:
 
 
 def test_a_full_disk_keeps_the_last_checkpoint_and_fails_the_job_no_space(
-    private: Stack, dataset: str, finished: str
+    private: FaultStack, dataset: str, finished: str
 ):
     if not private.tmpfs:
         pytest.skip("mounting a tmpfs for the data folder is not permitted here")
@@ -309,7 +318,9 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_fails_the_job_no_space(
     assert (manifest["status"], manifest["reason"]) == ("failed", "no_space")
 
 
-def test_redis_data_loss_rebuilds_the_records_and_requeues_the_queued(private: Stack, dataset: str):
+def test_redis_data_loss_rebuilds_the_records_and_requeues_the_queued(
+    private: FaultStack, dataset: str
+):
     before = {
         job["id"]: job["status"]
         for job in requests.get(private.url("/v1/jobs?limit=100"), timeout=30).json()["items"]
@@ -362,7 +373,7 @@ def broker_messages(stack: Stack) -> int:
 
 
 def test_a_job_cancelled_while_queued_never_starts_and_a_late_job_times_out(
-    private: Stack, dataset: str
+    private: FaultStack, dataset: str
 ):
     stop_tree(private.workers.pop(WORKER), timeout=60)
     cancelled = private.submit(tiny_request(dataset, epochs=2, name="cancelled-while-queued"))
