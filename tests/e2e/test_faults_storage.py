@@ -243,6 +243,7 @@ def test_redis_restart_loses_no_job_and_the_same_worker_goes_on(private: FaultSt
     running = private.submit(slow_request(dataset, 10, "running"))
     private.wait_job(running["id"], lambda j: j["checkpoints"], "to checkpoint", timeout=120)
     queued = private.submit(tiny_request(dataset, epochs=2, name="queued"))
+    assert private.job(queued["id"])["status"] == "queued"
 
     struck = private.server.kill()
     private.server.start()
@@ -328,9 +329,12 @@ def test_redis_data_loss_rebuilds_the_records_and_requeues_the_queued(
     running = private.submit(slow_request(dataset, 8, "running-at-loss"))
     private.wait_job(running["id"], lambda j: j["status"] == "running", "to run", timeout=120)
     queued = private.submit(tiny_request(dataset, epochs=2, name="queued-at-loss"))
+    assert private.job(queued["id"])["status"] == "queued"
 
     private.redis.flushall()
     struck = time.monotonic()
+    late = submit_when_back(private, tiny_request(dataset, epochs=2, name="after-loss"))
+    report("redis_data_loss_submit_accepted", struck)
     statuses: dict[str, str] = {}
 
     def rebuilt() -> bool:
@@ -342,10 +346,10 @@ def test_redis_data_loss_rebuilds_the_records_and_requeues_the_queued(
     report("redis_data_loss_records_back", struck)
 
     assert {job_id: statuses[job_id] for job_id in before} == before
-    for job in (running, queued):
+    for job in (running, queued, late):
         done = private.wait_finished(job["id"])
         assert done["status"] == "succeeded", done
-    report("redis_data_loss_queued_succeeded", struck)
+    report("redis_data_loss_all_three_succeeded", struck)
 
 
 def test_a_progress_write_racing_the_data_loss_does_not_hide_the_job(settings: Settings):
