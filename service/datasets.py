@@ -104,13 +104,13 @@ def list_datasets():
 
 @bp.get("/<dataset_id>")
 def show_dataset(dataset_id: str):
-    return json_response(_visible_manifest(dataset_id))
+    return json_response(visible_manifest(dataset_id))
 
 
 @bp.delete("/<dataset_id>")
 def delete_dataset(dataset_id: str):
     """204, or 409 while a live job uses the dataset (the jobs keep a Redis set of their ids)."""
-    _visible_manifest(dataset_id)
+    visible_manifest(dataset_id)
     with _redis_guard("nothing was deleted"):
         users = redis_client().scard(f"fitserve:dataset:{dataset_id}:jobs")
     if users:
@@ -119,7 +119,8 @@ def delete_dataset(dataset_id: str):
     return "", 204
 
 
-def _visible_manifest(dataset_id: str) -> dict:
+def visible_manifest(dataset_id: str) -> dict:
+    """The manifest of a dataset this request may use; someone else's is as unknown as none."""
     manifest = datasets.load_manifest(data_dir(), dataset_id)
     if not can_see(manifest.get("owner")):
         raise NotFound(f"No dataset with id {dataset_id!r}.")

@@ -28,10 +28,10 @@ from core.jobs import (
 from core.queues import celery_config, train_queue
 from core.storage import check_id
 from service.auth import can_see, owner
+from service.datasets import visible_manifest
 from service.http import json_body, json_response, page_args
 from service.limits import check_job_quota
 from service.state import data_dir, redis_client, settings
-from service.validate import visible_manifest
 
 bp = Blueprint("jobs", __name__)
 log = logging.getLogger("fitserve.service")

@@ -5,22 +5,12 @@ from __future__ import annotations
 from flask import Blueprint
 
 from core import spec
-from core.datasets import load_manifest
-from core.errors import NotFound
 from core.spec.shapes import summarize
-from service.auth import can_see
+from service.datasets import visible_manifest
 from service.http import json_body, json_response
-from service.state import data_dir, settings
+from service.state import settings
 
 bp = Blueprint("validate", __name__)
-
-
-def visible_manifest(dataset_id: str) -> dict:
-    """The manifest of a dataset this request may use; someone else's is as unknown as none."""
-    manifest = load_manifest(data_dir(), dataset_id)
-    if not can_see(manifest.get("owner")):
-        raise NotFound(f"No dataset with id {dataset_id!r}.")
-    return manifest
 
 
 @bp.post("/v1/jobs:validate")
