@@ -2,10 +2,13 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: deps run test lint format containers
+.PHONY: deps test-deps run test lint format containers
 
 deps: $(STAMP)
 	@scripts/install-redis
+
+# Only the dashboard's browser test needs Chromium; `make run` does not.
+test-deps: deps
 	@scripts/install-chromium
 
 $(STAMP): pyproject.toml
@@ -29,5 +32,5 @@ containers: deps
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
-test: lint containers
+test: test-deps lint containers
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
