@@ -16,6 +16,7 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -32,6 +33,7 @@ from tests.support.seed_model import make_blobs
 pytestmark = pytest.mark.e2e
 
 MAX_EXAMPLES = 12
+NEGATIVE_EXAMPLES = 6
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -108,22 +110,33 @@ def api_schema(small_stack: Stack):
 
 # Collected from the same function that serves /openapi.json (test_openapi checks they agree).
 OPERATIONS = [
-    (path, method.upper()) for path, item in build_document()["paths"].items() for method in item
+    pytest.param(
+        path,
+        method.upper(),
+        bool(operation.get("parameters") or operation.get("requestBody")),
+        id=f"{method.upper()} {path}",
+    )
+    for path, item in build_document()["paths"].items()
+    for method, operation in item.items()
 ]
 
 
-@pytest.mark.parametrize(("path", "method"), OPERATIONS)
-def test_api_conforms_to_its_document(api_schema, path: str, method: str) -> None:
+@pytest.mark.parametrize(("path", "method", "takes_input"), OPERATIONS)
+def test_api_conforms_to_its_document(api_schema, path: str, method: str, takes_input: bool):
     """The document's examples, then generated cases: no 5xx, every answer as documented."""
     operation = api_schema[path][method]
-    for strategy in [*operation.get_strategies_from_examples(), operation.as_strategy()]:
-        check_cases(strategy)
+    for strategy in operation.get_strategies_from_examples():
+        check_cases(strategy, MAX_EXAMPLES)
+    check_cases(operation.as_strategy(), MAX_EXAMPLES)
+    if takes_input:
+        # Requests that break the document: refused with a problem, never a 5xx.
+        check_cases(operation.as_strategy(GenerationMode.NEGATIVE), NEGATIVE_EXAMPLES)
 
 
-def check_cases(strategy) -> None:
+def check_cases(strategy, examples: int) -> None:
     @given(case=strategy)
     @settings(
-        max_examples=MAX_EXAMPLES,
+        max_examples=examples,
         deadline=None,
         database=None,
         derandomize=True,
