@@ -14,12 +14,12 @@ import psutil
 import pytest
 import requests
 
-from tests.e2e.conftest import START_SECONDS, Stack, blobs, tiny_request
+from tests.e2e.conftest import START_SECONDS, Stack, tiny_request
+from tests.e2e.test_faults_storage import X, predict, report
 from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.e2e
 
-X = blobs(rows=8)["x"]
 CLIENTS = 4
 
 
@@ -34,15 +34,6 @@ def model(stack: Stack, blobs_dataset: str) -> str:
 
 def gunicorn_workers(stack: Stack) -> list[int]:
     return sorted(child.pid for child in psutil.Process(stack.others[0].pid).children())
-
-
-def predict(stack: Stack, job_id: str, version: str = "") -> requests.Response:
-    path = f"/v1/models/{job_id}{version}:predict"
-    return requests.post(stack.url(path), json={"instances": X.tolist()}, timeout=60)
-
-
-def report(fault: str, since: float) -> None:
-    print(f"\nrecovery fault={fault} seconds={time.monotonic() - since:.2f}")
 
 
 def test_an_altered_checkpoint_is_503_and_other_versions_serve(stack: Stack, model: str):
