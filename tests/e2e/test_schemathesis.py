@@ -32,8 +32,8 @@ from tests.support.seed_model import make_blobs
 
 pytestmark = pytest.mark.e2e
 
-MAX_EXAMPLES = 12
-NEGATIVE_EXAMPLES = 6
+MAX_EXAMPLES = 25
+NEGATIVE_EXAMPLES = 10
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
