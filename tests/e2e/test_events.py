@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import time
+
 import orjson
+import pytest
 import requests
 
 from core.jobs import TERMINAL
 from tests.e2e.conftest import Stack, tiny_request
 
 EPOCHS = 3
+STREAMS = 12
 
 
 def follow(stack: Stack, job_id: str, last_event_id: str | None = None) -> list[dict]:
@@ -51,10 +55,19 @@ def test_a_job_followed_from_submit_to_its_end(stack: Stack, blobs_dataset: str)
     assert [event["id"] for event in rest] == [event["id"] for event in events[3:]]
 
 
-def test_a_finished_job_has_tensorboard_logs_and_a_model_record(stack: Stack, blobs_dataset: str):
+@pytest.fixture(scope="module")
+def trained(stack: Stack, blobs_dataset: str) -> dict:
+    """A job of two epochs, finished."""
     job = stack.submit(tiny_request(blobs_dataset, epochs=2))
     finished = stack.wait_finished(job["id"])
     assert finished["status"] == "succeeded", finished
+    return finished
+
+
+def test_a_finished_job_has_tensorboard_logs_and_a_model_record(
+    stack: Stack, blobs_dataset: str, trained: dict
+):
+    job = finished = trained
     logs = stack.data_dir / "jobs" / job["id"] / "tensorboard"
     written = list(logs.rglob("events.out.tfevents.*"))
     assert {path.parent.name for path in written} >= {"train", "validation"}
@@ -74,3 +87,35 @@ def test_a_finished_job_has_tensorboard_logs_and_a_model_record(stack: Stack, bl
         metadata = requests.get(stack.url(path), timeout=60)
         assert metadata.status_code == 200, metadata.text
         assert metadata.json()["record"] == record, path
+
+
+def test_open_streams_are_capped_and_predictions_still_answer(
+    stack: Stack, blobs_dataset: str, trained: dict
+):
+    # No 2-GPU worker runs, so this job stays queued and its streams stay open.
+    waiting = stack.submit(tiny_request(blobs_dataset, epochs=1, resources={"gpus": 2}))
+    url = stack.url(f"/v1/jobs/{waiting['id']}/events")
+    opened = [requests.get(url, stream=True, timeout=60) for _ in range(STREAMS)]
+    try:
+        held = [r for r in opened if r.status_code == 200]
+        refused = [r for r in opened if r.status_code == 429]
+        # Two gunicorn workers, each serving at most FITSERVE_EVENTS_MAX_STREAMS (4).
+        assert len(held) + len(refused) == STREAMS
+        assert 4 <= len(held) <= 8
+        assert all(r.headers["Retry-After"] == "5" for r in refused)
+        assert all(r.json()["code"] == "rate_limited" for r in refused)
+        started = time.monotonic()
+        for _ in range(4):
+            answer = requests.post(
+                stack.url(f"/v1/models/{trained['id']}:predict"),
+                json={"instances": [[0.0] * 16]},
+                timeout=30,
+            )
+            assert answer.status_code == 200, answer.text
+        assert time.monotonic() - started < 20
+        requests.post(stack.url(f"/v1/jobs/{waiting['id']}:cancel"), timeout=30)
+        last = list(held[0].iter_lines(decode_unicode=True))
+        assert any('"status":"cancelled"' in line for line in last), last
+    finally:
+        for response in opened:
+            response.close()
