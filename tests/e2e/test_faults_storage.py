@@ -260,20 +260,42 @@ def test_redis_restart_loses_no_job_and_the_same_worker_goes_on(private: FaultSt
     assert private.workers[WORKER].poll() is None
     assert private.workers[WORKER].pid == worker_pid
 
-    # The compose healthcheck's command: the worker's consumer answers over the broker.
-    ping = subprocess.run(
-        [
-            *("celery", "--app", "worker.app", "inspect", "ping"),
-            *("--destination", f"{WORKER}@{os.uname().nodename}", "--timeout", "10"),
-        ],
-        cwd=ROOT,
-        env=private.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    # The healthcheck's command: the worker's consumer answers over the broker.
+    ping = ping_worker(private, timeout=10)
     assert ping.returncode == 0, ping.stdout + ping.stderr
     assert "pong" in ping.stdout
+
+
+def ping_worker(stack: Stack, timeout: int) -> subprocess.CompletedProcess:
+    """The worker image's healthcheck: `celery inspect ping` to this worker's node."""
+    return subprocess.run(
+        [
+            *("celery", "--app", "worker.app", "inspect", "ping"),
+            *("--destination", f"{WORKER}@{os.uname().nodename}", "--timeout", str(timeout)),
+        ],
+        cwd=ROOT,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout + 60,
+    )
+
+
+def test_the_liveness_check_fails_while_the_consumer_is_stuck(private: FaultStack, dataset: str):
+    """The pool child's heartbeat goes on while the parent (the consumer) is frozen: only the
+    ping tells a stuck worker from a live one."""
+    parent = private.workers[WORKER]
+    parent.send_signal(signal.SIGSTOP)
+    try:
+        job = private.submit(tiny_request(dataset, epochs=1, name="while-stuck"))
+        stuck = ping_worker(private, timeout=3)
+        assert stuck.returncode != 0, stuck.stdout
+        assert private.worker_record(WORKER) is not None  # the heartbeat alone says "alive"
+        assert private.job(job["id"])["status"] == "queued"
+    finally:
+        parent.send_signal(signal.SIGCONT)
+    assert ping_worker(private, timeout=10).returncode == 0
+    assert private.wait_finished(job["id"])["status"] == "succeeded"
 
 
 def fill(folder: Path, leave: int) -> Path:
