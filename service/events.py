@@ -5,7 +5,8 @@ exactly after the last event it saw. A stream sends a keep-alive comment when no
 for `events_keepalive_seconds`, ends after the job's terminal status, and ends anyway after
 `events_max_seconds` (the client reconnects). Each open stream holds one gunicorn thread, so a
 process serves at most `events_max_streams` at once (keep it below the thread count, so
-predictions always find a thread); past that it answers 429 with Retry-After.
+predictions always find a thread); past that it answers 429 with Retry-After. A client that
+has seen a finished job's last event gets a 204, which tells an EventSource to stop.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from core.errors import FieldError, InvalidRequest, RateLimited
 from core.jobs import TERMINAL, JobStore, decode_event, events_key, job_key
 from core.settings import Settings
 from service.jobs import _visible_job, job_store
-from service.state import settings
+from service.state import redis_client, settings
 
 bp = Blueprint("events", __name__)
 log = logging.getLogger("fitserve.service")
@@ -56,9 +57,17 @@ class StreamSlots:
 
 @bp.get("/v1/jobs/<job_id>/events")
 def job_events(job_id: str):
-    """`text/event-stream` of the job's events from `Last-Event-ID` (default: the first)."""
-    _visible_job(job_id)
+    """`text/event-stream` of the job's events from `Last-Event-ID` (default: the first).
+
+    204 when the job is over and the client has seen everything: an EventSource stops
+    reconnecting on a 204.
+    """
+    job = _visible_job(job_id)
     after = _last_event_id()
+    if job["status"] in TERMINAL and not redis_client().xrange(
+        events_key(job_id), f"({after}", "+", count=1
+    ):
+        return "", 204
     slots: StreamSlots = current_app.extensions["fitserve.event_slots"]
     if not slots.take():
         raise RateLimited(

@@ -620,7 +620,10 @@ def _paths() -> dict[str, dict]:
                 "Server-Sent Events: status changes, epochs and checkpoints. Reconnect with "
                 "Last-Event-ID to miss nothing.",
                 "jobs",
-                {200: ("An event stream", "text/event-stream", _ref("JobEvent"))},
+                {
+                    200: ("An event stream", "text/event-stream", _ref("JobEvent")),
+                    204: ("The job is over and Last-Event-ID was its last event.", None, None),
+                },
                 parameters=[
                     JOB_ID,
                     {

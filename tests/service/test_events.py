@@ -66,6 +66,10 @@ def test_a_finished_job_replays_every_event_then_the_stream_ends(quick: Flask, s
     assert [m.get("id") for m in parse(again.data) if "event" in m] == [
         m["id"] for m in messages[1:]
     ]
+    done = quick.test_client().get(
+        f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": messages[-1]["id"]}
+    )
+    assert (done.status_code, done.data) == (204, b"")
 
 
 def test_an_idle_stream_sends_keep_alives_and_ends_at_its_lifetime(quick: Flask, store: JobStore):
