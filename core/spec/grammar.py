@@ -88,11 +88,31 @@ INITIALIZER_NAMES = (
 )  # fmt: skip
 INITIALIZER = Catalog("initializer", INITIALIZER_NAMES, INITIALIZER_CLASSES)
 
+
+def _initializer_without(*classes: str) -> Catalog:
+    names = {"Orthogonal": "orthogonal", "Identity": "identity"}
+    refused = {names[name] for name in classes}
+    return Catalog(
+        "initializer",
+        tuple(name for name in INITIALIZER_NAMES if name not in refused),
+        {name: args for name, args in INITIALIZER_CLASSES.items() if name not in classes},
+    )
+
+
+# Orthogonal needs a weight of two or more axes and Identity exactly two (Keras raises when the
+# layer builds): vectors (biases, normalization and PReLU weights) take neither, convolution
+# kernels (three axes or more) no Identity.
+VECTOR_INITIALIZER = _initializer_without("Orthogonal", "Identity")
+CONV_INITIALIZER = _initializer_without("Identity")
+VECTOR_WEIGHTS = frozenset({"bias", "beta", "gamma", "alpha"})
+
+# Keras turns a regularizer's factor into a float32 constant: past float32's range it raises.
+FACTOR = Number(0, 3.4028234663852886e38)
 REGULARIZER_CLASSES: dict[str, dict[str, Kind]] = {
-    "L1": {"l1": NON_NEGATIVE},
-    "L2": {"l2": NON_NEGATIVE},
-    "L1L2": {"l1": NON_NEGATIVE, "l2": NON_NEGATIVE},
-    "OrthogonalRegularizer": {"factor": NON_NEGATIVE, "mode": Choice(("rows", "columns"))},
+    "L1": {"l1": FACTOR},
+    "L2": {"l2": FACTOR},
+    "L1L2": {"l1": FACTOR, "l2": FACTOR},
+    "OrthogonalRegularizer": {"factor": FACTOR, "mode": Choice(("rows", "columns"))},
 }
 REGULARIZER = Nullable(
     Catalog("regularizer", ("l1", "l2", "orthogonal_regularizer"), REGULARIZER_CLASSES)
@@ -151,11 +171,13 @@ PADDING = Choice(("valid", "same"))
 UNITS = Required(Integer(1, MAX_UNITS))
 
 
-def _weights(*prefixes: str, activity: bool = True) -> dict[str, Kind]:
+def _weights(
+    *prefixes: str, activity: bool = True, kernels: Catalog = INITIALIZER
+) -> dict[str, Kind]:
     """Initializer, regularizer and constraint arguments for each named weight."""
     out: dict[str, Kind] = {}
     for prefix in prefixes:
-        out[f"{prefix}_initializer"] = INITIALIZER
+        out[f"{prefix}_initializer"] = VECTOR_INITIALIZER if prefix in VECTOR_WEIGHTS else kernels
         out[f"{prefix}_regularizer"] = REGULARIZER
         out[f"{prefix}_constraint"] = CONSTRAINT
     if activity:
@@ -255,13 +277,16 @@ LAYERS: dict[str, dict[str, Kind]] = {
         "noise_shape": Nullable(Shape(variable=True)),
         "seed": SEED,
     },
-    "SpatialDropout1D": {"rate": Required(RATE), "seed": SEED},
+    # Spatial dropouts take no `trainable` (they have no weights): read from to_json, dropped.
+    "SpatialDropout1D": {"rate": Required(RATE), "seed": SEED, "trainable": Dropped(BOOL)},
     "SpatialDropout2D": {
         "rate": Required(RATE),
         "seed": SEED,
         "data_format": Nullable(DATA_FORMAT),
+        "trainable": Dropped(BOOL),
     },
-    "GaussianNoise": {"stddev": Required(NON_NEGATIVE), "seed": SEED},
+    # Keras's own range for the noise's standard deviation.
+    "GaussianNoise": {"stddev": Required(FRACTION), "seed": SEED},
     "Flatten": {"data_format": Nullable(DATA_FORMAT)},
     "Reshape": {"target_shape": Required(Shape(allow_minus_one=True))},
     "Permute": {"dims": Required(ListOf(Integer(1, 8), 1, 8, "a list of axes from 1 to 8"))},
@@ -279,24 +304,24 @@ LAYERS: dict[str, dict[str, Kind]] = {
     "Conv1D": {
         **_conv(1),
         "padding": Choice(("valid", "same", "causal")),
-        **_weights("kernel", "bias"),
+        **_weights("kernel", "bias", kernels=CONV_INITIALIZER),
     },
-    "Conv2D": {**_conv(2), **_weights("kernel", "bias")},
-    "Conv3D": {**_conv(3), **_weights("kernel", "bias")},
+    "Conv2D": {**_conv(2), **_weights("kernel", "bias", kernels=CONV_INITIALIZER)},
+    "Conv3D": {**_conv(3), **_weights("kernel", "bias", kernels=CONV_INITIALIZER)},
     "Conv2DTranspose": {
         **_conv(2, groups=False),
         "output_padding": Nullable(IntTuple(2, 0, MAX_KERNEL)),
-        **_weights("kernel", "bias"),
+        **_weights("kernel", "bias", kernels=CONV_INITIALIZER),
     },
     "SeparableConv2D": {
         **_conv(2, groups=False),
         "depth_multiplier": Integer(1, MAX_FILTERS),
-        **_weights("depthwise", "pointwise", "bias"),
+        **_weights("depthwise", "pointwise", "bias", kernels=CONV_INITIALIZER),
     },
     "DepthwiseConv2D": {
         **_conv(2, filters=False, groups=False),
         "depth_multiplier": Integer(1, MAX_FILTERS),
-        **_weights("depthwise", "bias"),
+        **_weights("depthwise", "bias", kernels=CONV_INITIALIZER),
     },
     "MaxPooling1D": _pool(1),
     "MaxPooling2D": _pool(2),
@@ -315,8 +340,8 @@ LAYERS: dict[str, dict[str, Kind]] = {
         "center": BOOL,
         "scale": BOOL,
         **_weights("beta", "gamma", activity=False),
-        "moving_mean_initializer": INITIALIZER,
-        "moving_variance_initializer": INITIALIZER,
+        "moving_mean_initializer": VECTOR_INITIALIZER,
+        "moving_variance_initializer": VECTOR_INITIALIZER,
         "synchronized": BOOL,
         # Batch renormalization is not offered; the serializer writes its defaults.
         "renorm": Choice((False,)),
@@ -334,7 +359,7 @@ LAYERS: dict[str, dict[str, Kind]] = {
     "ReLU": {
         "max_value": Nullable(NON_NEGATIVE),
         "negative_slope": NON_NEGATIVE,
-        "threshold": FLOAT,
+        "threshold": NON_NEGATIVE,
     },
     "LeakyReLU": {"negative_slope": NON_NEGATIVE},
     "PReLU": {

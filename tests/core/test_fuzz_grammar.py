@@ -222,6 +222,24 @@ def test_any_allowlisted_layer_with_drawn_arguments(data, name, target, mutate) 
     answer(around({"class_name": name, "config": config}, target))
 
 
+@settings(FUZZ, max_examples=100)
+@given(data=st.data(), name=st.sampled_from(LAYER_NAMES), target=TARGET_SHAPES)
+def test_what_the_grammar_accepts_keras_builds(data, name, target) -> None:
+    """A request that parses must build and compile: one Keras refuses must never reach a GPU."""
+    from core.spec.build import build_model, compile_model
+
+    config = data.draw(config_of(grammar.LAYERS[name]))
+    try:
+        spec = parse_job_request(
+            around({"class_name": name, "config": config}, target),
+            settings=Settings(),
+            manifest_of=MNIST_LIKE,
+        )
+    except InvalidRequest:
+        return
+    compile_model(build_model(spec), spec)
+
+
 @FUZZ
 @given(
     optimizer=values(grammar.OPTIMIZER) | values(grammar.OPTIMIZER, exact=False),
