@@ -16,6 +16,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from core.devices import live_workers
 from core.jobs import EPOCHS_DONE, STATUSES, status_index
 from core.queues import celery_config, train_queue
 from core.settings import Settings
@@ -43,10 +44,6 @@ MODELS_LOADED = Gauge(
     multiprocess_mode="livesum",
 )
 
-# The most GPUs a queue is listed for: train_queue(n) for n up to this.
-QUEUE_GPUS = 8
-WORKER_KEYS = "fitserve:worker:*"
-
 
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
     REQUESTS.labels(method, route, str(status)).inc()
@@ -69,8 +66,10 @@ def broker_lists(queue: str) -> list[str]:
 class RedisCollector(Collector):
     """Jobs by status, broker queue depth, live workers and epochs trained, read when scraped."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, max_gpus: int) -> None:
+        """`max_gpus`: the queues listed are those of jobs of 1 to `max_gpus` devices."""
         self.client = client
+        self.queues = sorted({train_queue(gpus) for gpus in range(1, max_gpus + 1)})
 
     def collect(self) -> Iterator:
         """Redis's figures, or none while Redis is away: the processes' own still answer."""
@@ -88,8 +87,7 @@ class RedisCollector(Collector):
         pipe = self.client.pipeline(transaction=False)
         for status in STATUSES:
             pipe.zcard(status_index(status))
-        queues = sorted({train_queue(gpus) for gpus in range(1, QUEUE_GPUS + 1)})
-        for queue in queues:
+        for queue in self.queues:
             for name in broker_lists(queue):
                 pipe.llen(name)
         pipe.get(EPOCHS_DONE)
@@ -102,11 +100,19 @@ class RedisCollector(Collector):
             "fitserve_queue_depth", "Messages waiting in a training queue.", labels=["queue"]
         )
         lengths = iter(found[len(STATUSES) : -1])
-        for queue in queues:
+        for queue in self.queues:
             depth.add_metric([queue], sum(next(lengths) for _ in broker_lists(queue)))
         yield depth
-        workers = sum(1 for _ in self.client.scan_iter(WORKER_KEYS, count=100))
-        yield GaugeMetricFamily("fitserve_workers", "Workers whose heartbeat is live.", workers)
+        workers = live_workers(self.client)
+        yield GaugeMetricFamily(
+            "fitserve_workers", "Workers whose heartbeat is live.", len(workers)
+        )
+        consuming = GaugeMetricFamily(
+            "fitserve_queue_workers", "Live workers consuming a queue.", labels=["queue"]
+        )
+        for queue in self.queues:
+            consuming.add_metric([queue], sum(queue in w.get("queues", ()) for w in workers))
+        yield consuming
         yield CounterMetricFamily(
             "fitserve_epochs",
             "Epochs completed by every worker; rate() gives epochs per second.",

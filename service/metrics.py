@@ -20,6 +20,7 @@ from prometheus_client import (
 )
 
 from core.metrics import MODELS_LOADED, RedisCollector, observe_request
+from service.state import redis_client, settings
 
 bp = Blueprint("metrics", __name__)
 
@@ -33,7 +34,7 @@ def scrape():
     else:
         processes = REGISTRY
     shared = CollectorRegistry(auto_describe=False)
-    shared.register(RedisCollector(current_app.extensions["fitserve.redis"]))
+    shared.register(RedisCollector(redis_client(), settings().max_gpus_per_job))
     body = generate_latest(processes) + generate_latest(shared)
     return Response(body, content_type=CONTENT_TYPE_LATEST)
 

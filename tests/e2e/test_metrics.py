@@ -85,6 +85,7 @@ def test_jobs_epochs_workers_and_predictions(stack: Stack, blobs_dataset: str):
     assert value(after, "fitserve_queue_depth", queue="train") == 0
     assert moved("fitserve_epochs_total") == 2
     assert value(after, "fitserve_workers") >= 1
+    assert value(after, "fitserve_queue_workers", queue="train") >= 1
     # Each predict is a pass of one row; loading a model warms it with one more pass.
     assert 3 <= moved("fitserve_predict_batch_rows_count") <= 5
     assert moved("fitserve_predict_batch_rows_bucket", le="1.0") == moved(
