@@ -47,6 +47,11 @@ RATE = Number(0, 1, high_open=True)
 FRACTION = Number(0, 1)
 BOOL = Boolean()
 NULL_ONLY = Choice((None,))
+# Keras makes float32 constants of initializer and regularizer numbers: past float32's range
+# it raises while building the layer, so such numbers are refused here.
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32 = Number(-FLOAT32_MAX, FLOAT32_MAX)
+POSITIVE32 = Number(0, FLOAT32_MAX, low_open=True)
 
 ACTIVATION_NAMES = (
     "celu", "elu", "exponential", "gelu", "glu", "hard_shrink", "hard_sigmoid", "hard_silu",
@@ -58,7 +63,7 @@ ACTIVATION_NAMES = (
 ACTIVATION = Nullable(Catalog("activation", ACTIVATION_NAMES, {}))
 
 _FAN_AXES = {"seed": SEED, "input_axes": NULL_ONLY, "output_axes": NULL_ONLY}
-_NORMAL = {"mean": FLOAT, "stddev": POSITIVE, "seed": SEED}
+_NORMAL = {"mean": FLOAT32, "stddev": POSITIVE32, "seed": SEED}
 INITIALIZER_CLASSES: dict[str, dict[str, Kind]] = {
     "HeNormal": _FAN_AXES,
     "HeUniform": _FAN_AXES,
@@ -68,14 +73,14 @@ INITIALIZER_CLASSES: dict[str, dict[str, Kind]] = {
     "LecunUniform": _FAN_AXES,
     "RandomNormal": _NORMAL,
     "TruncatedNormal": _NORMAL,
-    "RandomUniform": {"minval": FLOAT, "maxval": FLOAT, "seed": SEED},
+    "RandomUniform": {"minval": FLOAT32, "maxval": FLOAT32, "seed": SEED},
     "Zeros": {},
     "Ones": {},
-    "Constant": {"value": FLOAT},
-    "Orthogonal": {"gain": POSITIVE, "seed": SEED},
-    "Identity": {"gain": POSITIVE},
+    "Constant": {"value": FLOAT32},
+    "Orthogonal": {"gain": POSITIVE32, "seed": SEED},
+    "Identity": {"gain": POSITIVE32},
     "VarianceScaling": {
-        "scale": POSITIVE,
+        "scale": POSITIVE32,
         "mode": Choice(("fan_in", "fan_out", "fan_avg")),
         "distribution": Choice(("truncated_normal", "untruncated_normal", "uniform")),
         **_FAN_AXES,
@@ -106,8 +111,7 @@ VECTOR_INITIALIZER = _initializer_without("Orthogonal", "Identity")
 CONV_INITIALIZER = _initializer_without("Identity")
 VECTOR_WEIGHTS = frozenset({"bias", "beta", "gamma", "alpha"})
 
-# Keras turns a regularizer's factor into a float32 constant: past float32's range it raises.
-FACTOR = Number(0, 3.4028234663852886e38)
+FACTOR = Number(0, FLOAT32_MAX)
 REGULARIZER_CLASSES: dict[str, dict[str, Kind]] = {
     "L1": {"l1": FACTOR},
     "L2": {"l2": FACTOR},
