@@ -7,6 +7,8 @@ the queue again; running jobs are requeued by the reconciler once their leases a
 
 from __future__ import annotations
 
+import argparse
+
 import redis
 from celery import Celery
 
@@ -16,9 +18,16 @@ from core.settings import Settings
 from core.storage import DataDir
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Rebuild from FITSERVE_DATA_DIR into FITSERVE_REDIS_URL; re-send the queued jobs."""
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.rebuild_records",
+        description="Rebuild the job records in FITSERVE_REDIS_URL from the manifests in "
+        "FITSERVE_DATA_DIR and send the queued jobs again.",
+    )
+    parser.parse_args(argv)
     settings = Settings.from_env()
+    print(f"rebuilding {settings.redis_url} from {settings.data_dir}", flush=True)
     store = JobStore(redis.Redis.from_url(settings.redis_url), DataDir(settings.data_dir), settings)
     producer = Celery("fitserve-rebuild", set_as_current=False)
     producer.conf.update(celery_config(settings))

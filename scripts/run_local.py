@@ -46,7 +46,13 @@ def start_redis(url: str, folder: str) -> subprocess.Popen:
         "--maxmemory-policy",
         "noeviction",
     ]
-    return subprocess.Popen(argv)
+    return subprocess.Popen(argv, start_new_session=True)
+
+
+def _start(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    # A session of its own: Ctrl-C reaches only this script, which then stops the API, the
+    # worker (which saves and requeues its job while Redis still answers) and Redis, in order.
+    return subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True)
 
 
 def main() -> int:
@@ -64,17 +70,17 @@ def main() -> int:
         deadline = time.monotonic() + 10
         while not redis_answers(url) and time.monotonic() < deadline:
             time.sleep(0.1)
-    processes.append(subprocess.Popen(compose_command("worker"), cwd=ROOT, env=env))
-    processes.append(subprocess.Popen(compose_command("api", bind=bind), cwd=ROOT, env=env))
+    processes.append(_start(compose_command("worker"), env))
+    processes.append(_start(compose_command("api", bind=bind), env))
     print(f"fitserve on http://{bind} (Ctrl-C stops everything)", flush=True)
 
     def stop(*_: object) -> None:
+        # One at a time, newest first: the worker saves and requeues while Redis still answers.
         for process in reversed(processes):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for process in reversed(processes):
             try:
-                process.wait(60)
+                process.wait(120)
             except subprocess.TimeoutExpired:
                 process.kill()
         sys.exit(0)

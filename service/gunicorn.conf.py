@@ -20,6 +20,8 @@ timeout = 120
 graceful_timeout = 30
 keepalive = 5
 accesslog = "-"
+# The control socket's default path is one per user, shared by every gunicorn on the host.
+control_socket_disable = True
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss request_id=%({x-request-id}o)s'
 
 
