@@ -6,15 +6,14 @@ import os
 import tempfile
 
 import redis
-from flask import Blueprint, current_app
+from flask import Blueprint
 
+from core.devices import live_workers
 from service.http import json_response
 from service.problems import problem
 from service.state import data_dir, redis_client
 
 bp = Blueprint("health", __name__)
-
-WORKER_KEYS = "fitserve:worker:*"
 
 
 @bp.get("/healthz")
@@ -32,7 +31,7 @@ def readyz():
         client = redis_client()
         client.ping()
         checks["redis"] = "ok"
-        workers = _workers(client)
+        workers = live_workers(client)
     except redis.RedisError as error:
         checks["redis"] = f"unavailable: {error}"
     try:
@@ -46,15 +45,3 @@ def readyz():
         failing = ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok")
         return problem(503, "not_ready", "Not ready", f"Not ready: {failing}.")
     return json_response({"status": "ready", "checks": checks, "workers": workers})
-
-
-def _workers(client: redis.Redis) -> list[dict]:
-    import orjson
-
-    found = []
-    for key in client.scan_iter(WORKER_KEYS, count=100):
-        raw = client.get(key)
-        if raw:
-            found.append(orjson.loads(raw))
-    current_app.logger.debug("workers_seen count=%d", len(found))
-    return sorted(found, key=lambda w: w.get("name", ""))
