@@ -24,7 +24,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from core.errors import FieldError, InvalidRequest, RateLimited
 from core.jobs import TERMINAL, JobStore, decode_event, events_key, job_key
 from core.settings import Settings
-from service.jobs import _visible_job, job_store
+from service.jobs import job_store, visible_job
 from service.state import redis_client, settings
 
 bp = Blueprint("events", __name__)
@@ -62,7 +62,7 @@ def job_events(job_id: str):
     204 when the job is over and the client has seen everything: an EventSource stops
     reconnecting on a 204.
     """
-    job = _visible_job(job_id)
+    job = visible_job(job_id)
     after = _last_event_id()
     if job["status"] in TERMINAL and not redis_client().xrange(
         events_key(job_id), f"({after}", "+", count=1

@@ -155,7 +155,7 @@ def list_jobs():
 def get_job(job_id: str):
     """The job; a queued one also says whether any live worker consumes its queue."""
     try:
-        job = _visible_job(job_id)
+        job = visible_job(job_id)
     except redis.RedisError:
         job = _finished_on_volume(job_id)
         if job is None:
@@ -179,7 +179,7 @@ def _queue_state(gpus: int) -> dict:
 @bp.get("/v1/jobs/<job_id>/metrics")
 def get_metrics(job_id: str):
     """`{"epochs": [1, 2, ...], "history": {metric: [value per epoch]}}`."""
-    _visible_job(job_id)
+    visible_job(job_id)
     entries = job_store().history(job_id)
     names = sorted({name for entry in entries for name in entry["metrics"]})
     history = {name: [entry["metrics"].get(name) for entry in entries] for name in names}
@@ -189,7 +189,7 @@ def get_metrics(job_id: str):
 @bp.get("/v1/jobs/<job_id>/logs")
 def get_logs(job_id: str):
     """The last `?tail=` lines (default 1000) of the job's train.log as `{"lines": [...]}`."""
-    _visible_job(job_id)
+    visible_job(job_id)
     raw = request.args.get("tail", "1000")
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_LOG_LINES:
         raise InvalidRequest(
@@ -207,7 +207,7 @@ def get_logs(job_id: str):
 @bp.post("/v1/jobs/<job_id>:cancel")
 def cancel_job(job_id: str):
     """202 with the job `cancelling` (running) or `cancelled` (it had not started)."""
-    _visible_job(job_id)
+    visible_job(job_id)
     job = job_store().request_cancel(job_id)
     log.info("job_cancel job=%s status=%s request_id=%s", job_id, job["status"], g.request_id)
     return json_response(view_job(job), 202)
@@ -216,12 +216,13 @@ def cancel_job(job_id: str):
 @bp.delete("/v1/jobs/<job_id>")
 def delete_job(job_id: str):
     """Remove a finished job, its records and files (409 while it is live)."""
-    _visible_job(job_id)
+    visible_job(job_id)
     job_store().delete(job_id)
     return "", 204
 
 
-def _visible_job(job_id: str) -> dict:
+def visible_job(job_id: str) -> dict:
+    """The record of a job this request may see; someone else's is as unknown as none."""
     check_id(job_id, "job")
     job = job_store().get(job_id)
     if not can_see(job.get("owner")):
