@@ -9,9 +9,16 @@ from typing import Any
 import orjson
 from flask import Flask, Response, current_app, g, request
 
-from core.errors import MalformedRequest, PayloadTooLarge, UnsupportedMediaType
+from core.errors import (
+    FieldError,
+    InvalidRequest,
+    MalformedRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 def assign_request_id() -> None:
@@ -57,8 +64,6 @@ def json_response(document: Any, status: int = 200, headers: dict[str, str] | No
 
 def page_args(default_limit: int = 50, max_limit: int = 500) -> tuple[int, str | None]:
     """`?limit=&cursor=` checked: a bad limit is a 422 naming the parameter."""
-    from core.errors import FieldError, InvalidRequest
-
     raw = request.args.get("limit", str(default_limit))
     if not raw.isdigit() or not 1 <= int(raw) <= max_limit:
         raise InvalidRequest(
@@ -68,6 +73,24 @@ def page_args(default_limit: int = 50, max_limit: int = 500) -> tuple[int, str |
             ],
         )
     return int(raw), request.args.get("cursor") or None
+
+
+def idempotency_key() -> str | None:
+    """The `Idempotency-Key` header checked (jobs and datasets take one), or None when absent."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None or _IDEMPOTENCY_KEY.fullmatch(key):
+        return key
+    raise InvalidRequest(
+        "Bad Idempotency-Key header.",
+        errors=[
+            FieldError(
+                "/headers/Idempotency-Key",
+                "the key is empty, too long or not printable ASCII",
+                "1 to 255 printable ASCII characters without spaces",
+                key[:300],
+            )
+        ],
+    )
 
 
 def install(app: Flask) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import time
 from collections import deque
 
@@ -29,14 +28,13 @@ from core.queues import celery_config, train_queue
 from core.storage import check_id
 from service.auth import can_see, owner
 from service.datasets import visible_manifest
-from service.http import json_body, json_response, page_args
+from service.http import idempotency_key, json_body, json_response, page_args
 from service.limits import check_job_quota
 from service.state import data_dir, redis_client, settings
 
 bp = Blueprint("jobs", __name__)
 log = logging.getLogger("fitserve.service")
 
-_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 MAX_LOG_LINES = 10_000
 LOG_FILE = "train.log"
 
@@ -74,7 +72,7 @@ def redis_unavailable(error: Exception):
 def submit_job():
     """Validate against the dataset manifests, record, enqueue: 202 with the queued job."""
     body = json_body()
-    key = _idempotency_key()
+    key = idempotency_key()
     store = job_store()
     request_sha256 = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
     if key is not None:
@@ -98,25 +96,6 @@ def submit_job():
         raise
     log.info("job_submitted job=%s request_id=%s", job["id"], g.get("request_id"))
     return json_response(view_job(job), 202, {"Location": f"/v1/jobs/{job['id']}"})
-
-
-def _idempotency_key() -> str | None:
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    if not _IDEMPOTENCY_KEY.fullmatch(key):
-        raise InvalidRequest(
-            "Bad Idempotency-Key header.",
-            errors=[
-                FieldError(
-                    "/headers/Idempotency-Key",
-                    "the key is empty, too long or not printable ASCII",
-                    "1 to 255 printable ASCII characters without spaces",
-                    key[:300],
-                )
-            ],
-        )
-    return key
 
 
 def _replay(job: dict, request_sha256: str):
