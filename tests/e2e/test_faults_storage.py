@@ -22,8 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 
+from core.checkpoints import verify_checkpoint
 from core.jobs import JobStore
 from core.settings import Settings
 from core.storage import DataDir, read_json
@@ -62,8 +64,6 @@ class FaultyRedis:
             *("--maxmemory-policy", "noeviction"),
         ]
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        import redis
-
         wait_for(redis.Redis.from_url(self.url).ping, 10, f"redis-server on port {self.port}")
 
     def kill(self) -> float:
@@ -325,8 +325,6 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_fails_the_job_no_space(
         assert "data volume is full" in done["error"]["message"]
 
         last = done["checkpoints"][-1]
-        from core.checkpoints import verify_checkpoint
-
         verify_checkpoint(private.data_dir / "jobs" / job["id"], last)
         assert requests.get(private.url("/healthz"), timeout=30).status_code == 200
         assert requests.get(private.url(f"/v1/datasets/{dataset}"), timeout=30).status_code == 200
@@ -377,8 +375,6 @@ def test_redis_data_loss_rebuilds_the_records_and_requeues_the_queued(
 def test_a_progress_write_racing_the_data_loss_does_not_hide_the_job(settings: Settings):
     """Between Redis losing its data and the rebuild, a worker still reports progress: that write
     must not leave a record without a status, which the rebuild would then skip."""
-    import redis
-
     store = JobStore(redis.Redis.from_url(settings.redis_url), DataDir(settings.data_dir), settings)
     store.data.ensure()
     job = store.create({"name": "raced", "data": {"dataset": "a" * 32}}, owner=None)
@@ -418,8 +414,6 @@ def test_a_job_cancelled_while_queued_never_starts_and_a_late_job_times_out(
     assert done["error"]["reason"] == "timeout"
     assert "FITSERVE_MAX_JOB_SECONDS" in done["error"]["message"]
     assert done["checkpoints"], done
-    from core.checkpoints import verify_checkpoint
-
     verify_checkpoint(private.data_dir / "jobs" / late["id"], done["checkpoints"][-1])
 
     never = private.job(cancelled["id"])
