@@ -483,37 +483,28 @@ class Axes(Kind):
 
 
 @dataclasses.dataclass(frozen=True)
-class Dropped(Kind):
+class Marked(Kind):
+    """`inner` as it is, marked for check_arguments by the subclass: Dropped or Required."""
+
+    inner: Kind
+
+    @property
+    def expected(self) -> str:
+        return self.inner.expected
+
+    def check(self, value: Any, place: Place) -> Any:
+        return self.inner.check(value, place)
+
+    def schema(self) -> dict[str, Any]:
+        return self.inner.schema()
+
+
+class Dropped(Marked):
     """A key Keras's serializer writes that we check and then leave out of the normalized form."""
 
-    inner: Kind
 
-    @property
-    def expected(self) -> str:
-        return self.inner.expected
-
-    def check(self, value: Any, place: Place) -> Any:
-        return self.inner.check(value, place)
-
-    def schema(self) -> dict[str, Any]:
-        return self.inner.schema()
-
-
-@dataclasses.dataclass(frozen=True)
-class Required(Kind):
+class Required(Marked):
     """An argument the constructor cannot do without."""
-
-    inner: Kind
-
-    @property
-    def expected(self) -> str:
-        return self.inner.expected
-
-    def check(self, value: Any, place: Place) -> Any:
-        return self.inner.check(value, place)
-
-    def schema(self) -> dict[str, Any]:
-        return self.inner.schema()
 
 
 def check_arguments(
