@@ -229,6 +229,11 @@ def _train_and_record(
             resume=job["resume"],
         )
     except TrainingFailed as failure:
+        if isinstance(failure.__cause__, redis.RedisError):
+            # Redis was away for longer than the worker's retries: not the job's fault. It stays
+            # running without a lease; the reconciler requeues it to resume from its checkpoint.
+            log.warning("redis_unavailable job=%s: attempt left to the reconciler", job_id)
+            return "redis_unavailable"
         _finish(store, job_id, "failed", reason=failure.reason, message=failure.message)
         return "failed"
     except FitserveError as error:
