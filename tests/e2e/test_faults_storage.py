@@ -27,8 +27,11 @@ import requests
 
 from core.checkpoints import verify_checkpoint
 from core.jobs import JobStore
+from core.reconciler import reconcile
+from core.runs import WorkerIdentity, run_job
 from core.settings import Settings
 from core.storage import DataDir, read_json
+from core.training import TrainingFailed
 from scripts.stack import ROOT, compose_command
 from tests.e2e.conftest import (
     START_SECONDS,
@@ -385,6 +388,37 @@ def test_a_progress_write_racing_the_data_loss_does_not_hide_the_job(settings: S
 
     assert [queued["id"] for queued in resent] == [job["id"]]
     assert store.get(job["id"])["status"] == "queued"
+
+
+def test_training_cut_off_by_a_long_redis_outage_is_requeued_not_failed(settings: Settings):
+    """Redis away for longer than the worker's retries fails an epoch's write: the attempt ends,
+    but the job must not end `failed` (it was Redis's fault); the reconciler requeues it."""
+    store = JobStore(redis.Redis.from_url(settings.redis_url), DataDir(settings.data_dir), settings)
+    store.data.ensure()
+    job_id = store.create({"name": "cut-off", "data": {"dataset": "a" * 32}}, owner=None)["id"]
+
+    def cut_off(job_dir, spec, data, settings, control, *, resume):
+        # What core.training.train_job raises when a callback's Redis write gives up.
+        outage = redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+        raise TrainingFailed("internal", f"Unexpected error: {outage}") from outage
+
+    def succeed(job_dir, spec, data, settings, control, *, resume):
+        return {"status": "succeeded", "epoch": 1, "metrics": {"loss": 0.5}, "final": None}
+
+    sent: list[dict] = []
+    worker = WorkerIdentity("faults@test")
+    devices = dict
+
+    assert run_job(store, job_id, worker, train=cut_off, send=sent.append, devices=devices) == (
+        "redis_unavailable"
+    )
+    assert store.get(job_id)["status"] == "running"
+    assert reconcile(store, sent.append, "elsewhere/1/other@test") == [job_id]
+    assert [job["id"] for job in sent] == [job_id]
+    assert run_job(store, job_id, worker, train=succeed, send=sent.append, devices=devices) == (
+        "succeeded"
+    )
+    assert (store.get(job_id)["status"], store.get(job_id)["attempt"]) == ("succeeded", 2)
 
 
 def broker_messages(stack: Stack) -> int:
