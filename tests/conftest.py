@@ -1,4 +1,6 @@
-"""Fixtures every test package shares: a private Redis, settings on a temp data folder, the app."""
+"""Fixtures every test package shares: a private Redis, settings on a temp data folder, the app,
+and the library of trained models.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import pytest
 import redis
 
 from core.settings import Settings
+from core.storage import DataDir
+from tests.support.models import model_library
 from tests.support.processes import redis_server
 
 
@@ -41,3 +45,11 @@ def app(settings: Settings):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def library(tmp_path_factory: pytest.TempPathFactory) -> tuple[DataDir, dict[str, str]]:
+    """The trained jobs of tests.support.models, built once: their data folder, ids by kind."""
+    root = tmp_path_factory.getbasetemp()
+    jobs = model_library(root)
+    return DataDir(root / "model-library"), jobs

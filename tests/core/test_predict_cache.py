@@ -12,19 +12,18 @@ from core.serving import catalog
 from core.serving.cache import ModelCache, TensorInfo
 from core.settings import Settings
 from core.storage import DataDir, read_json
-from tests.support.models import MULTI, SINGLE, copy_job, load_version, model_library
+from tests.support.models import MULTI, SINGLE, copy_job, load_version
 from tests.support.processes import wait_for
 
 X = np.random.default_rng(3).normal(size=(4, 4)).astype("float32")
 
 
 @pytest.fixture
-def data(tmp_path, tmp_path_factory) -> tuple[DataDir, dict[str, str]]:
-    root = tmp_path_factory.getbasetemp()
-    ids = model_library(root)
+def data(tmp_path, library) -> tuple[DataDir, dict[str, str]]:
+    source, ids = library
     data = DataDir(tmp_path / "data")
     for kind in (SINGLE, MULTI):
-        copy_job(DataDir(root / "model-library"), data, ids[kind])
+        copy_job(source, data, ids[kind])
     return data, ids
 
 

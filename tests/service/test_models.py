@@ -19,20 +19,12 @@ from tests.support.models import (
     copy_job,
     job_manifest,
     load_version,
-    model_library,
     write_job,
 )
 
 ROWS = np.random.default_rng(7).normal(size=(5, 4)).astype("float32")
 IMAGES = np.random.default_rng(8).normal(size=(3, 2, 3)).astype("float32")
 META = np.random.default_rng(9).normal(size=(3, 2)).astype("float32")
-
-
-@pytest.fixture(scope="session")
-def library(tmp_path_factory: pytest.TempPathFactory) -> tuple[DataDir, dict[str, str]]:
-    root = tmp_path_factory.getbasetemp()
-    jobs = model_library(root)
-    return DataDir(root / "model-library"), jobs
 
 
 @pytest.fixture

@@ -9,14 +9,7 @@ import pytest
 
 from core.storage import DataDir
 from tests.service.test_models import IMAGES, META, ROWS, expected
-from tests.support.models import MULTI, SINGLE, copy_job, model_library
-
-
-@pytest.fixture(scope="session")
-def library(tmp_path_factory: pytest.TempPathFactory) -> tuple[DataDir, dict[str, str]]:
-    root = tmp_path_factory.getbasetemp()
-    jobs = model_library(root)
-    return DataDir(root / "model-library"), jobs
+from tests.support.models import MULTI, SINGLE, copy_job
 
 
 @pytest.fixture
