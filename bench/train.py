@@ -23,8 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -32,57 +30,11 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.stack import compose_command  # noqa: E402
-from tests.e2e.conftest import (  # noqa: E402
-    START_SECONDS,
-    Stack,
-    blobs,
-    stack_environment,
-    tiny_request,
-)
-from tests.support.processes import free_port, redis_server, wait_for  # noqa: E402
+from tests.e2e.conftest import Stack, blobs, running_stack, tiny_request  # noqa: E402
 from tests.support.seed_model import FEATURES, save_blobs, seed_request  # noqa: E402
 
 AIM_RATIO = 1.15
 AIM_LATENCY_MS = 100
-
-
-@contextmanager
-def running_stack(folder: Path) -> Iterator[Stack]:
-    """redis-server, a worker and gunicorn as the e2e `stack` fixture starts them."""
-    logs = folder / "logs"
-    logs.mkdir(parents=True)
-    with redis_server(folder / "redis") as redis_url:
-        port = free_port()
-        stack = Stack(
-            api=f"http://127.0.0.1:{port}",
-            redis_url=redis_url,
-            data_dir=folder / "data",
-            logs=logs,
-            env=stack_environment(redis_url, folder / "data"),
-        )
-        try:
-            api_log = open(logs / "api.log", "ab")  # noqa: SIM115 - lives with the process
-            stack.others.append(
-                subprocess.Popen(
-                    compose_command("api", bind=f"127.0.0.1:{port}"),
-                    cwd=ROOT,
-                    env=stack.env,
-                    stdout=api_log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-            stack.start_worker("bench")
-            wait_for(
-                lambda: requests.get(stack.url("/readyz"), timeout=2).status_code == 200,
-                START_SECONDS,
-                f"gunicorn /readyz (log: {logs / 'api.log'})",
-                interval=0.2,
-            )
-            yield stack
-        finally:
-            stack.stop()
 
 
 def upload_file(stack: Stack, path: Path) -> str:
@@ -145,7 +97,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fitserve-bench-") as tmp:
         folder = Path(tmp)
         data = save_blobs(folder / "blobs.npz", args.rows)
-        with running_stack(folder / "stack") as stack:
+        with running_stack(folder / "stack", "bench") as stack:
             seed_dataset = upload_file(stack, data)
             tiny_dataset = stack.upload(**blobs())
             first = submit_to_running(stack, tiny_dataset)

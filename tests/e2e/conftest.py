@@ -206,12 +206,15 @@ def stack_environment(redis_url: str, data_dir: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """redis-server, the main worker and gunicorn, ready (the worker's heartbeat seen)."""
-    folder = tmp_path_factory.mktemp("stack")
+@contextlib.contextmanager
+def running_stack(
+    folder: Path, worker: str, settings: dict[str, str] | None = None
+) -> Iterator[Stack]:
+    """redis-server, a worker named `worker` and gunicorn, with docker-compose.yml's command
+    lines, in `folder`; ready (the worker's heartbeat seen, /readyz answering). `settings` go
+    over STACK_SETTINGS. The tests' stacks and bench/train.py start this way."""
     logs = folder / "logs"
-    logs.mkdir()
+    logs.mkdir(parents=True)
     with redis_server(folder / "redis") as redis_url:
         port = free_port()
         running = Stack(
@@ -219,12 +222,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             redis_url=redis_url,
             data_dir=folder / "data",
             logs=logs,
-            env=stack_environment(redis_url, folder / "data"),
+            env=stack_environment(redis_url, folder / "data") | (settings or {}),
         )
         try:
             argv = compose_command("api", bind=f"127.0.0.1:{port}")
             running.others.append(running._spawn(argv, "api"))
-            running.start_worker("main")
+            running.start_worker(worker)
             wait_for(
                 lambda: requests.get(running.url("/readyz"), timeout=2).status_code == 200,
                 START_SECONDS,
@@ -234,6 +237,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             yield running
         finally:
             running.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """redis-server, the main worker and gunicorn, ready (the worker's heartbeat seen)."""
+    with running_stack(tmp_path_factory.mktemp("stack"), "main") as running:
+        yield running
 
 
 @pytest.fixture

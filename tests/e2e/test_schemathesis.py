@@ -24,10 +24,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from scripts.stack import compose_command
 from service.openapi import SEED_MODEL_REQUEST, build_document
-from tests.e2e.conftest import START_SECONDS, Stack, stack_environment
-from tests.support.processes import free_port, redis_server, wait_for
+from tests.e2e.conftest import Stack, running_stack
 from tests.support.seed_model import make_blobs
 
 pytestmark = pytest.mark.e2e
@@ -45,36 +43,9 @@ CHECKS = [
 @pytest.fixture(scope="module")
 def small_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack whose jobs may train one epoch at most, two at a time."""
-    folder = tmp_path_factory.mktemp("schemathesis")
-    logs = folder / "logs"
-    logs.mkdir()
-    with redis_server(folder / "redis") as redis_url:
-        env = stack_environment(redis_url, folder / "data") | {
-            "FITSERVE_MAX_EPOCHS": "1",
-            "FITSERVE_MAX_ACTIVE_JOBS_PER_KEY": "2",
-        }
-        port = free_port()
-        running = Stack(
-            api=f"http://127.0.0.1:{port}",
-            redis_url=redis_url,
-            data_dir=folder / "data",
-            logs=logs,
-            env=env,
-        )
-        try:
-            running.others.append(
-                running._spawn(compose_command("api", bind=f"127.0.0.1:{port}"), "api")
-            )
-            running.start_worker("schemathesis")
-            wait_for(
-                lambda: requests.get(running.url("/readyz"), timeout=2).status_code == 200,
-                START_SECONDS,
-                f"gunicorn /readyz (log: {logs / 'api.log'})",
-                interval=0.2,
-            )
-            yield running
-        finally:
-            running.stop()
+    settings = {"FITSERVE_MAX_EPOCHS": "1", "FITSERVE_MAX_ACTIVE_JOBS_PER_KEY": "2"}
+    with running_stack(tmp_path_factory.mktemp("schemathesis"), "schemathesis", settings) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
