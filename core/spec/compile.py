@@ -72,7 +72,33 @@ def _optimizer(value: Any, place: Place) -> Any:
     result = OPTIMIZER.check(value, place)
     if isinstance(result, str):
         return {"class_name": _BY_LOWER.get(result, result), "config": {}}
+    if result is not INVALID:
+        return _check_optimizer_config(result, place.at("config"))
     return result
+
+
+_CLIPS = ("clipnorm", "clipvalue", "global_clipnorm")
+
+
+def _check_optimizer_config(optimizer: dict[str, Any], place: Place) -> Any:
+    """Keras's rules across arguments, checked here so the optimizer never fails to build."""
+    config = optimizer["config"]
+    clips = [name for name in _CLIPS if config.get(name) is not None]
+    if len(clips) > 1:
+        return place.at(clips[1]).refuse(
+            config[clips[1]], f"only one of {', '.join(_CLIPS)}; {clips[0]} is set too"
+        )
+    schedule = config.get("learning_rate")
+    if isinstance(schedule, dict) and schedule["class_name"] == "PiecewiseConstantDecay":
+        values, boundaries = schedule["config"]["values"], schedule["config"]["boundaries"]
+        if len(values) != len(boundaries) + 1:
+            return (
+                place.at("learning_rate")
+                .at("config")
+                .at("values")
+                .refuse(values, f"one value more than the {len(boundaries)} boundaries")
+            )
+    return optimizer
 
 
 def _per_output(

@@ -475,14 +475,16 @@ _OPTIMIZER_BASE: dict[str, Kind] = {
     "ema_momentum": FRACTION,
     "ema_overwrite_frequency": Nullable(Integer(1, 1_000_000)),
     "loss_scale_factor": Nullable(POSITIVE),
-    "gradient_accumulation_steps": Nullable(Integer(1, 10_000)),
+    # Keras accumulates over two steps or more (None: every step).
+    "gradient_accumulation_steps": Nullable(Integer(2, 10_000)),
 }
 _BETAS = {"beta_1": RATE, "beta_2": RATE, "epsilon": POSITIVE}
 OPTIMIZER_CLASSES: dict[str, dict[str, Kind]] = {
     "SGD": {"momentum": RATE, "nesterov": BOOL},
     "RMSprop": {"rho": RATE, "momentum": RATE, "epsilon": POSITIVE, "centered": BOOL},
     "Adam": {**_BETAS, "amsgrad": BOOL},
-    "AdamW": {**_BETAS, "amsgrad": BOOL},
+    # AdamW is Adam plus a decay: Keras refuses weight_decay=None for it.
+    "AdamW": {**_BETAS, "amsgrad": BOOL, "weight_decay": NON_NEGATIVE},
     "Adadelta": {"rho": RATE, "epsilon": POSITIVE},
     "Adagrad": {"initial_accumulator_value": NON_NEGATIVE, "epsilon": POSITIVE},
     "Adamax": dict(_BETAS),

@@ -438,6 +438,12 @@ def recurrent(class_name: str) -> Rule:
 def bidirectional(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
     forward = cfg["layer"]
     backward = cfg.get("backward_layer") or forward
+    if backward is forward and forward["config"].get("go_backwards"):
+        # Keras makes the backward half from the layer's own config and then refuses both.
+        raise ShapeMismatch(
+            "the layer reads backwards and no backward_layer is given",
+            "go_backwards false on the layer (Bidirectional adds the backward half)",
+        )
     shape, features = _recurrent_input(shapes)
     for inner in (forward, backward):
         _refuse_state(inner["config"])

@@ -254,6 +254,32 @@ def test_compile_and_fit_objects_from_their_catalogs(optimizer, loss, metrics, c
     answer(changed(body, "/fit/callbacks", callbacks))
 
 
+@settings(FUZZ, max_examples=100)
+@given(
+    optimizer=values(grammar.OPTIMIZER) | values(grammar.OPTIMIZER, exact=False),
+    loss=values(grammar.LOSS),
+    metrics=st.lists(values(grammar.METRIC), max_size=2),
+    callbacks=st.lists(CALLBACKS, max_size=2),
+)
+def test_what_the_grammar_accepts_keras_compiles(optimizer, loss, metrics, callbacks) -> None:
+    """Optimizers, schedules, losses, metrics and callbacks that parse are made without error."""
+    from core.spec.build import build_callbacks, build_model, compile_model
+
+    body = changed(BASE, "/compile/optimizer", optimizer)
+    body = changed(body, "/compile/loss", loss)
+    body = changed(body, "/compile/metrics", metrics)
+    try:
+        spec = parse_job_request(
+            changed(body, "/fit/callbacks", callbacks),
+            settings=Settings(),
+            manifest_of=MNIST_LIKE,
+        )
+    except InvalidRequest:
+        return
+    compile_model(build_model(spec), spec)
+    build_callbacks(spec)
+
+
 def request_places(value: Any, prefix: str = "") -> list[str]:
     """Every pointer into the base request."""
     if isinstance(value, dict):
