@@ -7,6 +7,7 @@ import json
 import pytest
 
 from client import spec_from_keras
+from tests.support.seed_model import build_seed_model
 
 
 @pytest.fixture(scope="module")
@@ -16,23 +17,8 @@ def keras():
     return keras
 
 
-def seed_model(keras):
-    """The Keras docs' first Sequential model."""
-    model = keras.Sequential(
-        [
-            keras.Input((784,)),
-            keras.layers.Dense(32, kernel_initializer="he_normal"),
-            keras.layers.Activation("relu"),
-            keras.layers.Dense(10, kernel_initializer="he_normal"),
-            keras.layers.Activation("softmax"),
-        ]
-    )
-    model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])
-    return model
-
-
 def test_spec_carries_the_models_json_and_its_compile_settings(keras):
-    model = seed_model(keras)
+    model = build_seed_model()
     spec = spec_from_keras(model, "ab" * 16, fit={"epochs": 2}, name="seed", seed=7)
     assert spec["model"] == json.loads(model.to_json())
     assert spec["data"] == {"dataset": "ab" * 16, "x": "x", "y": "y"}

@@ -1,4 +1,4 @@
-"""The Keras docs' seed model as a job request, and MNIST-shaped data for it.
+"""The Keras docs' seed model as a job request and as a Keras model, and MNIST-shaped data for it.
 
 The data are 10 Gaussian blobs in 784 features; `bench/keras_script.py` is the same model as a
 bare Keras script, so a job and the script can be compared on the same data.
@@ -7,6 +7,7 @@ bare Keras script, so a job and the script can be compared on the same data.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -64,3 +65,20 @@ def seed_request(dataset_id: str, *, epochs: int) -> dict:
         },
         "checkpoint": {"monitor": "val_loss", "mode": "min", "keep": 2},
     }
+
+
+def build_seed_model() -> Any:
+    """The Keras docs' first model built in Keras (he_normal kernels), compiled with RMSprop."""
+    import keras
+
+    model = keras.Sequential(
+        [
+            keras.Input((FEATURES,)),
+            keras.layers.Dense(32, kernel_initializer="he_normal"),
+            keras.layers.Activation("relu"),
+            keras.layers.Dense(CLASSES, kernel_initializer="he_normal"),
+            keras.layers.Activation("softmax"),
+        ]
+    )
+    model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])
+    return model

@@ -18,11 +18,12 @@ from core.errors import InvalidRequest
 from core.settings import Settings
 from core.spec import parse_job_request
 from tests.core.spec.test_grammar import DESIGN_EXAMPLE
-from tests.core.spec.test_model_forms import DATASET, MNIST_LIKE, seed_model
+from tests.core.spec.test_model_forms import DATASET, MNIST_LIKE
 from tests.service.test_refusals import DELETE, changed
+from tests.support.seed_model import build_seed_model
 
 SHORT = {**DESIGN_EXAMPLE, "data": {"dataset": DATASET, "x": "x", "y": "y"}}
-KERAS_FORM = {**SHORT, "model": json.loads(seed_model().to_json())}
+KERAS_FORM = {**SHORT, "model": json.loads(build_seed_model().to_json())}
 del KERAS_FORM["compile"]
 
 JSON = st.recursive(

@@ -17,6 +17,7 @@ from core.errors import InvalidRequest, NotFound
 from core.settings import Settings
 from core.spec import parse_job_request
 from core.spec.build import build_model, compile_model
+from tests.support.seed_model import build_seed_model
 
 RNG = np.random.default_rng(3)
 DATASET = "d" * 32
@@ -110,21 +111,6 @@ def assert_same(spec: dict[str, Any], reference: keras.Model, inputs: Any) -> ke
     return ours
 
 
-def seed_model() -> keras.Model:
-    """The Keras docs' first model, with he_normal kernels."""
-    model = keras.Sequential(
-        [
-            keras.Input((784,)),
-            keras.layers.Dense(32, kernel_initializer="he_normal"),
-            keras.layers.Activation("relu"),
-            keras.layers.Dense(10, kernel_initializer="he_normal"),
-            keras.layers.Activation("softmax"),
-        ]
-    )
-    model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])
-    return model
-
-
 SEED_LAYERS = [
     {"class_name": "Dense", "config": {"units": 32, "kernel_initializer": "he_normal"}},
     {"class_name": "Activation", "config": {"activation": "relu"}},
@@ -166,7 +152,7 @@ def test_seed_model_short_form_with_input_shape_at_the_top() -> None:
         "outputs": ["output"],
     }
     assert spec["compile"]["optimizer"] == {"class_name": "RMSprop", "config": {}}
-    ours = assert_same(spec, seed_model(), RNG.random((4, 784), dtype=np.float32))
+    ours = assert_same(spec, build_seed_model(), RNG.random((4, 784), dtype=np.float32))
     assert [layer.name for layer in ours.layers] == [
         "input",
         "dense",
@@ -182,11 +168,11 @@ def test_seed_model_short_form_with_input_shape_in_the_first_layer() -> None:
     spec = parse(request({"layers": [first, *SEED_LAYERS[1:]]}, compile=COMPILE))
     assert spec["model"]["inputs"] == [{"name": "input", "shape": [784], "dtype": "float32"}]
     assert "input_shape" not in spec["model"]["layers"][0]["config"]
-    assert_same(spec, seed_model(), RNG.random((4, 784), dtype=np.float32))
+    assert_same(spec, build_seed_model(), RNG.random((4, 784), dtype=np.float32))
 
 
 def test_seed_model_to_json_uses_its_compile_config() -> None:
-    reference = seed_model()
+    reference = build_seed_model()
     spec = parse(request(json.loads(reference.to_json())))
     names = [layer.name for layer in reference.layers]
     assert [layer["name"] for layer in spec["model"]["layers"]] == names
@@ -206,7 +192,9 @@ def test_seed_model_to_json_uses_its_compile_config() -> None:
 
 
 def test_an_explicit_compile_wins_over_compile_config() -> None:
-    body = request(json.loads(seed_model().to_json()), compile={**COMPILE, "optimizer": "adam"})
+    body = request(
+        json.loads(build_seed_model().to_json()), compile={**COMPILE, "optimizer": "adam"}
+    )
     assert parse(body)["compile"]["optimizer"] == {"class_name": "Adam", "config": {}}
 
 
@@ -411,7 +399,7 @@ def test_short_form_named_by_an_input_layer() -> None:
 
 def test_compile_config_with_keras_objects_compiles() -> None:
     """Optimizer with a schedule, a loss object and a metric object, as to_json writes them."""
-    reference = seed_model()
+    reference = build_seed_model()
     schedule = keras.optimizers.schedules.ExponentialDecay(0.01, 100, 0.9)
     reference.compile(
         optimizer=keras.optimizers.Adam(learning_rate=schedule, clipnorm=1.0),
