@@ -8,8 +8,7 @@ from core.errors import Unauthorized
 from core.keys import ApiKey, match_key
 from service import sessions
 
-OPEN_PATHS = ("/healthz", "/readyz")
-PROTECTED_PREFIXES = ("/v1/", "/v2/", "/v1", "/v2")
+PROTECTED_PREFIXES = ("/v1", "/v2")
 
 
 def authenticate() -> None:
