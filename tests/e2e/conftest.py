@@ -208,14 +208,20 @@ def stack_environment(redis_url: str, data_dir: Path) -> dict[str, str]:
 
 @contextlib.contextmanager
 def running_stack(
-    folder: Path, worker: str, settings: dict[str, str] | None = None
+    folder: Path,
+    worker: str,
+    settings: dict[str, str] | None = None,
+    *,
+    redis_url: str | None = None,
 ) -> Iterator[Stack]:
     """redis-server, a worker named `worker` and gunicorn, with docker-compose.yml's command
     lines, in `folder`; ready (the worker's heartbeat seen, /readyz answering). `settings` go
-    over STACK_SETTINGS. The tests' stacks and bench/train.py start this way."""
+    over STACK_SETTINGS; `redis_url`: a Redis the caller runs (the fault tests restart theirs)
+    instead of a new one. The tests' stacks and bench/train.py start this way."""
     logs = folder / "logs"
     logs.mkdir(parents=True)
-    with redis_server(folder / "redis") as redis_url:
+    given = contextlib.nullcontext(redis_url)
+    with redis_server(folder / "redis") if redis_url is None else given as redis_url:
         port = free_port()
         running = Stack(
             api=f"http://127.0.0.1:{port}",

@@ -2,7 +2,7 @@
 
 The faults here would disturb the session stack, so this module starts its own: a redis-server
 with AOF (`appendfsync always`) in its own folder, restarted on the same port; the data folder
-on a small tmpfs, so a test can fill it; one Celery worker and one gunicorn worker.
+on a small tmpfs, so a test can fill it; a Celery worker and gunicorn (`running_stack`).
 
 The tests run in file order over the one stack (each leaves it serving). Each prints
 `recovery fault=<name> seconds=<s>` (run with `-s`): seconds from the fault to what a user sees
@@ -12,7 +12,6 @@ working again.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import shutil
 import signal
@@ -32,14 +31,8 @@ from core.runs import WorkerIdentity, run_job
 from core.settings import Settings
 from core.storage import DataDir, read_json
 from core.training import TrainingFailed
-from scripts.stack import ROOT, compose_command
-from tests.e2e.conftest import (
-    START_SECONDS,
-    Stack,
-    blobs,
-    stack_environment,
-    tiny_request,
-)
+from scripts.stack import ROOT
+from tests.e2e.conftest import Stack, blobs, running_stack, tiny_request
 from tests.support.processes import free_port, stop_tree, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -81,8 +74,9 @@ class FaultyRedis:
 
 
 @contextlib.contextmanager
-def small_volume(folder: Path) -> Iterator[bool]:
-    """`folder` as a tmpfs of TMPFS_BYTES; yields False (a plain folder) where mounting fails."""
+def small_volume(folder: Path) -> Iterator[None]:
+    """`folder` as a tmpfs of TMPFS_BYTES while the block runs; a plain folder where mounting is
+    not permitted (the full-disk test then says it is skipped)."""
     folder.mkdir(parents=True)
     mounted = (
         subprocess.run(
@@ -92,63 +86,39 @@ def small_volume(folder: Path) -> Iterator[bool]:
         == 0
     )
     try:
-        yield mounted
+        yield
     finally:
         if mounted:
             subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
-@dataclasses.dataclass
-class FaultStack(Stack):
-    """A stack whose Redis the tests kill and restart; `tmpfs`: the data folder is one."""
-
-    server: FaultyRedis | None = None
-    tmpfs: bool = False
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultyRedis]:
+    """The private stack's Redis, which the tests kill and start again."""
+    running = FaultyRedis(tmp_path_factory.mktemp("faults-redis"))
+    running.start()
+    yield running
+    running.stop()
 
 
 @pytest.fixture(scope="module")
-def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
-    """The module's own stack, ready (the worker's heartbeat seen, /readyz answering)."""
+def private(tmp_path_factory: pytest.TempPathFactory, server: FaultyRedis) -> Iterator[Stack]:
+    """The module's own stack over `server`, its data folder a small tmpfs where permitted."""
     folder = tmp_path_factory.mktemp("faults")
-    logs = folder / "logs"
-    logs.mkdir()
-    server = FaultyRedis(folder / "redis")
-    server.start()
-    with small_volume(folder / "data") as mounted:
-        port = free_port()
-        running = FaultStack(
-            api=f"http://127.0.0.1:{port}",
-            redis_url=server.url,
-            data_dir=folder / "data",
-            logs=logs,
-            env=stack_environment(server.url, folder / "data"),
-            server=server,
-            tmpfs=mounted,
-        )
-        try:
-            argv = compose_command("api", bind=f"127.0.0.1:{port}")
-            argv[argv.index("--workers") + 1] = "1"
-            running.others.append(running._spawn(argv, "api"))
-            running.start_worker(WORKER)
-            wait_for(
-                lambda: requests.get(running.url("/readyz"), timeout=2).status_code == 200,
-                START_SECONDS,
-                f"gunicorn /readyz (log: {logs / 'api.log'})",
-                interval=0.2,
-            )
-            yield running
-        finally:
-            running.stop()
-            server.stop()
+    with (
+        small_volume(folder / "data"),
+        running_stack(folder, WORKER, redis_url=server.url) as running,
+    ):
+        yield running
 
 
 @pytest.fixture(scope="module")
-def dataset(private: FaultStack) -> str:
+def dataset(private: Stack) -> str:
     return private.upload(**blobs(rows=600))
 
 
 @pytest.fixture(scope="module")
-def finished(private: FaultStack, dataset: str) -> str:
+def finished(private: Stack, dataset: str) -> str:
     """A succeeded two-epoch job: its record, manifest and model exist."""
     job = private.submit(tiny_request(dataset, epochs=2, name="finished"))
     done = private.wait_finished(job["id"])
@@ -199,10 +169,10 @@ def submit_when_back(stack: Stack, request: dict, timeout: float = 60) -> dict:
 
 
 def test_redis_down_refuses_writes_with_503_and_serves_reads_from_the_volume(
-    private: FaultStack, dataset: str, finished: str
+    private: Stack, server: FaultyRedis, dataset: str, finished: str
 ):
     before = job_folders(private)
-    private.server.kill()
+    server.kill()
     try:
         submit = requests.post(
             private.url("/v1/jobs"), json=tiny_request(dataset, epochs=1), timeout=60
@@ -229,7 +199,7 @@ def test_redis_down_refuses_writes_with_503_and_serves_reads_from_the_volume(
         assert "\nfitserve_redis_up 0.0\n" in scrape.text
         assert "rate_limit_fail_open" in private.log_tail("api", 400)
     finally:
-        private.server.start()
+        server.start()
     back = time.monotonic()
 
     again = submit_when_back(private, tiny_request(dataset, epochs=1, name="after-outage"))
@@ -241,15 +211,17 @@ def test_redis_down_refuses_writes_with_503_and_serves_reads_from_the_volume(
     assert private.wait_finished(again["id"])["status"] == "succeeded"
 
 
-def test_redis_restart_loses_no_job_and_the_same_worker_goes_on(private: FaultStack, dataset: str):
+def test_redis_restart_loses_no_job_and_the_same_worker_goes_on(
+    private: Stack, server: FaultyRedis, dataset: str
+):
     worker_pid = private.workers[WORKER].pid
     running = private.submit(slow_request(dataset, 10, "running"))
     private.wait_job(running["id"], lambda j: j["checkpoints"], "to checkpoint", timeout=120)
     queued = private.submit(tiny_request(dataset, epochs=2, name="queued"))
     assert private.job(queued["id"])["status"] == "queued"
 
-    struck = private.server.kill()
-    private.server.start()
+    struck = server.kill()
+    server.start()
     after = submit_when_back(private, tiny_request(dataset, epochs=2, name="after"))
     report("redis_restart_submit_accepted", struck)
 
@@ -284,7 +256,7 @@ def ping_worker(stack: Stack, timeout: int) -> subprocess.CompletedProcess:
     )
 
 
-def test_the_liveness_check_fails_while_the_consumer_is_stuck(private: FaultStack, dataset: str):
+def test_the_liveness_check_fails_while_the_consumer_is_stuck(private: Stack, dataset: str):
     """The pool child's heartbeat goes on while the parent (the consumer) is frozen: only the
     ping tells a stuck worker from a live one."""
     parent = private.workers[WORKER]
@@ -310,9 +282,9 @@ def fill(folder: Path, leave: int) -> Path:
 
 
 def test_a_full_disk_keeps_the_last_checkpoint_and_fails_the_job_no_space(
-    private: FaultStack, dataset: str, finished: str
+    private: Stack, dataset: str, finished: str
 ):
-    if not private.tmpfs:
+    if not os.path.ismount(private.data_dir):
         pytest.skip("mounting a tmpfs for the data folder is not permitted here")
     job = private.submit(slow_request(dataset, 1000, "fills-the-disk"))
     seen = private.wait_job(job["id"], lambda j: j["checkpoints"], "to checkpoint", timeout=120)
@@ -342,9 +314,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_fails_the_job_no_space(
     assert (manifest["status"], manifest["reason"]) == ("failed", "no_space")
 
 
-def test_redis_data_loss_rebuilds_the_records_and_requeues_the_queued(
-    private: FaultStack, dataset: str
-):
+def test_redis_data_loss_rebuilds_the_records_and_requeues_the_queued(private: Stack, dataset: str):
     before = {
         job["id"]: job["status"]
         for job in requests.get(private.url("/v1/jobs?limit=100"), timeout=30).json()["items"]
@@ -429,7 +399,7 @@ def broker_messages(stack: Stack) -> int:
 
 
 def test_a_job_cancelled_while_queued_never_starts_and_a_late_job_times_out(
-    private: FaultStack, dataset: str
+    private: Stack, dataset: str
 ):
     stop_tree(private.workers.pop(WORKER), timeout=60)
     cancelled = private.submit(tiny_request(dataset, epochs=2, name="cancelled-while-queued"))
