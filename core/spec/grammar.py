@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.spec.kinds import (
+    FLOAT32_MAX,
     Axes,
     Boolean,
     Catalog,
@@ -49,7 +50,6 @@ BOOL = Boolean()
 NULL_ONLY = Choice((None,))
 # Keras makes float32 constants of initializer and regularizer numbers: past float32's range
 # it raises while building the layer, so such numbers are refused here.
-FLOAT32_MAX = 3.4028234663852886e38
 FLOAT32 = Number(-FLOAT32_MAX, FLOAT32_MAX)
 POSITIVE32 = Number(0, FLOAT32_MAX, low_open=True)
 

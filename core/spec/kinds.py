@@ -30,6 +30,8 @@ class _Invalid:
 INVALID: Any = _Invalid()
 
 MAX_RANK = 8
+# The largest float32: Keras makes float32 constants of many arguments and raises past it.
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def escape_pointer(token: str | int) -> str:
@@ -168,6 +170,13 @@ class Number(Kind):
 
     @property
     def expected(self) -> str:
+        if FLOAT32_MAX in (self.high, -(self.low or 0)):
+            plain = dataclasses.replace(
+                self,
+                low=None if self.low == -FLOAT32_MAX else self.low,
+                high=None if self.high == FLOAT32_MAX else self.high,
+            )
+            return f"{plain.expected} within float32's range (up to {FLOAT32_MAX:.4g})"
         if self.low is None and self.high is None:
             return "a finite number"
         if self.low == 0 and self.high is None:
