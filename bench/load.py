@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.conftest import Stack, blobs, tiny_request  # noqa: E402
+from tests.e2e.conftest import Stack, blobs, running_stack, tiny_request  # noqa: E402
 
 FEATURES = 16
 
@@ -115,8 +115,6 @@ def predict_under_load(stack: Stack, model: str, clients: int, seconds: float) -
 
 
 def main() -> int:
-    from bench.train import running_stack
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=50)
     parser.add_argument("--rows", type=int, default=64)
@@ -129,7 +127,7 @@ def main() -> int:
         arrays = {**blobs(rows=args.rows, features=FEATURES)}
         data = folder / "tiny.npz"
         np.savez(data, **arrays)
-        with running_stack(folder / "stack") as stack:
+        with running_stack(folder / "stack", "load") as stack:
             dataset_id = stack.upload(**arrays)
             # The worker's first job loads the training modules: keep it out of the figure.
             warm = stack.wait_finished(stack.submit(tiny_request(dataset_id, epochs=1))["id"])
