@@ -23,8 +23,14 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 MIXED_PRECISION_POLICY = "mixed_float16"
-# Heartbeats: one JSON value per live worker, expiring with it, listing the queues it consumes.
-WORKER_KEYS = "fitserve:worker:*"
+
+
+def worker_key(name: str) -> str:
+    """A worker's heartbeat: one JSON value, expiring with the worker, listing its queues."""
+    return f"fitserve:worker:{name}"
+
+
+WORKER_KEYS = worker_key("*")
 
 
 class DeviceUnavailable(FitserveError):

@@ -11,17 +11,13 @@ import threading
 
 import orjson
 
+from core.devices import worker_key
 from core.jobs import JobStore
 from core.reconciler import reconcile
 from core.runs import StoreControl, WorkerIdentity
 from core.storage import utc_now
 
 log = logging.getLogger("fitserve.worker")
-
-
-def worker_key(name: str) -> str:
-    """The worker's heartbeat record, listed by /readyz (it expires with the worker)."""
-    return f"fitserve:worker:{name}"
 
 
 class Heartbeat:

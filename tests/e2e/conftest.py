@@ -24,6 +24,7 @@ import pytest
 import redis
 import requests
 
+from core.devices import worker_key
 from scripts.stack import ROOT, compose_command
 from tests.support.processes import free_port, redis_server, stop_tree, wait_for
 
@@ -87,7 +88,7 @@ class Stack:
         """The worker's heartbeat (`pid` is its pool child's), or None."""
         import orjson
 
-        raw = self.redis.get(f"fitserve:worker:{name}@{os.uname().nodename}")
+        raw = self.redis.get(worker_key(f"{name}@{os.uname().nodename}"))
         return orjson.loads(raw) if raw else None
 
     def worker_running(self, job_id: str, not_pids: list[int] = ()) -> str:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import orjson
 import redis
 
+from core.devices import worker_key
 from core.jobs import JobStore
 from core.runs import StoreControl, WorkerIdentity
 from core.settings import Settings
 from core.storage import DataDir
 from tests.core.test_jobs import SPEC
 from tests.support.processes import wait_for
-from worker.heartbeat import Heartbeat, worker_key
+from worker.heartbeat import Heartbeat
 
 ME = WorkerIdentity("w1@test")
 
