@@ -60,10 +60,13 @@ class Stack:
 
     # Processes ----------------------------------------------------------------------------
 
-    def start_worker(self, name: str) -> subprocess.Popen:
-        """Start a Celery worker named `<name>@<host>`; returns once its heartbeat is seen."""
-        argv = [*compose_command("worker"), "--hostname", f"{name}@%h"]
-        process = self._spawn(argv, f"worker-{name}")
+    def start_worker(
+        self, name: str, service: str = "worker", settings: dict[str, str] | None = None
+    ) -> subprocess.Popen:
+        """Start docker-compose.yml's worker `service` named `<name>@<host>`, with `settings`
+        over the stack's environment; returns once its heartbeat is seen."""
+        argv = [*compose_command(service), "--hostname", f"{name}@%h"]
+        process = self.spawn(argv, f"worker-{name}", settings)
         self.workers[name] = process
         wait_for(
             lambda: self.worker_record(name) is not None,
@@ -73,12 +76,16 @@ class Stack:
         )
         return process
 
-    def _spawn(self, argv: list[str], log_name: str) -> subprocess.Popen:
+    def spawn(
+        self, argv: list[str], log_name: str, settings: dict[str, str] | None = None
+    ) -> subprocess.Popen:
+        """Start `argv` from the repository root in its own session, logging to `<log_name>.log`;
+        `settings` go over the stack's environment. The caller stops it (or adds it to `others`)."""
         log = open(self.logs / f"{log_name}.log", "ab")  # noqa: SIM115 - lives with the process
         return subprocess.Popen(
             argv,
             cwd=ROOT,
-            env=self.env,
+            env=self.env | (settings or {}),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -207,6 +214,16 @@ def stack_environment(redis_url: str, data_dir: Path) -> dict[str, str]:
     return env
 
 
+def wait_ready(api: str, log: Path) -> None:
+    """Wait until the gunicorn at `api` answers /readyz (`log`: where to look if it never does)."""
+    wait_for(
+        lambda: requests.get(f"{api}/readyz", timeout=2).status_code == 200,
+        START_SECONDS,
+        f"gunicorn /readyz at {api} (log: {log})",
+        interval=0.2,
+    )
+
+
 @contextlib.contextmanager
 def running_stack(
     folder: Path,
@@ -233,14 +250,9 @@ def running_stack(
         )
         try:
             argv = compose_command("api", bind=f"127.0.0.1:{port}")
-            running.others.append(running._spawn(argv, "api"))
+            running.others.append(running.spawn(argv, "api"))
             running.start_worker(worker)
-            wait_for(
-                lambda: requests.get(running.url("/readyz"), timeout=2).status_code == 200,
-                START_SECONDS,
-                f"gunicorn /readyz (log: {logs / 'api.log'})",
-                interval=0.2,
-            )
+            wait_ready(running.api, logs / "api.log")
             yield running
         finally:
             running.stop()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +21,8 @@ import requests
 
 from core.keys import hash_key
 from scripts.stack import ROOT, compose_command
-from tests.e2e.conftest import START_SECONDS, Stack, blobs, tiny_request
-from tests.support.processes import free_port, stop_tree, wait_for
+from tests.e2e.conftest import Stack, blobs, tiny_request, wait_ready
+from tests.support.processes import free_port, stop_tree
 
 pytestmark = pytest.mark.e2e
 
@@ -48,19 +47,10 @@ def keyed_api(stack: Stack) -> Iterator[str]:
     port = free_port()
     argv = compose_command("api", bind=f"127.0.0.1:{port}")
     argv[argv.index("--workers") + 1] = "1"
-    env = {**stack.env, "FITSERVE_API_KEYS": f"dashboard:{hash_key(KEY)}"}
-    with open(stack.logs / "api-keyed.log", "ab") as log:
-        process = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    process = stack.spawn(argv, "api-keyed", {"FITSERVE_API_KEYS": f"dashboard:{hash_key(KEY)}"})
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(
-            lambda: requests.get(f"{url}/readyz", timeout=2).status_code == 200,
-            START_SECONDS,
-            f"keyed gunicorn /readyz (log: {stack.logs / 'api-keyed.log'})",
-            interval=0.2,
-        )
+        wait_ready(url, stack.logs / "api-keyed.log")
         yield url
     finally:
         stop_tree(process, timeout=30)

@@ -7,15 +7,13 @@ two logical devices (FITSERVE_CPU_REPLICAS=2), so the job trains under MirroredS
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from collections.abc import Iterator
 
 import pytest
 import requests
 
-from scripts.stack import ROOT, compose_command
-from tests.e2e.conftest import START_SECONDS, Stack, tiny_request
-from tests.support.processes import stop_tree, wait_for
+from tests.e2e.conftest import Stack, tiny_request
+from tests.support.processes import stop_tree
 
 pytestmark = pytest.mark.e2e
 
@@ -23,24 +21,8 @@ pytestmark = pytest.mark.e2e
 @contextlib.contextmanager
 def two_gpu_worker(stack: Stack, name: str) -> Iterator[None]:
     """The compose 2-GPU worker on two logical CPUs, until the block ends."""
-    argv = [*compose_command("worker-2gpu"), "--hostname", f"{name}@%h"]
-    with (stack.logs / f"worker-{name}.log").open("ab") as log:
-        process = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env={**stack.env, "FITSERVE_CPU_REPLICAS": "2"},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    stack.workers[name] = process
     try:
-        wait_for(
-            lambda: stack.worker_record(name) is not None,
-            START_SECONDS,
-            f"worker {name} heartbeat (log: {stack.logs / f'worker-{name}.log'})",
-            interval=0.2,
-        )
+        stack.start_worker(name, "worker-2gpu", {"FITSERVE_CPU_REPLICAS": "2"})
         yield
     finally:
         stop_tree(stack.workers.pop(name), timeout=30)
