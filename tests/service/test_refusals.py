@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.service.test_validate import request_for, upload
+from tests.service.test_validate import request_for
+from tests.support.datasets import upload_npz
 
 RNG = np.random.default_rng(11)
 DELETE = object()
@@ -20,7 +21,9 @@ DELETE = object()
 
 @pytest.fixture
 def dataset(client) -> str:
-    return upload(client, {"x": RNG.random((12, 8), dtype=np.float32), "y": RNG.integers(0, 3, 12)})
+    return upload_npz(
+        client, {"x": RNG.random((12, 8), dtype=np.float32), "y": RNG.integers(0, 3, 12)}
+    )
 
 
 def changed(body: dict[str, Any], pointer: str, value: Any) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
@@ -12,22 +11,9 @@ import pytest
 
 from core.keys import hash_key
 from service import create_app
+from tests.support.datasets import upload_npz
 
 RNG = np.random.default_rng(3)
-
-
-def upload(client, arrays: dict[str, np.ndarray], headers: dict[str, str] | None = None) -> str:
-    """Upload arrays as an .npz through the datasets route; return the dataset id."""
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    response = client.post(
-        "/v1/datasets",
-        data={"file": (io.BytesIO(buffer.getvalue()), "data.npz")},
-        content_type="multipart/form-data",
-        headers=headers or {},
-    )
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()["id"]
 
 
 def request_for(dataset: str, **changes: Any) -> dict[str, Any]:
@@ -54,7 +40,7 @@ def request_for(dataset: str, **changes: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def dataset(client) -> str:
-    return upload(
+    return upload_npz(
         client,
         {
             "x": RNG.random((12, 8), dtype=np.float32),
@@ -173,7 +159,7 @@ def test_arrays_with_nan_or_inf_are_named_with_their_counts(client):
     x[0, 0] = x[3, 1] = np.nan
     x[4, 4] = np.inf
     y = np.array([0, 1, 2, 0, 1, 2], dtype=np.float32)
-    dataset = upload(client, {"x": x, "y": y})
+    dataset = upload_npz(client, {"x": x, "y": y})
     (error,) = errors_of(client.post("/v1/jobs:validate", json=request_for(dataset)))
     assert error["path"] == "/data/x"
     assert error["received"] == "x"
@@ -213,7 +199,7 @@ def test_someone_elses_dataset_is_unknown(settings):
     alice, bob = "alice-key-123", "bob-key-456"
     keys = f"alice:{hash_key(alice)},bob:{hash_key(bob)}"
     client = create_app(settings.with_overrides(api_keys=keys)).test_client()
-    dataset = upload(
+    dataset = upload_npz(
         client,
         {"x": RNG.random((4, 8), dtype=np.float32), "y": np.arange(4) % 3},
         headers={"Authorization": f"Bearer {alice}"},
@@ -227,7 +213,7 @@ def test_someone_elses_dataset_is_unknown(settings):
 
 
 def test_validation_and_test_references_and_sample_weight(client, dataset):
-    holdout = upload(client, {"x": RNG.random((4, 8), dtype=np.float32), "y": np.arange(4) % 3})
+    holdout = upload_npz(client, {"x": RNG.random((4, 8), dtype=np.float32), "y": np.arange(4) % 3})
     body = request_for(dataset)
     body["data"]["sample_weight"] = "weights"
     body["data"]["validation"] = {"dataset": holdout}
@@ -246,7 +232,7 @@ def test_validation_and_test_references_and_sample_weight(client, dataset):
 
 
 def test_two_inputs_need_a_mapping(client):
-    dataset = upload(
+    dataset = upload_npz(
         client,
         {
             "img": RNG.random((6, 4), dtype=np.float32),
