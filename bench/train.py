@@ -76,12 +76,7 @@ def run_job(stack: Stack, dataset_id: str, epochs: int) -> dict:
     """The seed model as a job: seconds from submit to succeeded, seen by the client."""
     started = time.perf_counter()
     job = stack.submit(seed_request(dataset_id, epochs=epochs))
-    done = stack.wait_job(
-        job["id"],
-        lambda seen: seen["status"] in ("succeeded", "failed", "cancelled"),
-        "to finish",
-        timeout=3600,
-    )
+    done = stack.wait_finished(job["id"], timeout=3600)
     seconds = time.perf_counter() - started
     assert done["status"] == "succeeded", done["error"]
     return {"seconds": seconds, **done}
