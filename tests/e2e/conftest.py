@@ -25,6 +25,7 @@ import redis
 import requests
 
 from core.devices import worker_key
+from core.jobs import TERMINAL
 from scripts.stack import ROOT, compose_command
 from tests.support.processes import free_port, redis_server, stop_tree, wait_for
 
@@ -183,12 +184,7 @@ class Stack:
         return dict(seen)
 
     def wait_finished(self, job_id: str, timeout: float = JOB_SECONDS) -> dict:
-        return self.wait_job(
-            job_id,
-            lambda job: job["status"] in ("succeeded", "failed", "cancelled"),
-            "to finish",
-            timeout,
-        )
+        return self.wait_job(job_id, lambda job: job["status"] in TERMINAL, "to finish", timeout)
 
     def events(self, job_id: str) -> list[dict]:
         """The job's event stream, oldest first."""
