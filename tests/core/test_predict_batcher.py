@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from core.serving.batcher import Batcher
+from tests.support.processes import wait_for
 
 
 class Recorder:
@@ -44,11 +45,9 @@ def test_requests_that_arrive_during_a_pass_share_the_next():
     forward.gate.clear()  # hold the first pass until the others queue up behind it
     with ThreadPoolExecutor(9) as pool:
         first = pool.submit(batcher.submit, [np.full((1, 2), 100.0)])
-        while not batcher._running:
-            time.sleep(0.001)
+        wait_for(lambda: batcher._running, 10, "the first pass to start", interval=0.001)
         rest = [pool.submit(batcher.submit, [np.full((1, 2), float(i))]) for i in range(8)]
-        while len(batcher._waiting) < 8:
-            time.sleep(0.001)
+        wait_for(lambda: len(batcher._waiting) >= 8, 10, "8 requests queued", interval=0.001)
         forward.gate.set()
         assert np.array_equal(first.result(10)["out"], [[200.0, 200.0]])
         for i, future in enumerate(rest):
@@ -62,13 +61,11 @@ def test_batches_stop_at_max_rows_in_arrival_order():
     forward.gate.clear()
     with ThreadPoolExecutor(8) as pool:
         first = pool.submit(batcher.submit, [np.zeros((1, 1))])
-        while not batcher._running:
-            time.sleep(0.001)
+        wait_for(lambda: batcher._running, 10, "the first pass to start", interval=0.001)
         rest = []
         for rows in (3, 2, 1, 2):
             rest.append(pool.submit(batcher.submit, [np.zeros((rows, 1))]))
-            while len(batcher._waiting) < len(rest):
-                time.sleep(0.001)
+            wait_for(lambda: len(batcher._waiting) >= len(rest), 10, "queued", interval=0.001)
         forward.gate.set()
         for future in [first, *rest]:
             future.result(10)
@@ -81,8 +78,7 @@ def test_a_waiting_request_runs_itself_after_max_latency():
     forward.gate.clear()
     with ThreadPoolExecutor(2) as pool:
         stuck = pool.submit(batcher.submit, [np.zeros((1, 1))])
-        while not batcher._running:
-            time.sleep(0.001)
+        wait_for(lambda: batcher._running, 10, "the first pass to start", interval=0.001)
         late = pool.submit(batcher.submit, [np.ones((1, 1))])
         time.sleep(0.2)
         forward.gate.set()  # the late request's own pass also waits for the gate
