@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,8 +22,6 @@ from core.jobs import TERMINAL, JobStore, stop_key
 from core.storage import utc_now
 
 log = logging.getLogger("fitserve.worker")
-
-STOP_CHECK_SECONDS = 0.2
 
 
 def shutdown_key(worker_name: str) -> str:
@@ -70,7 +67,6 @@ class StoreControl:
         self.worker = worker
         self.lease_lost = False
         self.stop_reason: str | None = None
-        self._checked = 0.0
 
     def report_progress(self, progress: dict) -> None:
         # Progress is best effort: a Redis blip must not fail a job that is training well.
@@ -89,9 +85,11 @@ class StoreControl:
             self.store.add_event(self.job_id, kind, attempt=self.attempt, **fields)
 
     def should_stop(self) -> str | None:
-        """Checked at every batch end; Redis is asked at most every STOP_CHECK_SECONDS."""
-        if self.stop_reason is None and time.monotonic() - self._checked >= STOP_CHECK_SECONDS:
-            self._checked = time.monotonic()
+        """Ask Redis for a cancel or a shutdown; a reason, once found, stays.
+
+        A Redis round trip: the training loop's StopCallback spaces the questions out.
+        """
+        if self.stop_reason is None:
             job_flag = worker_flag = None
             with _tolerated("stop check"):
                 job_flag, worker_flag = self.store.redis.mget(
