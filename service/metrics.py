@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -19,7 +19,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from core.metrics import MODELS_LOADED, RedisCollector, observe_request
+from core.metrics import RedisCollector, observe_request
 from service.state import redis_client, settings
 
 bp = Blueprint("metrics", __name__)
@@ -49,9 +49,6 @@ def count_response(response: Response) -> Response:
     if started is not None:
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         observe_request(request.method, rule, response.status_code, time.perf_counter() - started)
-    models = current_app.extensions.get("fitserve.models")
-    if models is not None:
-        MODELS_LOADED.set(len(models.loaded()))
     return response
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from core.checkpoints import CheckpointCorrupt
-from core.metrics import observe_predict_rows
+from core.metrics import MODELS_LOADED, observe_predict_rows
 from core.serving.batcher import Batcher
 from core.serving.catalog import Servable
 from core.settings import Settings
@@ -218,6 +218,7 @@ class ModelCache:
             self._failed.discard(servable.key)
             self._models[servable.key] = loaded
             self._evict()
+            MODELS_LOADED.set(len(self._models))
         future.set_result(loaded)
 
     def _evict(self) -> None:
