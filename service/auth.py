@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from flask import Flask, current_app, g, request
+from flask import Flask, g, request
 
 from core.errors import Unauthorized
 from core.keys import ApiKey, match_key
 from service import sessions
+from service.state import api_keys
 
 PROTECTED_PREFIXES = ("/v1", "/v2")
 
 
 def authenticate() -> None:
     """Set `g.principal` (the key, or None when keys are off) or answer 401."""
-    keys: tuple[ApiKey, ...] = current_app.extensions["fitserve.keys"]
+    keys = api_keys()
     g.principal = None
     if not keys or not request.path.startswith(PROTECTED_PREFIXES):
         return

@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, current_app, redirect, render_template, request
+from flask import Blueprint, Response, redirect, render_template, request
 
 from core.keys import ApiKey, match_key
 from core.storage import check_id
 from service import sessions
+from service.state import api_keys
 
 bp = Blueprint("dashboard", __name__)
 
@@ -32,25 +33,21 @@ _PAGE_HEADERS = {
 }
 
 
-def _keys() -> tuple[ApiKey, ...]:
-    return current_app.extensions["fitserve.keys"]
-
-
 def _signed_in() -> tuple[ApiKey | None, dict | None]:
     """The session's key and record, or (None, None) when nobody is signed in."""
     session = sessions.current_session()
-    key = session and sessions.session_key(_keys(), session)
+    key = session and sessions.session_key(api_keys(), session)
     return (key, session) if key else (None, None)
 
 
 def _page(template: str, status: int = 200, **context: object) -> Response:
     """A dashboard page, or the sign-in page's redirect when keys are on and nobody signed in."""
-    key, session = _signed_in() if _keys() else (None, None)
-    if _keys() and key is None:
+    key, session = _signed_in() if api_keys() else (None, None)
+    if api_keys() and key is None:
         return redirect(f"/sign-in?next={request.path}", 303)
     body = render_template(
         template,
-        keys_on=bool(_keys()),
+        keys_on=bool(api_keys()),
         principal=key.name if key else None,
         csrf=session["csrf"] if session else "",
         **context,
@@ -80,11 +77,11 @@ def show_sign_in() -> Response:
 @bp.post("/sign-in")
 def sign_in() -> Response:
     """Check the key from the form; on success a session cookie and back to the dashboard."""
-    if not _keys():
+    if not api_keys():
         return redirect("/", 303)
     if not _same_origin():
         return _sign_in_page("Sign-in must come from this dashboard's own page.", 403)
-    key = match_key(_keys(), request.form.get("key", "").strip())
+    key = match_key(api_keys(), request.form.get("key", "").strip())
     if key is None:
         return _sign_in_page("That API key is not valid. Check it and try again.", 401)
     # A sign-in always gets a fresh token; the one the browser held (if any) ends now.
@@ -109,7 +106,7 @@ def sign_out() -> Response:
 def _sign_in_page(error: str | None = None, status: int = 200) -> Response:
     body = render_template(
         "dashboard/sign_in.html",
-        keys_on=bool(_keys()),
+        keys_on=bool(api_keys()),
         principal=None,
         csrf="",
         error=error,

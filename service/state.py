@@ -1,9 +1,10 @@
-"""The per-app objects routes use: settings, the data folder, Redis, the Celery producer."""
+"""The per-app objects routes use: settings, the data folder, Redis, the API keys."""
 
 from __future__ import annotations
 
 from flask import current_app
 
+from core.keys import ApiKey
 from core.settings import Settings
 from core.storage import DataDir
 
@@ -18,3 +19,8 @@ def data_dir() -> DataDir:
 
 def redis_client():
     return current_app.extensions["fitserve.redis"]
+
+
+def api_keys() -> tuple[ApiKey, ...]:
+    """The keys `FITSERVE_API_KEYS` lists; none means keys are off."""
+    return current_app.extensions["fitserve.keys"]
