@@ -1,19 +1,32 @@
-"""Traversal forms and over-long ids through the real gunicorn, byte for byte as sent.
+"""Abuse through the real gunicorn: traversal request lines byte for byte, and rate limits.
 
 tests/service/test_traversal.py covers every route through Flask's test client; here the
 request line reaches gunicorn untouched (no client normalizes `..` away), so its own limits
-answer too: 414 for a request line past `limit_request_line`, 400 for a raw NUL byte.
+answer too: 414 for a request line past `limit_request_line`, 400 for a raw NUL byte. A second
+gunicorn, started as compose starts it (two workers) with a small `FITSERVE_RATE_LIMIT`, shows
+the limit counted once across its workers.
 """
 
 from __future__ import annotations
 
 import http.client
 import socket
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 
-from tests.e2e.conftest import Stack
+from scripts.stack import ROOT, compose_command
+from service.limits import WINDOW_SECONDS
+from tests.e2e.conftest import START_SECONDS, Stack, stack_environment
+from tests.support.processes import free_port, stop_tree, wait_for
+
+RATE = 30
 
 FORMS = (
     "/v1/jobs/..",
@@ -75,3 +88,42 @@ def test_no_request_left_a_traceback(stack: Stack, log_offset: int):
     assert "request_id=" in log
     assert "unhandled_error" not in log
     assert "Traceback" not in log
+
+
+@pytest.fixture(scope="module")
+def limited_api(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """gunicorn as compose runs it (two workers) with a rate limit of RATE a minute; its URL."""
+    folder = tmp_path_factory.mktemp("limited")
+    env = stack_environment(redis_url, folder / "data") | {"FITSERVE_RATE_LIMIT": str(RATE)}
+    url = f"http://127.0.0.1:{free_port()}"
+    with open(folder / "api.log", "ab") as log:
+        process = subprocess.Popen(
+            compose_command("api", bind=url.removeprefix("http://")),
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for(lambda: requests.get(url + "/readyz", timeout=2).ok, START_SECONDS, "gunicorn")
+        yield url
+    finally:
+        stop_tree(process)
+
+
+def test_the_rate_limit_holds_across_gunicorn_workers(limited_api: str, clean_redis: str):
+    left = WINDOW_SECONDS - time.time() % WINDOW_SECONDS
+    if left < 10:
+        time.sleep(left + 0.1)
+    # Eight at a time on new connections, so both workers take requests at once.
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(lambda _: requests.get(limited_api + "/v1/jobs", timeout=30), range(RATE + 10))
+        )
+    statuses = Counter(response.status_code for response in answers)
+    assert statuses == {200: RATE, 429: 10}
+    refused = next(response for response in answers if response.status_code == 429)
+    assert refused.headers["Content-Type"] == "application/problem+json"
+    assert 1 <= int(refused.headers["Retry-After"]) <= WINDOW_SECONDS
+    assert requests.get(limited_api + "/healthz", timeout=30).status_code == 200
