@@ -174,7 +174,7 @@ def test_rebuild_command_restores_records_and_requeues(store: JobStore, monkeypa
     monkeypatch.setenv("FITSERVE_REDIS_URL", store.settings.redis_url)
     monkeypatch.setenv("FITSERVE_DATA_DIR", str(store.settings.data_dir))
 
-    assert main() == 0
+    assert main([]) == 0
 
     assert store.get(queued)["status"] == "queued"
     assert waiting_task_ids(store.redis, ["train"]) == {queued}
