@@ -18,8 +18,7 @@ from prometheus_client.registry import Collector
 
 from core.devices import live_workers
 from core.jobs import EPOCHS_DONE, STATUSES, status_index
-from core.queues import celery_config, train_queue
-from core.settings import Settings
+from core.queues import broker_lists, train_queue
 
 log = logging.getLogger("fitserve.metrics")
 
@@ -52,15 +51,6 @@ def observe_request(method: str, route: str, status: int, seconds: float) -> Non
 
 def observe_predict_rows(rows: int) -> None:
     PREDICT_ROWS.observe(rows)
-
-
-def broker_lists(queue: str) -> list[str]:
-    """The Redis lists Celery's transport keeps for a queue: one per priority step."""
-    options = celery_config(Settings())["broker_transport_options"]
-    return [
-        queue if step == 0 else f"{queue}{options['sep']}{step}"
-        for step in options["priority_steps"]
-    ]
 
 
 class RedisCollector(Collector):

@@ -10,11 +10,20 @@ from typing import Any
 from core.settings import Settings
 
 TRAIN_TASK = "fitserve.train"
+# Kombu's Redis transport keeps a list per priority step: `<queue>` for step 0, then
+# `<queue>:<step>`.
+PRIORITY_STEPS = tuple(range(10))
+PRIORITY_SEP = ":"
 
 
 def train_queue(gpus: int) -> str:
     """`train` for one device, `train.gpu<k>` for jobs that need a worker owning k GPUs."""
     return "train" if gpus <= 1 else f"train.gpu{gpus}"
+
+
+def broker_lists(queue: str) -> list[str]:
+    """The Redis lists Celery's transport keeps for a queue: one per priority step."""
+    return [queue if step == 0 else f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -39,8 +48,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # Longer than the longest allowed job: redelivery after a lost worker is the
             # reconciler's job (within seconds), not this timeout's.
             "visibility_timeout": settings.max_job_seconds + 3600,
-            "priority_steps": list(range(10)),
-            "sep": ":",
+            "priority_steps": list(PRIORITY_STEPS),
+            "sep": PRIORITY_SEP,
             "queue_order_strategy": "priority",
         },
     }

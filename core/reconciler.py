@@ -30,7 +30,7 @@ from core.jobs import (
     parse_time,
     status_index,
 )
-from core.queues import train_queue
+from core.queues import broker_lists, train_queue
 from core.runs import CANCELLED, worker_lost_message
 
 log = logging.getLogger("fitserve.reconciler")
@@ -85,14 +85,10 @@ def _resend_orphans(store: JobStore, send: Callable[[dict], None]) -> list[str]:
 
 
 def waiting_task_ids(client: redis.Redis, queues: Iterable[str]) -> set[str]:
-    """The task ids of the messages waiting in Celery queues on Redis.
-
-    Kombu keeps one list per priority step: `<queue>` for step 0, `<queue>:<step>` for the
-    others (the `sep` and `priority_steps` of core.queues.celery_config).
-    """
+    """The task ids of the messages waiting in Celery queues on Redis (every priority's list)."""
     found = set()
     for queue in queues:
-        for name in [queue, *(f"{queue}:{step}" for step in range(1, 10))]:
+        for name in broker_lists(queue):
             for raw in client.lrange(name, 0, -1):
                 with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
                     found.add(orjson.loads(raw)["headers"]["id"])

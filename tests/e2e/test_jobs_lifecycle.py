@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
+from core.queues import broker_lists
 from core.storage import read_json, sha256_file
 from tests.e2e.conftest import Stack, tiny_request
 
@@ -13,8 +14,8 @@ pytestmark = pytest.mark.e2e
 
 def broker_messages(stack: Stack, queue: str = "train") -> int:
     """Messages waiting in the queue or delivered and not yet acknowledged."""
-    names = [queue, *(f"{queue}:{step}" for step in range(1, 10))]
-    return sum(stack.redis.llen(name) for name in names) + stack.redis.hlen("unacked")
+    waiting = sum(stack.redis.llen(name) for name in broker_lists(queue))
+    return waiting + stack.redis.hlen("unacked")
 
 
 def test_job_trains_to_succeeded_with_history_checkpoints_and_logs(stack: Stack, blobs_dataset):

@@ -6,6 +6,7 @@ import pytest
 import redis
 
 from core.jobs import JobStore
+from core.queues import broker_lists
 from core.settings import Settings
 from core.storage import DataDir, new_id
 
@@ -16,7 +17,7 @@ Y = [i % 2 for i in range(16)]
 def broker_messages(url: str, queue: str = "train") -> int:
     """Messages waiting in a Celery queue on Redis (one list per priority step)."""
     client = redis.Redis.from_url(url)
-    return sum(client.llen(name) for name in [queue, *(f"{queue}:{p}" for p in range(1, 10))])
+    return sum(client.llen(name) for name in broker_lists(queue))
 
 
 def job_request(dataset_id: str, **changes: object) -> dict:
