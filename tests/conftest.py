@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from core.jobs import JobStore
 from core.settings import Settings
 from core.storage import DataDir
 from tests.support.models import model_library
@@ -33,6 +34,14 @@ def clean_redis(redis_url: str) -> str:
 @pytest.fixture
 def settings(tmp_path: Path, clean_redis: str) -> Settings:
     return Settings(redis_url=clean_redis, data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+def store(settings: Settings) -> JobStore:
+    """The job store over the session Redis and the test's data folder."""
+    data = DataDir(settings.data_dir)
+    data.ensure()
+    return JobStore(redis.Redis.from_url(settings.redis_url), data, settings)
 
 
 @pytest.fixture

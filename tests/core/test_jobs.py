@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import redis
 
 from core.errors import Conflict, NotFound
 from core.jobs import JobStore, dataset_jobs_key
-from core.settings import Settings
-from core.storage import DataDir, new_id, read_json
+from core.storage import new_id, read_json
 
 DATASET = "d" * 32
 SPEC = {
@@ -17,13 +15,6 @@ SPEC = {
     "resources": {"gpus": 1, "mixed_precision": False},
     "data": {"dataset": DATASET, "x": {"input": "x"}, "y": {"output": "y"}, "validation": None},
 }
-
-
-@pytest.fixture
-def store(settings: Settings) -> JobStore:
-    data = DataDir(settings.data_dir)
-    data.ensure()
-    return JobStore(redis.Redis.from_url(settings.redis_url), data, settings)
 
 
 def manifest_of(store: JobStore, job_id: str) -> dict:

@@ -10,25 +10,14 @@ import subprocess
 import sys
 
 import orjson
-import pytest
-import redis
 
 from core.jobs import JobStore
 from core.reconciler import LOCK, ORPHAN_LOCK, reconcile
 from core.runs import StoreControl, WorkerIdentity, run_job, shutdown_key
-from core.settings import Settings
-from core.storage import DataDir
 from core.training import TrainingFailed
 from tests.core.test_jobs import SPEC
 
 ME = WorkerIdentity("w1@test")
-
-
-@pytest.fixture
-def store(settings: Settings) -> JobStore:
-    data = DataDir(settings.data_dir)
-    data.ensure()
-    return JobStore(redis.Redis.from_url(settings.redis_url), data, settings)
 
 
 def run(store: JobStore, job_id: str, train, sent: list | None = None) -> str:

@@ -8,7 +8,6 @@ from flask import Flask
 
 from core.jobs import JobStore
 from core.settings import Settings
-from core.storage import DataDir
 from service import create_app
 
 SPEC = {"name": "events", "data": {"dataset": None}, "resources": {"gpus": 1}}
@@ -21,13 +20,6 @@ def quick(settings: Settings) -> Flask:
             events_keepalive_seconds=1, events_max_seconds=3, events_max_streams=2
         )
     )
-
-
-@pytest.fixture
-def store(settings: Settings) -> JobStore:
-    import redis
-
-    return JobStore(redis.Redis.from_url(settings.redis_url), DataDir(settings.data_dir), settings)
 
 
 def parse(body: bytes) -> list[dict]:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from core.jobs import JobStore
 from core.queues import broker_lists
-from core.settings import Settings
-from core.storage import DataDir, new_id
+from core.storage import new_id
 
 X = [[float(i % 7), float(i % 3), 1.0, 0.5] for i in range(16)]
 Y = [i % 2 for i in range(16)]
@@ -43,11 +41,6 @@ def dataset_id(client) -> str:
     response = client.post("/v1/datasets", json={"arrays": {"x": X, "y": Y}})
     assert response.status_code == 201, response.get_json()
     return response.get_json()["id"]
-
-
-@pytest.fixture
-def store(settings: Settings) -> JobStore:
-    return JobStore(redis.Redis.from_url(settings.redis_url), DataDir(settings.data_dir), settings)
 
 
 def submit(client, dataset_id: str, **headers: str):
