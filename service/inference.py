@@ -28,7 +28,7 @@ from core.serving.cache import LoadedModel, TensorInfo
 from core.serving.catalog import Servable
 from core.serving.inference import HEADER_LENGTH, datatype_of, parse_infer, render_infer
 from service.http import json_body, json_response
-from service.models import find_manifest, load, resolve, tag_version
+from service.models import load, manifests, resolve, tag_version
 from service.state import data_dir, settings
 
 bp = Blueprint("inference", __name__)
@@ -87,7 +87,7 @@ def _tensor(info: TensorInfo) -> dict:
 @bp.get("/v2/models/<model>/versions/<version>")
 def model_metadata(model: str, version: str | None = None):
     loaded = load(resolve_segment(model, version))
-    manifest = find_manifest(model)
+    manifest = manifests().read(loaded.servable.job_id)  # by id: no second search by name
     versions = catalog.version_entries(manifest)
     return json_response(
         {

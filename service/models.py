@@ -186,7 +186,8 @@ def model_metadata(model: str, version: int | None = None, label: str | None = N
             "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}},
             "inputs": [describe(i) for i in loaded.inputs],
             "outputs": [describe(o) for o in loaded.outputs],
-            "record": describe_record(find_manifest(model)),
+            # By id: a model named by its job name is not searched for a second time.
+            "record": describe_record(manifests().read(loaded.servable.job_id)),
         }
     )
 
