@@ -2,7 +2,9 @@
 
 One stack per session (`stack`), started with the command lines of docker-compose.yml, shared by
 every e2e test (the serving tests import these fixtures too). `Stack` can start more workers and
-kill them; `healthy_stack` makes sure the main worker is back after a test that killed it.
+kill them; `healthy_stack` makes sure the main worker is back after a test that killed it. Stacks
+of their own (test_schemathesis, the fault tests, bench/train.py and bench/load.py) start through
+`running_stack` too.
 """
 
 from __future__ import annotations
@@ -197,7 +199,8 @@ class Stack:
 
 
 def stack_environment(redis_url: str, data_dir: Path) -> dict[str, str]:
-    env = {
+    """The stack's processes' environment: ours, STACK_SETTINGS, its Redis and data folder."""
+    return {
         **os.environ,
         **STACK_SETTINGS,
         "FITSERVE_REDIS_URL": redis_url,
@@ -207,7 +210,6 @@ def stack_environment(redis_url: str, data_dir: Path) -> dict[str, str]:
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "PYTHONUNBUFFERED": "1",
     }
-    return env
 
 
 def wait_ready(api: str, log: Path) -> None:
