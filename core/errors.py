@@ -20,8 +20,23 @@ class FieldError:
         if self.expected is not None:
             out["expected"] = self.expected
         if self.received is not None:
-            out["received"] = self.received
+            out["received"] = _json_safe(self.received)
         return out
+
+
+_INT64 = range(-(2**63), 2**63)
+
+
+def _json_safe(value: Any) -> Any:
+    """Integers past 64 bits (a computed total, a huge number in a request) become text, since
+    JSON encoders refuse them; everything else is left as received."""
+    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    return value
 
 
 class FitserveError(Exception):

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from hypothesis import strategies as st
 
-from core.errors import InvalidRequest, NotFound
+from core.errors import FieldError, InvalidRequest, NotFound
 from core.settings import Settings
 from core.spec.data import DATA_KEYS, parse_checkpoint, parse_data
 from core.spec.kinds import INVALID
@@ -315,3 +315,17 @@ def test_labels_beyond_the_one_hot_count():
     ((path, message),) = refusals(raw, spec)
     assert path == "/data/y"
     assert "4 classes (0..3) but data.preprocess.y.one_hot is 3" in message
+
+
+@pytest.mark.parametrize(
+    ("received", "rendered"),
+    [
+        (2**64, str(2**64)),
+        ([1, -(2**70)], [1, str(-(2**70))]),
+        ({"rows": 2**80, "cols": 3}, {"rows": str(2**80), "cols": 3}),
+    ],
+)
+def test_a_received_integer_past_64_bits_is_reported_as_text(received, rendered):
+    """Found by the property test above: such a value made the error document unencodable."""
+    error = FieldError("/data/x", "too big", "a smaller number", received)
+    assert orjson.loads(orjson.dumps(error.to_dict()))["received"] == rendered
