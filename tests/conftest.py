@@ -4,9 +4,11 @@ and the library of trained models.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import hypothesis
 import pytest
 import redis
 
@@ -15,6 +17,12 @@ from core.settings import Settings
 from core.storage import DataDir
 from tests.support.models import model_library
 from tests.support.processes import redis_server
+
+# CI replays the same examples every run, so a submission's result does not depend on luck;
+# local runs explore new ones (and a failure prints the blob that reproduces it).
+hypothesis.settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis.settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")
