@@ -33,6 +33,12 @@ def worker_key(name: str) -> str:
 WORKER_KEYS = worker_key("*")
 
 
+def consumer_key(name: str) -> str:
+    """A worker's consumer beat: its main process's `time.monotonic()`, renewed by its event
+    loop and read by its pool child (outside WORKER_KEYS: it is no worker record)."""
+    return f"fitserve:consumer:{name}"
+
+
 class DeviceUnavailable(FitserveError):
     """This worker lacks what a job asks for: more GPUs, or any GPU for mixed precision."""
 

@@ -41,6 +41,11 @@ class Settings:
     keep_checkpoints: int = 3
     lease_seconds: int = 30
     heartbeat_seconds: int = 5
+    # A worker whose consumer (the Celery main process) has not beaten for this long, while its
+    # pool child lives, is ended by the child so the container exits and is restarted: the
+    # healthcheck sees a frozen consumer, but Compose restarts only containers that exit.
+    # Generous, so a loaded machine never trips it; 0 turns the watchdog off.
+    consumer_stall_seconds: int = 120
     # Serving: models loaded per API process (LRU by count and by weight bytes), and how
     # concurrent predictions for one model are gathered into one forward pass.
     model_cache_size: int = 8

@@ -146,6 +146,13 @@ def test_workers_have_time_to_save_a_checkpoint_when_stopped() -> None:
         assert seconds(service["stop_grace_period"]) >= 60, name
 
 
+def test_workers_run_under_an_init_and_come_back_when_ended() -> None:
+    # A stalled consumer is ended by its pool child; as PID 1 it would ignore that SIGKILL.
+    for name, service in WORKERS.items():
+        assert service["init"] is True, name
+        assert service["restart"] == "unless-stopped", name
+
+
 def test_the_cpu_worker_sees_no_gpu_and_runs_the_cpu_image() -> None:
     service = WORKERS["worker-cpu"]
     assert visible_gpu_count(service["environment"]) == 0

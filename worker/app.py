@@ -5,19 +5,24 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import redis
-from celery import Celery
+from celery import Celery, bootsteps
 from celery.signals import celeryd_init, worker_process_init, worker_shutting_down
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from core.devices import consumer_key
 from core.queues import celery_config
 from core.settings import Settings
 
 if TYPE_CHECKING:
+    from celery.worker.consumer import Consumer
+
     from core.jobs import JobStore
     from core.runs import WorkerIdentity
     from worker.heartbeat import Heartbeat
@@ -30,6 +35,44 @@ app.conf.update(celery_config(settings))
 # The child imports TensorFlow before it reports up; on a busy machine that takes far longer
 # than Celery's 4 s default, past which the parent kills the child and forks another, forever.
 app.conf.worker_proc_alive_timeout = 300
+
+
+class ConsumerBeat(bootsteps.StartStopStep):
+    """The consumer proves it runs: its event loop renews `consumer_key` every heartbeat.
+
+    A timer on the consumer's own hub, so a frozen or stuck main process stops beating (a thread
+    would beat on); the pool child's heartbeat watches it (worker.heartbeat.ConsumerWatch).
+    """
+
+    def __init__(self, consumer: Consumer, **kwargs: object) -> None:
+        self.timer_entry = None
+        self.client = redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2, socket_timeout=2
+        )
+        super().__init__(consumer, **kwargs)
+
+    def start(self, consumer: Consumer) -> None:
+        name = consumer.hostname
+        self.beat(name)
+        self.timer_entry = consumer.timer.call_repeatedly(
+            settings.heartbeat_seconds, self.beat, (name,)
+        )
+
+    def stop(self, consumer: Consumer) -> None:
+        if self.timer_entry is not None:
+            self.timer_entry.cancel()
+            self.timer_entry = None
+
+    def beat(self, name: str) -> None:
+        """Renew the beat of node `name`: now, on the host's monotonic clock."""
+        ttl = max(3 * settings.heartbeat_seconds, settings.consumer_stall_seconds)
+        # Redis away: Celery reconnects and says so; the child, unable to read the beat either,
+        # starts its count again once Redis is back.
+        with contextlib.suppress(redis.RedisError):
+            self.client.set(consumer_key(name), repr(time.monotonic()), ex=ttl)
+
+
+app.steps["consumer"].add(ConsumerBeat)
 
 # Set in the parent before the pool forks (the child inherits it): this worker's node name.
 _node = {"name": "celery"}
@@ -134,6 +177,7 @@ def start_heartbeat(devices: list[str]) -> None:
         queues=sorted(app.amqp.queues.consume_from or app.amqp.queues),
         devices=devices,
         send=lambda job: send_training(app, job),
+        consumer_pid=os.getppid(),
     )
     heartbeat.start()
     _child["state"] = ChildState(store, worker, heartbeat)
