@@ -115,7 +115,7 @@ def infer(model: str, version: str | None = None):
     body, binary = infer_body()
     loaded = load(resolve_segment(model, version))
     checked = parse_infer(body, binary, loaded.inputs, loaded.outputs, settings().max_predict_rows)
-    outputs = loaded.predict(checked.arrays)
+    outputs = loaded.run_batched(checked.arrays)
     answer: dict[str, Any] = {"model_name": model, "model_version": _version(loaded)}
     if checked.id is not None:
         answer["id"] = checked.id

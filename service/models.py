@@ -200,7 +200,7 @@ def predict(model: str, version: int | None = None, label: str | None = None):
     body = json_body()
     loaded = load(resolve(model, version, label))
     arrays, layout = tensors.parse_predict(body, loaded.inputs, settings().max_predict_rows)
-    outputs = loaded.predict(arrays)
+    outputs = loaded.run_batched(arrays)
     return json_response(tensors.render_predict(outputs, loaded.outputs, layout))
 
 

@@ -88,7 +88,7 @@ class LoadedModel:
         outputs = self._concrete(*inputs)
         return {name: tensor.numpy() for name, tensor in outputs.items()}
 
-    def predict(self, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    def run_batched(self, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """A forward pass shared with whatever concurrent requests the batcher gathers.
 
         With `predict_max_batch_rows` at 1, batching is off: each request runs its own pass,

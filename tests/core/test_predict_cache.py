@@ -41,7 +41,7 @@ def test_a_loaded_model_answers_like_keras_and_names_its_tensors(data):
     )
     assert [o.name for o in loaded.outputs] == ["score", "probs"]
     image, meta = np.ones((2, 2, 3), "float32"), np.zeros((2, 2), "float32")
-    outputs = loaded.predict([image, meta])
+    outputs = loaded.run_batched([image, meta])
     score, probs = load_version(data, ids[MULTI])([image, meta], training=False)
     assert np.allclose(outputs["score"], score, atol=1e-6)
     assert np.allclose(outputs["probs"], probs, atol=1e-6)
@@ -82,7 +82,7 @@ def test_latest_keeps_the_older_version_until_the_newer_is_warm(data):
     wait_for(lambda: (ids[SINGLE], 3) in cache.loaded(), 60, "version 3 to load")
     assert cache.get_newest(newer).servable.version == 3
     want = load_version(data, ids[SINGLE])(X, training=False)
-    assert np.allclose(cache.get_newest(newer).predict([X])["output"], want, atol=1e-6)
+    assert np.allclose(cache.get_newest(newer).run_batched([X])["output"], want, atol=1e-6)
 
 
 def test_a_corrupt_file_fails_loudly_and_is_not_cached(data):
