@@ -29,7 +29,7 @@ from core.spec.kinds import (
     Required,
     Shape,
     Text,
-    arguments_schema,
+    keras_object_schema,
 )
 
 # Per-layer caps: a single argument may not ask for more than these (the total parameter cap
@@ -705,18 +705,13 @@ def grammar_schema() -> dict[str, Any]:
     `data` and `checkpoint` are described loosely: they are checked against dataset manifests.
     """
     layer_objects = [
-        {
-            "type": "object",
-            "properties": {
-                "class_name": {"const": name},
-                "config": arguments_schema(arguments),
-                "module": {"type": "string", "pattern": r"^keras(\..+)?$"},
-                "registered_name": {"type": "null"},
-                "name": LAYER_NAME.schema(),
-                "inbound": {"type": "array", "items": LAYER_NAME.schema()},
-            },
-            "required": ["class_name"],
-        }
+        keras_object_schema(
+            name,
+            arguments,
+            closed=False,
+            name=LAYER_NAME.schema(),
+            inbound={"type": "array", "items": LAYER_NAME.schema()},
+        )
         for name, arguments in LAYERS.items()
     ]
     short_model = {

@@ -555,6 +555,27 @@ def check_arguments(
     return INVALID if bad else out
 
 
+def keras_object_schema(
+    class_name: str, arguments: Mapping[str, Kind], *, closed: bool, **extra: dict[str, Any]
+) -> dict[str, Any]:
+    """The schema of `{class_name, config}` as Keras writes it for an allowlisted class;
+    `extra` adds properties (a layer's `name` and `inbound`)."""
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {
+            "class_name": {"const": class_name},
+            "config": arguments_schema(arguments),
+            "module": {"type": "string", "pattern": r"^keras(\..+)?$"},
+            "registered_name": {"type": "null"},
+            **extra,
+        },
+        "required": ["class_name"],
+    }
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
 def arguments_schema(arguments: Mapping[str, Kind]) -> dict[str, Any]:
     """The JSON Schema of a `config` object read by `check_arguments`."""
     return {
@@ -669,17 +690,7 @@ class Catalog(Kind):
 
     def schema(self) -> dict[str, Any]:
         objects = [
-            {
-                "type": "object",
-                "properties": {
-                    "class_name": {"const": name},
-                    "config": arguments_schema(arguments),
-                    "module": {"type": "string", "pattern": r"^keras(\..+)?$"},
-                    "registered_name": {"type": "null"},
-                },
-                "required": ["class_name"],
-                "additionalProperties": False,
-            }
+            keras_object_schema(name, arguments, closed=True)
             for name, arguments in self.classes.items()
         ]
         names = {"enum": list(self.names) + list(self.classes)}
