@@ -28,6 +28,7 @@ from core.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
+from core.jobs import dataset_jobs_key
 from core.storage import new_id
 from service.auth import can_see, owner
 from service.http import idempotency_key, json_body, json_response, page_args
@@ -110,7 +111,7 @@ def delete_dataset(dataset_id: str):
     """204, or 409 while a live job uses the dataset (the jobs keep a Redis set of their ids)."""
     visible_manifest(dataset_id)
     with _redis_guard("nothing was deleted"):
-        users = redis_client().scard(f"fitserve:dataset:{dataset_id}:jobs")
+        users = redis_client().scard(dataset_jobs_key(dataset_id))
     if users:
         raise Conflict(f"Dataset {dataset_id} is used by {users} live job(s); nothing was deleted.")
     datasets.delete_dataset(data_dir(), dataset_id)
