@@ -88,7 +88,7 @@ def train_job(
     Args:
         job_dir: the job's folder (`checkpoints/`, `model.keras`, `history.json`, `train.log`,
             `tensorboard/` with the epoch summaries).
-        spec: the normalized job spec (core.spec).
+        spec: the normalized job spec (core.grammar).
         data: the data folder the spec's datasets live in.
         settings: limits (`max_job_seconds`).
         control: the owner's side of the job (progress, checkpoints, stop requests).
@@ -187,7 +187,7 @@ def _train(
 
     from core.callbacks import format_metrics
     from core.devices import describe_devices, job_devices
-    from core.spec.build import build_callbacks, fit_arguments
+    from core.modeling import build_callbacks, fit_arguments
 
     if spec.get("seed") is not None:
         keras.utils.set_random_seed(spec["seed"])
@@ -240,7 +240,7 @@ def _train(
 
 def _model_to_train(job_dir: Path, spec: dict, resume: dict | None) -> tuple[Any, int, dict]:
     """A new compiled model, or the resumed checkpoint; the first epoch; the earlier run's files."""
-    from core.spec.build import build_model, compile_model
+    from core.modeling import build_model, compile_model
 
     if resume is None:
         model = build_model(spec)

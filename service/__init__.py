@@ -37,13 +37,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         events,
         health,
         http,
-        inference,
         jobs,
         limits,
         metrics,
-        models,
+        oip,
         openapi,
         problems,
+        tfserving,
         validate,
     )
 
@@ -57,8 +57,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     datasets.install(app)
     app.register_blueprint(validate.bp)
     app.register_blueprint(jobs.bp)
-    models.install(app)
-    app.register_blueprint(inference.bp)
+    tfserving.install(app)
+    app.register_blueprint(oip.bp)
     app.register_blueprint(dashboard.bp)
     openapi.install(app)
     events.install(app)

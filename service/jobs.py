@@ -13,7 +13,7 @@ import redis
 from celery import Celery
 from flask import Blueprint, current_app, g, request
 
-from core import spec
+from core import grammar
 from core.devices import queue_workers, waiting_message
 from core.errors import Conflict, FieldError, InvalidRequest, NotFound, Unavailable
 from core.jobs import (
@@ -80,7 +80,7 @@ def submit_job():
         if earlier is not None:
             return _replay(earlier, request_sha256)
     check_job_quota(owner())
-    normalized = spec.parse_job_request(body, settings=settings(), manifest_of=visible_manifest)
+    normalized = grammar.parse_job_request(body, settings=settings(), manifest_of=visible_manifest)
     job = store.create(
         normalized, owner=owner(), request_id=g.get("request_id"), request_sha256=request_sha256
     )

@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document at `/openapi.json`, and a docs page at `/docs` that renders it.
 
-The job request's schema is the grammar's own (`core.spec.grammar_schema()`), so the document
+The job request's schema is the grammar's own (`core.grammar.grammar_schema()`), so the document
 cannot drift from what `POST /v1/jobs` accepts. Request schemas are closed where the API refuses
 unknown keys; responses are described by the keys they always carry. Every operation declares
 its problem documents (RFC 9457) as the `default` response.
@@ -94,7 +94,7 @@ def install(app: Flask) -> None:
 
 def build_document() -> dict:
     """OpenAPI 3.1: every API route, its parameters, bodies, answers and problems."""
-    from core.spec import grammar_schema
+    from core.grammar import grammar_schema
 
     grammar = grammar_schema()
     definitions = grammar.pop("$defs", {})

@@ -1,9 +1,9 @@
 """The grammar fuzzed with values drawn from its own tables, not only from random JSON.
 
-`values(kind)` reads a kind of core/spec/grammar.py (bounds, choices, ranks, catalogs) and draws
-values inside it, at its edges and just past them, so most requests get deep into the parser:
+`values(kind)` reads a kind of core/grammar/allowlist.py (bounds, choices, ranks, catalogs) and
+draws values inside it, at its edges and just past them, so most requests get deep into the parser:
 whole layers of every allowlisted class with any subset of their arguments, optimizers, losses,
-metrics and callbacks from their catalogs. tests/core/spec/test_grammar_fuzz.py puts random JSON
+metrics and callbacks from their catalogs. tests/core/grammar/test_grammar_fuzz.py puts random JSON
 anywhere; this file puts nearly-right values everywhere. Every request must parse, or be refused
 with InvalidRequest whose field errors point at places in that request (RFC 6901).
 """
@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.errors import InvalidRequest
+from core.grammar import allowlist, kinds, parse_job_request
 from core.settings import Settings
-from core.spec import grammar, kinds, parse_job_request
-from tests.core.spec.test_grammar import DESIGN_EXAMPLE
-from tests.core.spec.test_grammar_fuzz import JSON
-from tests.core.spec.test_model_forms import DATASET, MNIST_LIKE
+from tests.core.grammar.test_grammar import DESIGN_EXAMPLE
+from tests.core.grammar.test_grammar_fuzz import JSON
+from tests.core.grammar.test_model_forms import DATASET, MNIST_LIKE
 from tests.service.test_refusals import DELETE, changed
 
 BASE = {**DESIGN_EXAMPLE, "data": {"dataset": DATASET, "x": "x", "y": "y"}}
@@ -146,13 +146,13 @@ def mutated(data: st.DataObject, document: dict, arguments: dict[str, kinds.Kind
     return {**document, name: value}
 
 
-LAYER_NAMES = sorted(grammar.LAYERS)
+LAYER_NAMES = sorted(allowlist.LAYERS)
 # Dense(32)'s output reshaped for layers of every rank: vectors, sequences, images, volumes.
 TARGET_SHAPES = st.sampled_from([[32], [8, 4], [4, 4, 2], [2, 2, 2, 4]])
 CALLBACKS = st.one_of(
     [
         st.fixed_dictionaries({"class_name": st.just(name), "config": config_of(arguments, exact)})
-        for name, arguments in grammar.CALLBACK_CLASSES.items()
+        for name, arguments in allowlist.CALLBACK_CLASSES.items()
         for exact in (True, False)
     ]
 )
@@ -215,7 +215,7 @@ def around(layer: dict, target: list[int]) -> dict:
 )
 def test_any_allowlisted_layer_with_drawn_arguments(data, name, target, mutate) -> None:
     """A layer of each class with valid arguments, or with one argument a near-miss."""
-    arguments = grammar.LAYERS[name]
+    arguments = allowlist.LAYERS[name]
     config = data.draw(config_of(arguments))
     if mutate:
         config = mutated(data, config, arguments)
@@ -226,9 +226,9 @@ def test_any_allowlisted_layer_with_drawn_arguments(data, name, target, mutate) 
 @given(data=st.data(), name=st.sampled_from(LAYER_NAMES), target=TARGET_SHAPES)
 def test_what_the_grammar_accepts_keras_builds(data, name, target) -> None:
     """A request that parses must build and compile: one Keras refuses must never reach a GPU."""
-    from core.spec.build import build_model, compile_model
+    from core.modeling import build_model, compile_model
 
-    config = data.draw(config_of(grammar.LAYERS[name]))
+    config = data.draw(config_of(allowlist.LAYERS[name]))
     try:
         spec = parse_job_request(
             around({"class_name": name, "config": config}, target),
@@ -242,9 +242,9 @@ def test_what_the_grammar_accepts_keras_builds(data, name, target) -> None:
 
 @FUZZ
 @given(
-    optimizer=values(grammar.OPTIMIZER) | values(grammar.OPTIMIZER, exact=False),
-    loss=values(grammar.LOSS) | values(grammar.LOSS, exact=False),
-    metrics=st.lists(values(grammar.METRIC) | values(grammar.METRIC, exact=False), max_size=3),
+    optimizer=values(allowlist.OPTIMIZER) | values(allowlist.OPTIMIZER, exact=False),
+    loss=values(allowlist.LOSS) | values(allowlist.LOSS, exact=False),
+    metrics=st.lists(values(allowlist.METRIC) | values(allowlist.METRIC, exact=False), max_size=3),
     callbacks=st.lists(CALLBACKS, max_size=2),
 )
 def test_compile_and_fit_objects_from_their_catalogs(optimizer, loss, metrics, callbacks) -> None:
@@ -256,14 +256,14 @@ def test_compile_and_fit_objects_from_their_catalogs(optimizer, loss, metrics, c
 
 @settings(FUZZ, max_examples=100)
 @given(
-    optimizer=values(grammar.OPTIMIZER) | values(grammar.OPTIMIZER, exact=False),
-    loss=values(grammar.LOSS),
-    metrics=st.lists(values(grammar.METRIC), max_size=2),
+    optimizer=values(allowlist.OPTIMIZER) | values(allowlist.OPTIMIZER, exact=False),
+    loss=values(allowlist.LOSS),
+    metrics=st.lists(values(allowlist.METRIC), max_size=2),
     callbacks=st.lists(CALLBACKS, max_size=2),
 )
 def test_what_the_grammar_accepts_keras_compiles(optimizer, loss, metrics, callbacks) -> None:
     """Optimizers, schedules, losses, metrics and callbacks that parse are made without error."""
-    from core.spec.build import build_callbacks, build_model, compile_model
+    from core.modeling import build_callbacks, build_model, compile_model
 
     body = changed(BASE, "/compile/optimizer", optimizer)
     body = changed(body, "/compile/loss", loss)

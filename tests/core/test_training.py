@@ -14,8 +14,8 @@ import tensorflow as tf
 
 from core.checkpoints import load_checkpoint, verify_checkpoint
 from core.datasets import load_manifest, store_upload
+from core.grammar import parse_job_request
 from core.settings import Settings
-from core.spec import parse_job_request
 from core.storage import DataDir, new_id, read_json, sha256_file
 from core.training import TrainingFailed, describe_failure, train_job
 

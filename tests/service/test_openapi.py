@@ -10,7 +10,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from core.spec import grammar_schema
+from core.grammar import grammar_schema
 from service.openapi import SEED_MODEL_REQUEST
 from tests.support.datasets import upload_npz
 

@@ -11,7 +11,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request, send_file
 
 from core.errors import FieldError, InvalidRequest
 from core.jobs import describe_record
-from core.serving import catalog, tensors
+from core.serving import catalog, tfserving
 from core.serving.cache import LoadedModel, ModelCache, TensorInfo
 from core.serving.catalog import Servable
 from core.serving.export import export_savedmodel
@@ -199,9 +199,9 @@ def predict(model: str, version: int | None = None, label: str | None = None):
     """`{"instances": ...}` -> `{"predictions": ...}`, `{"inputs": ...}` -> `{"outputs": ...}`."""
     body = json_body()
     loaded = load(resolve(model, version, label))
-    arrays, layout = tensors.parse_predict(body, loaded.inputs, settings().max_predict_rows)
+    arrays, layout = tfserving.parse_predict(body, loaded.inputs, settings().max_predict_rows)
     outputs = loaded.run_batched(arrays)
-    return json_response(tensors.render_predict(outputs, loaded.outputs, layout))
+    return json_response(tfserving.render_predict(outputs, loaded.outputs, layout))
 
 
 @bp.get("/v1/models/<model>/download")

@@ -11,14 +11,14 @@ import dataclasses
 import re
 from typing import Any
 
-from core.spec.grammar import (
+from core.grammar.allowlist import (
     INPUT_DTYPE,
     LAYER_NAME,
     LAYERS,
     MERGE_LAYERS,
     REFUSED_LAYERS,
 )
-from core.spec.kinds import (
+from core.grammar.kinds import (
     INVALID,
     Integer,
     ListOf,

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from core.errors import InvalidRequest, NotFound
+from core.grammar import parse_job_request
+from core.modeling import build_model, compile_model
 from core.settings import Settings
-from core.spec import parse_job_request
-from core.spec.build import build_model, compile_model
 from tests.support.seed_model import build_seed_model
 
 RNG = np.random.default_rng(3)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from core.storage import DataDir
-from tests.service.test_models import IMAGES, META, ROWS, expected
+from tests.service.test_tfserving import IMAGES, META, ROWS, expected
 from tests.support.models import MULTI, SINGLE, copy_job
 
 

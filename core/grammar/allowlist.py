@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.spec.kinds import (
+from core.grammar.kinds import (
     FLOAT32_MAX,
     Axes,
     Boolean,

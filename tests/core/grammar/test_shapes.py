@@ -14,10 +14,10 @@ import pytest
 from hypothesis import strategies as st
 
 from core.errors import InvalidRequest
+from core.grammar import allowlist
+from core.grammar.kinds import INVALID, Place, check_arguments
+from core.grammar.shapes import RULES, infer_model
 from core.settings import Settings
-from core.spec import grammar
-from core.spec.kinds import INVALID, Place, check_arguments
-from core.spec.shapes import RULES, infer_model
 
 LSTM8 = {"class_name": "LSTM", "config": {"units": 8}}
 GRU_SEQ = {"class_name": "GRU", "config": {"units": 4, "return_sequences": True}}
@@ -184,7 +184,7 @@ def one_layer_model(class_name: str, config: dict[str, Any], shapes: list[list[i
 
 
 def test_every_allowlisted_layer_has_a_formula_and_a_case():
-    assert set(RULES) == set(grammar.LAYERS)
+    assert set(RULES) == set(allowlist.LAYERS)
     assert {case[0] for case in CASES} == set(RULES)
 
 
@@ -506,7 +506,7 @@ def keras_outcome(class_name: str, config: dict[str, Any], shapes: list[list[int
         layer = keras_layer(class_name, config)
         symbolic = [keras.Input(tuple(shape)) for shape in shapes]
         batch = [np.zeros((2, *shape), dtype="float32") for shape in shapes]
-        if len(shapes) == 1 and class_name not in grammar.MERGE_LAYERS:
+        if len(shapes) == 1 and class_name not in allowlist.MERGE_LAYERS:
             symbolic, batch = symbolic[0], batch[0]
         layer(symbolic)
         output = layer(batch, training=True)  # dropout masks apply only in training
@@ -522,7 +522,7 @@ def keras_outcome(class_name: str, config: dict[str, Any], shapes: list[list[int
 def test_formulas_accept_exactly_what_keras_runs(case):
     """Grammar + formulas against Keras on random configs: no crash at build, no false refusal."""
     class_name, config, shapes = case
-    checked = check_arguments(config, grammar.LAYERS[class_name], Place([]))
+    checked = check_arguments(config, allowlist.LAYERS[class_name], Place([]))
     hypothesis.assume(checked is not INVALID)
     expected = keras_outcome(class_name, config, shapes)
     try:
@@ -541,7 +541,7 @@ def test_the_parameter_cap_is_checked_without_tensorflow():
 import sys
 from core.settings import Settings
 from core.errors import InvalidRequest, NotFound
-from core.spec import parse_job_request
+from core.grammar import parse_job_request
 body = {"model": {"input_shape": [100000], "layers": [
     {"class_name": "Dense", "config": {"units": 100000}},
     {"class_name": "Dense", "config": {"units": 10}}]},

@@ -10,12 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 from core.errors import FieldError, InvalidRequest
+from core.grammar.allowlist import REQUEST_KEYS, REQUEST_NAME, SEED, grammar_schema
+from core.grammar.compile import parse_compile
+from core.grammar.fit import parse_fit
+from core.grammar.kinds import INVALID, Boolean, Integer, Place, check_arguments
+from core.grammar.model import ParsedModel, parse_model
 from core.settings import Settings
-from core.spec.compile import parse_compile
-from core.spec.fit import parse_fit
-from core.spec.grammar import REQUEST_KEYS, REQUEST_NAME, SEED, grammar_schema
-from core.spec.kinds import INVALID, Boolean, Integer, Place, check_arguments
-from core.spec.model import ParsedModel, parse_model
 
 __all__ = ["grammar_schema", "parse_job_request"]
 
@@ -104,7 +104,7 @@ def _parse_compile_section(
 
 def _infer(parsed: ParsedModel, settings: Settings, errors: list[FieldError]) -> None:
     """Shapes and parameter counts, only for a model that parsed cleanly."""
-    from core.spec.shapes import infer_model
+    from core.grammar.shapes import infer_model
 
     try:
         infer_model(parsed.model, settings, paths=parsed.paths)
@@ -119,8 +119,8 @@ def _parse_data_sections(
     manifest_of: Callable[[str], dict],
     errors: list[FieldError],
 ) -> None:
-    """`data` and `checkpoint`, checked against the dataset manifests (core.spec.data)."""
-    from core.spec.data import parse_checkpoint, parse_data
+    """`data` and `checkpoint`, checked against the dataset manifests (core.grammar.data)."""
+    from core.grammar.data import parse_checkpoint, parse_data
 
     try:
         spec["data"] = parse_data(

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.errors import FitserveError, InvalidRequest, PayloadTooLarge
-from core.serving import inference, tensors
+from core.serving import oip, tfserving
 from core.serving.cache import TensorInfo
 
 INPUTS = [TensorInfo("a", (2,), "float32"), TensorInfo("b", (None, 2), "int32")]
@@ -48,10 +48,8 @@ def outcome(parse) -> list[np.ndarray] | FitserveError:
 def test_any_body_is_arrays_or_a_client_error(body, binary):
     for inputs in (INPUTS, SINGLE):
         for result in (
-            outcome(lambda inputs=inputs: tensors.parse_predict(body, inputs, 100)),
-            outcome(
-                lambda inputs=inputs: inference.parse_infer(body, binary, inputs, OUTPUTS, 100)
-            ),
+            outcome(lambda inputs=inputs: tfserving.parse_predict(body, inputs, 100)),
+            outcome(lambda inputs=inputs: oip.parse_infer(body, binary, inputs, OUTPUTS, 100)),
         ):
             if isinstance(result, FitserveError):
                 orjson.dumps([field.to_dict() for field in result.errors])
@@ -70,20 +68,20 @@ def test_any_body_is_arrays_or_a_client_error(body, binary):
 def test_integer_inputs_take_whole_numbers_in_range(rows, message):
     info = TensorInfo("ids", (2,), "int32")
     with pytest.raises(InvalidRequest, match=message):
-        tensors.check_batch(rows, info, "/inputs", lambda i: f"/inputs/{i}", 10)
-    out = tensors.check_batch([[1.0, 2]], info, "/inputs", lambda i: f"/inputs/{i}", 10)
+        tfserving.check_batch(rows, info, "/inputs", lambda i: f"/inputs/{i}", 10)
+    out = tfserving.check_batch([[1.0, 2]], info, "/inputs", lambda i: f"/inputs/{i}", 10)
     assert out.dtype == np.int32
     assert out.tolist() == [[1, 2]]
 
 
 def test_variable_dimensions_accept_any_size_but_one_per_batch():
     info = TensorInfo("seq", (None, 2), "float32")
-    assert tensors.check_batch([[[1, 2]] * 5], info, "/x", str, 10).shape == (1, 5, 2)
+    assert tfserving.check_batch([[[1, 2]] * 5], info, "/x", str, 10).shape == (1, 5, 2)
     with pytest.raises(InvalidRequest) as caught:
-        tensors.check_batch([[[1, 2]] * 5, [[1, 2]] * 3], info, "/x", lambda i: f"/x/{i}", 10)
+        tfserving.check_batch([[[1, 2]] * 5, [[1, 2]] * 3], info, "/x", lambda i: f"/x/{i}", 10)
     assert caught.value.errors[0].path == "/x"
     assert "different shapes" in caught.value.errors[0].message
 
 
 def test_pointers_escape_names():
-    assert tensors.pointer("inputs", "a/b~c", 0) == "/inputs/a~1b~0c/0"
+    assert tfserving.pointer("inputs", "a/b~c", 0) == "/inputs/a~1b~0c/0"

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.settings import Settings
-from core.spec.grammar import CALLBACK_CLASSES, RATE, REFUSED_CALLBACKS
-from core.spec.kinds import (
+from core.grammar.allowlist import CALLBACK_CLASSES, RATE, REFUSED_CALLBACKS
+from core.grammar.kinds import (
     INVALID,
     Boolean,
     Catalog,
@@ -18,6 +17,7 @@ from core.spec.kinds import (
     check_arguments,
     check_class_name,
 )
+from core.settings import Settings
 
 MAX_CALLBACKS = 16
 MAX_STEPS = 100_000_000

@@ -26,10 +26,10 @@ from core.jobs import describe_record
 from core.serving import catalog
 from core.serving.cache import LoadedModel, TensorInfo
 from core.serving.catalog import Servable
-from core.serving.inference import HEADER_LENGTH, datatype_of, parse_infer, render_infer
+from core.serving.oip import HEADER_LENGTH, datatype_of, parse_infer, render_infer
 from service.http import json_body, json_response
-from service.models import load, manifests, resolve, tag_version
 from service.state import data_dir, settings
+from service.tfserving import load, manifests, resolve, tag_version
 
 bp = Blueprint("inference", __name__)
 bp.after_request(tag_version)

@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.errors import InvalidRequest
+from core.grammar import parse_job_request
 from core.settings import Settings
-from core.spec import parse_job_request
-from tests.core.spec.test_grammar import DESIGN_EXAMPLE
-from tests.core.spec.test_model_forms import DATASET, MNIST_LIKE
+from tests.core.grammar.test_grammar import DESIGN_EXAMPLE
+from tests.core.grammar.test_model_forms import DATASET, MNIST_LIKE
 from tests.service.test_refusals import DELETE, changed
 from tests.support.seed_model import build_seed_model
 

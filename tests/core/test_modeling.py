@@ -17,10 +17,10 @@ import orjson
 import pytest
 
 from core.datasets import load_manifest, store_json
+from core.grammar import parse_job_request
+from core.grammar.shapes import summarize
+from core.modeling import build_callbacks, build_model, compile_model, fit_arguments
 from core.settings import Settings
-from core.spec import parse_job_request
-from core.spec.build import build_callbacks, build_model, compile_model, fit_arguments
-from core.spec.shapes import summarize
 from core.storage import DataDir, new_id
 
 RNG = np.random.default_rng(7)

@@ -18,7 +18,7 @@ import orjson
 
 from core.errors import PayloadTooLarge
 from core.serving.cache import TensorInfo
-from core.serving.tensors import (
+from core.serving.tfserving import (
     cast_array,
     check_same_rows,
     first_non_number,

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import strategies as st
 
 from core.errors import FieldError, InvalidRequest, NotFound
+from core.grammar.data import DATA_KEYS, parse_checkpoint, parse_data
+from core.grammar.kinds import INVALID
 from core.settings import Settings
-from core.spec.data import DATA_KEYS, parse_checkpoint, parse_data
-from core.spec.kinds import INVALID
 
 DATASET, HOLDOUT = "a" * 32, "b" * 32
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.spec.grammar import LOSS, METRIC, OPTIMIZER, OPTIMIZER_CLASSES
-from core.spec.kinds import (
+from core.grammar.allowlist import LOSS, METRIC, OPTIMIZER, OPTIMIZER_CLASSES
+from core.grammar.kinds import (
     INVALID,
     Choice,
     Integer,

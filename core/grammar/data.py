@@ -11,10 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 from core.errors import FieldError, InvalidRequest, NotFound
+from core.grammar.allowlist import MONITOR
+from core.grammar.kinds import INVALID, Choice, Integer, Number, Place, show
+from core.grammar.shapes import summarize_model
 from core.settings import Settings
-from core.spec.grammar import MONITOR
-from core.spec.kinds import INVALID, Choice, Integer, Number, Place, show
-from core.spec.shapes import summarize_model
 
 DATA_KEYS = ("dataset", "x", "y", "sample_weight", "preprocess", "validation", "test")
 SPLIT_KEYS = ("dataset", "x", "y")

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from core.spec import grammar
-from core.spec.shapes import model_with_preprocessing
+from core.grammar import allowlist
+from core.grammar.shapes import model_with_preprocessing
 
 CALLBACKS = ("EarlyStopping", "ReduceLROnPlateau", "TerminateOnNaN")
 
@@ -52,7 +52,7 @@ def make_activation(value: Any) -> Any:
 
     if value is None:
         return None
-    if value not in grammar.ACTIVATION_NAMES:
+    if value not in allowlist.ACTIVATION_NAMES:
         raise ValueError(f"activation {value!r} is not in the allowlist")
     return getattr(keras.activations, value)
 
@@ -64,14 +64,14 @@ def _layer_arguments(config: dict[str, Any], name: str) -> dict[str, Any]:
     for key, value in _plain(config).items():
         if key.endswith("_initializer"):
             value = _construct(
-                value, keras.initializers, grammar.INITIALIZER_CLASSES, "initializer"
+                value, keras.initializers, allowlist.INITIALIZER_CLASSES, "initializer"
             )
         elif key.endswith("_regularizer"):
             value = _construct(
-                value, keras.regularizers, grammar.REGULARIZER_CLASSES, "regularizer"
+                value, keras.regularizers, allowlist.REGULARIZER_CLASSES, "regularizer"
             )
         elif key.endswith("_constraint"):
-            value = _construct(value, keras.constraints, grammar.CONSTRAINT_CLASSES, "constraint")
+            value = _construct(value, keras.constraints, allowlist.CONSTRAINT_CLASSES, "constraint")
         elif key in ("activation", "recurrent_activation"):
             value = make_activation(value)
         elif key in ("layer", "backward_layer") and value is not None:
@@ -85,7 +85,7 @@ def make_layer(layer: dict[str, Any]) -> Any:
     import keras
 
     class_name = layer["class_name"]
-    if class_name not in grammar.LAYERS and class_name not in grammar.RNN_LAYERS:
+    if class_name not in allowlist.LAYERS and class_name not in allowlist.RNN_LAYERS:
         raise ValueError(f"layer {class_name!r} is not in the allowlist")
     arguments = _layer_arguments(layer["config"], layer["name"])
     return getattr(keras.layers, class_name)(name=layer["name"], **arguments)
@@ -111,7 +111,7 @@ def build_model(spec: dict[str, Any]) -> Any:
         if layer["class_name"] == "InputLayer":
             tensors[layer["name"]] = sources[0]
             continue
-        call = sources if layer["class_name"] in grammar.MERGE_LAYERS else sources[0]
+        call = sources if layer["class_name"] in allowlist.MERGE_LAYERS else sources[0]
         tensors[layer["name"]] = make_layer(layer)(call)
     inputs = [tensors[given["name"]] for given in model["inputs"]]
     outputs = [tensors[name] for name in model["outputs"]]
@@ -128,12 +128,12 @@ def make_optimizer(value: Any) -> Any:
 
     if isinstance(value, str):
         value = {"class_name": value, "config": {}}
-    name = _lookup(value["class_name"], grammar.OPTIMIZER_CLASSES, "optimizer")
+    name = _lookup(value["class_name"], allowlist.OPTIMIZER_CLASSES, "optimizer")
     config = _plain(value.get("config") or {})
     rate = config.get("learning_rate")
     if isinstance(rate, dict):
         config["learning_rate"] = _construct(
-            rate, keras.optimizers.schedules, grammar.SCHEDULE_CLASSES, "schedule"
+            rate, keras.optimizers.schedules, allowlist.SCHEDULE_CLASSES, "schedule"
         )
     return getattr(keras.optimizers, name)(**config)
 
@@ -153,7 +153,7 @@ def _make_loss(value: Any) -> Any:
     # A name goes to Keras as a string: it resolves built-in names from its own fixed table.
     if isinstance(value, str):
         return value
-    return _construct(value, keras.losses, grammar.LOSS_CLASSES, "loss")
+    return _construct(value, keras.losses, allowlist.LOSS_CLASSES, "loss")
 
 
 def _make_metric(value: Any) -> Any:
@@ -162,7 +162,7 @@ def _make_metric(value: Any) -> Any:
     # 'accuracy' must stay a string: Keras picks the accuracy that fits the loss.
     if isinstance(value, str):
         return value
-    return _construct(value, keras.metrics, grammar.METRIC_CLASSES, "metric")
+    return _construct(value, keras.metrics, allowlist.METRIC_CLASSES, "metric")
 
 
 def compile_model(model: Any, spec: dict[str, Any]) -> None:

@@ -15,8 +15,8 @@ import jsonschema
 import keras
 import pytest
 
-from core.spec import grammar, grammar_schema
-from core.spec.kinds import INVALID, Place, check_arguments
+from core.grammar import allowlist, grammar_schema
+from core.grammar.kinds import INVALID, Place, check_arguments
 
 L = keras.layers
 
@@ -96,27 +96,27 @@ def constructor_arguments(cls: type) -> set[str]:
 
 
 def test_every_allowlisted_layer_has_a_keras_instance() -> None:
-    assert set(LAYER_INSTANCES) == set(grammar.LAYERS)
+    assert set(LAYER_INSTANCES) == set(allowlist.LAYERS)
 
 
-@pytest.mark.parametrize("class_name", sorted(grammar.LAYERS))
+@pytest.mark.parametrize("class_name", sorted(allowlist.LAYERS))
 def test_layer_table_matches_keras(class_name: str) -> None:
     """Each argument is Keras's; each key Keras writes for a default layer is accepted."""
     layer = LAYER_INSTANCES[class_name]()
     config = layer.get_config()
     known = constructor_arguments(type(layer)) | set(config) | BASE_LAYER_ARGUMENTS
-    assert set(grammar.LAYERS[class_name]) - known == set()
-    assert accepted(config, grammar.LAYERS[class_name]) == []
+    assert set(allowlist.LAYERS[class_name]) - known == set()
+    assert accepted(config, allowlist.LAYERS[class_name]) == []
 
 
 CATALOGS = [
-    (keras.initializers, grammar.INITIALIZER_CLASSES),
-    (keras.regularizers, grammar.REGULARIZER_CLASSES),
-    (keras.constraints, grammar.CONSTRAINT_CLASSES),
-    (keras.optimizers, grammar.OPTIMIZER_CLASSES),
-    (keras.losses, grammar.LOSS_CLASSES),
-    (keras.metrics, grammar.METRIC_CLASSES),
-    (keras.callbacks, grammar.CALLBACK_CLASSES),
+    (keras.initializers, allowlist.INITIALIZER_CLASSES),
+    (keras.regularizers, allowlist.REGULARIZER_CLASSES),
+    (keras.constraints, allowlist.CONSTRAINT_CLASSES),
+    (keras.optimizers, allowlist.OPTIMIZER_CLASSES),
+    (keras.losses, allowlist.LOSS_CLASSES),
+    (keras.metrics, allowlist.METRIC_CLASSES),
+    (keras.callbacks, allowlist.CALLBACK_CLASSES),
 ]
 SCHEDULE_EXAMPLES = {
     "ExponentialDecay": (0.1, 100, 0.9),
@@ -144,12 +144,12 @@ def test_catalog_table_matches_keras(module: Any, classes: dict, name: str) -> N
     assert accepted(config, classes[name]) == []
 
 
-@pytest.mark.parametrize("name", sorted(grammar.SCHEDULE_CLASSES))
+@pytest.mark.parametrize("name", sorted(allowlist.SCHEDULE_CLASSES))
 def test_schedule_table_matches_keras(name: str) -> None:
     cls = getattr(keras.optimizers.schedules, name)
     config = cls(*SCHEDULE_EXAMPLES[name]).get_config()
-    assert set(grammar.SCHEDULE_CLASSES[name]) - constructor_arguments(cls) == set()
-    assert accepted(config, grammar.SCHEDULE_CLASSES[name]) == []
+    assert set(allowlist.SCHEDULE_CLASSES[name]) - constructor_arguments(cls) == set()
+    assert accepted(config, allowlist.SCHEDULE_CLASSES[name]) == []
 
 
 def test_every_optimizer_of_keras_is_allowlisted() -> None:
@@ -157,20 +157,20 @@ def test_every_optimizer_of_keras_is_allowlisted() -> None:
     left_out = {"LossScaleOptimizer", "MultiOptimizer", "Optimizer", "OptimizerMap"}
     left_out.add("ScheduleFreeAdamW")
     found = {n for n in dir(keras.optimizers) if n[0].isupper() and n not in left_out}
-    assert found - {"schedules"} == set(grammar.OPTIMIZER_CLASSES)
+    assert found - {"schedules"} == set(allowlist.OPTIMIZER_CLASSES)
 
 
 @pytest.mark.parametrize(
     ("getter", "names"),
     [
-        (keras.initializers.get, grammar.INITIALIZER_NAMES),
-        (keras.activations.get, grammar.ACTIVATION_NAMES),
+        (keras.initializers.get, allowlist.INITIALIZER_NAMES),
+        (keras.activations.get, allowlist.ACTIVATION_NAMES),
         (keras.regularizers.get, ("l1", "l2", "orthogonal_regularizer")),
         (keras.constraints.get, ("max_norm", "min_max_norm", "non_neg", "unit_norm")),
-        (keras.optimizers.get, grammar.OPTIMIZER_NAMES),
-        (keras.losses.get, grammar.LOSS_NAMES),
+        (keras.optimizers.get, allowlist.OPTIMIZER_NAMES),
+        (keras.losses.get, allowlist.LOSS_NAMES),
         # "acc" is read by compile itself, not by metrics.get.
-        (keras.metrics.get, tuple(n for n in grammar.METRIC_NAMES if n != "acc")),
+        (keras.metrics.get, tuple(n for n in allowlist.METRIC_NAMES if n != "acc")),
     ],
     ids=[
         "initializers",
@@ -193,7 +193,7 @@ def test_every_builtin_activation_is_allowlisted() -> None:
         for n in dir(keras.activations)
         if not n.startswith("_") and n not in ("get", "serialize", "deserialize")
     }
-    assert builtin == set(grammar.ACTIVATION_NAMES)
+    assert builtin == set(allowlist.ACTIVATION_NAMES)
 
 
 DESIGN_EXAMPLE = {
@@ -245,4 +245,4 @@ def test_grammar_schema_is_a_schema_that_reads_the_design_example() -> None:
 
 def test_grammar_schema_lists_every_allowlisted_layer() -> None:
     layers = grammar_schema()["$defs"]["layer"]["anyOf"]
-    assert {layer["properties"]["class_name"]["const"] for layer in layers} == set(grammar.LAYERS)
+    assert {layer["properties"]["class_name"]["const"] for layer in layers} == set(allowlist.LAYERS)
