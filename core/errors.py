@@ -55,6 +55,8 @@ class FitserveError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.errors = list(errors)
+        # Response headers that belong with this error (which model version it concerns).
+        self.headers: dict[str, str] = {}
         if code is not None:
             self.code = code
 
@@ -101,6 +103,13 @@ class InvalidData(FitserveError):
 
     code = "invalid_data"
     title = "Invalid data"
+
+
+class TimedOut(FitserveError):
+    """A computation for the request ran past its time limit (504)."""
+
+    code = "timeout"
+    title = "Timed out"
 
 
 class RateLimited(FitserveError):

@@ -52,6 +52,8 @@ class Settings:
     model_cache_bytes: int = 2 << 30
     predict_max_batch_rows: int = 256
     predict_max_latency_ms: int = 20
+    # A forward pass running longer than this answers 504 (the pass finishes in the background).
+    predict_timeout_seconds: float = 30.0
     # Dashboard sign-in: how long a session (a random token in a cookie, kept in Redis) lasts.
     session_seconds: int = 12 * 3600
     # Job event streams (SSE): a keep-alive comment after this many idle seconds; at most this
@@ -91,6 +93,11 @@ def _convert(name: str, default: object, raw: str) -> object:
             return int(raw.replace("_", ""))
         except ValueError:
             raise ValueError(f"{PREFIX}{name.upper()} must be an integer, got {raw!r}") from None
+    if isinstance(default, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"{PREFIX}{name.upper()} must be a number, got {raw!r}") from None
     if isinstance(default, Path):
         return Path(raw)
     return raw

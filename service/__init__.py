@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         oip,
         openapi,
         problems,
+        servables,
         tfserving,
         validate,
     )
@@ -57,8 +58,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     datasets.install(app)
     app.register_blueprint(validate.bp)
     app.register_blueprint(jobs.bp)
-    tfserving.install(app)
-    app.register_blueprint(oip.bp)
+    servables.install(app)
+    tfserving.register(app)
+    oip.register(app)
     app.register_blueprint(dashboard.bp)
     openapi.install(app)
     events.install(app)

@@ -41,6 +41,11 @@ def _session_principal(keys: tuple[ApiKey, ...]) -> ApiKey:
     return key
 
 
+def by_session() -> bool:
+    """Whether the dashboard's session cookie, not a Bearer key, authorized this request."""
+    return g.get("principal") is not None and not request.headers.get("Authorization")
+
+
 def owner() -> str | None:
     """The name that owns what this request creates (None when keys are off)."""
     principal = g.get("principal")

@@ -24,6 +24,7 @@ STATUS: dict[type[errors.FitserveError], int] = {
     errors.InvalidData: 422,
     errors.RateLimited: 429,
     errors.Unavailable: 503,
+    errors.TimedOut: 504,
 }
 
 _HTTP_CODES = {
@@ -74,7 +75,7 @@ def status_of(error: errors.FitserveError) -> int:
 
 def handle_fitserve_error(error: errors.FitserveError) -> Response:
     status = status_of(error)
-    headers = {}
+    headers = dict(error.headers)
     if hasattr(error, "retry_after"):
         headers["Retry-After"] = str(error.retry_after)
     if status == 401:

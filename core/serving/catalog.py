@@ -108,9 +108,9 @@ class Manifests:
     def find_model(self, model: str, can_see: Callable[[str | None], bool]) -> dict[str, Any]:
         """The manifest of the job `model` names: a job id, else a job name.
 
-        A name means the newest succeeded job of that name, or, while none has succeeded, the
-        newest job of that name (so a running job is servable by name from its first
-        checkpoint). Another key's job is reported exactly like an unknown one.
+        A name means the newest succeeded job of that name; a job that has not succeeded (running,
+        failed, cancelled) is served by its id only. Another key's job is reported exactly like an
+        unknown one.
         """
         try:
             manifest = self.read(check_id(model, "model"))
@@ -118,11 +118,17 @@ class Manifests:
             manifest = None
         if manifest is not None and can_see(manifest.get("owner")):
             return manifest
-        named = [m for m in self.all() if m.get("name") == model and can_see(m.get("owner"))]
-        if not named:
-            raise NotFound(f"No model {model[:200]!r}: no job has this id or name.")
-        succeeded = [m for m in named if m.get("status") == "succeeded"]
-        return max(succeeded or named, key=lambda m: (m.get("created_at") or "", m["id"]))
+        succeeded = [
+            m
+            for m in self.all()
+            if m.get("name") == model and m.get("status") == "succeeded" and can_see(m.get("owner"))
+        ]
+        if not succeeded:
+            raise NotFound(
+                f"No model {model[:200]!r}: no job has this id, and no succeeded job this name "
+                "(a job that has not succeeded is served by its id)."
+            )
+        return max(succeeded, key=lambda m: (m.get("created_at") or "", m["id"]))
 
 
 def version_entries(manifest: dict) -> dict[int, tuple[dict, bool]]:

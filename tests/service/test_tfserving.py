@@ -129,8 +129,11 @@ def test_a_job_name_means_its_newest_succeeded_job(client, jobs):
     assert response.get_json() == by_id.get_json()
 
 
-def test_a_running_job_serves_its_latest_checkpoint(client, jobs, library):
-    response = post(client, "/v1/models/tiny-running:predict", {"instances": ROWS.tolist()})
+def test_a_running_job_serves_its_latest_checkpoint_by_id(client, jobs, library):
+    by_name = post(client, "/v1/models/tiny-running:predict", {"instances": ROWS.tolist()})
+    assert by_name.status_code == 404
+    assert "no succeeded job" in by_name.get_json()["detail"]
+    response = post(client, f"/v1/models/{jobs['running']}:predict", {"instances": ROWS.tolist()})
     assert response.status_code == 200
     assert response.headers["X-Model-Version"] == "2"
     source, ids = library
@@ -143,10 +146,19 @@ def test_a_running_job_serves_its_latest_checkpoint(client, jobs, library):
     assert "running" in final.get_json()["detail"]
 
 
+def test_a_cancelled_job_does_not_answer_for_its_name(client, jobs, settings):
+    path = DataDir(settings.data_dir).job(jobs["running"]) / "manifest.json"
+    write_json(path, {**read_json(path), "status": "cancelled"})
+    response = post(client, "/v1/models/tiny-running:predict", {"instances": ROWS.tolist()})
+    assert response.status_code == 404, response.get_json()
+    by_id = post(client, f"/v1/models/{jobs['running']}:predict", {"instances": ROWS.tolist()})
+    assert by_id.status_code == 200
+
+
 def test_a_job_without_checkpoint_is_409_naming_its_status(client, settings):
     manifest = job_manifest("a" * 32, name="fresh", owner=None, status="queued")
     write_job(DataDir(settings.data_dir), manifest)
-    response = post(client, "/v1/models/fresh:predict", {"instances": [[1, 2, 3, 4]]})
+    response = post(client, f"/v1/models/{'a' * 32}:predict", {"instances": [[1, 2, 3, 4]]})
     assert response.status_code == 409
     assert "queued" in response.get_json()["detail"]
 

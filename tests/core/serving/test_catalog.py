@@ -44,10 +44,19 @@ def test_names_mean_the_newest_succeeded_job(data):
         manifests.find_model("other", everyone)
 
 
-def test_a_name_with_no_succeeded_job_means_its_newest_job(data):
-    running = add_job(data, name="r", status="running", created_at="2026-02-01T00:00:00.000Z")
-    add_job(data, name="r", status="failed", created_at="2026-01-01T00:00:00.000Z")
-    assert catalog.Manifests(data).find_model("r", everyone)["id"] == running["id"]
+@pytest.mark.parametrize("status", ["running", "cancelled", "failed", "queued"])
+def test_a_name_with_no_succeeded_job_is_not_found(data, status):
+    job = add_job(data, name="r", status=status, created_at="2026-02-01T00:00:00.000Z")
+    manifests = catalog.Manifests(data)
+    with pytest.raises(NotFound, match="no succeeded job"):
+        manifests.find_model("r", everyone)
+    assert manifests.find_model(job["id"], everyone)["id"] == job["id"]
+
+
+def test_a_newer_cancelled_job_leaves_the_name_to_the_succeeded_one(data):
+    succeeded = add_job(data, name="r", created_at="2026-01-01T00:00:00.000Z")
+    add_job(data, name="r", status="cancelled", created_at="2026-02-01T00:00:00.000Z")
+    assert catalog.Manifests(data).find_model("r", everyone)["id"] == succeeded["id"]
 
 
 def test_another_owners_job_is_not_found(data):
