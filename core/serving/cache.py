@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import logging
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -31,6 +32,8 @@ log = logging.getLogger("fitserve.serving")
 
 # Lengths tried for unknown dimensions when warming a model up (a Conv1D needs its kernel's).
 WARM_LENGTHS = (1, 16, 256)
+# Lines of a TensorFlow op error that tell where it happened, not what happened.
+_OP_TRACE = ("Graph execution error", "Detected at node", "[[")
 # Threads running forward passes, per process: above gunicorn's threads, so a request waits for
 # one only when earlier passes have overrun their requests' timeout.
 PASS_THREADS = 32
@@ -58,7 +61,8 @@ class LoadedModel:
             None
             if probe is None
             else tf.function(
-                lambda *inputs: probe(list(inputs), training=False), input_signature=self.specs
+                lambda *inputs: tf.nest.flatten(probe(list(inputs), training=False)),
+                input_signature=self.specs,
             ).get_concrete_function()
         )
         self._passes = passes
@@ -141,7 +145,7 @@ class LoadedModel:
             id_range.check(tensor.numpy(), batch, self.inputs[id_range.source].name)
 
     def _refused(self, batch: Batch, error: Any) -> InvalidRequest:
-        reason = str(error.message).splitlines()[0][:300]
+        reason = _op_reason(str(error.message))
         message = f"The model cannot run on these inputs: {reason}"
         log.info("predict_refused job=%s reason=%s", self.servable.job_id, reason)
         expected = f"inputs this model can take: {[i.batch_shape() for i in self.inputs]}"
@@ -169,6 +173,14 @@ class LoadedModel:
                 if all(None not in info.shape for info in self.inputs):
                     raise
         log.info("model_cold job=%s reason=no_warm_length", self.servable.job_id)
+
+
+def _op_reason(message: str) -> str:
+    """What a TensorFlow op error says went wrong, without the graph's trace around it."""
+    for line in message.splitlines():
+        if line and not line[0].isspace() and not line.startswith(_OP_TRACE):
+            return re.sub(r"\s*\[Op:.*$", "", line)[:300]
+    return "a TensorFlow op refused them"
 
 
 def load_servable(servable: Servable, settings: Settings, passes: Executor) -> LoadedModel:

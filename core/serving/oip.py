@@ -124,7 +124,8 @@ def _check_tensor_header(
     if not fits(shape, info):
         raise invalid(
             f"{base}/shape",
-            f"Input {name!r} has shape {info.batch_shape()} (-1: any size); received {shape}.",
+            f"Input {name!r} has shape {info.batch_shape()} (-1: any size); "
+            f"received {preview(shape)}.",
             str(info.batch_shape()),
             shape,
         )

@@ -35,13 +35,17 @@ _PREVIEW = _preview_repr()
 
 
 def pointer(*parts: object) -> str:
-    """A JSON pointer from its reference tokens (RFC 6901 escapes `~` and `/`)."""
-    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in parts)
+    """A JSON pointer from its reference tokens (RFC 6901 escapes `~` and `/`).
+
+    A token past 200 characters (a megabyte-long key) is cut, so an error cannot echo it whole.
+    """
+    tokens = (str(part)[:200] for part in parts)
+    return "".join("/" + token.replace("~", "~0").replace("/", "~1") for token in tokens)
 
 
 def invalid(path: str, message: str, expected: str, received: Any) -> InvalidRequest:
-    """A 422 with one FieldError, its message also the detail."""
-    return InvalidRequest(message, errors=[FieldError(path, message, expected, received)])
+    """A 422 with one FieldError, its message also the detail; `received` is previewed."""
+    return InvalidRequest(message, errors=[FieldError(path, message, expected, preview(received))])
 
 
 def preview(value: Any) -> Any:
@@ -362,7 +366,7 @@ def parse_predict(body: Any, inputs: Sequence[TensorInfo], max_rows: int) -> tup
     if unknown:
         raise invalid(
             pointer(unknown[0]),
-            f"Unknown key {unknown[0]!r}.",
+            f"Unknown key {preview(unknown[0])!r}.",
             "instances or inputs, and optionally signature_name",
             unknown[0],
         )
