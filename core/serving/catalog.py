@@ -125,7 +125,7 @@ class Manifests:
         ]
         if not succeeded:
             raise NotFound(
-                f"No model {model[:200]!r}: no job has this id, and no succeeded job this name "
+                f"No model {model[:200]!r}: no job has this id, and no succeeded job has this name "
                 "(a job that has not succeeded is served by its id)."
             )
         return max(succeeded, key=lambda m: (m.get("created_at") or "", m["id"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -582,3 +583,50 @@ def test_huge_strings_and_deep_nesting_in_infer_are_4xx(client, jobs, tensor):
     assert 400 <= response.status_code < 500, response.get_data()[:300]
     assert response.mimetype == "application/problem+json"
     assert len(response.get_data()) < 10_000
+
+
+# Real clients: TF Serving's documented curl sends form-urlencoded, Triton's client no type.
+
+ANY_TYPE = [None, "application/x-www-form-urlencoded", "text/plain", "application/json"]
+
+
+@pytest.mark.parametrize("content_type", ANY_TYPE)
+def test_predict_and_infer_take_json_whatever_the_content_type(client, jobs, content_type):
+    want = post(client, f"/v1/models/{jobs[SINGLE]}:predict", {"instances": ROWS.tolist()})
+    body = orjson.dumps({"instances": ROWS.tolist()})
+    response = client.post(
+        f"/v1/models/{jobs[SINGLE]}:predict", data=body, content_type=content_type
+    )
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json() == want.get_json()
+    tensor = {"name": "input", "shape": [5, 4], "datatype": "FP32", "data": ROWS.ravel().tolist()}
+    infer = client.post(
+        f"/v2/models/{jobs[SINGLE]}/infer",
+        data=orjson.dumps({"inputs": [tensor]}),
+        content_type=content_type,
+    )
+    assert infer.status_code == 200, infer.get_json()
+    [out] = infer.get_json()["outputs"]
+    assert np.allclose(np.reshape(out["data"], out["shape"]), want.get_json()["predictions"])
+
+
+def test_a_request_signed_in_by_cookie_keeps_its_csrf_check_and_json_type(settings, jobs):
+    keys = f"alice:{hash_key('fs_alice')}:admin"
+    client = create_app(settings.with_overrides(api_keys=keys)).test_client()
+    client.post("/sign-in", data={"key": "fs_alice", "next": "/"})
+    page = client.get("/").get_data(as_text=True)
+    csrf = re.search(r'name="fitserve-csrf" content="([^"]*)"', page).group(1)
+    path = f"/v1/models/{jobs[SINGLE]}:predict"
+    body = orjson.dumps({"instances": ROWS.tolist()})
+    forged = client.post(path, data=body, content_type="text/plain")
+    assert forged.status_code == 401
+    assert forged.get_json()["code"] == "csrf_failed"
+    headers = {"X-Fitserve-CSRF": csrf}
+    plain = client.post(path, data=body, content_type="text/plain", headers=headers)
+    assert plain.status_code == 415, plain.get_json()
+    typed = client.post(path, data=body, content_type="application/json", headers=headers)
+    assert typed.status_code == 200, typed.get_json()
+    keyed = client.post(
+        path, data=body, content_type="text/plain", headers={"Authorization": "Bearer fs_alice"}
+    )
+    assert keyed.status_code == 200, keyed.get_json()
