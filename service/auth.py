@@ -52,6 +52,13 @@ def owner() -> str | None:
     return principal.name if principal else None
 
 
+def viewer() -> str | None:
+    """Whose resources this request sees: None for all (keys off, or an admin key), else the
+    name of its key; requests with one viewer get the same answers from `can_see`."""
+    principal = g.get("principal")
+    return None if principal is None or principal.admin else principal.name
+
+
 def can_see(resource_owner: str | None) -> bool:
     """Keys see their own resources; admin keys, and everyone when keys are off, see all."""
     principal = g.get("principal")

@@ -18,11 +18,14 @@ from core.errors import FitserveError
 from core.serving import catalog
 from core.serving.cache import LoadedModel, ModelCache
 from core.serving.catalog import Servable
-from service.auth import by_session, can_see
+from service.auth import by_session, can_see, viewer
 from service.http import json_body
 from service.state import data_dir
 
 VERSION_HEADER = "X-Model-Version"
+# How long a lookup's answer is reused: a new checkpoint, or a new succeeded job of a name, is
+# served after at most this long (plus the new version's load, while the older one answers).
+LOOKUP_SECONDS = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,9 +39,10 @@ class Found:
 
 
 def install(app: Flask) -> None:
-    """Give the app its model cache and manifest reader (one of each per process)."""
+    """Give the app its model cache, manifest reader and recent lookups (one each per process)."""
     app.extensions["fitserve.models"] = ModelCache(app.config["FITSERVE"])
     app.extensions["fitserve.manifests"] = catalog.Manifests(app.extensions["fitserve.data"])
+    app.extensions["fitserve.lookups"] = catalog.TimedCache(LOOKUP_SECONDS)
 
 
 def model_cache() -> ModelCache:
@@ -56,7 +60,16 @@ def find_job(model: str) -> dict[str, Any]:
 
 
 def find(model: str, version: int | None = None, label: str | None = None) -> Found:
-    """The version a request names: a version number, a label, or the job's default."""
+    """The version a request names: a version number, a label, or the job's default.
+
+    The answer is reused for LOOKUP_SECONDS for the same request from the same viewer, so a
+    prediction reads no manifest, and a new checkpoint is served within that time.
+    """
+    lookups: catalog.TimedCache[tuple, Found] = current_app.extensions["fitserve.lookups"]
+    return lookups.get((model, version, label, viewer()), lambda: _find(model, version, label))
+
+
+def _find(model: str, version: int | None, label: str | None) -> Found:
     manifest = find_job(model)
     servable = catalog.resolve_version(data_dir(), manifest, version=version, label=label)
     follows = version is None and (label or catalog.default_label(manifest)) == "latest"

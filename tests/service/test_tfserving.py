@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from tests.support.models import (
     write_job,
     write_model_job,
 )
+from tests.support.processes import wait_for
 
 ROWS = np.random.default_rng(7).normal(size=(5, 4)).astype("float32")
 IMAGES = np.random.default_rng(8).normal(size=(3, 2, 3)).astype("float32")
@@ -157,6 +160,29 @@ def test_a_cancelled_job_does_not_answer_for_its_name(client, jobs, settings):
     assert response.status_code == 404, response.get_json()
     by_id = post(client, f"/v1/models/{jobs['running']}:predict", {"instances": ROWS.tolist()})
     assert by_id.status_code == 200
+
+
+def test_a_new_checkpoint_is_served_within_a_second(client, jobs, settings):
+    """A running job's next checkpoint, written as the worker writes it, answers within a second
+    of its manifest entry (lookups are reused for a moment, then read again)."""
+    path = f"/v1/models/{jobs['running']}:predict"
+    body = {"instances": ROWS.tolist()}
+    assert post(client, path, body).headers["X-Model-Version"] == "2"
+    job_dir = DataDir(settings.data_dir).job(jobs["running"])
+    manifest = read_json(job_dir / "manifest.json")
+    second = manifest["checkpoints"][-1]
+    third = {**second, "version": 3, "file": "checkpoints/epoch-0003.keras"}
+    shutil.copyfile(job_dir / second["file"], job_dir / third["file"])
+    saved = time.monotonic()
+    checkpoints = [*manifest["checkpoints"], third]
+    write_json(job_dir / "manifest.json", {**manifest, "checkpoints": checkpoints})
+    wait_for(
+        lambda: post(client, path, body).headers["X-Model-Version"] == "3",
+        5,
+        "version 3 to answer",
+        interval=0.02,
+    )
+    assert time.monotonic() - saved < 1.0
 
 
 def test_a_job_without_checkpoint_is_409_naming_its_status(client, settings):
