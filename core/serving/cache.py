@@ -3,7 +3,9 @@
 Models load lazily in each API process from files a manifest lists, after their sha256 check,
 with `safe_mode` on (they are our own files, never a user's). Each gets a `tf.function` with a
 `[None, ...]` input signature, traced and warmed on load: a call is then one graph execution,
-thread-safe, with none of `Model.predict`'s per-call overhead.
+thread-safe, with none of `Model.predict`'s per-call overhead. A request runs through
+`LoadedModel.run`: the ids its Embedding layers will receive are checked, then it shares a
+batched pass, within the predict timeout.
 """
 
 from __future__ import annotations
@@ -111,8 +113,7 @@ class LoadedModel:
         """
         import tensorflow as tf
 
-        self.check_ids(batch)
-        future = self._passes.submit(self.run_batched, batch.arrays)
+        future = self._passes.submit(self._checked_pass, batch)
         try:
             return future.result(self._timeout)
         except concurrent.futures.TimeoutError:
@@ -135,6 +136,10 @@ class LoadedModel:
                 "The forward pass ran out of memory on this request; send fewer rows or "
                 "shorter sequences."
             ) from None
+
+    def _checked_pass(self, batch: Batch) -> dict[str, np.ndarray]:
+        self.check_ids(batch)
+        return self.run_batched(batch.arrays)
 
     def check_ids(self, batch: Batch) -> None:
         """Every Embedding gets ids in its range (computed by a pass of the layers in front)."""

@@ -448,11 +448,22 @@ def build_lstm() -> Any:
     return keras.Model(inputs, keras.layers.LSTM(8, name="lstm")(inputs))
 
 
+def build_conv_embedding() -> Any:
+    """Ids computed by a Conv1D (kernel 3) over any length, then embedded."""
+    import keras
+
+    inputs = keras.Input((None, 1), name="signal")
+    ids = keras.layers.Reshape((-1,), name="flat")(keras.layers.Conv1D(1, 3, name="conv")(inputs))
+    embedded = keras.layers.Embedding(10, 2, name="embed")(ids)
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling1D(name="pool")(embedded))
+
+
 ODD_MODELS = {
     "embedding": lambda: build_embedding(None),
     "rescaled": lambda: build_embedding(2.0),
     "conv1d": build_conv1d,
     "lstm": build_lstm,
+    "conv_embedding": build_conv_embedding,
 }
 
 
@@ -529,14 +540,15 @@ def test_variable_length_models_load_and_serve(client, odd, odd_library, kind, w
         assert np.allclose(response.get_json()["outputs"], model(x, training=False), atol=1e-5)
 
 
-def test_a_sequence_too_short_for_the_model_is_422(client, odd):
-    response = post(client, f"/v1/models/{odd['conv1d']}:predict", {"instances": [[[1.0]]]})
+@pytest.mark.parametrize("kind", ["conv1d", "conv_embedding"])
+def test_a_sequence_too_short_for_the_model_is_422(client, odd, kind):
+    response = post(client, f"/v1/models/{odd[kind]}:predict", {"instances": [[[1.0]]]})
     assert response.status_code == 422, response.get_json()
     [error] = response.get_json()["errors"]
     assert error["path"] == "/instances"
     assert "negative" in error["message"]
-    fits = post(client, f"/v1/models/{odd['conv1d']}:predict", {"instances": [[[1.0]] * 3]})
-    assert fits.status_code == 200
+    fits = post(client, f"/v1/models/{odd[kind]}:predict", {"instances": [[[0.0]] * 3]})
+    assert fits.status_code == 200, fits.get_json()
 
 
 def test_a_pass_past_the_predict_timeout_is_504(settings, odd):
