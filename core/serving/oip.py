@@ -160,8 +160,6 @@ def _json_data(data: Any, shape: list[int], datatype: str, path: str) -> np.ndar
             str(shape),
             preview(data),
         ) from None
-    if array.dtype.kind not in "biuf":
-        raise invalid(path, "data mixes integers beyond 64 bits.", f"{datatype} values", None)
     size = math.prod(shape)
     if array.shape != tuple(shape):
         if array.ndim != 1 or array.size != size:

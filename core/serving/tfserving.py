@@ -17,7 +17,6 @@ import numpy as np
 from core.errors import FieldError, InvalidRequest, PayloadTooLarge
 from core.serving.signature import Batch, TensorInfo
 
-_NUMERIC = "biuf"
 NUMBERS = frozenset({int, float})
 # Deeper than any tensor numpy can build (64 dimensions): nothing a model takes.
 MAX_NESTING = 64
@@ -116,7 +115,7 @@ def _row_error(
         try:
             depth = nesting_depth(row)
         except NotNumbers as error:
-            if isinstance(error.value, list | int | float):
+            if type(error.value) is list or type(error.value) in NUMBERS:  # nesting, not kind
                 return FieldError(
                     row_path(index),
                     f"Row {index} of input {info.name!r} is not nested as rows of shape "
@@ -137,13 +136,6 @@ def _row_error(
                 row_path(index),
                 f"Row {index} of input {info.name!r} is ragged: nested lists of one level "
                 "must all have the same length.",
-                expected,
-                preview(row),
-            )
-        if array.dtype.kind not in _NUMERIC:
-            return FieldError(
-                row_path(index),
-                f"Row {index} of input {info.name!r} mixes integers beyond 64 bits.",
                 expected,
                 preview(row),
             )
@@ -220,7 +212,7 @@ def check_batch(
         array = np.asarray(rows)
     except (NotNumbers, ValueError):
         array = None
-    if array is None or array.dtype.kind not in _NUMERIC or not fits(array.shape, info):
+    if array is None or not fits(array.shape, info):
         error = _row_error(rows, info, path, row_path)
         raise InvalidRequest(error.message, errors=[error])
     return cast_array(array, info, path)

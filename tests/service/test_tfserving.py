@@ -240,6 +240,8 @@ def test_another_keys_model_is_404(settings, library):
         ({"instances": [[1, 2, 3, 4], [1, [2], 3, 4]]}, "/instances/1", None),
         ({"instances": [[1, 2, 3, "NaN"]]}, "/instances/0", "NaN"),
         ({"instances": [[1, 2, 3, None]]}, "/instances/0", None),
+        ({"instances": [[1, 2, 3, True]]}, "/instances/0", True),
+        ({"instances": [[1, 2, 3, 4], [1, 2, 3, {"a": 1}]]}, "/instances/1", {"a": 1}),
         ({"instances": [[1, 2, 3, 1e39]]}, "/instances", 1e39),
         ({"instances": [1, 2, 3, 4]}, "/instances/0", []),
         ({"inputs": [[1, 2, 3]]}, "/inputs/0", [3]),
