@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from core.errors import Conflict, NotFound
-from core.jobs import JobStore, dataset_jobs_key
+from core.jobs import JobStore
+from core.rediskeys import dataset_jobs_key
 from core.storage import new_id, read_json
 
 DATASET = "d" * 32

@@ -10,8 +10,8 @@ import orjson
 import pytest
 import redis
 
-from core.devices import consumer_key, worker_key
 from core.jobs import JobStore
+from core.rediskeys import consumer_key, worker_key
 from core.runs import StoreControl, WorkerIdentity
 from core.settings import Settings
 from core.storage import DataDir
