@@ -27,6 +27,7 @@ log = logging.getLogger("fitserve.training")
 # Epoch summaries per job, read by the compose TensorBoard over the jobs' folders.
 TENSORBOARD_DIR = "tensorboard"
 
+
 class JobControl(Protocol):
     """What a running job tells its owner and asks it; the worker implements it over Redis."""
 

@@ -249,7 +249,8 @@ def test_job_views_match_the_generated_schema(client, dataset_id, store):
     page_schema.validate(listed)
     trained, failed = listed["items"][1], listed["items"][0]
     assert (trained["status"], failed["status"]) == ("succeeded", "failed")
-    assert trained["checkpoints"] and trained["final"] and trained["worker"] == "w1@test"
+    assert trained["checkpoints"][0]["version"] == trained["final"]["version"] == 1
+    assert trained["worker"] == "w1@test"
     assert trained["record"]["tensorflow"] == "2.21.0"
     assert trained["timings"]["running_seconds"] >= 0
     assert failed["error"] == {"reason": "nan_loss", "message": "The loss became NaN at epoch 1."}
