@@ -8,6 +8,7 @@ writer always writes the newest state and the records can be rebuilt from the vo
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import hashlib
@@ -425,6 +426,7 @@ return 0
 """
 
 
+# `builtins.list` in the annotations below: the `list` method shadows the builtin in the class.
 class JobStore:
     """Job records over one Redis connection and the data folder."""
 
@@ -498,7 +500,7 @@ class JobStore:
             raise NotFound(f"No job with id {job_id!r}.")
         return _decode(raw)
 
-    def job_ids(self, status: str) -> list[str]:
+    def job_ids(self, status: str) -> builtins.list[str]:
         """The ids of every job in `status`, oldest first."""
         return [member.decode() for member in self.redis.zrange(status_index(status), 0, -1)]
 
@@ -532,7 +534,7 @@ class JobStore:
         status: str | None,
         limit: int,
         cursor: str | None,
-    ) -> tuple[list[Job], str | None]:
+    ) -> tuple[builtins.list[Job], str | None]:
         """Jobs newest first; `owner=None` lists everyone's. Returns (items, next cursor)."""
         if owner is not None:
             index = owner_index(owner)
@@ -540,7 +542,7 @@ class JobStore:
             index = status_index(status)
         else:
             index = ALL_JOBS
-        items: list[Job] = []
+        items: builtins.list[Job] = []
         last: tuple[float, str] | None = None
         for job_id, score in self._scan_index(index, _parse_cursor(cursor)):
             raw = self.redis.hgetall(job_key(job_id))
@@ -730,7 +732,7 @@ class JobStore:
 
     # History, progress, events ------------------------------------------------------------
 
-    def history(self, job_id: str) -> list[dict]:
+    def history(self, job_id: str) -> builtins.list[dict]:
         """`[{"epoch": 1, "metrics": {...}}, ...]`, one entry per completed epoch."""
         return [orjson.loads(item) for item in self.redis.lrange(history_key(job_id), 0, -1)]
 
@@ -759,13 +761,13 @@ class JobStore:
             events_key(job_id), _event_entry(kind, **fields), maxlen=EVENTS_MAX, approximate=True
         )
 
-    def events(self, job_id: str) -> list[dict]:
+    def events(self, job_id: str) -> builtins.list[dict]:
         """Every event of the job, oldest first: `{"kind", "time", **fields}`."""
         return [decode_event(entry) for _, entry in self.redis.xrange(events_key(job_id))]
 
     def events_after(
         self, job_id: str, after: str, *, count: int, block_ms: int | None = None
-    ) -> list[tuple[str, dict]]:
+    ) -> builtins.list[tuple[str, dict]]:
         """Up to `count` events after the stream id `after`, oldest first, as (id, event);
         with `block_ms`, waits that long for the first one."""
         found = self.redis.xread({events_key(job_id): after}, count=count, block=block_ms)
@@ -820,7 +822,7 @@ class JobStore:
         """The job's `manifest.json` as last written."""
         return read_json(self.data.job(job_id) / "manifest.json")
 
-    def stored_job(self, job_id: str) -> tuple[Job, list[dict]]:
+    def stored_job(self, job_id: str) -> tuple[Job, builtins.list[dict]]:
         """The record and history the job's files on the volume hold (as of its last manifest).
 
         Raises OSError or orjson.JSONDecodeError for a job without readable files.
@@ -831,7 +833,7 @@ class JobStore:
         spec = read_json(folder / "job.json")["spec"]
         return restore_job(manifest, spec), manifest.get("history") or []
 
-    def rebuild_records(self) -> list[dict]:
+    def rebuild_records(self) -> builtins.list[Job]:
         """Restore missing records from every job manifest on the volume.
 
         Jobs already in Redis are left alone. Returns the restored queued jobs (the caller
@@ -867,7 +869,7 @@ class JobStore:
         have taken their leases again yet."""
         return bool(self.redis.exists(REBUILT_GRACE))
 
-    def _restore(self, job: Job, history: list[dict]) -> None:
+    def _restore(self, job: Job, history: builtins.list[dict]) -> None:
         self._insert(job, score=parse_time(job["created_at"]))
         # Epochs a worker reported between the loss and now are in the manifest's history too.
         self.redis.delete(history_key(job["id"]))
@@ -895,7 +897,7 @@ def _final_progress(job: Job) -> dict | None:
     return {**progress, "eta_seconds": 0}
 
 
-def _encode(fields: dict[str, Any]) -> dict[str, bytes]:
+def _encode(fields: Mapping[str, Any]) -> dict[str, bytes]:
     return {name: orjson.dumps(value) for name, value in fields.items()}
 
 

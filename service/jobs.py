@@ -124,9 +124,10 @@ def get_job(job_id: str):
     try:
         job = visible_job(job_id)
     except redis.RedisError:
-        job = _finished_on_volume(job_id)
-        if job is None:
+        finished = _finished_on_volume(job_id)
+        if finished is None:
             raise
+        job = finished
     view: JobView = view_job(job)
     if job["status"] == "queued":
         view["queue"] = _queue_state(job.get("gpus") or 1)
