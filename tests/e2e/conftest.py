@@ -26,8 +26,8 @@ import pytest
 import redis
 import requests
 
-from core.devices import worker_key
 from core.jobs import TERMINAL
+from core.rediskeys import worker_key
 from scripts.stack import ROOT, compose_command
 from tests.support.processes import free_port, redis_server, stop_tree, wait_for
 
