@@ -16,6 +16,7 @@ log = logging.getLogger("fitserve.service")
 STATUS: dict[type[errors.FitserveError], int] = {
     errors.MalformedRequest: 400,
     errors.Unauthorized: 401,
+    errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.PayloadTooLarge: 413,
@@ -24,6 +25,7 @@ STATUS: dict[type[errors.FitserveError], int] = {
     errors.InvalidData: 422,
     errors.RateLimited: 429,
     errors.Unavailable: 503,
+    errors.InsufficientStorage: 507,
 }
 
 _HTTP_CODES = {
