@@ -96,6 +96,8 @@ def test_a_chunked_body_over_the_json_cap_is_413(stack: Stack):
     assert response.status_code == 413
     assert response.headers["Content-Type"] == "application/problem+json"
     assert response.json()["code"] == "payload_too_large"
+    # Refused by the proxy as it arrived: gunicorn never read it.
+    assert response.headers["X-Request-ID"] not in (stack.logs / "api.log").read_text()
 
 
 def test_a_dataset_upload_has_the_upload_cap_not_the_json_cap(stack: Stack):

@@ -224,6 +224,9 @@ def test_a_key_keeps_at_most_its_quota_of_datasets(settings):
     refused = client.post("/v1/datasets", json={"arrays": {"x": X, "y": Y}}, headers=as_("ann"))
     assert_insufficient_storage(refused, "FITSERVE_MAX_DATASETS_PER_KEY")
     assert len(list((settings.data_dir / "datasets").iterdir())) == 2
+    # Refused before the upload is read: what it holds does not matter.
+    unread = client.post("/v1/datasets", json={"arrays": "unread"}, headers=as_("ann"))
+    assert_insufficient_storage(unread, "FITSERVE_MAX_DATASETS_PER_KEY")
     upload(client, "bob")
     assert client.delete(f"/v1/datasets/{kept[0]}", headers=as_("ann")).status_code == 204
     upload(client, "ann")
