@@ -18,15 +18,14 @@ from prometheus_client import Counter
 
 from core import datasets
 from core.errors import InsufficientStorage, QuotaExceeded, RateLimited
-from core.jobs import ALL, LIVE, owner_index, status_index
+from core.jobs import JobStore
+from core.rediskeys import auth_failures_key, rate_limit_key
 from core.usage import dataset_usage
 from service.state import data_dir, redis_client, settings
 
 log = logging.getLogger("fitserve.service")
 
 WINDOW_SECONDS = 60
-PREFIX = "fitserve:ratelimit:"
-FAILURES_PREFIX = "fitserve:authfail:"
 # A job's slot frees when a job ends, which no one can predict: clients retry after this long.
 QUOTA_RETRY_SECONDS = 30
 
@@ -81,7 +80,7 @@ def check_rate_limit() -> None:
     if limit <= 0:
         return
     window = int(time.time()) // WINDOW_SECONDS
-    counted = _count(f"{PREFIX}{client_identity()}:{window}")
+    counted = _count(rate_limit_key(client_identity(), window))
     if counted is not None and counted[0] > limit:
         retry_after = _retry_after(counted[1])
         raise RateLimited(
@@ -91,10 +90,6 @@ def check_rate_limit() -> None:
         )
 
 
-def _failures_key() -> str:
-    return f"{FAILURES_PREFIX}{client_address()}"
-
-
 def check_sign_in_failures() -> None:
     """Before a key is checked: RateLimited while this address is over its wrong keys, so
     guessing stops at `max_auth_failures` a minute, right guesses included."""
@@ -102,8 +97,8 @@ def check_sign_in_failures() -> None:
     if limit <= 0:
         return
     try:
-        pipe = redis_client().pipeline(transaction=False)
-        failures, ttl_ms = pipe.get(_failures_key()).pttl(_failures_key()).execute()
+        key = auth_failures_key(client_address())
+        failures, ttl_ms = redis_client().pipeline(transaction=False).get(key).pttl(key).execute()
     except redis.RedisError:
         return  # counted as a fail-open by `count_sign_in_failure` if Redis stays away
     if int(failures or 0) >= limit:
@@ -118,30 +113,18 @@ def check_sign_in_failures() -> None:
 def count_sign_in_failure() -> None:
     """A wrong key was presented from this address: count it for a minute."""
     if settings().max_auth_failures > 0:
-        _count(_failures_key())
+        _count(auth_failures_key(client_address()))
 
 
-def count_live_jobs(client: redis.Redis, owner: str | None) -> int:
-    """Queued, running and cancelling jobs of `owner` (of everyone when keys are off)."""
-    pipe = client.pipeline(transaction=False)
-    for status in LIVE:
-        if owner is None:
-            pipe.zcard(status_index(status))
-        else:
-            pipe.zintercard(2, [owner_index(owner), status_index(status)])
-    return sum(pipe.execute())
-
-
-def check_job_quota(owner: str | None) -> None:
+def check_job_quota(store: JobStore, owner: str | None) -> None:
     """Refuse a new job while the key has its quota of live jobs (429 `quota_exceeded`) or of
     jobs kept in any status (507 `insufficient_storage`: finished jobs hold checkpoints).
 
     Checked before the job is recorded, so submits racing each other may pass the quota by
     the number racing; the quota bounds a key's share of the queue, not an exact count.
     """
-    client = redis_client()
     kept_quota = settings().max_jobs_per_key
-    kept = client.zcard(ALL if owner is None else owner_index(owner))
+    kept = store.count_kept(owner)
     if 0 < kept_quota <= kept:
         raise InsufficientStorage(
             f"The quota of {kept_quota} jobs kept per API key (FITSERVE_MAX_JOBS_PER_KEY) is "
@@ -150,7 +133,7 @@ def check_job_quota(owner: str | None) -> None:
     quota = settings().max_active_jobs_per_key
     if quota <= 0:
         return
-    live = count_live_jobs(client, owner)
+    live = store.count_live(owner)
     if live >= quota:
         raise QuotaExceeded(
             f"The quota of {quota} queued or running jobs per API key "

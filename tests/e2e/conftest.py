@@ -27,8 +27,8 @@ import pytest
 import redis
 import requests
 
-from core.devices import worker_key
 from core.jobs import TERMINAL
+from core.rediskeys import worker_key
 from core.settings import Settings
 from scripts.proxy import local_proxy_command, write_config
 from scripts.stack import ROOT, compose_command
