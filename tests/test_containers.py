@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from scripts.proxy import (
     TEMPLATE,
     local_proxy_command,
     proxy_command,
+    render_config,
     template_values,
     write_config,
 )
@@ -309,8 +311,23 @@ def test_the_proxy_renders_the_template_the_local_stacks_render() -> None:
         Settings(), listen="0.0.0.0:8000", upstream=f"api:{api_bind.split(':')[1]}", run_dir="/tmp"
     )
     assert proxy_template_values() == expected
-    assert proxy["user"].split(":")[0] not in {"0", "root"}
     assert proxy["depends_on"] == {"api": {"condition": "service_healthy"}}
+
+
+@pytest.mark.skipif(shutil.which("envsubst") is None, reason="gettext's envsubst is not installed")
+def test_the_images_template_step_renders_what_the_local_stacks_render() -> None:
+    # What the nginx image's entrypoint runs: envsubst over the variables its filter selects.
+    values = proxy_template_values()
+    names = " ".join(f"${{{name}}}" for name in values)
+    rendered = subprocess.run(
+        ["envsubst", names],
+        input=TEMPLATE.read_text(),
+        env={"PATH": os.environ["PATH"], **values},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert rendered == render_config(values)
 
 
 def test_the_rendered_proxy_config_is_valid_nginx(tmp_path: Path) -> None:
