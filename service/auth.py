@@ -47,8 +47,8 @@ def _principal(keys: tuple[ApiKey, ...]) -> ApiKey:
 def _session_principal(keys: tuple[ApiKey, ...]) -> ApiKey:
     """The dashboard's session cookie stands for the key it was opened with (CSRF-checked)."""
     session = sessions.current_session()
-    key = session and sessions.session_key(keys, session)
-    if not key:
+    key = sessions.session_key(keys, session) if session else None
+    if session is None or key is None:
         raise Unauthorized("The dashboard session has ended or is unknown; sign in again.")
     sessions.check_csrf(session, request.headers.get(sessions.CSRF_HEADER))
     return key
