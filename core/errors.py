@@ -71,6 +71,13 @@ class Unauthorized(FitserveError):
     title = "Unauthorized"
 
 
+class Forbidden(FitserveError):
+    """The key is valid but may not do this (a route for admin keys only)."""
+
+    code = "forbidden"
+    title = "Forbidden"
+
+
 class NotFound(FitserveError):
     code = "not_found"
     title = "Not found"
@@ -126,6 +133,13 @@ class QuotaExceeded(RateLimited):
 
     code = "quota_exceeded"
     title = "Quota exceeded"
+
+
+class InsufficientStorage(FitserveError):
+    """A key's storage quota (stored jobs, datasets, bytes) is used up (507)."""
+
+    code = "insufficient_storage"
+    title = "Insufficient storage"
 
 
 class Unavailable(FitserveError):

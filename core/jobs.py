@@ -514,6 +514,10 @@ class JobStore:
                 pipe.zintercard(2, [owner_index(owner), status_index(status)])
         return sum(pipe.execute())
 
+    def count_kept(self, owner: str | None) -> int:
+        """Jobs of `owner` in any status (of everyone for None): finished ones hold files too."""
+        return int(self.redis.zcard(ALL_JOBS if owner is None else owner_index(owner)))
+
     def count_live_using(self, dataset_id: str) -> int:
         """The live jobs reading a dataset (which therefore cannot be deleted)."""
         return int(self.redis.scard(dataset_jobs_key(dataset_id)))

@@ -12,7 +12,8 @@ Jobs (written by `core.jobs.JobStore`, the only reader and writer of these):
 
 Workers: `worker:<name>` a heartbeat, `consumer:<name>` a consumer beat, `shutdown:<name>` a
 SIGTERM flag, and the reconciler's locks. The API: `session:<sha256>`, `ratelimit:<who>:<window>`,
-`idem:dataset:<owner>:<key>`. Celery's own queues are named by Celery (core.queues).
+`authfail:<address>`, `idem:dataset:<owner>:<key>`. Celery's own queues are named by Celery
+(core.queues).
 """
 
 from __future__ import annotations
@@ -102,3 +103,8 @@ def session_record_key(token: str) -> str:
 def rate_limit_key(identity: str, window: int) -> str:
     """The request count of one client in one fixed window."""
     return f"{PREFIX}ratelimit:{identity}:{window}"
+
+
+def auth_failures_key(address: str) -> str:
+    """The wrong API keys one client address sent in the last minute."""
+    return f"{PREFIX}authfail:{address}"

@@ -38,21 +38,22 @@ def create_app(settings: Settings | None = None) -> Flask:
         health,
         http,
         jobs,
-        limits,
         metrics,
         oip,
         openapi,
         problems,
+        proxies,
         servables,
         tfserving,
         validate,
     )
 
+    proxies.install(app)
     http.install(app)
     # Before auth: a refused request is timed and counted too.
     metrics.install(app)
+    # Authentication counts each request against its key's limits (service/limits.py).
     auth.install(app)
-    limits.install(app)
     problems.register(app)
     app.register_blueprint(health.bp)
     datasets.install(app)

@@ -32,6 +32,7 @@ from core.rediskeys import dataset_idempotency_key
 from core.storage import new_id
 from service.auth import can_see, owner
 from service.http import idempotency_key, json_body, json_response, page_args
+from service.limits import check_dataset_quota, keep_within_dataset_quota
 from service.state import data_dir, job_store, redis_client, settings
 
 log = logging.getLogger("fitserve.service")
@@ -87,7 +88,9 @@ def create_dataset():
     with _claim(idempotency_key()) as (dataset_id, existing):
         if existing is not None:
             return _manifest_response(existing, 200)
+        check_dataset_quota(owner())
         manifest = _store_json(dataset_id) if is_json else _store_multipart(dataset_id)
+        keep_within_dataset_quota(manifest)
     return _manifest_response(manifest, 201)
 
 

@@ -5,12 +5,15 @@ exactly after the last event it saw. A stream sends a keep-alive comment when no
 for `events_keepalive_seconds`, ends after the job's terminal status, and ends anyway after
 `events_max_seconds` (the client reconnects). Each open stream holds one gunicorn thread, so a
 process serves at most `events_max_streams` at once (keep it below the thread count, so
-predictions always find a thread); past that it answers 429 with Retry-After. A client that
+predictions always find a thread), and at most `events_max_streams_per_key` for one key (one
+client address without keys), so one key never holds them all; past either it answers 429
+with Retry-After. A client that
 has seen a finished job's last event gets a 204, which tells an EventSource to stop.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import re
 import threading
@@ -25,6 +28,7 @@ from core.errors import FieldError, InvalidRequest, RateLimited
 from core.jobs import TERMINAL, JobStore
 from core.settings import Settings
 from service.jobs import visible_job
+from service.limits import client_identity
 from service.state import data_dir, job_store, settings
 
 bp = Blueprint("events", __name__)
@@ -36,23 +40,37 @@ BATCH = 100
 
 
 class StreamSlots:
-    """A per-process count of open streams, bounded."""
+    """This process's open streams, counted in all and per client, both bounded."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_client: int) -> None:
         self.limit = limit
-        self.open = 0
+        self.per_client = per_client
+        self.open: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
 
-    def take(self) -> bool:
+    def take(self, client: str) -> None:
+        """Hold a slot for `client`; RateLimited when the process or the client has none left."""
         with self._lock:
-            if self.open >= self.limit:
-                return False
-            self.open += 1
-            return True
+            if self.open[client] >= self.per_client:
+                raise RateLimited(
+                    f"{client} already has {self.per_client} event streams open on this server "
+                    "process (FITSERVE_EVENTS_MAX_STREAMS_PER_KEY); close one, retry shortly or "
+                    "poll GET /v1/jobs/<id>.",
+                    retry_after=5,
+                )
+            if self.open.total() >= self.limit:
+                raise RateLimited(
+                    f"This server process already streams {self.limit} event streams "
+                    "(FITSERVE_EVENTS_MAX_STREAMS); retry shortly or poll GET /v1/jobs/<id>.",
+                    retry_after=5,
+                )
+            self.open[client] += 1
 
-    def give_back(self) -> None:
+    def give_back(self, client: str) -> None:
         with self._lock:
-            self.open -= 1
+            self.open[client] -= 1
+            if not self.open[client]:
+                del self.open[client]
 
 
 @bp.get("/v1/jobs/<job_id>/events")
@@ -67,18 +85,14 @@ def job_events(job_id: str):
     if job["status"] in TERMINAL and not job_store().events_after(job_id, after, count=1):
         return "", 204
     slots: StreamSlots = current_app.extensions["fitserve.event_slots"]
-    if not slots.take():
-        raise RateLimited(
-            f"This server process already streams {slots.limit} event streams "
-            "(FITSERVE_EVENTS_MAX_STREAMS); retry shortly or poll GET /v1/jobs/<id>.",
-            retry_after=5,
-        )
+    client = client_identity()
+    slots.take(client)
     released = threading.Event()
 
     def release() -> None:
         if not released.is_set():
             released.set()
-            slots.give_back()
+            slots.give_back(client)
 
     stream = _stream(_stream_store(), job_id, after, settings())
     response = Response(stream, mimetype="text/event-stream")
@@ -157,5 +171,7 @@ def _comment(text: str) -> bytes:
 
 
 def install(app: Flask) -> None:
-    app.extensions["fitserve.event_slots"] = StreamSlots(app.config["FITSERVE"].events_max_streams)
+    config = app.config["FITSERVE"]
+    slots = StreamSlots(config.events_max_streams, config.events_max_streams_per_key)
+    app.extensions["fitserve.event_slots"] = slots
     app.register_blueprint(bp)

@@ -16,6 +16,7 @@ log = logging.getLogger("fitserve.service")
 STATUS: dict[type[errors.FitserveError], int] = {
     errors.MalformedRequest: 400,
     errors.Unauthorized: 401,
+    errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.PayloadTooLarge: 413,
@@ -25,6 +26,7 @@ STATUS: dict[type[errors.FitserveError], int] = {
     errors.RateLimited: 429,
     errors.Unavailable: 503,
     errors.TimedOut: 504,
+    errors.InsufficientStorage: 507,
 }
 
 _HTTP_CODES = {
