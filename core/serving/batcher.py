@@ -49,7 +49,6 @@ class Batcher:
         self._lock = threading.Lock()
         self._waiting: list[_Request] = []
         self._running = 0
-        self.passes = 0
 
     def submit(self, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """Run `inputs` (one array per model input, same rows) and return this request's outputs."""
@@ -119,7 +118,6 @@ class Batcher:
         return group
 
     def _run(self, group: list[_Request]) -> None:
-        self.passes += 1
         try:
             if len(group) == 1:
                 group[0].result = self._forward(group[0].inputs)
