@@ -81,15 +81,16 @@ class Stack:
     ) -> subprocess.Popen:
         """Start `argv` from the repository root in its own session, logging to `<log_name>.log`;
         `settings` go over the stack's environment. The caller stops it (or adds it to `others`)."""
-        log = open(self.logs / f"{log_name}.log", "ab")  # noqa: SIM115 - lives with the process
-        return subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=self.env | (settings or {}),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # The child writes to its own copy of the descriptor; ours closes once it is started.
+        with open(self.logs / f"{log_name}.log", "ab") as log:
+            return subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env=self.env | (settings or {}),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def worker_record(self, name: str) -> dict | None:
         """The worker's heartbeat (`pid` is its pool child's), or None."""
