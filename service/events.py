@@ -22,10 +22,10 @@ import redis
 from flask import Blueprint, Flask, Response, current_app, request
 
 from core.errors import FieldError, InvalidRequest, RateLimited
-from core.jobs import TERMINAL, JobStore, decode_event, events_key, job_key
+from core.jobs import TERMINAL, JobStore
 from core.settings import Settings
-from service.jobs import job_store, visible_job
-from service.state import redis_client, settings
+from service.jobs import visible_job
+from service.state import data_dir, job_store, settings
 
 bp = Blueprint("events", __name__)
 log = logging.getLogger("fitserve.service")
@@ -64,9 +64,7 @@ def job_events(job_id: str):
     """
     job = visible_job(job_id)
     after = _last_event_id()
-    if job["status"] in TERMINAL and not redis_client().xrange(
-        events_key(job_id), f"({after}", "+", count=1
-    ):
+    if job["status"] in TERMINAL and not job_store().events_after(job_id, after, count=1):
         return "", 204
     slots: StreamSlots = current_app.extensions["fitserve.event_slots"]
     if not slots.take():
@@ -82,7 +80,7 @@ def job_events(job_id: str):
             released.set()
             slots.give_back()
 
-    stream = _stream(_stream_client(), job_store(), job_id, after, settings())
+    stream = _stream(_stream_store(), job_id, after, settings())
     response = Response(stream, mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
@@ -110,31 +108,29 @@ def _last_event_id() -> str:
     return raw
 
 
-def _stream_client() -> redis.Redis:
-    """A client whose read timeout outlasts a blocking read of one keep-alive interval."""
-    client = current_app.extensions.get("fitserve.events_redis")
-    if client is None:
+def _stream_store() -> JobStore:
+    """A store whose client's read timeout outlasts a blocking read of one keep-alive interval."""
+    store = current_app.extensions.get("fitserve.events_store")
+    if store is None:
         wait = settings().events_keepalive_seconds
         client = redis.Redis.from_url(
             settings().redis_url, socket_connect_timeout=2, socket_timeout=wait + 10
         )
-        current_app.extensions["fitserve.events_redis"] = client
-    return client
+        store = JobStore(client, data_dir(), settings())
+        current_app.extensions["fitserve.events_store"] = store
+    return store
 
 
-def _stream(
-    client: redis.Redis, store: JobStore, job_id: str, after: str, config: Settings
-) -> Iterator[bytes]:
+def _stream(store: JobStore, job_id: str, after: str, config: Settings) -> Iterator[bytes]:
     """The SSE body: events after `after`, keep-alives, until terminal or the time is up."""
-    key = events_key(job_id)
     deadline = time.monotonic() + config.events_max_seconds
     yield f"retry: {RECONNECT_MS}\n\n".encode()
     while (left := deadline - time.monotonic()) > 0:
         try:
             # Read before the stream: what a finished job wrote is then surely in it.
-            done = _finished(store, job_id)
+            done = store.is_finished(job_id)
             wait = None if done else int(min(config.events_keepalive_seconds, left) * 1000) or 1
-            found = client.xread({key: after}, count=BATCH, block=wait)
+            found = store.events_after(job_id, after, count=BATCH, block_ms=wait)
         except redis.RedisError as error:
             log.warning("events_redis_error job=%s error=%r", job_id, error)
             yield _comment("redis unavailable; reconnect with Last-Event-ID")
@@ -144,18 +140,10 @@ def _stream(
                 return
             yield _comment("keep-alive")
             continue
-        for entry_id, entry in found[0][1]:
-            after = entry_id.decode()
-            event = decode_event(entry)
+        for after, event in found:
             yield _message(after, event)
             if event["kind"] == "status" and event.get("status") in TERMINAL:
                 return
-
-
-def _finished(store: JobStore, job_id: str) -> bool:
-    """The job is over, or gone."""
-    raw = store.redis.hget(job_key(job_id), "status")
-    return raw is None or orjson.loads(raw) in TERMINAL
 
 
 def _message(event_id: str, event: dict) -> bytes:

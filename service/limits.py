@@ -17,14 +17,14 @@ from flask import Flask, g, request
 from prometheus_client import Counter
 
 from core.errors import QuotaExceeded, RateLimited
-from core.jobs import LIVE, owner_index, status_index
+from core.jobs import JobStore
+from core.rediskeys import rate_limit_key
 from service.auth import PROTECTED_PREFIXES
 from service.state import redis_client, settings
 
 log = logging.getLogger("fitserve.service")
 
 WINDOW_SECONDS = 60
-PREFIX = "fitserve:ratelimit:"
 # A job's slot frees when a job ends, which no one can predict: clients retry after this long.
 QUOTA_RETRY_SECONDS = 30
 
@@ -57,7 +57,7 @@ def check_rate_limit() -> None:
     if limit <= 0 or not request.path.startswith(PROTECTED_PREFIXES):
         return
     window = int(time.time()) // WINDOW_SECONDS
-    key = f"{PREFIX}{client_identity()}:{window}"
+    key = rate_limit_key(client_identity(), window)
     try:
         count, ttl_ms = redis_client().eval(_COUNT, 1, key, WINDOW_SECONDS * 1000)
     except redis.RedisError as error:
@@ -73,18 +73,7 @@ def check_rate_limit() -> None:
         )
 
 
-def count_live_jobs(client: redis.Redis, owner: str | None) -> int:
-    """Queued, running and cancelling jobs of `owner` (of everyone when keys are off)."""
-    pipe = client.pipeline(transaction=False)
-    for status in LIVE:
-        if owner is None:
-            pipe.zcard(status_index(status))
-        else:
-            pipe.zintercard(2, [owner_index(owner), status_index(status)])
-    return sum(pipe.execute())
-
-
-def check_job_quota(owner: str | None) -> None:
+def check_job_quota(store: JobStore, owner: str | None) -> None:
     """Refuse a new job (429 `quota_exceeded`) while the key has its quota of live jobs.
 
     Checked before the job is recorded, so submits racing each other may pass the quota by
@@ -93,7 +82,7 @@ def check_job_quota(owner: str | None) -> None:
     quota = settings().max_active_jobs_per_key
     if quota <= 0:
         return
-    live = count_live_jobs(redis_client(), owner)
+    live = store.count_live(owner)
     if live >= quota:
         raise QuotaExceeded(
             f"The quota of {quota} queued or running jobs per API key "

@@ -24,8 +24,8 @@ import psutil
 import redis
 import requests
 
-from core.devices import worker_key
 from core.jobs import LIVE, TERMINAL
+from core.rediskeys import worker_key
 from scripts.stack import ROOT, compose_command
 from tests.support.http import expect_status
 from tests.support.processes import free_port, redis_server, stop_tree, wait_for
