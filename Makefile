@@ -34,6 +34,7 @@ run: deps
 lint: dev-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: dev-deps
 	$(VENV)/bin/ruff check --fix .

@@ -66,6 +66,7 @@ class Batcher:
         request.done.wait()
         if request.error is not None:
             raise request.error
+        assert request.result is not None  # a finished pass set its result or its error
         return request.result
 
     def _wait_for_turn(self, request: _Request) -> None:
@@ -104,7 +105,9 @@ class Batcher:
         requests of another row shape (variable-length inputs) wait for a group of their own.
         """
         shapes = [array.shape[1:] for array in self._waiting[0].inputs]
-        group, rows, rest = [], 0, []
+        group: list[_Request] = []
+        rest: list[_Request] = []
+        rows = 0
         for index, waiting in enumerate(self._waiting):
             if [array.shape[1:] for array in waiting.inputs] != shapes:
                 rest.append(waiting)
