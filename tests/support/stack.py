@@ -186,8 +186,8 @@ class Stack:
     def wait_finished(self, job_id: str, timeout: float = JOB_SECONDS) -> dict:
         return self.wait_job(job_id, lambda job: job["status"] in TERMINAL, "to finish", timeout)
 
-    def cancel_live_jobs(self, timeout: float = 60) -> list[str]:
-        """Cancel every job not finished yet and wait until each is; their ids."""
+    def cancel_live_jobs(self, timeout: float = 60) -> None:
+        """Cancel every job not finished yet and wait until each is."""
         live = [
             job["id"]
             for status in LIVE
@@ -196,10 +196,11 @@ class Stack:
             ).json()["items"]
         ]
         for job_id in live:
-            expect_status(requests.post(self.url(f"/v1/jobs/{job_id}:cancel"), timeout=30), 202)
+            # 409: it finished since it was listed.
+            cancel = requests.post(self.url(f"/v1/jobs/{job_id}:cancel"), timeout=30)
+            expect_status(cancel, 202, 409)
         for job_id in live:
             self.wait_finished(job_id, timeout)
-        return live
 
     def events(self, job_id: str) -> list[dict]:
         """The job's event stream, oldest first."""
