@@ -52,8 +52,8 @@ def test_cancel_of_a_running_job_ends_cancelled_with_a_loadable_checkpoint(
     stack: Stack, blobs_dataset
 ):
     job = stack.submit(tiny_request(blobs_dataset, epochs=1000))
-    # The checkpoint of epoch 1 is listed before that epoch's progress report lands, and an
-    # in-epoch report of 1000 epochs rounds to a fraction of 0: wait for both to be in.
+    # Epoch 1's checkpoint is listed just before its end is reported, and the report before
+    # that one (after batch 1 of 1000 epochs) rounds to a fraction of 0: wait for both.
     seen = stack.wait_job(
         job["id"],
         lambda j: j["checkpoints"] and j["progress"]["fraction"] > 0,
