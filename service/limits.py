@@ -1,19 +1,28 @@
-"""Limits per API key, counted in Redis: request rates, wrong keys, jobs, datasets and bytes.
+"""Limits per API key: request rates, wrong keys, jobs, datasets and bytes.
 
-The counters live in Redis so every gunicorn worker (and every API host) shares them. A request
-over a rate answers 429 with `Retry-After`; when Redis cannot be reached the rate limiter lets the
-request through (a log line and `RATE_LIMIT_FAIL_OPEN` count it) rather than take the API down
-with it. Storage quotas (jobs kept, datasets, their bytes) answer 507 `insufficient_storage`.
+Request rates are counted in fixed one-minute windows shared through Redis, so every gunicorn
+worker (and every API host) counts against one limit, but a request does not wait for Redis: each
+process holds a small bucket of tokens per key, leased from the shared window count (`_LEASE`),
+and refills it from a background thread before it runs dry. A key limited to L requests a minute
+gets a lease of L/100 tokens at a time (1 below 200 a minute, so small limits stay exact), so the
+limit is never passed, and with P processes a key may be refused up to 1.5 leases per other
+process early (1.5% of L each) while they hold tokens it has not used. A request over a rate
+answers 429 with `Retry-After`; when Redis cannot be reached the rate limiter lets the request
+through (a log line and `RATE_LIMIT_FAIL_OPEN` count it) rather than take the API down with it.
+Storage quotas (jobs kept, datasets, their bytes) answer 507 `insufficient_storage`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import queue
+import threading
 import time
 
 import redis
-from flask import g, request
+from flask import current_app, g, request
 from prometheus_client import Counter
 
 from core import datasets
@@ -26,6 +35,12 @@ from service.state import data_dir, redis_client, settings
 log = logging.getLogger("fitserve.service")
 
 WINDOW_SECONDS = 60
+# A key's lease is this share of its limit: larger leases mean fewer Redis round trips, and more
+# tokens other processes may hold unused when the key reaches its limit.
+LEASES_PER_WINDOW = 100
+# After Redis fails, requests go through uncounted for this long before it is tried again, so an
+# outage costs no connection attempt per request.
+RETRY_REDIS_SECONDS = 1.0
 # A job's slot frees when a job ends, which no one can predict: clients retry after this long.
 QUOTA_RETRY_SECONDS = 30
 
@@ -42,6 +57,135 @@ if count == 1 then
 end
 return {count, redis.call('PTTL', KEYS[1])}
 """
+
+# One round trip: take up to ARGV[1] tokens of the ARGV[2] the window allows; the tokens taken.
+_LEASE = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local grant = math.max(0, math.min(tonumber(ARGV[1]), tonumber(ARGV[2]) - used))
+if grant > 0 and redis.call('INCRBY', KEYS[1], grant) == grant then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return grant
+"""
+
+
+@dataclasses.dataclass
+class _Bucket:
+    """One key's tokens in one window, in this process."""
+
+    tokens: int = 0
+    # Redis has no more for this window: refuse without asking again.
+    exhausted: bool = False
+    refilling: bool = False
+
+
+class RateLimiter:
+    """Per-process token buckets leased from Redis's window counts; one per app.
+
+    `allow` takes a token from the key's bucket (a Redis round trip only when the bucket is
+    empty: a key's first request in a window, or a burst faster than the refills); a bucket
+    below half a lease is topped up by the background thread.
+    """
+
+    def __init__(self, client: redis.Redis, limit: int) -> None:
+        self._client = client
+        self._limit = limit
+        self._lease = max(1, limit // LEASES_PER_WINDOW)
+        self._lock = threading.Lock()
+        self._window = 0
+        self._buckets: dict[str, _Bucket] = {}
+        self._redis_failed_at = -math.inf
+
+    def allow(self, identity: str, window: int) -> bool | None:
+        """Whether `identity` may make one more request in `window`; None when Redis is away
+        (the request goes through, counted as a fail-open)."""
+        with self._lock:
+            bucket = self._bucket(identity, window)
+            if bucket.tokens > 0:
+                bucket.tokens -= 1
+                self._maybe_refill(identity, window, bucket)
+                return True
+            if bucket.exhausted:
+                return False
+        # An empty bucket: this request's own token, straight from Redis (one each, so requests
+        # that find it empty together take no more than they use); a lease follows behind.
+        granted = self._lease_from_redis(identity, window, 1)
+        if granted is None:
+            return None
+        with self._lock:
+            bucket = self._bucket(identity, window)
+            bucket.exhausted = granted == 0
+            if granted:
+                self._maybe_refill(identity, window, bucket)
+            return granted == 1
+
+    def _bucket(self, identity: str, window: int) -> _Bucket:
+        """The bucket of `identity` in `window` (the lock held); a new window drops the old."""
+        if window != self._window:
+            self._window, self._buckets = window, {}
+        return self._buckets.setdefault(identity, _Bucket())
+
+    def _maybe_refill(self, identity: str, window: int, bucket: _Bucket) -> None:
+        if self._lease > 1 and not bucket.refilling and bucket.tokens <= self._lease // 2:
+            bucket.refilling = True
+            _refills().put((self, identity, window))
+
+    def refill(self, identity: str, window: int) -> None:
+        """Top up a bucket (on the background thread)."""
+        granted = self._lease_from_redis(identity, window, self._lease)
+        with self._lock:
+            if window == self._window:
+                bucket = self._bucket(identity, window)
+                bucket.refilling = False
+                if granted is not None:  # with Redis away, the next empty bucket asks again
+                    bucket.tokens += granted
+                    bucket.exhausted = granted == 0
+
+    def _lease_from_redis(self, identity: str, window: int, tokens: int) -> int | None:
+        """Up to `tokens` taken from the window's shared count (0 when it is used up); None
+        when Redis failed now or within RETRY_REDIS_SECONDS."""
+        if time.monotonic() - self._redis_failed_at < RETRY_REDIS_SECONDS:
+            return None
+        key = rate_limit_key(identity, window)
+        try:
+            granted = self._client.eval(_LEASE, 1, key, tokens, self._limit, WINDOW_SECONDS * 1000)
+        except redis.RedisError as error:
+            self._redis_failed_at = time.monotonic()
+            log.warning("rate_limit_redis_error error=%r", str(error))
+            return None
+        return int(granted)
+
+
+def rate_limiter() -> RateLimiter:
+    """This app's rate limiter, made on first use."""
+    limiter = current_app.extensions.get("fitserve.rate_limiter")
+    if limiter is None:
+        with _making_limiter:
+            limiter = current_app.extensions.get("fitserve.rate_limiter")
+            if limiter is None:
+                limiter = RateLimiter(redis_client(), settings().rate_limit)
+                current_app.extensions["fitserve.rate_limiter"] = limiter
+    return limiter
+
+
+_making_limiter = threading.Lock()
+_refill_queue: queue.SimpleQueue[tuple[RateLimiter, str, int]] | None = None
+
+
+def _refills() -> queue.SimpleQueue[tuple[RateLimiter, str, int]]:
+    """The process's refill queue, its one background thread started with it."""
+    global _refill_queue
+    with _making_limiter:
+        if _refill_queue is None:
+            _refill_queue = queue.SimpleQueue()
+            threading.Thread(target=_refill_forever, args=(_refill_queue,), daemon=True).start()
+    return _refill_queue
+
+
+def _refill_forever(refills: queue.SimpleQueue[tuple[RateLimiter, str, int]]) -> None:
+    while True:
+        limiter, identity, window = refills.get()
+        limiter.refill(identity, window)
 
 
 def client_identity() -> str:
@@ -69,7 +213,7 @@ def _count(key: str) -> tuple[int, int] | None:
     return int(count), int(ttl_ms)
 
 
-def _retry_after(ttl_ms: int) -> int:
+def _retry_after(ttl_ms: float) -> int:
     return max(1, math.ceil(ttl_ms / 1000))
 
 
@@ -79,10 +223,14 @@ def check_rate_limit() -> None:
     limit = settings().rate_limit
     if limit <= 0:
         return
-    window = int(time.time()) // WINDOW_SECONDS
-    counted = _count(rate_limit_key(client_identity(), window))
-    if counted is not None and counted[0] > limit:
-        retry_after = _retry_after(counted[1])
+    now = time.time()
+    window = int(now) // WINDOW_SECONDS
+    allowed = rate_limiter().allow(client_identity(), window)
+    if allowed is None:
+        RATE_LIMIT_FAIL_OPEN.inc()
+        log.warning("rate_limit_fail_open request_id=%s", g.get("request_id"))
+    elif not allowed:
+        retry_after = _retry_after(((window + 1) * WINDOW_SECONDS - now) * 1000)
         raise RateLimited(
             f"Rate limit of {limit} requests per minute reached for {client_identity()}; "
             f"retry in {retry_after} s.",
