@@ -48,6 +48,22 @@ def test_a_loaded_model_answers_like_keras_and_names_its_tensors(data):
     assert np.allclose(outputs["probs"], probs, atol=1e-6)
 
 
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_the_flat_forward_call_matches_keras_within_1e_5(data, rows):
+    data, ids = data
+    for kind in (SINGLE, MULTI):
+        loaded = ModelCache(Settings()).get(servable(data, ids[kind]))
+        random = np.random.default_rng(rows)
+        inputs = [random.normal(size=(rows, *i.shape)).astype(i.dtype) for i in loaded.inputs]
+        outputs = loaded.forward(inputs)
+        model = load_version(data, ids[kind])
+        expected = model(inputs[0] if len(inputs) == 1 else inputs, training=False)
+        expected = expected if isinstance(expected, list | tuple) else [expected]
+        for info, keras_output in zip(loaded.outputs, expected, strict=True):
+            assert outputs[info.name].shape == tuple(keras_output.shape)
+            np.testing.assert_allclose(outputs[info.name], keras_output, rtol=0, atol=1e-5)
+
+
 def test_lru_is_bounded_by_count_and_bytes(data):
     data, ids = data
     cache = ModelCache(Settings(model_cache_size=2))
