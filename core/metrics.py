@@ -38,6 +38,11 @@ PREDICT_ROWS = Histogram(
     "Rows per forward pass of a served model (gathered requests count once).",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 10000),
 )
+PREDICT_BATCH_REQUESTS = Histogram(
+    "fitserve_predict_batch_requests",
+    "Requests per forward pass of a served model: above 1, the batcher gathered them.",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256),
+)
 MODELS_LOADED = Gauge(
     "fitserve_models_loaded",
     "Model versions held in the API processes' caches.",
@@ -52,6 +57,10 @@ def observe_request(method: str, route: str, status: int, seconds: float) -> Non
 
 def observe_predict_rows(rows: int) -> None:
     PREDICT_ROWS.observe(rows)
+
+
+def observe_predict_batch(requests: int) -> None:
+    PREDICT_BATCH_REQUESTS.observe(requests)
 
 
 class RedisCollector(Collector):

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from core.metrics import observe_predict_batch
+
 Forward = Callable[[Sequence[np.ndarray]], dict[str, np.ndarray]]
 
 
@@ -121,6 +123,7 @@ class Batcher:
         return group
 
     def _run(self, group: list[_Request]) -> None:
+        observe_predict_batch(len(group))
         try:
             if len(group) == 1:
                 group[0].result = self._forward(group[0].inputs)

@@ -24,7 +24,7 @@ import numpy as np
 
 from core.checkpoints import CheckpointCorrupt
 from core.errors import FieldError, InvalidRequest, PayloadTooLarge, TimedOut
-from core.metrics import MODELS_LOADED, observe_predict_rows
+from core.metrics import MODELS_LOADED, observe_predict_batch, observe_predict_rows
 from core.serving.batcher import Batcher
 from core.serving.catalog import Servable
 from core.serving.signature import Batch, id_ranges, tensor_infos
@@ -108,6 +108,7 @@ class LoadedModel:
         concurrently with the others.
         """
         if self.batcher is None:
+            observe_predict_batch(1)
             return self.forward(inputs)
         return self.batcher.submit(inputs)
 

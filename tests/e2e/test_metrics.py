@@ -91,4 +91,7 @@ def test_jobs_epochs_workers_and_predictions(stack: Stack, blobs_dataset: str):
     assert moved("fitserve_predict_batch_rows_bucket", le="1.0") == moved(
         "fitserve_predict_batch_rows_count"
     )
+    # One at a time, each request is a pass of its own: the batch-size histogram says so.
+    assert moved("fitserve_predict_batch_requests_count") == 3
+    assert moved("fitserve_predict_batch_requests_bucket", le="1.0") == 3
     assert value(after, "fitserve_models_loaded") >= 1

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from core.serving.batcher import Batcher
 from tests.support.processes import wait_for
@@ -120,6 +121,31 @@ def test_many_threads_get_their_own_rows_back():
     assert len(forward.rows) < 200
     assert max(forward.rows) <= 16
     assert batcher._running == 0
+
+
+def batch_requests() -> tuple[float, float]:
+    """The batch-size histogram's (passes, requests) so far."""
+    name = "fitserve_predict_batch_requests"
+    return (
+        REGISTRY.get_sample_value(f"{name}_count") or 0.0,
+        REGISTRY.get_sample_value(f"{name}_sum") or 0.0,
+    )
+
+
+def test_the_batch_size_histogram_counts_requests_per_pass():
+    forward = Recorder()
+    batcher = Batcher(forward, max_rows=64, max_latency=5.0)
+    passes, requests = batch_requests()
+    forward.gate.clear()
+    with ThreadPoolExecutor(6) as pool:
+        first = pool.submit(batcher.submit, [np.ones((1, 2))])
+        wait_for(lambda: batcher._running, 10, "the first pass to start", interval=0.001)
+        rest = [pool.submit(batcher.submit, [np.ones((2, 2))]) for _ in range(5)]
+        wait_for(lambda: len(batcher._waiting) >= 5, 10, "5 requests queued", interval=0.001)
+        forward.gate.set()
+        for future in [first, *rest]:
+            future.result(10)
+    assert batch_requests() == (passes + 2, requests + 6)
 
 
 class Picky(Recorder):
