@@ -37,6 +37,27 @@ COMPILE_KEYS = (
 )
 
 ArrayInput = np.ndarray | list | Mapping[str, Any]
+# Each predict request carries at most this many bytes of tensors: under the server's default
+# body cap (FITSERVE_MAX_JSON_BYTES, 16 MiB), with room for the JSON header.
+PREDICT_CHUNK_BYTES = 8 << 20
+INFERENCE_HEADER = "Inference-Header-Content-Length"
+# The Open Inference Protocol's datatypes by numpy dtype (the server's own table, for a client
+# that installs without the server).
+DATATYPES = {
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+}
+DTYPES = {datatype: dtype for dtype, datatype in DATATYPES.items()}
 
 
 class Client:
@@ -295,24 +316,68 @@ class Client:
         version: int | None = None,
         label: str | None = None,
     ) -> np.ndarray | dict[str, np.ndarray]:
-        """Predict with a trained model: numpy in, numpy out.
+        """Predict with a trained model: numpy in, numpy out, any number of rows.
 
         Args:
             model: a job id, or a job name (its newest succeeded job).
             inputs: one array (a batch) for a single-input model, or `{input_name: array}`.
             version: a checkpoint version (epochs completed); or `label`: best, latest, final.
 
+        The arrays travel as bytes (the Open Inference Protocol's binary tensors), in requests
+        of at most PREDICT_CHUNK_BYTES, so a large batch is a few requests under the server's
+        body cap, and no number goes through JSON text.
+
         Returns one array for a single-output model, else `{output_name: array}`.
         """
-        if isinstance(inputs, Mapping):
-            body = {"inputs": {name: plain_array(name, v).tolist() for name, v in inputs.items()}}
-        else:
-            body = {"inputs": plain_array("inputs", inputs).tolist()}
-        path = self.model_path(model, version, label) + ":predict"
-        outputs = self.send_json("POST", path, body)["outputs"]
-        if isinstance(outputs, dict):
-            return {name: numeric_array(value) for name, value in outputs.items()}
-        return numeric_array(outputs)
+        path = self.oip_path(model, version, label)
+        metadata = self.request_json("GET", path)
+        arrays = named_inputs(inputs, metadata["inputs"])
+        rows = check_rows(arrays)
+        row_bytes = sum(array[:1].nbytes for array in arrays.values()) or 1
+        step = max(1, PREDICT_CHUNK_BYTES // row_bytes)
+        parts = [
+            self.infer(path, {name: array[start : start + step] for name, array in arrays.items()})
+            for start in range(0, max(rows, 1), step)
+        ]
+        outputs = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        return next(iter(outputs.values())) if len(outputs) == 1 else outputs
+
+    def oip_path(self, model: str, version: int | None, label: str | None) -> str:
+        """A model's Open Inference Protocol path; a version segment takes a label too."""
+        if version is not None and label is not None:
+            raise ValueError("Give a version or a label, not both.")
+        path = f"/v2/models/{segment(model)}"
+        if version is not None or label is not None:
+            path += f"/versions/{segment(str(version if version is not None else label))}"
+        return path
+
+    def infer(self, path: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One binary inference request: `{input name: array}` in, `{output name: array}` out."""
+        tensors, chunks = [], []
+        for name, array in arrays.items():
+            chunk = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            tensors.append(
+                {
+                    "name": name,
+                    "shape": list(array.shape),
+                    "datatype": DATATYPES[array.dtype.name],
+                    "parameters": {"binary_data_size": len(chunk)},
+                }
+            )
+            chunks.append(chunk)
+        header = json.dumps(
+            {"inputs": tensors, "parameters": {"binary_data_output": True}}
+        ).encode()
+        response = self.request(
+            "POST",
+            path + "/infer",
+            data=b"".join([header, *chunks]),
+            headers={
+                "Content-Type": "application/octet-stream",
+                INFERENCE_HEADER: str(len(header)),
+            },
+        )
+        return binary_outputs(response)
 
     def model_status(self, model: str, *, version: int | None = None) -> dict:
         """TF Serving's model status: the versions and their states."""
@@ -399,10 +464,52 @@ def plain_array(name: str, value: Any) -> np.ndarray:
     return array
 
 
-def numeric_array(value: Any) -> np.ndarray:
-    """A JSON list as an array; floats as float32, the dtype Keras models answer in."""
-    array = np.asarray(value)
-    return array.astype(np.float32) if array.dtype == np.float64 else array
+def named_inputs(inputs: ArrayInput, tensors: list[dict]) -> dict[str, np.ndarray]:
+    """`{input name: array}` for a model whose metadata lists `tensors`; floats are sent in the
+    model's float type (the server would cast them to it), numbers of other types as they are."""
+    if isinstance(inputs, Mapping):
+        arrays = {name: plain_array(name, value) for name, value in inputs.items()}
+    elif len(tensors) == 1:
+        arrays = {tensors[0]["name"]: plain_array("inputs", inputs)}
+    else:
+        names = [tensor["name"] for tensor in tensors]
+        raise ValueError(f"This model takes {len(names)} inputs; give {{name: array}} for {names}.")
+    wanted = {tensor["name"]: DTYPES.get(tensor["datatype"]) for tensor in tensors}
+    for name, array in arrays.items():
+        dtype = wanted.get(name)
+        if array.dtype.name not in DATATYPES:
+            raise ValueError(f"Array {name!r} has dtype {array.dtype}; give numbers.")
+        if dtype is not None and array.dtype.kind == "f" and np.dtype(dtype).kind == "f":
+            arrays[name] = array.astype(dtype, copy=False)
+    return arrays
+
+
+def check_rows(arrays: Mapping[str, np.ndarray]) -> int:
+    """The row count the arrays share (ValueError if they differ or one has no rows axis)."""
+    counts = {name: len(array) if array.ndim else -1 for name, array in arrays.items()}
+    if -1 in counts.values() or len(set(counts.values())) != 1:
+        raise ValueError(f"Every input needs rows, the same number of them; got {counts}.")
+    return next(iter(counts.values()))
+
+
+def binary_outputs(response: requests.Response) -> dict[str, np.ndarray]:
+    """An inference answer's outputs, read from the bytes after its JSON header (or its JSON
+    `data` where an output came as JSON)."""
+    length = int(response.headers.get(INFERENCE_HEADER, len(response.content)))
+    header = json.loads(response.content[:length])
+    outputs, offset = {}, length
+    for tensor in header["outputs"]:
+        dtype = np.dtype(DTYPES[tensor["datatype"]]).newbyteorder("<")
+        size = tensor.get("parameters", {}).get("binary_data_size")
+        if size is None:
+            array = np.asarray(tensor["data"], dtype=dtype)
+        else:
+            array = np.frombuffer(
+                response.content, dtype=dtype, count=size // dtype.itemsize, offset=offset
+            )
+            offset += size
+        outputs[tensor["name"]] = array.reshape(tensor["shape"])
+    return outputs
 
 
 def spec_from_keras(
