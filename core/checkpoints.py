@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.errors import Unavailable
+from core.serving.export import onnx_path, write_onnx
 from core.storage import read_json, sha256_file, temp_path_beside, utc_now, write_json
 
 if TYPE_CHECKING:
@@ -44,7 +45,8 @@ def history_file(entry: dict) -> str:
 
 
 def save_model_file(model: keras.Model, path: Path) -> dict[str, Any]:
-    """Save `model` to `path` atomically; return its `sha256` and `bytes`.
+    """Save `model` to `path` atomically; return its `sha256` and `bytes`, and `onnx` (the
+    sha256 and bytes of its ONNX file beside it, for serving) where the model converts.
 
     Keras writes a temp file beside `path` (its name ends in `.keras`, as Keras insists), which is
     fsynced and `os.replace`d into place: a full disk leaves the previous file intact.
@@ -61,7 +63,8 @@ def save_model_file(model: keras.Model, path: Path) -> dict[str, Any]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    return {"sha256": digest, "bytes": size}
+    onnx = write_onnx(model, path)
+    return {"sha256": digest, "bytes": size, **({"onnx": onnx} if onnx else {})}
 
 
 def save_checkpoint(
@@ -154,7 +157,8 @@ def prune_checkpoints(
         if entry["version"] in kept_versions:
             kept.append(entry)
             continue
-        for relative in (entry["file"], history_file(entry)):
+        onnx = onnx_path(Path(entry["file"]))
+        for relative in (entry["file"], history_file(entry), onnx):
             with contextlib.suppress(FileNotFoundError):
                 (job_dir / relative).unlink()
     return kept

@@ -6,5 +6,5 @@
 - `batcher`: concurrent requests for one model gathered into one forward pass.
 - `tfserving`, `oip`: request bodies (TF Serving's REST dialect, the Open Inference Protocol) to
   checked batches, and outputs back.
-- `export`: the SavedModel download.
+- `export`: the SavedModel download, and the ONNX file the worker writes beside each model.
 """

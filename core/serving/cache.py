@@ -3,21 +3,25 @@
 Models load lazily in each API process from files a manifest lists, after their sha256 check,
 with `safe_mode` on (they are our own files, never a user's). Each gets a `tf.function` with a
 `[None, ...]` input signature, traced and warmed on load: a call is then one graph execution,
-thread-safe, with none of `Model.predict`'s per-call overhead. A request runs through
-`LoadedModel.run`: the ids its Embedding layers will receive are checked, then it shares a
-batched pass, within the predict timeout.
+thread-safe, with none of `Model.predict`'s per-call overhead. Where the worker wrote an ONNX
+file beside the model and ONNX Runtime matches TensorFlow on it, ONNX Runtime runs the passes
+(microseconds for a small model, where TensorFlow's graph call takes hundreds). A request runs
+through `LoadedModel.run`: the ids its Embedding layers will receive are checked, then it shares
+a batched pass, within the predict timeout.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import hashlib
 import logging
 import re
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +31,8 @@ from core.errors import FieldError, InvalidRequest, PayloadTooLarge, TimedOut
 from core.metrics import MODELS_LOADED, observe_predict_batch, observe_predict_rows
 from core.serving.batcher import Batcher
 from core.serving.catalog import Servable
-from core.serving.signature import Batch, id_ranges, tensor_infos
+from core.serving.export import onnx_path
+from core.serving.signature import Batch, TensorInfo, id_ranges, serving_outputs, tensor_infos
 from core.settings import Settings
 
 log = logging.getLogger("fitserve.serving")
@@ -36,6 +41,8 @@ log = logging.getLogger("fitserve.serving")
 WARM_LENGTHS = (1, 16, 256)
 # Lines of a TensorFlow op error that tell where it happened, not what happened.
 _OP_TRACE = ("Graph execution error", "Detected at node", "[[")
+# How close ONNX Runtime's outputs must be to TensorFlow's for the ONNX file to be served.
+ONNX_TOLERANCE = 1e-5
 # Threads running forward passes, per process: above gunicorn's threads, so a request waits for
 # one only when earlier passes have overrun their requests' timeout.
 PASS_THREADS = 32
@@ -72,6 +79,9 @@ class LoadedModel:
                 input_signature=self.specs,
             ).get_concrete_function()
         )
+        self._session: Any = None  # ONNX Runtime's, once `attach_onnx` has checked it
+        self._input_names = [info.name for info in self.inputs]
+        self._output_names = [info.name for info in self.outputs]
         self._passes = passes
         self._timeout = settings.predict_timeout_seconds
         self.batcher = (
@@ -86,20 +96,81 @@ class LoadedModel:
 
     def call(self, *inputs: Any) -> dict[str, Any]:
         """The graph: the model on its inputs, outputs keyed by name (the export uses it too)."""
-        outputs = self.model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
-        if isinstance(outputs, dict):
-            return {info.name: outputs[info.name] for info in self.outputs}
-        if not isinstance(outputs, list | tuple):
-            outputs = [outputs]
-        return {info.name: tensor for info, tensor in zip(self.outputs, outputs, strict=True)}
+        return serving_outputs(self.model, inputs, self.outputs)
 
     def forward(self, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        """One forward pass on checked arrays (in input order); no batching."""
+        """One forward pass on checked arrays (in input order); no batching.
+
+        ONNX Runtime runs it where the model's ONNX file passed its check at load; anything it
+        refuses runs again in TensorFlow, whose error (a 422) names what was wrong.
+        """
+        observe_predict_rows(len(inputs[0]))
+        if self._session is not None:
+            try:
+                feed = dict(zip(self._input_names, inputs, strict=True))
+                arrays = self._session.run(self._output_names, feed)
+                return dict(zip(self._output_names, arrays, strict=True))
+            except Exception:  # ONNX Runtime's errors have no common base class
+                log.info("onnx_refused job=%s; TensorFlow runs the pass", self.servable.job_id)
+        return self.tensorflow_forward(inputs)
+
+    def tensorflow_forward(self, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         import tensorflow as tf
 
-        observe_predict_rows(len(inputs[0]))
         outputs = self._call_flat([tf.constant(array) for array in inputs], self._captures)
         return {name: tensor.numpy() for name, tensor in outputs.items()}
+
+    def attach_onnx(self, keras_path: Path) -> None:
+        """Serve from the ONNX file the worker wrote beside the model, if there is one, it
+        matches its sha256, and ONNX Runtime answers as TensorFlow does (within ONNX_TOLERANCE)
+        on sample inputs; else TensorFlow serves, as it does without onnxruntime installed."""
+        entry = self.servable.entry.get("onnx")
+        if not isinstance(entry, dict):
+            return
+        path = onnx_path(keras_path)
+        try:
+            import onnxruntime
+
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+                raise ValueError(f"{path.name} fails its sha256 check")
+            options = onnxruntime.SessionOptions()
+            # One thread per call: gunicorn's threads and workers already use every core.
+            options.intra_op_num_threads = options.inter_op_num_threads = 1
+            session = onnxruntime.InferenceSession(
+                data, options, providers=["CPUExecutionProvider"]
+            )
+            self._check_onnx(session)
+        except Exception as error:
+            log.warning(
+                "onnx_not_served job=%s version=%s error=%r",
+                self.servable.job_id,
+                self.servable.version,
+                str(error)[:300],
+            )
+            return
+        self._session = session
+
+    def _check_onnx(self, session: Any) -> None:
+        """ValueError unless `session` takes and gives this model's tensors (by name) and
+        matches TensorFlow within ONNX_TOLERANCE on random inputs of 1 and 7 rows."""
+        for kind, theirs, ours in (
+            ("inputs", session.get_inputs(), self._input_names),
+            ("outputs", session.get_outputs(), self._output_names),
+        ):
+            if sorted(tensor.name for tensor in theirs) != sorted(ours):
+                raise ValueError(f"the ONNX file's {kind} are not the model's {ours}")
+        random = np.random.default_rng(0)
+        for rows in (1, 7):
+            inputs = [_sample(random, rows, info) for info in self.inputs]
+            feed = dict(zip(self._input_names, inputs, strict=True))
+            expected = self.tensorflow_forward(inputs)
+            got = session.run(self._output_names, feed)
+            for name, array in zip(self._output_names, got, strict=True):
+                if array.shape != expected[name].shape or not np.allclose(
+                    array, expected[name], rtol=0, atol=ONNX_TOLERANCE
+                ):
+                    raise ValueError(f"ONNX output {name!r} differs from TensorFlow's")
 
     def run_batched(self, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """A forward pass shared with whatever concurrent requests the batcher gathers.
@@ -188,6 +259,15 @@ class LoadedModel:
         log.info("model_cold job=%s reason=no_warm_length", self.servable.job_id)
 
 
+def _sample(random: np.random.Generator, rows: int, info: TensorInfo) -> np.ndarray:
+    """Inputs to compare runtimes on: normal floats, or ids 0 and 1 for integer inputs (every
+    Embedding takes them); unknown dimensions take the first warm-up length."""
+    shape = (rows, *(WARM_LENGTHS[0] if dim is None else dim for dim in info.shape))
+    if np.dtype(info.dtype).kind == "f":
+        return random.normal(size=shape).astype(info.dtype)
+    return random.integers(0, 2, size=shape).astype(info.dtype)
+
+
 def _op_reason(message: str) -> str:
     """What a TensorFlow op error says went wrong, without the graph's trace around it."""
     for line in message.splitlines():
@@ -206,6 +286,7 @@ def load_servable(servable: Servable, settings: Settings, passes: Executor) -> L
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
         loaded = LoadedModel(servable, model, settings, passes)
         loaded.warm()
+        loaded.attach_onnx(path)
     except Exception as error:
         log.exception("model_load_failed job=%s version=%s", servable.job_id, servable.version)
         raise CheckpointCorrupt(

@@ -1,21 +1,66 @@
-"""The SavedModel download: `serving_default` with the metadata's input and output names.
+"""Exports of a model: the SavedModel download, and the ONNX file the API serves from.
 
-Built once per file and cached under the job's `exports/` folder (written atomically, named by
-the version and the file's sha256), so a second download is a file read.
+The SavedModel (`serving_default` with the metadata's input and output names) is built once per
+file and cached under the job's `exports/` folder (written atomically, named by the version and
+the file's sha256), so a second download is a file read.
+
+The ONNX file is written by the worker beside each saved `.keras` file (`write_onnx`), its sha256
+in the manifest entry; the API loads it with ONNX Runtime, a call of a few microseconds where
+TensorFlow's graph call costs a few hundred (core/serving/cache.py checks it against TensorFlow
+at load). The API never converts.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import tarfile
 import tempfile
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from core.serving.cache import LoadedModel
+from core.serving.signature import serving_outputs, tensor_infos
 from core.storage import atomic_file
 
+if TYPE_CHECKING:
+    from core.serving.cache import LoadedModel
+
+log = logging.getLogger("fitserve.serving")
+
 EXPORTS = "exports"
+# ONNX Runtime 1.17+ runs opset 17 (LayerNormalization among its ops).
+ONNX_OPSET = 17
 _lock = threading.Lock()
+
+
+def onnx_path(keras_path: Path) -> Path:
+    """Where the ONNX file of a saved `.keras` file lives: beside it, same stem."""
+    return keras_path.with_suffix(".onnx")
+
+
+def write_onnx(model: Any, keras_path: Path) -> dict[str, Any] | None:
+    """Convert `model` to ONNX beside `keras_path`, atomically: its `{"sha256", "bytes"}`, or None
+    when tf2onnx is missing or cannot convert the model (TensorFlow then serves it)."""
+    try:
+        import tensorflow as tf
+        import tf2onnx
+    except ImportError:
+        return None
+    inputs, outputs = tensor_infos(model)
+    specs = [tf.TensorSpec((None, *i.shape), i.dtype, name=i.name) for i in inputs]
+    function = tf.function(
+        lambda *tensors: serving_outputs(model, tensors, outputs), input_signature=specs
+    )
+    try:
+        proto, _ = tf2onnx.convert.from_function(function, input_signature=specs, opset=ONNX_OPSET)
+        data = proto.SerializeToString()
+    except Exception as error:  # an op tf2onnx cannot map, a model past 2 GB: TensorFlow serves
+        log.info("onnx_skipped file=%s error=%r", keras_path.name, str(error)[:200])
+        return None
+    with atomic_file(onnx_path(keras_path)) as handle:
+        handle.write(data)
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
 def savedmodel_path(loaded: LoadedModel) -> Path:

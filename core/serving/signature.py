@@ -9,7 +9,7 @@ zeros without a word).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,17 @@ def tensor_infos(model: Any) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, 
         for name, t in zip(names, model.outputs, strict=True)
     )
     return inputs, outputs
+
+
+def serving_outputs(model: Any, inputs: Sequence[Any], outputs: Sequence[TensorInfo]) -> dict:
+    """The model on its inputs (in input order), outputs keyed by name: the graph every runtime
+    serves (TensorFlow's, the SavedModel's, the ONNX file's)."""
+    result = model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
+    if isinstance(result, dict):
+        return {info.name: result[info.name] for info in outputs}
+    if not isinstance(result, list | tuple):
+        result = [result]
+    return {info.name: tensor for info, tensor in zip(outputs, result, strict=True)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,11 +43,14 @@ def test_save_writes_entry_file_and_history(tmp_path: Path) -> None:
     assert entry["metrics"] == {"loss": 0.5}
     assert entry["partial"] is False
     assert load_history(tmp_path, entry) == {"loss": [0.9, 0.5]}
-    # Only the two files: no temp file left behind.
+    # The model, its ONNX file for serving, its history: no temp file left behind.
     assert sorted(p.name for p in path.parent.iterdir()) == [
         "epoch-0002.history.json",
         "epoch-0002.keras",
+        "epoch-0002.onnx",
     ]
+    onnx = path.with_suffix(".onnx")
+    assert entry["onnx"] == {"sha256": sha256_file(onnx), "bytes": onnx.stat().st_size}
 
 
 def test_load_restores_weights_and_optimizer_state(tmp_path: Path) -> None:
@@ -88,7 +91,8 @@ def test_prune_keeps_last_and_best_and_deletes_the_rest(tmp_path: Path) -> None:
     entries = []
     for version in range(1, 6):
         entry = {"version": version, "file": checkpoint_file(version)}
-        for relative in (entry["file"], history_file(entry)):
+        onnx = checkpoint_file(version).replace(".keras", ".onnx")
+        for relative in (entry["file"], history_file(entry), onnx):
             (tmp_path / relative).parent.mkdir(exist_ok=True)
             (tmp_path / relative).write_bytes(b"")
         entries.append(entry)
@@ -97,7 +101,7 @@ def test_prune_keeps_last_and_best_and_deletes_the_rest(tmp_path: Path) -> None:
 
     assert [entry["version"] for entry in kept] == [2, 4, 5]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
-        f"epoch-000{v}.{kind}" for v in (2, 4, 5) for kind in ("history.json", "keras")
+        f"epoch-000{v}.{kind}" for v in (2, 4, 5) for kind in ("history.json", "keras", "onnx")
     ]
 
 

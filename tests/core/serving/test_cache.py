@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from core.checkpoints import CheckpointCorrupt
 from core.serving import catalog
 from core.serving.cache import ModelCache
+from core.serving.export import onnx_path
 from core.serving.signature import TensorInfo
 from core.settings import Settings
 from core.storage import DataDir, read_json
@@ -48,11 +50,15 @@ def test_a_loaded_model_answers_like_keras_and_names_its_tensors(data):
     assert np.allclose(outputs["probs"], probs, atol=1e-6)
 
 
+@pytest.mark.parametrize("runtime", ["onnx", "tensorflow"])
 @pytest.mark.parametrize("rows", [1, 7, 300])
-def test_the_flat_forward_call_matches_keras_within_1e_5(data, rows):
+def test_each_runtime_matches_keras_within_1e_5(data, rows, runtime):
     data, ids = data
     for kind in (SINGLE, MULTI):
+        if runtime == "tensorflow":  # a model the worker wrote no ONNX file for
+            onnx_path(data.job(ids[kind]) / "model.keras").unlink()
         loaded = ModelCache(Settings()).get(servable(data, ids[kind]))
+        assert (loaded._session is not None) == (runtime == "onnx")
         random = np.random.default_rng(rows)
         inputs = [random.normal(size=(rows, *i.shape)).astype(i.dtype) for i in loaded.inputs]
         outputs = loaded.forward(inputs)
@@ -62,6 +68,18 @@ def test_the_flat_forward_call_matches_keras_within_1e_5(data, rows):
         for info, keras_output in zip(loaded.outputs, expected, strict=True):
             assert outputs[info.name].shape == tuple(keras_output.shape)
             np.testing.assert_allclose(outputs[info.name], keras_output, rtol=0, atol=1e-5)
+
+
+def test_an_onnx_file_that_changed_after_saving_is_not_served(data, caplog):
+    data, ids = data
+    path = onnx_path(data.job(ids[SINGLE]) / "model.keras")
+    path.write_bytes(path.read_bytes() + b"\0")
+    with caplog.at_level(logging.WARNING, logger="fitserve.serving"):
+        loaded = ModelCache(Settings()).get(servable(data, ids[SINGLE]))
+    assert loaded._session is None
+    assert "sha256" in caplog.text
+    expected = load_version(data, ids[SINGLE])(X, training=False)
+    np.testing.assert_allclose(loaded.forward([X])["output"], expected, rtol=0, atol=1e-5)
 
 
 def test_lru_is_bounded_by_count_and_bytes(data):
