@@ -192,12 +192,14 @@ def test_redis_down_refuses_writes_with_503_and_serves_reads_from_the_volume(
         served = predict(private, finished)
         assert served.status_code == 200, served.text
         assert served.headers["X-Model-Version"] == "2"
-        # The rate limiter let those through unchecked, and says so.
+        # The rate limiter let those through: counted from the tokens each API process had
+        # leased before Redis went (service/limits.py), or, where a process had none left,
+        # unchecked, and it says so.
         scrape = requests.get(private.url("/metrics"), timeout=60)
         assert scrape.status_code == 200, scrape.text
-        assert fail_open_count(scrape.text) >= 3
         assert "\nfitserve_redis_up 0.0\n" in scrape.text
-        assert "rate_limit_fail_open" in private.log_tail("api", 400)
+        if fail_open_count(scrape.text):
+            assert "rate_limit_fail_open" in private.log_tail("api", 400)
     finally:
         server.start()
     back = time.monotonic()
