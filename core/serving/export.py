@@ -47,6 +47,8 @@ def write_onnx(model: Any, keras_path: Path) -> dict[str, Any] | None:
         import tf2onnx
     except ImportError:
         return None
+    # Its progress lines would land in every job's log at each save.
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)
     inputs, outputs = tensor_infos(model)
     specs = [tf.TensorSpec((None, *i.shape), i.dtype, name=i.name) for i in inputs]
     function = tf.function(
