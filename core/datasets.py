@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -22,13 +21,14 @@ import numpy as np
 import orjson
 
 from core import readers
+from core.cursors import decode_cursor, encode_cursor
 from core.errors import (
     FieldError,
     InvalidData,
-    InvalidRequest,
     NotFound,
     PayloadTooLarge,
     Unavailable,
+    pointer,
 )
 from core.settings import Settings
 from core.storage import DataDir, check_id, new_id, read_json, sha256_file, utc_now, write_json
@@ -36,7 +36,6 @@ from core.storage import DataDir, check_id, new_id, read_json, sha256_file, utc_
 MANIFEST = "manifest.json"
 MAX_LABELS = 256
 STALE_SECONDS = 6 * 3600
-_CURSOR = re.compile(r"(\d{4}-\d\d-\d\dT[\d:.]+Z)_([0-9a-f]{32})")
 
 
 def store_upload(
@@ -117,7 +116,7 @@ def list_manifests(
 ) -> tuple[list[dict], str | None]:
     """A page of manifests, newest first, of datasets whose owner is `visible`; and the next
     page's cursor (None on the last page)."""
-    after = _parse_cursor(cursor)
+    after = None if cursor is None else decode_cursor(cursor, str, str)
     manifests = []
     for folder in data.datasets.iterdir() if data.datasets.exists() else ():
         with contextlib.suppress(NotFound, FileNotFoundError, orjson.JSONDecodeError):
@@ -127,7 +126,7 @@ def list_manifests(
     manifests.sort(key=_key, reverse=True)
     page = manifests[:limit]
     more = len(manifests) > limit
-    return page, f"{page[-1]['created_at']}_{page[-1]['id']}" if more else None
+    return page, encode_cursor(*_key(page[-1])) if more else None
 
 
 def delete_dataset(data: DataDir, dataset_id: str) -> None:
@@ -244,7 +243,7 @@ def _common_rows(described: dict[str, dict], where: str) -> int:
         "The arrays differ in their first dimension (rows); every array needs the same rows.",
         errors=[
             FieldError(
-                readers.pointer(*where.strip("/").split("/"), name),
+                pointer(*where.strip("/").split("/"), name),
                 f"Array {name!r} has shape {entry['shape']}.",
                 "the same first dimension in every array",
                 entry["shape"],
@@ -314,20 +313,6 @@ class _Stats:
 
 def _key(manifest: dict) -> tuple[str, str]:
     return manifest["created_at"], manifest["id"]
-
-
-def _parse_cursor(cursor: str | None) -> tuple[str, str] | None:
-    if cursor is None:
-        return None
-    match = _CURSOR.fullmatch(cursor)
-    if match is None:
-        raise InvalidRequest(
-            "Bad query parameter cursor.",
-            errors=[
-                FieldError("/cursor", "Not a cursor this API gave out.", "a next_cursor", cursor)
-            ],
-        )
-    return match.group(1), match.group(2)
 
 
 def _fsync_folder(folder: Path) -> None:

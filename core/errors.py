@@ -1,9 +1,111 @@
-"""Domain errors. Each carries a stable `code`; the HTTP layer maps the class to a status."""
+"""Domain errors, and the helpers that locate and show what a client sent.
+
+Each error carries a stable `code`; the HTTP layer maps the class to a status. Field errors say
+where (a JSON pointer), what was expected and what was received; received values are shown
+bounded, however large or deep they are, and an error keeps at most MAX_ERRORS of them.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from typing import Any
+
+import orjson
+
+# One cap for every error list (requests and uploads): the first 50, and a count of the rest.
+MAX_ERRORS = 50
+SHOW_CHARS = 80
+PREVIEW_CHARS = 200
+_INT64 = range(-(2**63), 2**63)
+# str() refuses integers past 4,300 digits; 14,000 bits stay below that.
+_PRINTABLE_INT_BITS = 14_000
+_CUT = "..."
+
+
+def escape_pointer(token: str | int) -> str:
+    """One JSON pointer reference token (RFC 6901 escapes `~` and `/`)."""
+    return str(token).replace("~", "~0").replace("/", "~1")
+
+
+def pointer(*parts: object) -> str:
+    """A JSON pointer from its unescaped reference tokens: `pointer("inputs", 0)` is `/inputs/0`."""
+    return "".join("/" + escape_pointer(str(part)) for part in parts)
+
+
+class _Token(str):
+    """Text already rendered (punctuation, a key), as opposed to a value still to render."""
+
+
+def show(value: Any, limit: int = SHOW_CHARS) -> str:
+    """A received value as compact JSON text of at most `limit` characters (`...` marks a cut).
+
+    Iterative, and it stops at the limit: neither the depth nor the size of the value costs more
+    than the limit. Integers past 64 bits are shown as strings (JSON readers lose them); values
+    that are not JSON (numpy scalars, objects) by their type's name.
+    """
+    pieces: list[str] = []
+    size = 0
+    pending: list[Any] = [value]
+    while pending and size <= limit:
+        item = pending.pop()
+        text = item if isinstance(item, _Token) else _render(item, pending, limit)
+        pieces.append(text)
+        size += len(text)
+    text = "".join(pieces)
+    if pending or len(text) > limit:
+        return text[: limit - len(_CUT)] + _CUT
+    return text
+
+
+def _render(item: Any, pending: list[Any], limit: int) -> str:
+    """The text of a scalar; for a container its opening, with its parts pushed on `pending`
+    (in reverse, as it is a stack; at most `limit` parts, since each takes a character)."""
+    if isinstance(item, dict):
+        parts: list[Any] = []
+        for index, (key, member) in enumerate(item.items()):
+            if index == limit:
+                break
+            name = key if isinstance(key, str) else show(key, limit)
+            parts += [_Token("," if index else ""), _Token(_quoted(name, limit) + ":"), member]
+        pending += [_Token("}"), *reversed(parts)]
+        return "{"
+    if isinstance(item, list | tuple):
+        parts = []
+        for index, member in enumerate(item[:limit]):
+            parts += [_Token("," if index else ""), member]
+        pending += [_Token("]"), *reversed(parts)]
+        return "["
+    if isinstance(item, str):
+        return _quoted(item, limit)
+    if isinstance(item, bool) or item is None or isinstance(item, float):
+        return orjson.dumps(item).decode()
+    if isinstance(item, int):
+        if item in _INT64:
+            return str(item)
+        if item.bit_length() <= _PRINTABLE_INT_BITS:
+            return _quoted(str(item), limit)
+        return _quoted(f"an integer of {item.bit_length()} bits", limit)
+    return _quoted(f"<{type(item).__name__}>", limit)
+
+
+def _quoted(text: str, limit: int) -> str:
+    return orjson.dumps(text[: limit + 1]).decode()
+
+
+def preview(value: Any, limit: int = PREVIEW_CHARS) -> Any:
+    """A received value as an error document echoes it, JSON-safe and bounded: a number, a
+    boolean or null as it is, a string cut at `limit`, anything else as its `show` text."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[:limit] + _CUT
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int):
+        # Past 64 bits JSON readers lose the value: its digits as text instead.
+        return value if value in _INT64 else show(value, limit).strip('"')
+    text = show(value, limit)
+    # Whole, the text is the value's JSON (big integers already as strings): echo the value.
+    return text if text.endswith(_CUT) else orjson.loads(text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,27 +122,15 @@ class FieldError:
         if self.expected is not None:
             out["expected"] = self.expected
         if self.received is not None:
-            out["received"] = _json_safe(self.received)
+            out["received"] = preview(self.received)
         return out
 
 
-_INT64 = range(-(2**63), 2**63)
-
-
-def _json_safe(value: Any) -> Any:
-    """Integers past 64 bits (a computed total, a huge number in a request) become text, since
-    JSON encoders refuse them; everything else is left as received."""
-    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
-        return str(value)
-    if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    return value
-
-
 class FitserveError(Exception):
-    """Base of every error a client can be told about."""
+    """Base of every error a client can be told about.
+
+    It keeps the first MAX_ERRORS field errors; `errors_omitted` counts the others.
+    """
 
     code = "internal"
     title = "Internal error"
@@ -49,12 +139,14 @@ class FitserveError(Exception):
         self,
         detail: str,
         *,
-        errors: list[FieldError] | tuple[FieldError, ...] = (),
+        errors: Iterable[FieldError] = (),
         code: str | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
-        self.errors = list(errors)
+        listed = list(errors)
+        self.errors = listed[:MAX_ERRORS]
+        self.errors_omitted = len(listed) - len(self.errors)
         if code is not None:
             self.code = code
 

@@ -5,8 +5,7 @@ Redis keys (prefix `fitserve:`):
   and `jobs:owner:<name>` sorted-set indexes;
 - `job:<id>:history` one JSON entry per completed epoch, `job:<id>:events` a stream;
 - `job:<id>:stop` a stop request ("cancel"), `job:<id>:lease` the worker training it (with a TTL);
-- `dataset:<id>:jobs` the live (not finished) jobs using a dataset;
-- `idempotency:<owner>:<sha256 of the key>` the job a submit with that `Idempotency-Key` made.
+- `dataset:<id>:jobs` the live (not finished) jobs using a dataset.
 
 Every status change is checked against TRANSITIONS inside a WATCH/MULTI transaction, then the
 job's `manifest.json` is rewritten from the record under a file lock, so the last writer always
@@ -29,6 +28,7 @@ from typing import Any
 import orjson
 import redis
 
+from core.cursors import decode_cursor, encode_cursor
 from core.errors import Conflict, NotFound
 from core.queues import TRAIN_TASK, train_queue
 from core.settings import Settings
@@ -80,7 +80,6 @@ MANIFEST_FIELDS = (
     "history",
     "record",
 )
-IDEMPOTENCY_SECONDS = 24 * 3600
 EVENTS_MAX = 10_000
 
 
@@ -307,6 +306,9 @@ class JobStore:
             raise NotFound(f"No job with id {job_id!r}.")
         return _decode(raw)
 
+    def exists(self, job_id: str) -> bool:
+        return bool(self.redis.exists(job_key(job_id)))
+
     def spec(self, job_id: str) -> dict:
         """The normalized spec the job was submitted with (its immutable `job.json`)."""
         return read_json(self.data.job(job_id) / "job.json")["spec"]
@@ -328,7 +330,8 @@ class JobStore:
             index = ALL
         items: list[dict] = []
         last: tuple[float, str] | None = None
-        for job_id, score in self._scan_index(index, _parse_cursor(cursor)):
+        after = None if cursor is None else decode_cursor(cursor, float, str)
+        for job_id, score in self._scan_index(index, after):
             raw = self.redis.hgetall(job_key(job_id))
             if not raw:
                 continue
@@ -336,7 +339,7 @@ class JobStore:
             if status is not None and job["status"] != status:
                 continue
             if len(items) == limit:
-                return items, f"{last[0]!r}:{last[1]}" if last else None
+                return items, encode_cursor(*last) if last else None
             items.append(job)
             last = (score, job_id)
         return items, None
@@ -491,29 +494,6 @@ class JobStore:
             pipe.srem(dataset_jobs_key(dataset), job_id)
         pipe.execute()
 
-    # Idempotency --------------------------------------------------------------------------
-
-    def idempotent_job(self, owner: str | None, key: str) -> dict | None:
-        """The job an earlier submit with this `Idempotency-Key` made, if it still exists."""
-        earlier = self.redis.get(_idempotency_key(owner, key))
-        if not earlier:
-            return None
-        with contextlib.suppress(NotFound):
-            return self.get(earlier.decode())
-        return None
-
-    def claim_idempotency_key(self, owner: str | None, key: str, job_id: str) -> str | None:
-        """Bind `key` to `job_id`; returns the other job id if a concurrent submit won."""
-        name = _idempotency_key(owner, key)
-        if self.redis.set(name, job_id, nx=True, ex=IDEMPOTENCY_SECONDS):
-            return None
-        winner = self.idempotent_job(owner, key)
-        if winner is None:
-            # The key pointed at a job deleted since: it is ours now.
-            self.redis.set(name, job_id, ex=IDEMPOTENCY_SECONDS)
-            return None
-        return winner["id"]
-
     # History, progress, events ------------------------------------------------------------
 
     def history(self, job_id: str) -> list[dict]:
@@ -667,28 +647,12 @@ def _final_progress(job: dict) -> dict | None:
     return {**progress, "eta_seconds": 0}
 
 
-def _idempotency_key(owner: str | None, key: str) -> str:
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    return f"{PREFIX}idempotency:{owner or '-'}:{digest}"
-
-
 def _encode(fields: dict[str, Any]) -> dict[str, bytes]:
     return {name: orjson.dumps(value) for name, value in fields.items()}
 
 
 def _decode(raw: dict[bytes, bytes]) -> dict[str, Any]:
     return {name.decode(): orjson.loads(value) for name, value in raw.items()}
-
-
-def _parse_cursor(cursor: str | None) -> tuple[float, str] | None:
-    """A cursor is `<score>:<id>` of the last job of the previous page; a bad one is a 404."""
-    if cursor is None:
-        return None
-    score, _, job_id = cursor.partition(":")
-    try:
-        return float(score), check_id(job_id, "cursor")
-    except ValueError:
-        raise NotFound(f"No such cursor {cursor[:64]!r}: pass back a next_cursor.") from None
 
 
 def parse_time(rfc3339: str) -> float:

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from core.errors import FieldError, InvalidData
+from core.errors import FieldError, InvalidData, pointer
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
@@ -38,11 +38,6 @@ MAX_REPORTED_ERRORS = 20
 _CSV_BATCH = 4096
 CHUNK_BYTES = 4 << 20
 _ENCRYPTED = 0x1
-
-
-def pointer(*parts: object) -> str:
-    """A JSON pointer (RFC 6901) from unescaped parts."""
-    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
 
 @dataclasses.dataclass(frozen=True)

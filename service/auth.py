@@ -53,5 +53,5 @@ def can_see(resource_owner: str | None) -> bool:
     return principal is None or principal.admin or principal.name == resource_owner
 
 
-def install(app: Flask) -> None:
+def register(app: Flask) -> None:
     app.before_request(authenticate)

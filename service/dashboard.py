@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, redirect, render_template, request
+from flask import Blueprint, Flask, Response, redirect, render_template, request
 
 from core.keys import ApiKey, match_key
 from core.storage import check_id
@@ -126,3 +126,7 @@ def _same_origin() -> bool:
         # Older browsers and non-browser clients send no Origin; SameSite covers the cookie.
         return origin is None
     return urlsplit(origin).netloc == request.host
+
+
+def register(app: Flask) -> None:
+    app.register_blueprint(bp)

@@ -6,7 +6,7 @@ import os
 import tempfile
 
 import redis
-from flask import Blueprint
+from flask import Blueprint, Flask
 
 from core.devices import live_workers
 from service.http import json_response
@@ -45,3 +45,7 @@ def readyz():
         failing = ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok")
         return problem(503, "not_ready", "Not ready", f"Not ready: {failing}.")
     return json_response({"status": "ready", "checks": checks, "workers": workers})
+
+
+def register(app: Flask) -> None:
+    app.register_blueprint(bp)

@@ -2,35 +2,32 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import deque
 
-import kombu.exceptions
 import orjson
 import redis
-from celery import Celery
-from flask import Blueprint, current_app, g, request
+from flask import Blueprint, Flask, g, request
 
 from core import grammar
 from core.devices import queue_workers, waiting_message
-from core.errors import Conflict, FieldError, InvalidRequest, NotFound, Unavailable
+from core.errors import FieldError, InvalidRequest, NotFound
+from core.idempotency import fingerprint
 from core.jobs import (
     STATUSES,
     TERMINAL,
-    JobStore,
     describe_record,
     parse_time,
     send_training,
 )
-from core.queues import celery_config, train_queue
+from core.queues import train_queue
 from core.storage import check_id
 from service.auth import can_see, owner
 from service.datasets import visible_manifest
-from service.http import idempotency_key, json_body, json_response, page_args
+from service.http import idempotency_key, json_body, json_response, page_args, query_int
 from service.limits import check_job_quota
-from service.state import data_dir, redis_client, settings
+from service.state import data_dir, idempotency_keys, job_store, producer, redis_client, settings
 
 bp = Blueprint("jobs", __name__)
 log = logging.getLogger("fitserve.service")
@@ -39,72 +36,39 @@ MAX_LOG_LINES = 10_000
 LOG_FILE = "train.log"
 
 
-def job_store() -> JobStore:
-    store = current_app.extensions.get("fitserve.jobs")
-    if store is None:
-        store = JobStore(redis_client(), data_dir(), settings())
-        current_app.extensions["fitserve.jobs"] = store
-    return store
-
-
-def producer() -> Celery:
-    """A producer-only Celery app: it sends by task name and imports no task code."""
-    app = current_app.extensions.get("fitserve.celery")
-    if app is None:
-        app = Celery("fitserve-api", set_as_current=False)
-        app.conf.update(celery_config(settings()))
-        current_app.extensions["fitserve.celery"] = app
-    return app
-
-
-@bp.errorhandler(redis.RedisError)
-@bp.errorhandler(kombu.exceptions.OperationalError)
-def redis_unavailable(error: Exception):
-    from service.problems import handle_fitserve_error
-
-    log.warning("redis_unavailable request_id=%s error=%r", g.get("request_id"), error)
-    return handle_fitserve_error(
-        Unavailable("The job store (Redis) is unavailable; retry shortly.", retry_after=2)
-    )
+def register(app: Flask) -> None:
+    app.register_blueprint(bp)
 
 
 @bp.post("/v1/jobs")
 def submit_job():
     """Validate against the dataset manifests, record, enqueue: 202 with the queued job."""
     body = json_body()
-    key = idempotency_key()
+    request_sha256 = fingerprint(body)
     store = job_store()
-    request_sha256 = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    if key is not None:
-        earlier = store.idempotent_job(owner(), key)
-        if earlier is not None:
-            return _replay(earlier, request_sha256)
-    check_job_quota(owner())
-    normalized = grammar.parse_job_request(body, settings=settings(), manifest_of=visible_manifest)
-    job = store.create(
-        normalized, owner=owner(), request_id=g.get("request_id"), request_sha256=request_sha256
-    )
-    try:
-        if key is not None:
-            winner = store.claim_idempotency_key(owner(), key, job["id"])
-            if winner is not None:
-                store.discard(job)
-                return _replay(store.get(winner), request_sha256)
-        send_training(producer(), job)
-    except BaseException:
-        store.discard(job)
-        raise
+    claim = idempotency_keys("jobs").claim(owner(), idempotency_key(), request_sha256, store.exists)
+    with claim as held:
+        if held.earlier is not None:
+            return _replay(store.get(held.earlier))
+        check_job_quota(owner())
+        normalized = grammar.parse_job_request(
+            body, settings=settings(), manifest_of=visible_manifest
+        )
+        job = store.create(
+            normalized, owner=owner(), request_id=g.get("request_id"), request_sha256=request_sha256
+        )
+        try:
+            held.bind(job["id"])
+            send_training(producer(), job)
+        except BaseException:
+            store.discard(job)
+            raise
     log.info("job_submitted job=%s request_id=%s", job["id"], g.get("request_id"))
     return json_response(view_job(job), 202, {"Location": f"/v1/jobs/{job['id']}"})
 
 
-def _replay(job: dict, request_sha256: str):
-    """200 with the job an earlier submit with the same key made (as datasets answer)."""
-    if job.get("request_sha256") != request_sha256:
-        raise Conflict(
-            f"This Idempotency-Key was used for job {job['id']} with a different request; "
-            "use a new key for a new job."
-        )
+def _replay(job: dict):
+    """200 with the job an earlier submit with the same key and body made (as datasets answer)."""
     return json_response(
         view_job(job),
         200,
@@ -169,14 +133,9 @@ def get_metrics(job_id: str):
 def get_logs(job_id: str):
     """The last `?tail=` lines (default 1000) of the job's train.log as `{"lines": [...]}`."""
     visible_job(job_id)
-    raw = request.args.get("tail", "1000")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LOG_LINES:
-        raise InvalidRequest(
-            "Bad query parameter tail.",
-            errors=[FieldError("/tail", "tail is out of range", f"1..{MAX_LOG_LINES}", raw)],
-        )
+    tail = query_int("tail", 1000, 1, MAX_LOG_LINES)
     path = data_dir().job(job_id) / LOG_FILE
-    lines: deque[str] = deque(maxlen=int(raw))
+    lines: deque[str] = deque(maxlen=tail)
     if path.is_file():
         with open(path, encoding="utf-8", errors="replace") as handle:
             lines.extend(line.rstrip("\n") for line in handle)

@@ -103,6 +103,6 @@ def check_job_quota(owner: str | None) -> None:
         )
 
 
-def install(app: Flask) -> None:
+def register(app: Flask) -> None:
     """Run after authentication, which names the key a request is counted against."""
     app.before_request(check_rate_limit)

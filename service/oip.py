@@ -12,27 +12,31 @@ import importlib.metadata
 import os
 from typing import Any
 
-import orjson
-from flask import Blueprint, Response, request
+from flask import Blueprint, Flask, Response, request
 
 from core.errors import (
     MalformedRequest,
-    NotFound,
     PayloadTooLarge,
     Unavailable,
     UnsupportedMediaType,
+    show,
 )
+from core.integers import read_int
 from core.jobs import describe_record
 from core.serving import catalog
 from core.serving.cache import LoadedModel, TensorInfo
 from core.serving.catalog import Servable
 from core.serving.oip import HEADER_LENGTH, datatype_of, parse_infer, render_infer
-from service.http import json_body, json_response
+from service.http import json_body, json_response, parse_json
 from service.state import data_dir, settings
-from service.tfserving import load, manifests, resolve, tag_version
+from service.tfserving import load, manifests, resolve, tag_version, version_number
 
 bp = Blueprint("inference", __name__)
 bp.after_request(tag_version)
+
+
+def register(app: Flask) -> None:
+    app.register_blueprint(bp)
 
 
 def server_version() -> str:
@@ -63,16 +67,12 @@ def ready():
 
 
 def resolve_segment(model: str, version: str | None) -> Servable:
-    """A version segment: digits are a version number, else a label."""
+    """A version segment: a label (`best`, `latest`, `final`), else a version number."""
     if version is None:
         return resolve(model)
-    if version.isdigit():
-        return resolve(model, version=int(version))
-    if version not in catalog.LABELS:
-        raise NotFound(
-            f"No version {version[:64]!r}: a version is a number or one of {catalog.LABELS}."
-        )
-    return resolve(model, label=version)
+    if version in catalog.LABELS:
+        return resolve(model, label=version)
+    return resolve(model, version=version_number(version))
 
 
 def _tensor(info: TensorInfo) -> dict:
@@ -140,17 +140,13 @@ def infer_body() -> tuple[Any, bytes]:
     if (request.content_length or 0) > limit:
         raise PayloadTooLarge(f"An inference request may be at most {limit} bytes.")
     data = request.get_data()
-    if not length.isdigit() or int(length) > len(data):
+    header_bytes = read_int(length, 0, len(data))
+    if header_bytes is None:
         raise MalformedRequest(
             f"{HEADER_LENGTH} must be the JSON header's byte count, at most the body's "
-            f"{len(data)} bytes; got {length[:32]!r}."
+            f"{len(data)} bytes; got {show(length, 32)}."
         )
-    try:
-        # Parsed as service.http.json_body parses: orjson, strict (no NaN, bounded nesting).
-        body = orjson.loads(data[: int(length)])
-    except orjson.JSONDecodeError as error:
-        raise MalformedRequest(f"The JSON header is not valid JSON: {error}.") from None
-    return body, data[int(length) :]
+    return parse_json(data[:header_bytes], "The JSON header"), data[header_bytes:]
 
 
 def _version(loaded: LoadedModel) -> str:

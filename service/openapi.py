@@ -8,6 +8,7 @@ its problem documents (RFC 9457) as the `default` response.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 from pathlib import Path
 from typing import Any
@@ -56,12 +57,8 @@ SEED_MODEL_REQUEST: dict[str, Any] = {
 
 
 def get_document() -> dict:
-    """The document, built once per app."""
-    document = current_app.extensions.get("fitserve.openapi")
-    if document is None:
-        document = build_document()
-        current_app.extensions["fitserve.openapi"] = document
-    return document
+    """The document, built once per app by `register`."""
+    return current_app.extensions["fitserve.openapi"]
 
 
 @bp.get("/openapi.json")
@@ -85,15 +82,18 @@ def docs_asset(name: str):
     return send_from_directory(swagger_ui_bundle.swagger_ui_path, name)
 
 
-def install(app: Flask) -> None:
+def register(app: Flask) -> None:
+    app.extensions["fitserve.openapi"] = build_document()
     app.register_blueprint(bp)
 
 
 # The document ---------------------------------------------------------------------------------
 
 
+@functools.cache
 def build_document() -> dict:
-    """OpenAPI 3.1: every API route, its parameters, bodies, answers and problems."""
+    """OpenAPI 3.1: every API route, its parameters, bodies, answers and problems (built once
+    per process: it depends on the code alone)."""
     from core.grammar import grammar_schema
 
     grammar = grammar_schema()

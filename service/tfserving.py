@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, Response, current_app, g, request, send_file
 
+from core.cursors import decode_cursor, encode_cursor
 from core.errors import FieldError, InvalidRequest
 from core.jobs import describe_record
 from core.serving import catalog, tfserving
@@ -16,7 +17,7 @@ from core.serving.cache import LoadedModel, ModelCache, TensorInfo
 from core.serving.catalog import Servable
 from core.serving.export import export_savedmodel
 from service.auth import can_see
-from service.http import json_body, json_response, page_args
+from service.http import json_body, json_response, page_args, path_int, query_int
 from service.state import data_dir, settings
 
 bp = Blueprint("models", __name__)
@@ -35,9 +36,11 @@ TF_DTYPES = {
     "bool": "DT_BOOL",
 }
 DOWNLOAD_FORMATS = ("keras", "savedmodel")
+# Versions are epoch numbers; nine digits leave room for any epoch cap.
+MAX_VERSION = 999_999_999
 
 
-def install(app: Flask) -> None:
+def register(app: Flask) -> None:
     """Register the routes and give this process its model cache."""
     app.extensions["fitserve.models"] = ModelCache(app.config["FITSERVE"])
     app.extensions["fitserve.manifests"] = catalog.Manifests(app.extensions["fitserve.data"])
@@ -64,6 +67,11 @@ def resolve(model: str, version: int | None = None, label: str | None = None) ->
     g.model_version = servable.version
     g.follows_latest = version is None and (label or catalog.default_label(manifest)) == "latest"
     return servable
+
+
+def version_number(segment: str | None) -> int | None:
+    """A path's version segment as its number; None when the path names no version."""
+    return None if segment is None else path_int("version", segment, MAX_VERSION)
 
 
 def load(servable: Servable) -> LoadedModel:
@@ -109,13 +117,14 @@ def list_models():
         reverse=True,
     )
     if cursor is not None:
-        visible = [m for m in visible if _order(m) < tuple(cursor.split("~", 1))]
+        after = decode_cursor(cursor, str, str)
+        visible = [m for m in visible if _order(m) < after]
     page = visible[:limit]
     more = len(visible) > limit
     return json_response(
         {
             "items": [model_record(m) for m in page],
-            "next_cursor": "~".join(_order(page[-1])) if more else None,
+            "next_cursor": encode_cursor(*_order(page[-1])) if more else None,
         }
     )
 
@@ -142,10 +151,10 @@ def model_status(model: str):
     return json_response({"model_version_status": [_version_status(v) for v in versions]})
 
 
-@bp.get("/v1/models/<model>/versions/<int:version>")
+@bp.get("/v1/models/<model>/versions/<version>")
 @bp.get("/v1/models/<model>/labels/<label>")
-def version_status(model: str, version: int | None = None, label: str | None = None):
-    servable = resolve(model, version, label)
+def version_status(model: str, version: str | None = None, label: str | None = None):
+    servable = resolve(model, version_number(version), label)
     return json_response({"model_version_status": [_version_status(servable.version)]})
 
 
@@ -166,11 +175,11 @@ def describe(info: TensorInfo) -> dict:
 
 
 @bp.get("/v1/models/<model>/metadata")
-@bp.get("/v1/models/<model>/versions/<int:version>/metadata")
+@bp.get("/v1/models/<model>/versions/<version>/metadata")
 @bp.get("/v1/models/<model>/labels/<label>/metadata")
-def model_metadata(model: str, version: int | None = None, label: str | None = None):
+def model_metadata(model: str, version: str | None = None, label: str | None = None):
     """TF Serving's signature_def metadata, plus `inputs`/`outputs` in plain form."""
-    loaded = load(resolve(model, version, label))
+    loaded = load(resolve(model, version_number(version), label))
     signature = {
         "inputs": {i.name: _tensor_info(i, "serving_default_") for i in loaded.inputs},
         "outputs": {o.name: _tensor_info(o, "StatefulPartitionedCall:") for o in loaded.outputs},
@@ -193,31 +202,29 @@ def model_metadata(model: str, version: int | None = None, label: str | None = N
 
 
 @bp.post("/v1/models/<model>:predict")
-@bp.post("/v1/models/<model>/versions/<int:version>:predict")
+@bp.post("/v1/models/<model>/versions/<version>:predict")
 @bp.post("/v1/models/<model>/labels/<label>:predict")
-def predict(model: str, version: int | None = None, label: str | None = None):
+def predict(model: str, version: str | None = None, label: str | None = None):
     """`{"instances": ...}` -> `{"predictions": ...}`, `{"inputs": ...}` -> `{"outputs": ...}`."""
     body = json_body()
-    loaded = load(resolve(model, version, label))
+    loaded = load(resolve(model, version_number(version), label))
     arrays, layout = tfserving.parse_predict(body, loaded.inputs, settings().max_predict_rows)
     outputs = loaded.run_batched(arrays)
     return json_response(tfserving.render_predict(outputs, loaded.outputs, layout))
 
 
 @bp.get("/v1/models/<model>/download")
-@bp.get("/v1/models/<model>/versions/<int:version>/download")
+@bp.get("/v1/models/<model>/versions/<version>/download")
 @bp.get("/v1/models/<model>/labels/<label>/download")
-def download(model: str, version: int | None = None, label: str | None = None):
+def download(model: str, version: str | None = None, label: str | None = None):
     """`?format=keras` (the checked file as saved) or `savedmodel` (a `.tar.gz`)."""
     fmt = request.args.get("format", "keras")
     if fmt not in DOWNLOAD_FORMATS:
         raise _bad_query("format", f"one of {list(DOWNLOAD_FORMATS)}", fmt)
-    asked = request.args.get("version")
-    if asked is not None:
-        if not asked.isdigit():
-            raise _bad_query("version", "a version number", asked)
-        version, label = int(asked), None
-    servable = resolve(model, version, label)
+    number = version_number(version)
+    if "version" in request.args:
+        number, label = query_int("version", 0, 0, MAX_VERSION), None
+    servable = resolve(model, number, label)
     name = f"{servable.job_id}-v{servable.version}"
     if fmt == "keras":
         return send_file(
@@ -239,5 +246,5 @@ def download(model: str, version: int | None = None, label: str | None = None):
 def _bad_query(name: str, expected: str, received: str) -> InvalidRequest:
     return InvalidRequest(
         f"Bad query parameter {name}.",
-        errors=[FieldError(f"/{name}", f"{name} is not valid", expected, received[:64])],
+        errors=[FieldError(f"/{name}", f"{name} is not valid", expected, received)],
     )

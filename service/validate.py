@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, Flask
 
 from core import grammar
 from core.grammar.shapes import summarize
@@ -20,3 +20,7 @@ def validate_job():
         json_body(), settings=settings(), manifest_of=visible_manifest
     )
     return json_response(summarize(normalized))
+
+
+def register(app: Flask) -> None:
+    app.register_blueprint(bp)

@@ -10,9 +10,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from core.errors import FieldError, InvalidRequest, NotFound
+from core.errors import FieldError, InvalidRequest, NotFound, show
 from core.grammar.allowlist import MONITOR
-from core.grammar.kinds import INVALID, Choice, Integer, Number, Place, show
+from core.grammar.kinds import INVALID, Choice, Integer, Number, Place
 from core.grammar.shapes import summarize_model
 from core.settings import Settings
 

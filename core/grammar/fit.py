@@ -17,6 +17,7 @@ from core.grammar.kinds import (
     check_arguments,
     check_class_name,
 )
+from core.integers import read_int
 from core.settings import Settings
 
 MAX_CALLBACKS = 16
@@ -24,6 +25,8 @@ MAX_STEPS = 100_000_000
 CALLBACK_KEYS = ("module", "class_name", "config", "registered_name")
 CLASS_WEIGHT = Number(0)
 MAX_CLASSES = 100_000
+# Class ids are written as 1 to 9 ASCII digits (the schema's key pattern says the same).
+MAX_CLASS_ID = 999_999_999
 # Model.fit arguments that name data: the request names arrays in `data` instead.
 MOVED = {
     "x": "data.x",
@@ -103,10 +106,11 @@ class ClassWeight(Kind):
             return place.refuse(value, self.expected)
         out = {}
         for key, weight in value.items():
-            if not (key.isdigit() and len(key) <= 9):
+            label = read_int(key, 0, MAX_CLASS_ID)
+            if label is None:
                 out[key] = place.at(key).refuse(key, 'a class id written as digits, e.g. "0"')
                 continue
-            out[str(int(key))] = CLASS_WEIGHT.check(weight, place.at(key))
+            out[str(label)] = CLASS_WEIGHT.check(weight, place.at(key))
         return INVALID if INVALID in out.values() else out
 
     def schema(self) -> dict[str, Any]:

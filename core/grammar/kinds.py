@@ -15,9 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
-from core.errors import FieldError
+from core.errors import FieldError, escape_pointer, preview, show
 
 
 class _Invalid:
@@ -32,27 +30,6 @@ INVALID: Any = _Invalid()
 MAX_RANK = 8
 # The largest float32: Keras makes float32 constants of many arguments and raises past it.
 FLOAT32_MAX = 3.4028234663852886e38
-
-
-def escape_pointer(token: str | int) -> str:
-    """One JSON pointer token (RFC 6901)."""
-    return str(token).replace("~", "~0").replace("/", "~1")
-
-
-def show(value: Any, limit: int = 80) -> str:
-    """A received value as compact JSON, cut short so a huge value cannot flood a message."""
-    try:
-        text = orjson.dumps(value).decode()
-    except TypeError:
-        text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def clip(value: Any, limit: int = 200) -> Any:
-    """A received value small enough to echo back in an error document."""
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value if not isinstance(value, str) or len(value) <= limit else value[:limit] + "..."
-    return show(value, limit)
 
 
 @dataclasses.dataclass
@@ -85,7 +62,7 @@ class Place:
                 )
             else:
                 message = f"{self.owner} is {show(value)}. Expected {expected}."
-        self.errors.append(FieldError(self.path or "/", message, expected, clip(value)))
+        self.errors.append(FieldError(self.path or "/", message, expected, preview(value)))
         return INVALID
 
     def refuse_key(self, key: str, allowed: list[str], what: str = "argument") -> None:

@@ -11,6 +11,7 @@ import dataclasses
 import re
 from typing import Any
 
+from core.errors import show
 from core.grammar.allowlist import (
     INPUT_DTYPE,
     LAYER_NAME,
@@ -27,7 +28,6 @@ from core.grammar.kinds import (
     Shape,
     check_arguments,
     check_class_name,
-    show,
 )
 
 INPUT_SHAPE = Shape(variable=True)

@@ -11,33 +11,16 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import orjson
 
-from core.errors import FieldError, InvalidRequest, PayloadTooLarge
+from core.errors import FieldError, InvalidRequest, PayloadTooLarge, pointer, preview
 from core.serving.cache import TensorInfo
 
 _NUMERIC = "biuf"
 
 
-def pointer(*parts: object) -> str:
-    """A JSON pointer from its reference tokens (RFC 6901 escapes `~` and `/`)."""
-    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in parts)
-
-
 def invalid(path: str, message: str, expected: str, received: Any) -> InvalidRequest:
     """A 422 with one FieldError, its message also the detail."""
     return InvalidRequest(message, errors=[FieldError(path, message, expected, received)])
-
-
-def preview(value: Any) -> Any:
-    """A short, JSON-safe rendering of a received value for an error message."""
-    if isinstance(value, bool | int | float) or value is None:
-        return value
-    try:
-        text = value if isinstance(value, str) else orjson.dumps(value, default=repr).decode()
-    except TypeError:  # integers beyond 64 bits: shown as text
-        value = text = repr(value)
-    return text[:77] + "..." if len(text) > 80 else value
 
 
 def _leaves(value: Any) -> Iterator[Any]:

@@ -12,6 +12,7 @@ import psutil
 import pytest
 import redis
 
+from core.idempotency import IdempotencyKeys
 from core.keys import hash_key
 from core.settings import Settings
 from core.storage import sha256_file
@@ -382,9 +383,10 @@ def test_idempotency_key_returns_the_same_dataset(client, settings):
 
 
 def test_idempotency_key_in_progress_is_409_and_a_deleted_dataset_frees_it(client, settings):
-    store = redis.Redis.from_url(settings.redis_url)
-    store.set("fitserve:idem:dataset:-:busy", "pending:" + "e" * 32)
-    busy = upload(client, npy_bytes(np.ones(2)), "a.npy", headers={"Idempotency-Key": "busy"})
+    keys = IdempotencyKeys(redis.Redis.from_url(settings.redis_url), "datasets")
+    with keys.claim(None, "busy", "another upload", lambda _: False):
+        headers = {"Idempotency-Key": "busy"}
+        busy = upload(client, npy_bytes(np.ones(2)), "a.npy", headers=headers)
     assert busy.status_code == 409
     assert "in progress" in busy.get_json()["detail"]
     assert_nothing_stored(settings)
@@ -394,8 +396,30 @@ def test_idempotency_key_in_progress_is_409_and_a_deleted_dataset_frees_it(clien
     second = upload(client, npy_bytes(np.ones(2)), "a.npy", headers=headers)
     assert second.status_code == 201
     assert second.get_json()["id"] != first
-    assert store.get("fitserve:idem:dataset:-:again").decode() == second.get_json()["id"]
-    assert 0 < store.ttl("fitserve:idem:dataset:-:again") <= 24 * 3600
+    replayed = upload(client, npy_bytes(np.ones(2)), "a.npy", headers=headers)
+    assert (replayed.status_code, replayed.get_json()["id"]) == (200, second.get_json()["id"])
+    assert 0 < keys.redis.ttl(keys.key_name(None, "again")) <= 24 * 3600
+
+
+def test_idempotency_key_with_a_different_upload_is_409(client, settings):
+    headers = {"Idempotency-Key": "one-upload"}
+    first = upload(client, npy_bytes(np.ones(2)), "a.npy", headers=headers)
+    assert first.status_code == 201
+    for content, name in ((np.zeros(2), "a.npy"), (np.ones(2), "b.npy")):
+        other = upload(client, npy_bytes(content), name, headers=headers)
+        assert other.status_code == 409, other.get_json()
+        assert other.mimetype == "application/problem+json"
+        assert first.get_json()["id"] in other.get_json()["detail"]
+    json_first = client.post("/v1/datasets", json={"arrays": {"x": [1, 2]}}, headers=headers)
+    assert json_first.status_code == 409
+    json_headers = {"Idempotency-Key": "json-upload"}
+    made = client.post("/v1/datasets", json={"arrays": {"x": [1, 2]}}, headers=json_headers)
+    same = client.post("/v1/datasets", json={"arrays": {"x": [1, 2]}}, headers=json_headers)
+    assert (made.status_code, same.status_code) == (201, 200)
+    assert same.get_json()["id"] == made.get_json()["id"]
+    other = client.post("/v1/datasets", json={"arrays": {"x": [1, 3]}}, headers=json_headers)
+    assert other.status_code == 409
+    assert len(stored_folders(settings)) == 2
 
 
 def test_failed_upload_releases_its_idempotency_key(client, settings):
