@@ -126,6 +126,34 @@ class FieldError:
         return out
 
 
+class FieldErrors(list[FieldError]):
+    """Field errors in the order they are found: the first MAX_ERRORS are kept, the others only
+    counted in `omitted`, so that once `full` a checker can skip building their messages."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.omitted = 0
+
+    @property
+    def full(self) -> bool:
+        return len(self) >= MAX_ERRORS
+
+    def append(self, error: FieldError) -> None:
+        if self.full:
+            self.omitted += 1
+        else:
+            super().append(error)
+
+    def extend(self, errors: Iterable[FieldError]) -> None:
+        for error in errors:
+            self.append(error)
+        self.omitted += getattr(errors, "omitted", 0)
+
+    def __iadd__(self, errors: Iterable[FieldError]) -> FieldErrors:  # type: ignore[override,misc]
+        self.extend(errors)
+        return self
+
+
 class FitserveError(Exception):
     """Base of every error a client can be told about.
 
@@ -146,7 +174,7 @@ class FitserveError(Exception):
         self.detail = detail
         listed = list(errors)
         self.errors = listed[:MAX_ERRORS]
-        self.errors_omitted = len(listed) - len(self.errors)
+        self.errors_omitted = len(listed) - len(self.errors) + getattr(errors, "omitted", 0)
         if code is not None:
             self.code = code
 

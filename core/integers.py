@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from core.errors import FieldError, InvalidRequest, preview
+from core.errors import FieldError, InvalidRequest
 
 _ASCII_DIGITS = re.compile(r"[0-9]+")
 
@@ -31,6 +31,6 @@ def parse_int(text: str, *, at: str, low: int, high: int, what: str) -> int:
         expected = f"an integer from {low} to {high} in ASCII digits"
         raise InvalidRequest(
             f"Bad {what}: expected {expected}.",
-            errors=[FieldError(at, f"{what} is not {expected}", expected, preview(text, 64))],
+            errors=[FieldError(at, f"{what} is not {expected}", expected, text)],
         )
     return value

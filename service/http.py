@@ -57,15 +57,18 @@ def json_body() -> Any:
 def parse_json(data: bytes, what: str = "The body") -> Any:
     """The one place the API parses a client's JSON: orjson, strict (no NaN or Infinity), and
     at most MAX_JSON_DEPTH levels deep; anything else is a 400."""
+    too_deep = MalformedRequest(
+        f"{what} nests arrays and objects more than {MAX_JSON_DEPTH} levels deep; "
+        f"at most {MAX_JSON_DEPTH} are accepted."
+    )
     try:
         document = orjson.loads(data)
     except orjson.JSONDecodeError as error:
+        if error.msg == "depth limit exceeded":  # orjson's own limit, far past ours
+            raise too_deep from None
         raise MalformedRequest(f"{what} is not valid JSON: {error}.") from None
     if _deeper_than(document, MAX_JSON_DEPTH):
-        raise MalformedRequest(
-            f"{what} nests arrays and objects more than {MAX_JSON_DEPTH} levels deep; "
-            f"at most {MAX_JSON_DEPTH} are accepted."
-        )
+        raise too_deep
     return document
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from core.errors import FieldError, InvalidRequest
+from core.errors import FieldError, FieldErrors, InvalidRequest
 from core.grammar.allowlist import REQUEST_KEYS, REQUEST_NAME, SEED, grammar_schema
 from core.grammar.compile import parse_compile
 from core.grammar.fit import parse_fit
@@ -29,7 +29,7 @@ def parse_job_request(
 
     `manifest_of(dataset_id)` returns a dataset's manifest or raises NotFound.
     """
-    errors: list[FieldError] = []
+    errors = FieldErrors()
     place = Place(errors)
     if not isinstance(body, dict):
         place.refuse(body, "a JSON object with model, compile, fit and data")
@@ -51,8 +51,8 @@ def parse_job_request(
     return spec
 
 
-def _invalid(errors: list[FieldError]) -> InvalidRequest:
-    count = len(errors)
+def _invalid(errors: FieldErrors) -> InvalidRequest:
+    count = len(errors) + errors.omitted
     return InvalidRequest(
         f"The job request is invalid: {count} error{'s' if count != 1 else ''}.", errors=errors
     )

@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from core.errors import FieldError, InvalidRequest, NotFound, show
+from core.errors import FieldError, FieldErrors, InvalidRequest, NotFound, show
 from core.grammar.allowlist import MONITOR
 from core.grammar.kinds import INVALID, Choice, Integer, Number, Place
 from core.grammar.shapes import summarize_model
@@ -41,7 +41,7 @@ def parse_data(
     `spec` holds the sections parsed so far (`model`, `compile`, `fit`, INVALID where they
     failed); checks that need a part that failed are skipped, its errors are already reported.
     """
-    errors: list[FieldError] = []
+    errors = FieldErrors()
     place = Place(errors, "/data", "data")
     if not isinstance(raw, dict):
         place.refuse(raw, 'an object with "dataset", "x" and "y"')
@@ -523,7 +523,7 @@ def parse_checkpoint(raw: Any, spec: dict[str, Any], *, settings: Settings) -> d
     The monitor defaults to the EarlyStopping monitor, else `val_loss` when there is validation
     data, else `loss`; a `val_` monitor without validation data is refused.
     """
-    errors: list[FieldError] = []
+    errors = FieldErrors()
     place = Place(errors, "/checkpoint", "checkpoint")
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):

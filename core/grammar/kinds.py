@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from core.errors import FieldError, escape_pointer, preview, show
+from core.errors import MAX_ERRORS, FieldError, escape_pointer, preview, show
 
 
 class _Invalid:
@@ -48,12 +48,20 @@ class Place:
             key = f"{self.key}.{token}" if self.key else token
         return Place(self.errors, f"{self.path}/{escape_pointer(token)}", self.owner, key)
 
+    @property
+    def full(self) -> bool:
+        """As many errors are known as a document lists: later ones are only counted."""
+        return len(self.errors) >= MAX_ERRORS
+
     def inside(self, owner: str) -> Place:
         """The same place, now read as the start of another object (a layer, an optimizer)."""
         return Place(self.errors, self.path, owner, "")
 
     def refuse(self, value: Any, expected: str, message: str | None = None) -> Any:
         """Record a value that is not what this place accepts; returns INVALID."""
+        if self.full:
+            self.errors.append(FieldError(self.path or "/", "", expected))
+            return INVALID
         if message is None:
             if self.key:
                 message = (
@@ -67,6 +75,9 @@ class Place:
 
     def refuse_key(self, key: str, allowed: list[str], what: str = "argument") -> None:
         """Record an unknown key, naming the closest allowed ones."""
+        if self.full:
+            self.errors.append(FieldError(self.path or "/", "", what))
+            return
         close = difflib.get_close_matches(key, allowed, n=3, cutoff=0.6)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         expected = "one of " + ", ".join(sorted(allowed)) if allowed else "no arguments"
@@ -645,7 +656,7 @@ class Catalog(Kind):
             if value in self.names or value in self.classes:
                 return value
             allowed = list(self.names) + list(self.classes)
-            close = difflib.get_close_matches(value, allowed, n=3)
+            close = [] if place.full else difflib.get_close_matches(value, allowed, n=3)
             known = ", ".join(close or allowed)
             return place.refuse(value, f"a known {self.noun}, one of {known}")
         if not isinstance(value, dict):
