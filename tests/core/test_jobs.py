@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import Conflict, NotFound
+from core.errors import Conflict, InvalidRequest, NotFound
 from core.jobs import JobStore, dataset_jobs_key
 from core.storage import new_id, read_json
 
@@ -78,7 +78,7 @@ def test_list_is_newest_first_paginated_and_filtered(store: JobStore):
     assert [j["id"] for j in ann] == [ids[3], ids[1]]
     running, _ = store.list(owner=None, status="running", limit=10, cursor=None)
     assert [j["id"] for j in running] == [ids[0]]
-    with pytest.raises(NotFound):
+    with pytest.raises(InvalidRequest):
         store.list(owner=None, status=None, limit=2, cursor="nonsense")
 
 
@@ -121,15 +121,6 @@ def test_a_lease_has_one_holder(store: JobStore):
     assert store.lease_holder(job_id) == "w2/2"
     store.release_lease(job_id, "w2/2")
     assert store.lease_holder(job_id) is None
-
-
-def test_idempotency_key_binds_the_first_job(store: JobStore):
-    first = store.create(SPEC, owner="ann")["id"]
-    second = store.create(SPEC, owner="ann")["id"]
-    assert store.claim_idempotency_key("ann", "k1", first) is None
-    assert store.claim_idempotency_key("ann", "k1", second) == first
-    assert store.idempotent_job("ann", "k1")["id"] == first
-    assert store.idempotent_job("bob", "k1") is None
 
 
 def test_rebuild_restores_records_from_the_volume(store: JobStore):
