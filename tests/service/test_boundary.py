@@ -279,6 +279,7 @@ DIGITS = st.one_of(
 )
 # Numbers as text in every shape a careless or hostile client sends.
 NUMBERISH = st.one_of(
+    st.sampled_from(ODD_DIGITS),
     st.text(DIGITS, min_size=1, max_size=12),
     st.integers(-(2**70), 2**70).map(str),
     st.integers(1, 6000).map(lambda n: "9" * n),
@@ -289,8 +290,13 @@ HEADER_VALUE = st.one_of(NUMBERISH, st.text(st.characters(min_codepoint=32, max_
 
 
 def latin1(value: str) -> str:
-    """Header values travel as Latin-1 on the wire."""
-    return value.encode("utf-8", "replace").decode("latin-1")
+    """A header value as it can travel: one line of Latin-1 (superscript digits among them);
+    other characters as their UTF-8 bytes."""
+    line = value.replace("\r", " ").replace("\n", " ")
+    try:
+        return line.encode("latin-1").decode("latin-1")
+    except UnicodeEncodeError:
+        return line.encode("utf-8", "replace").decode("latin-1")
 
 
 @st.composite
@@ -323,3 +329,39 @@ def test_no_query_header_or_segment_makes_a_5xx(client, job_id, drawn):
         assert document["status"] == response.status_code
         for error in document.get("errors", []):
             assert error["path"].startswith("/")
+
+
+POSTS = [
+    ("/v1/jobs", {"name": "x"}),
+    ("/v1/jobs:validate", {"name": "x"}),
+    ("/v1/datasets", {"arrays": {"x": [1, 2]}}),
+    ("/v1/models/{model}/versions/{segment}:predict", {"instances": [[1.0]]}),
+    ("/v2/models/{model}/versions/{segment}/infer", {"inputs": []}),
+]
+
+
+@hypothesis.settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+@hypothesis.given(
+    post=st.sampled_from(POSTS),
+    segment=NUMBERISH.filter(lambda text: text.strip() not in ("", ".", "..")),
+    headers=st.fixed_dictionaries(
+        {
+            "Idempotency-Key": HEADER_VALUE,
+            "Inference-Header-Content-Length": NUMBERISH,
+            "X-Request-ID": HEADER_VALUE,
+        }
+    ),
+)
+def test_no_header_of_a_post_makes_a_5xx(client, post, segment, headers):
+    route, body = post
+    url = route.format(model=MODEL, segment=quote(segment, safe=""))
+    response = client.post(
+        url, json=body, headers={name: latin1(value) for name, value in headers.items()}
+    )
+    assert response.status_code < 500, response.get_data(as_text=True)[:500]
+    if response.status_code >= 400:
+        assert response.mimetype == "application/problem+json"
