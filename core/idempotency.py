@@ -132,7 +132,7 @@ def _encode(resource_id: str, request_fingerprint: str, *, pending: bool) -> byt
     return orjson.dumps({"id": resource_id, "fingerprint": request_fingerprint, "pending": pending})
 
 
-def _decode(raw: bytes | None) -> dict[str, Any] | None:
+def _decode(raw: Any) -> dict[str, Any] | None:
     """A binding, or None for none (expired meanwhile) or one in an older format."""
     with contextlib.suppress(orjson.JSONDecodeError, TypeError):
         value = orjson.loads(raw) if raw is not None else None

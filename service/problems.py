@@ -13,7 +13,7 @@ import kombu.exceptions
 import orjson
 import redis
 from flask import Flask, Response, g
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from core import errors
 
@@ -112,7 +112,7 @@ def handle_http_exception(error: HTTPException) -> Response:
     status = error.code or 500
     code = _HTTP_CODES.get(status, "http_error")
     headers = {}
-    if status == 405 and error.valid_methods:
+    if isinstance(error, MethodNotAllowed) and error.valid_methods:
         headers["Allow"] = ", ".join(sorted(error.valid_methods))
     return problem(status, code, error.name, error.description or error.name, headers=headers)
 
