@@ -29,8 +29,11 @@ def escape_pointer(token: str | int) -> str:
 
 
 def pointer(*parts: object) -> str:
-    """A JSON pointer from its unescaped reference tokens: `pointer("inputs", 0)` is `/inputs/0`."""
-    return "".join("/" + escape_pointer(str(part)) for part in parts)
+    """A JSON pointer from its unescaped reference tokens: `pointer("inputs", 0)` is `/inputs/0`.
+
+    A token past 200 characters (a megabyte-long key) is cut, so an error cannot echo it whole.
+    """
+    return "".join("/" + escape_pointer(str(part)[:200]) for part in parts)
 
 
 class _Token(str):
@@ -175,6 +178,8 @@ class FitserveError(Exception):
         listed = list(errors)
         self.errors = listed[:MAX_ERRORS]
         self.errors_omitted = len(listed) - len(self.errors) + getattr(errors, "omitted", 0)
+        # Response headers that belong with this error (which model version it concerns).
+        self.headers: dict[str, str] = {}
         if code is not None:
             self.code = code
 
@@ -187,6 +192,13 @@ class MalformedRequest(FitserveError):
 class Unauthorized(FitserveError):
     code = "unauthorized"
     title = "Unauthorized"
+
+
+class Forbidden(FitserveError):
+    """The key is valid but may not do this (a route for admin keys only)."""
+
+    code = "forbidden"
+    title = "Forbidden"
 
 
 class NotFound(FitserveError):
@@ -223,6 +235,13 @@ class InvalidData(FitserveError):
     title = "Invalid data"
 
 
+class TimedOut(FitserveError):
+    """A computation for the request ran past its time limit (504)."""
+
+    code = "timeout"
+    title = "Timed out"
+
+
 class RateLimited(FitserveError):
     code = "rate_limited"
     title = "Too many requests"
@@ -237,6 +256,13 @@ class QuotaExceeded(RateLimited):
 
     code = "quota_exceeded"
     title = "Quota exceeded"
+
+
+class InsufficientStorage(FitserveError):
+    """A key's storage quota (stored jobs, datasets, bytes) is used up (507)."""
+
+    code = "insufficient_storage"
+    title = "Insufficient storage"
 
 
 class Unavailable(FitserveError):

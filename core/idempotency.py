@@ -20,7 +20,7 @@ import orjson
 import redis
 
 from core.errors import Conflict
-from core.jobs import PREFIX
+from core.rediskeys import idempotency_key
 
 log = logging.getLogger("fitserve.idempotency")
 
@@ -69,8 +69,7 @@ class IdempotencyKeys:
         self.kind = kind
 
     def key_name(self, owner: str | None, key: str) -> str:
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        return f"{PREFIX}idempotency:{self.kind}:{owner or '-'}:{digest}"
+        return idempotency_key(self.kind, owner, key)
 
     @contextlib.contextmanager
     def claim(

@@ -26,29 +26,32 @@ def create_app(settings: Settings | None = None) -> Flask:
         health,
         http,
         jobs,
-        limits,
         metrics,
         oip,
         openapi,
         problems,
+        proxies,
+        servables,
         state,
         tfserving,
         validate,
     )
 
     state.build(app, settings)
-    # In this order: request ids first; metrics before auth, so a refused request is timed and
-    # counted too; rate limits after auth, which names the key a request is counted against.
+    # In this order: the client's address first (limits and logs read it), then request ids;
+    # metrics before auth, so a refused request is timed and counted too; authentication
+    # counts each request against its key's limits (service/limits.py).
     for module in (
+        proxies,
         http,
         metrics,
         auth,
-        limits,
         problems,
         health,
         datasets,
         validate,
         jobs,
+        servables,
         tfserving,
         oip,
         dashboard,

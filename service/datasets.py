@@ -28,11 +28,11 @@ from core.errors import (
     UnsupportedMediaType,
 )
 from core.idempotency import fingerprint
-from core.jobs import dataset_jobs_key
 from core.storage import new_id
 from service.auth import can_see, owner
 from service.http import idempotency_key, json_body, json_response, page_args
-from service.state import data_dir, idempotency_keys, redis_client, settings
+from service.limits import check_dataset_quota, keep_within_dataset_quota
+from service.state import data_dir, idempotency_keys, job_store, settings
 
 log = logging.getLogger("fitserve.service")
 bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
@@ -81,6 +81,8 @@ def create_dataset():
         raise UnsupportedMediaType(
             f"Expected {ACCEPTED_TYPES}, got Content-Type {request.mimetype or 'none'!r}."
         )
+    # Before the upload is read: a key over its quota sends nothing more to disk.
+    check_dataset_quota(owner())
     key = idempotency_key()
     document = json_body() if is_json else None
     upload = None if is_json else _file_part()
@@ -96,6 +98,7 @@ def create_dataset():
             )
         else:
             manifest = _store_upload(dataset_id, upload)
+        keep_within_dataset_quota(manifest)
         held.bind(dataset_id)
     return _manifest_response(manifest, 201)
 
@@ -119,7 +122,7 @@ def show_dataset(dataset_id: str):
 def delete_dataset(dataset_id: str):
     """204, or 409 while a live job uses the dataset (the jobs keep a Redis set of their ids)."""
     visible_manifest(dataset_id)
-    users = redis_client().scard(dataset_jobs_key(dataset_id))
+    users = job_store().count_live_using(dataset_id)
     if users:
         raise Conflict(f"Dataset {dataset_id} is used by {users} live job(s); nothing was deleted.")
     datasets.delete_dataset(data_dir(), dataset_id)

@@ -39,10 +39,14 @@ def echo_request_id(response: Response) -> Response:
     return response
 
 
-def json_body() -> Any:
-    """The request body parsed as strict JSON (see `parse_json`)."""
+def json_body(*, any_type: bool = False) -> Any:
+    """The request body parsed as strict JSON (see `parse_json`).
+
+    `any_type`: parse it whatever the Content-Type says (the prediction routes, as TF Serving
+    and Triton do).
+    """
     mimetype = request.mimetype
-    if mimetype != "application/json" and not mimetype.endswith("+json"):
+    if not any_type and mimetype != "application/json" and not mimetype.endswith("+json"):
         raise UnsupportedMediaType(
             f"Expected Content-Type: application/json, got {mimetype or 'none'!r}."
         )
