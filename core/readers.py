@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from core.errors import FieldError, InvalidData, pointer
+from core.errors import MAX_ERRORS, FieldError, InvalidData, pointer
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
@@ -34,7 +34,8 @@ MAX_ARRAYS = 64
 # Deflate reaches about 1000:1 on constant data; real arrays (even one-hot labels) stay far below.
 MAX_COMPRESSION_RATIO = 200
 MAX_CLASSES = 65_536
-MAX_REPORTED_ERRORS = 20
+# The one cap on listed errors (core.errors): a CSV stops collecting once it is reached.
+MAX_REPORTED_ERRORS = MAX_ERRORS
 _CSV_BATCH = 4096
 CHUNK_BYTES = 4 << 20
 _ENCRYPTED = 0x1
