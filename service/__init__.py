@@ -5,8 +5,15 @@ from __future__ import annotations
 import logging
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 from core.settings import Settings
+
+
+class OrderedJSON(DefaultJSONProvider):
+    """Flask's own JSON (a template's `tojson`) keeps keys in the order they were written."""
+
+    sort_keys = False
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -15,7 +22,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     # Uploads stream to disk; the hard ceiling is the upload limit plus multipart overhead.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + (1 << 20)
-    app.json.sort_keys = False
+    app.json = OrderedJSON(app)
     logging.getLogger("fitserve").setLevel(settings.log_level)
 
     from service import (

@@ -92,7 +92,9 @@ def _deeper_than(document: Any, limit: int) -> bool:
     return bool(level)
 
 
-def json_response(document: Any, status: int = 200, headers: dict[str, str] | None = None):
+def json_response(
+    document: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     response = Response(orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY), status=status)
     response.mimetype = "application/json"
     for name, value in (headers or {}).items():
