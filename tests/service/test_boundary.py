@@ -6,6 +6,7 @@ problem document; nothing is a 5xx.
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 from typing import Any
 from urllib.parse import quote
@@ -217,11 +218,9 @@ def test_a_bad_cursor_is_a_422_at_cursor_for_every_list(client, job_id, route, c
 
 @pytest.fixture
 def doomed_redis(tmp_path):
-    """A redis-server of this test's own, which the test stops."""
-    server = redis_server(tmp_path / "redis")
-    url = server.__enter__()
-    yield url, lambda: server.__exit__(None, None, None)
-    server.__exit__(None, None, None)
+    """A redis-server of this test's own, and the way to stop it (teardown stops it otherwise)."""
+    with contextlib.ExitStack() as stack:
+        yield stack.enter_context(redis_server(tmp_path / "redis")), stack.close
 
 
 def test_routes_answer_503_while_redis_is_down(settings, doomed_redis):
