@@ -21,6 +21,9 @@ class Settings:
     max_json_bytes: int = 16 << 20
     # Uncompressed bytes one dataset may hold (an .npz expands; its members are checked first).
     max_dataset_bytes: int = 4 << 30
+    # CPU seconds one upload may spend being read and described (on its own thread); past it the
+    # upload is refused with a 413, so no upload can hold an API thread for long.
+    upload_cpu_seconds: int = 120
     max_params: int = 50_000_000
     max_layers: int = 512
     max_epochs: int = 1000

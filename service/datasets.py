@@ -163,7 +163,9 @@ def _store_multipart(dataset_id: str) -> dict:
 def _store_json(dataset_id: str) -> dict:
     document = json_body()
     body = request.get_data(cache=True)
-    return datasets.store_json(data_dir(), dataset_id, document, body, owner=owner())
+    return datasets.store_json(
+        data_dir(), dataset_id, document, body, settings=settings(), owner=owner()
+    )
 
 
 @contextlib.contextmanager
