@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core import datasets, readers
-from core.errors import InvalidData, InvalidRequest, NotFound
+from core.errors import InvalidData, InvalidRequest, NotFound, PayloadTooLarge
 from core.settings import Settings
 from core.storage import DataDir, new_id
 
@@ -229,6 +230,79 @@ def test_csv_errors_are_listed_in_line_order_and_capped(data, tmp_path):
     paths = [error.path for error in caught.value.errors]
     assert len(paths) == readers.MAX_REPORTED_ERRORS
     assert paths[:3] == ["/file/rows/2/columns/a", "/file/rows/3", "/file/rows/4/columns/a"]
+    assert caught.value.errors_omitted == 60 - readers.MAX_REPORTED_ERRORS
+
+
+def test_csv_reading_stops_at_the_batch_where_errors_reach_the_cap(data, tmp_path, monkeypatch):
+    """Millions of bad cells build 50 errors, count the rest of one batch, and stop there."""
+    monkeypatch.setattr(readers, "_CSV_BATCH_CELLS", 300)
+    with pytest.raises(InvalidData) as caught:
+        store(data, tmp_path, b"a,b,label\n" + b"x,x,1\n" * 1_000_000)
+    assert len(caught.value.errors) == readers.MAX_REPORTED_ERRORS
+    # 100 rows a batch: the first batch's 200 bad cells are found, 150 of them counted.
+    assert caught.value.errors_omitted == 150
+    assert "stopped at line 101" in caught.value.detail
+
+
+def test_csv_header_checks_are_linear_and_capped(data, tmp_path):
+    """Repeated names are found with one count, however many; a header past the column cap is
+    refused unread, and so is a line past the line cap."""
+    started = time.process_time()
+    repeated = ",".join(f"c{i % 16_000}" for i in range(32_000)) + ",label\n1\n"
+    error = refusal(lambda: store(data, tmp_path, repeated.encode()))
+    assert (error["expected"], len(error["received"])) == ("unique names", 50)
+    wide = ",".join(["c"] * (readers.MAX_CSV_COLUMNS + 1)) + "\n"
+    error = refusal(lambda: store(data, tmp_path, wide.encode()))
+    assert error["received"] == readers.MAX_CSV_COLUMNS + 1
+    long = "a,label\n1,2\n" + "9" * (readers.MAX_CSV_LINE_CHARS + 1) + "\n"
+    error = refusal(lambda: store(data, tmp_path, long.encode()))
+    assert (error["path"], error["expected"]) == (
+        "/file/rows/3",
+        "lines of at most 4194304 characters",
+    )
+    assert time.process_time() - started < 2
+
+
+def test_npz_central_directory_is_bounded_before_it_is_parsed(data, tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for index in range(3_000):
+            archive.writestr(f"m{index}.npy", b"")
+    error = refusal(lambda: store(data, tmp_path, buffer.getvalue()))
+    assert error["path"] == "/file"
+    assert error["expected"] == f"at most {readers.MAX_CENTRAL_DIRECTORY_BYTES} bytes"
+    assert error["received"] > readers.MAX_CENTRAL_DIRECTORY_BYTES
+
+
+def npz_of(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [npy_declaring("<f8", (4, 3), bytes(96)), b"a,label\n1,2\n", npz_of(x=np.ones(3))],
+    ids=["npy", "csv", "npz"],
+)
+def test_every_format_is_held_to_the_cpu_budget(data, tmp_path, content):
+    source = tmp_path / "upload"
+    source.write_bytes(content)
+    with pytest.raises(PayloadTooLarge, match="CPU"):
+        datasets.store_upload(
+            data,
+            new_id(),
+            source,
+            settings=Settings(upload_cpu_seconds=0),
+            owner=None,
+            filename="f",
+        )
+    assert list(data.datasets.iterdir()) == []
+    document = {"arrays": {"x": [1, 2]}}
+    with pytest.raises(PayloadTooLarge, match="CPU"):
+        datasets.store_json(
+            data, new_id(), document, b"{}", settings=Settings(upload_cpu_seconds=0), owner=None
+        )
 
 
 def test_json_pointer_escapes_names():
