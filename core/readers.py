@@ -49,6 +49,8 @@ MAX_DIMS = 32
 # A member's central directory record is 46 bytes plus its name and extra fields.
 MAX_CENTRAL_DIRECTORY_BYTES = MAX_ARRAYS * 1024
 MAX_CLASSES = 65_536
+# Class names go into the manifest and every classify answer.
+MAX_LABEL_CHARS = 256
 MAX_CSV_COLUMNS = 32_768
 # A line is read whole before the csv module splits it: longer ones are refused unread.
 MAX_CSV_LINE_CHARS = 4 << 20
@@ -400,8 +402,10 @@ class _Labels:
     one, and as class ids in first-seen order."""
 
     def __init__(self, folder: Path) -> None:
-        self.numbers: NpyWriter | None = NpyWriter(folder / "labels.f8.npy", (), np.float64)
-        self.ids = NpyWriter(folder / "labels.i8.npy", (), np.int64)
+        self.numbers: NpyWriter | None = NpyWriter(
+            folder / "labels.f8.npy", (), np.dtype(np.float64)
+        )
+        self.ids = NpyWriter(folder / "labels.i8.npy", (), np.dtype(np.int64))
         self.names: dict[str, int] = {}
         self.integer = True
 
@@ -527,7 +531,7 @@ def _read_rows(
     reach their cap. Once a problem is known nothing more is written: the upload is refused."""
     problems = Problems()
     label_index = header.index(label)
-    for batch in _csv_batches(reader, max(1, _CSV_BATCH_CELLS // len(header))):
+    for batch in _csv_batches(reader):
         budget.check()
         parsed = _parse_batch(batch, header, features, label_index)
         if parsed is None:
@@ -571,16 +575,19 @@ def _feature_columns(header: list[str], label: str) -> list[int]:
     return features
 
 
-def _csv_batches(reader: Any, size: int) -> Iterator[list[tuple[int, list[str]]]]:
-    """Batches of `size` (line number, row), ragged rows included; blank lines skipped."""
+def _csv_batches(reader: Any) -> Iterator[list[tuple[int, list[str]]]]:
+    """Batches of (line number, row) of about _CSV_BATCH_CELLS cells, ragged rows included;
+    blank lines skipped."""
     batch: list[tuple[int, list[str]]] = []
+    cells = 0
     for row in reader:
         if not row:
             continue
         batch.append((reader.line_num, row))
-        if len(batch) == size:
+        cells += len(row)
+        if cells >= _CSV_BATCH_CELLS:
             yield batch
-            batch = []
+            batch, cells = [], 0
     if batch:
         yield batch
 
@@ -592,7 +599,7 @@ def _parse_batch(
     if any(len(row) != len(header) for _, row in batch):
         return None
     label_cells = [row[label_index].strip() for _, row in batch]
-    if not all(label_cells):
+    if not all(label_cells) or max(map(len, label_cells)) > MAX_LABEL_CHARS:
         return None
     try:
         values = np.array([[row[i] for i in features] for _, row in batch], dtype=np.float32)
@@ -626,9 +633,15 @@ def _report_batch(
                 _add_cell_problem(
                     problems, line, header[index], row[index], "Not a number.", "a number"
                 )
-        if not row[label_index].strip():
+        label = row[label_index].strip()
+        if not label or len(label) > MAX_LABEL_CHARS:
             _add_cell_problem(
-                problems, line, header[label_index], "", "The label is empty.", "a label"
+                problems,
+                line,
+                header[label_index],
+                label,
+                "The label is empty." if not label else "The label is too long.",
+                f"a label of 1 to {MAX_LABEL_CHARS} characters",
             )
 
 
@@ -676,9 +689,7 @@ def _json_array(value: Any, where: str) -> tuple[np.ndarray, list[str] | None]:
         raise _invalid(where, "The array is empty.", "a non-empty list", list(shape))
     kinds = set(map(type, leaves))
     if kinds == {str} and len(shape) == 1:
-        names = sorted(set(leaves))
-        ids = {name: position for position, name in enumerate(names)}
-        return np.array([ids[leaf] for leaf in leaves], dtype=np.int64), names
+        return _json_labels(leaves, where)
     dtype = np.float32 if float in kinds else np.int64 if int in kinds else np.bool_
     if kinds <= set(JSON_NUMBER_TYPES):
         try:
@@ -695,6 +706,23 @@ def _json_array(value: Any, where: str) -> tuple[np.ndarray, list[str] | None]:
         message = "Not a number; strings are accepted only as a flat list of labels."
     place = pointer(*where.strip("/").split("/"), *np.unravel_index(position, shape))
     raise _invalid(place, message, JSON_NUMBER, _json_preview(leaves[position]))
+
+
+def _json_labels(labels: list[str], where: str) -> tuple[np.ndarray, list[str]]:
+    """String labels as class ids, the sorted names kept; as many and as long as CSV labels."""
+    names = sorted(set(labels))
+    if len(names) > MAX_CLASSES:
+        raise _invalid(where, "The labels name too many classes.", f"at most {MAX_CLASSES}", None)
+    for position, label in enumerate(labels):
+        if not 1 <= len(label) <= MAX_LABEL_CHARS:
+            raise _invalid(
+                pointer(*where.strip("/").split("/"), position),
+                "The label is empty." if not label else "The label is too long.",
+                f"a label of 1 to {MAX_LABEL_CHARS} characters",
+                label[:100],
+            )
+    ids = {name: position for position, name in enumerate(names)}
+    return np.array([ids[label] for label in labels], dtype=np.int64), names
 
 
 def _json_shape(value: list, where: str) -> tuple[tuple[int, ...], list]:

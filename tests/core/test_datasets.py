@@ -216,6 +216,7 @@ def test_csv_labels_span_several_batches(data, tmp_path, monkeypatch):
         ("a,label\n", "/file", 0),
         ("a,label\n1,\n", "/file/rows/2/columns/label", ""),
         ('a,label\n"1,2\n', "/file/rows/2", 1),
+        ("a,label\n1," + "c" * 257 + "\n", "/file/rows/2/columns/label", "c" * 100),
     ],
 )
 def test_csv_refusals_name_the_place(data, tmp_path, text, path, received):
