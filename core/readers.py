@@ -565,7 +565,7 @@ def _feature_columns(header: list[str], label: str) -> list[int]:
     if label not in header:
         raise _invalid(
             "/label",
-            f"The CSV has no column named {label!r} for the labels.",
+            f"The CSV has no column named {label[:100]!r} for the labels.",
             f"one of {header[:50]}",
             label,
         )

@@ -218,7 +218,11 @@ SIZES = (
     | st.sampled_from([-1, 2**31, 2**32 + 1, 2**62, 2**63, 2**64 + 1, 10**30])
     | st.integers(-(2**70), 2**70)
 )
-SHAPES = st.lists(SIZES, max_size=6).map(tuple) | st.integers(33, 200).map(lambda n: (1,) * n)
+SHAPES = (
+    st.lists(SIZES, max_size=6).map(tuple)
+    | st.sampled_from([(2**62, 0), (0, 2**62), (0,), (3, 0), (2**31, 2**31, 0)])
+    | st.integers(33, 200).map(lambda n: (1,) * n)
+)
 
 
 @st.composite
