@@ -56,7 +56,7 @@ MAX_CSV_COLUMNS = 32_768
 MAX_CSV_LINE_CHARS = 4 << 20
 MAX_REPORTED_ERRORS = 50
 # CSV rows are parsed in batches of about this many cells, whatever the width.
-_CSV_BATCH_CELLS = 1 << 18
+_CSV_BATCH_CELLS = 1 << 16
 CHUNK_BYTES = 4 << 20
 _ENCRYPTED = 0x1
 
