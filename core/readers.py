@@ -80,7 +80,7 @@ class CpuBudget:
         if spent > self.seconds:
             raise PayloadTooLarge(
                 f"Reading the upload took more than {self.seconds:g} s of CPU, the most one "
-                "upload may take; send it as .npy or .npz, or in parts.",
+                "upload may take; send the arrays as .npy or .npz.",
                 code="upload_too_costly",
             )
 
