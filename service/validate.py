@@ -5,7 +5,6 @@ from __future__ import annotations
 from flask import Blueprint
 
 from core import grammar
-from core.grammar.shapes import summarize
 from service.datasets import visible_manifest
 from service.http import json_body, json_response
 from service.state import settings
@@ -16,7 +15,5 @@ bp = Blueprint("validate", __name__)
 @bp.post("/v1/jobs:validate")
 def validate_job():
     """200 with the model summary, or 422 with every error in the request at once."""
-    normalized = grammar.parse_job_request(
-        json_body(), settings=settings(), manifest_of=visible_manifest
-    )
-    return json_response(summarize(normalized))
+    parsed = grammar.parse_job(json_body(), settings=settings(), manifest_of=visible_manifest)
+    return json_response(parsed.summary)

@@ -72,8 +72,9 @@ def answer(body: Any) -> None:
 
 
 def test_both_bases_are_valid() -> None:
-    answer(SHORT)
-    answer(KERAS_FORM)
+    # The fuzz tests change one place of these; a base refused as a whole would test nothing.
+    for base in (SHORT, KERAS_FORM):
+        parse_job_request(base, settings=Settings(), manifest_of=MNIST_LIKE)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -73,18 +73,25 @@ def test_batches_stop_at_max_rows_in_arrival_order():
 
 
 def test_a_waiting_request_runs_itself_after_max_latency():
-    forward = Recorder()
+    release = threading.Event()
+
+    def forward(inputs):
+        if not inputs[0].any():  # the zeros request's pass hangs until released
+            release.wait(10)
+        return {"out": inputs[0] * 2}
+
     batcher = Batcher(forward, max_rows=64, max_latency=0.05)
-    forward.gate.clear()
     with ThreadPoolExecutor(2) as pool:
-        stuck = pool.submit(batcher.submit, [np.zeros((1, 1))])
-        wait_for(lambda: batcher._running, 10, "the first pass to start", interval=0.001)
-        late = pool.submit(batcher.submit, [np.ones((1, 1))])
-        time.sleep(0.2)
-        forward.gate.set()  # the late request's own pass also waits for the gate
-        assert np.array_equal(late.result(10)["out"], [[2.0]])
-        stuck.result(10)
-    assert forward.rows == [1, 1]
+        try:
+            stuck = pool.submit(batcher.submit, [np.zeros((1, 1))])
+            wait_for(lambda: batcher._running, 10, "the first pass to start", interval=0.001)
+            late = pool.submit(batcher.submit, [np.ones((1, 1))])
+            # Answered while the first pass still hangs: the late request ran its own pass.
+            assert np.array_equal(late.result(5)["out"], [[2.0]])
+            assert not stuck.done()
+        finally:
+            release.set()
+        assert np.array_equal(stuck.result(10)["out"], [[0.0]])
 
 
 def test_an_error_reaches_every_request_of_its_pass():
@@ -113,3 +120,34 @@ def test_many_threads_get_their_own_rows_back():
     assert len(forward.rows) < 200
     assert max(forward.rows) <= 16
     assert batcher._running == 0
+
+
+class Picky(Recorder):
+    """A Recorder whose pass fails when any row is negative, as a layer refusing a value does."""
+
+    def __call__(self, inputs):
+        if (inputs[0] < 0).any():
+            self.rows.append(len(inputs[0]))
+            raise ValueError("a negative row")
+        return super().__call__(inputs)
+
+
+def test_a_request_that_fails_a_shared_pass_fails_alone():
+    forward = Picky()
+    batcher = Batcher(forward, max_rows=64, max_latency=5.0)
+    forward.gate.clear()
+    values = [1.0, -1.0, 2.0, 3.0]
+    with ThreadPoolExecutor(5) as pool:
+        first = pool.submit(batcher.submit, [np.full((1, 2), 100.0)])
+        wait_for(lambda: batcher._running, 10, "the first pass to start", interval=0.001)
+        rest = [pool.submit(batcher.submit, [np.full((1, 2), value)]) for value in values]
+        wait_for(lambda: len(batcher._waiting) >= 4, 10, "4 requests queued", interval=0.001)
+        forward.gate.set()
+        assert first.result(10)["out"].tolist() == [[200.0, 200.0]]
+        with pytest.raises(ValueError, match="negative"):
+            rest[1].result(10)
+        for value, future in zip(values, rest, strict=True):
+            if value > 0:
+                assert future.result(10)["out"].tolist() == [[2 * value] * 2]
+    assert forward.rows[:2] == [1, 4]  # the shared pass failed, then each ran alone
+    assert sorted(forward.rows[2:]) == [1, 1, 1, 1]
