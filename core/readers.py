@@ -425,7 +425,9 @@ class _Labels:
             return
         self.numbers.append(values)
         if self.integer:
-            self.integer = bool(np.isfinite(values).all() and (values == np.trunc(values)).all())
+            # Whole numbers past int64's range (1e30) stay floats.
+            whole = np.isfinite(values) & (values == np.trunc(values)) & (np.abs(values) < 2**63)
+            self.integer = bool(whole.all())
 
     def write(self, path: Path) -> list[str] | None:
         """Write `y`; return the class names when the labels are strings, else None."""
@@ -454,9 +456,11 @@ def _rewrite(source: Path, target: Path, convert: Any) -> None:
         header = read_npy_header(handle, "/file")
         example = convert(np.empty(0, dtype=header.dtype))
         writer = NpyWriter(target, (), example.dtype)
-        while chunk := handle.read(CHUNK_BYTES):
-            writer.append(convert(np.frombuffer(chunk, dtype=header.dtype)))
-    writer.finish()
+        try:
+            while chunk := handle.read(CHUNK_BYTES):
+                writer.append(convert(np.frombuffer(chunk, dtype=header.dtype)))
+        finally:
+            writer.finish()
     source.unlink()
 
 

@@ -187,6 +187,13 @@ def test_csv_numeric_labels_and_blank_lines(data, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["a0.npy", "a1.npy", "manifest.json"]
 
 
+def test_csv_whole_number_labels_past_int64_stay_floats(data, tmp_path):
+    manifest = store(data, tmp_path, b"a,label\n1,3\n2,1e30\n")
+    assert manifest["arrays"]["y"]["dtype"] == "float32"
+    y = datasets.open_array(data, manifest["id"], "y")
+    np.testing.assert_array_equal(y, np.array([3, 1e30], dtype=np.float32))
+
+
 def test_csv_labels_span_several_batches(data, tmp_path, monkeypatch):
     monkeypatch.setattr(readers, "_CSV_BATCH_CELLS", 6)
     monkeypatch.setattr(readers, "CHUNK_BYTES", 16)
