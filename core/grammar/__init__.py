@@ -10,16 +10,15 @@ from collections.abc import Callable
 from typing import Any
 
 from core.errors import FieldError, InvalidRequest
-from core.grammar.allowlist import REQUEST_KEYS, REQUEST_NAME, SEED, grammar_schema
+from core.grammar.allowlist import PRIORITY, REQUEST_KEYS, REQUEST_NAME, SEED, resource_kinds
 from core.grammar.compile import parse_compile
 from core.grammar.fit import parse_fit
-from core.grammar.kinds import INVALID, Boolean, Integer, Place, check_arguments
+from core.grammar.kinds import INVALID, Place, check_arguments
 from core.grammar.model import ParsedModel, parse_model
+from core.grammar.schema import grammar_schema
 from core.settings import Settings
 
 __all__ = ["grammar_schema", "parse_job_request"]
-
-PRIORITY = Integer(0, 9)
 
 
 def parse_job_request(
@@ -63,7 +62,7 @@ def _parse_header(body: dict[str, Any], place: Place, settings: Settings) -> dic
     name = body.get("name")
     resources = check_arguments(
         body.get("resources"),
-        {"gpus": Integer(1, settings.max_gpus_per_job), "mixed_precision": Boolean()},
+        resource_kinds(settings.max_gpus_per_job),
         place.at("resources").inside("resources"),
         "resource",
     )

@@ -19,12 +19,12 @@ from core.settings import Settings
 DATA_KEYS = ("dataset", "x", "y", "sample_weight", "preprocess", "validation", "test")
 SPLIT_KEYS = ("dataset", "x", "y")
 X_STEPS = ("scale", "offset", "reshape")
-CHECKPOINT_KEYS = ("monitor", "mode", "keep")
 SCALE = Number()
 ONE_HOT = Integer(2, 1_000_000)
 RESHAPE_DIM = Integer(1, 1 << 24)
 KEEP = Integer(1, 100)
 MODE = Choice(("min", "max", "auto"))
+CHECKPOINT_KINDS = {"monitor": MONITOR, "mode": MODE, "keep": KEEP}
 SPARSE_LOSSES = {"sparse_categorical_crossentropy", "SparseCategoricalCrossentropy"}
 # Keras's own `mode="auto"` rule, widened to the metrics that grow as a model improves.
 HIGHER_IS_BETTER = ("acc", "auc", "precision", "recall", "r2", "true_positives")
@@ -530,8 +530,8 @@ def parse_checkpoint(raw: Any, spec: dict[str, Any], *, settings: Settings) -> d
         place.refuse(raw, 'an object with "monitor", "mode" and "keep"')
         raise InvalidRequest("The checkpoint section is invalid.", errors=errors)
     for key in raw:
-        if key not in CHECKPOINT_KEYS:
-            place.refuse_key(key, list(CHECKPOINT_KEYS), "key")
+        if key not in CHECKPOINT_KINDS:
+            place.refuse_key(key, list(CHECKPOINT_KINDS), "key")
     validation = _has_validation(spec)
     monitor, at = _default_monitor(spec, validation, errors)
     if "monitor" in raw:

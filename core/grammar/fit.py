@@ -24,12 +24,21 @@ MAX_STEPS = 100_000_000
 CALLBACK_KEYS = ("module", "class_name", "config", "registered_name")
 CLASS_WEIGHT = Number(0)
 MAX_CLASSES = 100_000
-# Model.fit arguments that name data: the request names arrays in `data` instead.
-MOVED = {
-    "x": "data.x",
-    "y": "data.y",
-    "sample_weight": "data.sample_weight",
-    "validation_data": "data.validation",
+# Model.fit arguments the request does not take here, each with what to use instead: data is
+# named in `data`, and a job's epochs always count from 1 (version N is the model after N
+# epochs), so warm start is how a job continues from another's weights.
+REFUSED = {
+    **{
+        key: f"fit.{key} is not read here: {where} names it in the request."
+        for key, where in {
+            "x": "data.x",
+            "y": "data.y",
+            "sample_weight": "data.sample_weight",
+            "validation_data": "data.validation",
+        }.items()
+    },
+    "initial_epoch": "fit.initial_epoch is not accepted: a job's epochs count from 1. To start "
+    "from an earlier job's weights, use warm_start.",
 }
 CALLBACK = Catalog("callback", (), CALLBACK_CLASSES)
 
@@ -43,7 +52,6 @@ def fit_kinds(settings: Settings) -> dict[str, Kind]:
         "epochs": Integer(1, settings.max_epochs),
         "validation_split": RATE,
         "shuffle": Boolean(),
-        "initial_epoch": Integer(0, settings.max_epochs - 1),
         "steps_per_epoch": steps,
         "validation_steps": steps,
         "validation_batch_size": Nullable(batch),
@@ -59,7 +67,6 @@ DEFAULTS = {
     "validation_split": 0.0,
     "shuffle": True,
     "class_weight": None,
-    "initial_epoch": 0,
     "steps_per_epoch": None,
     "validation_steps": None,
     "validation_batch_size": None,
@@ -71,24 +78,15 @@ DEFAULTS = {
 def parse_fit(value: Any, place: Place, settings: Settings) -> Any:
     """Normalize `fit` with Keras's defaults filled in; INVALID after recording every error."""
     place = place.inside("fit")
-    if isinstance(value, dict) and MOVED.keys() & value.keys():
-        for key in MOVED.keys() & value.keys():
-            where = MOVED[key]
-            place.at(key).refuse(
-                key, where, f"fit.{key} is not read here: {where} names it in the request."
-            )
-        value = {key: item for key, item in value.items() if key not in MOVED}
-        check_arguments(value, fit_kinds(settings), place)
-        return INVALID
+    refused = sorted(REFUSED.keys() & value.keys()) if isinstance(value, dict) else []
+    for key in refused:
+        place.at(key).refuse(value[key], "no such argument in fit", REFUSED[key])
+    if refused:
+        value = {key: item for key, item in value.items() if key not in REFUSED}
     result = check_arguments(value, fit_kinds(settings), place)
-    if result is INVALID:
+    if result is INVALID or refused:
         return INVALID
-    fit = {**DEFAULTS, **result}
-    if fit["initial_epoch"] >= fit["epochs"]:
-        return place.at("initial_epoch").refuse(
-            fit["initial_epoch"], f"an integer below epochs ({fit['epochs']})"
-        )
-    return fit
+    return {**DEFAULTS, **result}
 
 
 class ClassWeight(Kind):
