@@ -45,6 +45,10 @@ def parse_job_request(
     if parsed is not None and not errors:
         _infer(parsed, settings, errors)
     _parse_data_sections(body, spec, settings, manifest_of, errors)
+    if parsed is not None and not errors:
+        from core.cost import cost_errors
+
+        errors.extend(cost_errors(spec, settings, manifest_of, parsed.paths))
     if errors:
         raise _invalid(errors)
     return spec

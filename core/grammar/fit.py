@@ -29,7 +29,7 @@ MAX_CLASSES = 100_000
 # epochs), so warm start is how a job continues from another's weights.
 REFUSED = {
     **{
-        key: f"fit.{key} is not read here: {where} names it in the request."
+        key: (where, f"fit.{key} is not read here: {where} names it in the request.")
         for key, where in {
             "x": "data.x",
             "y": "data.y",
@@ -37,8 +37,11 @@ REFUSED = {
             "validation_data": "data.validation",
         }.items()
     },
-    "initial_epoch": "fit.initial_epoch is not accepted: a job's epochs count from 1. To start "
-    "from an earlier job's weights, use warm_start.",
+    "initial_epoch": (
+        "warm_start",
+        "fit.initial_epoch is not accepted: a job's epochs count from 1. To start from an "
+        "earlier job's weights, use warm_start.",
+    ),
 }
 CALLBACK = Catalog("callback", (), CALLBACK_CLASSES)
 
@@ -80,7 +83,7 @@ def parse_fit(value: Any, place: Place, settings: Settings) -> Any:
     place = place.inside("fit")
     refused = sorted(REFUSED.keys() & value.keys()) if isinstance(value, dict) else []
     for key in refused:
-        place.at(key).refuse(value[key], "no such argument in fit", REFUSED[key])
+        place.at(key).refuse(key, *REFUSED[key])
     if refused:
         value = {key: item for key, item in value.items() if key not in REFUSED}
     result = check_arguments(value, fit_kinds(settings), place)
