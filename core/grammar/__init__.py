@@ -12,7 +12,7 @@ from typing import Any
 from core.errors import FieldError, InvalidRequest
 from core.grammar.allowlist import PRIORITY, REQUEST_KEYS, REQUEST_NAME, SEED, resource_kinds
 from core.grammar.compile import parse_compile
-from core.grammar.fit import parse_fit
+from core.grammar.fit import check_fit_with_compile, parse_fit
 from core.grammar.kinds import INVALID, Place, check_arguments
 from core.grammar.model import ParsedModel, parse_model
 from core.grammar.schema import grammar_schema
@@ -42,6 +42,7 @@ def parse_job_request(
     spec["model"] = parsed.model if parsed else INVALID
     spec["compile"] = _parse_compile_section(body, place, parsed, outputs)
     spec["fit"] = parse_fit(body.get("fit"), place.at("fit"), settings)
+    check_fit_with_compile(spec["fit"], spec["compile"], place.at("fit"))
     if parsed is not None and not errors:
         _infer(parsed, settings, errors)
     _parse_data_sections(body, spec, settings, manifest_of, errors)

@@ -26,6 +26,11 @@ KEEP = Integer(1, 100)
 MODE = Choice(("min", "max", "auto"))
 CHECKPOINT_KINDS = {"monitor": MONITOR, "mode": MODE, "keep": KEEP}
 SPARSE_LOSSES = {"sparse_categorical_crossentropy", "SparseCategoricalCrossentropy"}
+SPARSE_METRICS = {
+    *SPARSE_LOSSES, "sparse_categorical_accuracy", "SparseCategoricalAccuracy",
+    "sparse_top_k_categorical_accuracy", "SparseTopKCategoricalAccuracy",
+}  # fmt: skip
+CATEGORICAL_METRICS = {"categorical_crossentropy", "CategoricalCrossentropy"}
 # Keras's own `mode="auto"` rule, widened to the metrics that grow as a model improves.
 HIGHER_IS_BETTER = ("acc", "auc", "precision", "recall", "r2", "true_positives")
 
@@ -88,6 +93,7 @@ class _Model:
         self.outputs = {o["name"]: o["shape"][1:] for o in summary["outputs"]}
         self.shapes = {i["name"]: i["shape"][1:] for i in summary["inputs"]}
         self.losses = _losses(spec.get("compile"), list(self.outputs))
+        self.metrics = _metric_names(spec.get("compile"), list(self.outputs))
         self.embeddings = [
             layer for layer in spec["model"]["layers"] if layer["class_name"] == "Embedding"
         ]
@@ -118,6 +124,39 @@ def _losses(options: Any, outputs: list[str]) -> dict[str, str | None]:
     if isinstance(loss, dict) and "class_name" not in loss:
         return {o: _loss_name(loss.get(o)) for o in outputs}
     return dict.fromkeys(outputs, _loss_name(loss))
+
+
+def _metric_names(options: Any, outputs: list[str]) -> dict[str, list[str]]:
+    """Each output's metric names (class names for objects), metrics and weighted ones."""
+    out: dict[str, list[str]] = {name: [] for name in outputs}
+    if not isinstance(options, dict):
+        return out
+    for key in ("metrics", "weighted_metrics"):
+        given = options.get(key) or []
+        per_output = given if isinstance(given, dict) else dict.fromkeys(outputs, given)
+        for name, metrics in per_output.items():
+            out.setdefault(name, []).extend(filter(None, map(_loss_name, metrics)))
+    return out
+
+
+def _metric_problem(output: Shape, targets: Shape, metrics: list[str]) -> tuple[str, str] | None:
+    """(message, expected) when a metric cannot read the targets an output trains on: sparse
+    metrics read class ids, categorical crossentropy one value per class."""
+    per_class = targets == output and (output[-1] if output else 1) != 1
+    for metric in metrics:
+        if metric in SPARSE_METRICS and per_class:
+            return (
+                f"metric {metric} reads class ids, and the targets have one value per class "
+                f"(rows of shape {targets})",
+                "metrics without 'sparse' for one-hot targets",
+            )
+        if metric in CATEGORICAL_METRICS and targets != output:
+            return (
+                f"metric {metric} reads one value per class (rows of shape {output}), and the "
+                f"targets have rows of shape {targets}",
+                "sparse_categorical_crossentropy as the metric for class ids",
+            )
+    return None
 
 
 def _loss_name(loss: Any) -> str | None:
@@ -357,6 +396,11 @@ class _Split:
                 one_hot.get(name),
                 (self.manifest or {}).get("classes", {}).get(array),
             )
+            if problem is None:
+                targets = [one_hot[name]] if name in one_hot else entry["shape"][1:]
+                problem = _metric_problem(
+                    self.outputs[name], targets, self.model.metrics.get(name, [])
+                )
             if problem:
                 message, expected = problem
                 at.refuse(array, expected, f"Output {name!r} and array {array!r}: {message}")

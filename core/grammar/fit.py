@@ -8,7 +8,6 @@ from core.grammar.allowlist import CALLBACK_CLASSES, RATE, REFUSED_CALLBACKS
 from core.grammar.kinds import (
     INVALID,
     Boolean,
-    Catalog,
     Integer,
     Kind,
     Nullable,
@@ -16,6 +15,7 @@ from core.grammar.kinds import (
     Place,
     check_arguments,
     check_class_name,
+    keras_object_schema,
 )
 from core.settings import Settings
 
@@ -43,7 +43,6 @@ REFUSED = {
         "earlier job's weights, use warm_start.",
     ),
 }
-CALLBACK = Catalog("callback", (), CALLBACK_CLASSES)
 
 
 def fit_kinds(settings: Settings) -> dict[str, Kind]:
@@ -115,6 +114,8 @@ class ClassWeight(Kind):
             "type": ["object", "null"],
             "patternProperties": {"^[0-9]{1,9}$": CLASS_WEIGHT.schema()},
             "additionalProperties": False,
+            "minProperties": 1,
+            "maxProperties": MAX_CLASSES,
         }
 
 
@@ -147,4 +148,30 @@ class Callbacks(Kind):
         return INVALID if config is INVALID else {"class_name": name, "config": config}
 
     def schema(self) -> dict[str, Any]:
-        return {"type": "array", "items": CALLBACK.schema(), "maxItems": MAX_CALLBACKS}
+        objects = [
+            keras_object_schema(name, arguments, closed=True)
+            for name, arguments in CALLBACK_CLASSES.items()
+        ]
+        return {
+            "type": ["array", "null"],
+            "items": {"anyOf": objects},
+            "maxItems": MAX_CALLBACKS,
+        }
+
+
+def check_fit_with_compile(fit: Any, options: Any, place: Place) -> None:
+    """ReduceLROnPlateau sets the optimizer's learning rate, which Keras refuses for a
+    learning-rate schedule: the job would fail at the first plateau."""
+    if INVALID in (fit, options):
+        return
+    schedule = options["optimizer"]["config"].get("learning_rate")
+    if not isinstance(schedule, dict):
+        return
+    for index, callback in enumerate(fit["callbacks"]):
+        if callback["class_name"] == "ReduceLROnPlateau":
+            place.at("callbacks").at(index).refuse(
+                "ReduceLROnPlateau",
+                "no ReduceLROnPlateau with a learning-rate schedule",
+                "ReduceLROnPlateau changes the learning rate, and the optimizer's learning rate "
+                f"is the schedule {schedule['class_name']}: use one or the other.",
+            )

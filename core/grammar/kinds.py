@@ -575,9 +575,9 @@ def keras_object_schema(
 
 
 def arguments_schema(arguments: Mapping[str, Kind]) -> dict[str, Any]:
-    """The JSON Schema of a `config` object read by `check_arguments`."""
+    """The JSON Schema of a `config` object read by `check_arguments` (null reads as {})."""
     return {
-        "type": "object",
+        "type": ["object", "null"],
         "properties": {key: kind.schema() for key, kind in arguments.items()},
         "required": [key for key, kind in arguments.items() if isinstance(kind, Required)],
         "additionalProperties": False,
