@@ -587,10 +587,15 @@ SECTION_PARSERS = {
         value, {"data": {"validation": {}}, "fit": {"callbacks": []}}, settings=SETTINGS
     ),
 }
+SECTION_KINDS = {
+    "resources": allowlist.resource_kinds(SETTINGS.max_gpus_per_job),
+    "fit": fit_kinds(SETTINGS),
+    "checkpoint": CHECKPOINT_KINDS,
+}
+# Valid sections (each argument inside its kind) and near-misses (some at or past the edges).
 SECTION_VALUES = {
-    "resources": config_of(allowlist.resource_kinds(SETTINGS.max_gpus_per_job), exact=False),
-    "fit": config_of(fit_kinds(SETTINGS), exact=False),
-    "checkpoint": config_of(CHECKPOINT_KINDS, exact=False),
+    section: config_of(arguments) | config_of(arguments, exact=False)
+    for section, arguments in SECTION_KINDS.items()
 }
 
 
