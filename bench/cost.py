@@ -6,12 +6,13 @@ For each of a dozen small jobs (MLPs, convolutions, recurrent layers, embeddings
 the request goes through the grammar and `core.cost.estimate_cost`, then trains in a fresh
 subprocess on in-memory data of the request's shapes, as a worker does:
 - memory: the process's peak resident memory while it makes the data, builds, compiles and
-  trains, less its memory once TensorFlow is imported (sampled every 2 ms);
+  trains, less its memory once TensorFlow has started (sampled every 2 ms);
 - step time: the median of the training steps after the first two (tracing excluded).
-The cost model counts operations, not seconds: two calibration jobs run first in the same
-command (a tiny MLP for the fixed cost of a step, a wide one for operations per second), and
-each estimate of a step's time is that fixed cost plus its operations at that rate.
-Prints a table of estimate, measurement and their ratio; the aim is each ratio within 2x.
+The cost model counts work, not seconds: four calibration jobs run first in the same command (a
+tiny MLP for the fixed cost of a step; a wide MLP, a large embedding and a long thin RNN for the
+seconds per operation, per parameter updated and per recurrent timestep), and each estimate of
+a step's time is the fixed cost plus the job's operations, parameters and timesteps at those
+rates. Prints a table of estimate, measurement and their ratio; the aim is each within 2x.
 """
 
 from __future__ import annotations
@@ -27,8 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from core.cost import TRAINING_PASSES  # noqa: E402
 
 AIM = 2.0
 DATASET = "0" * 32
@@ -46,6 +51,15 @@ def layer(class_name: str, **config: Any) -> dict[str, Any]:
 JOBS: dict[str, tuple[list[int], list[dict[str, Any]], Any, int, int, str]] = {
     "calibrate-tiny": ([4], [dense(2)], [2], 4096, 32, "mse"),
     "calibrate-wide": ([2048], [dense(2048), dense(2048), dense(8)], [8], 2048, 256, "mse"),
+    "calibrate-params": (
+        [4],
+        [layer("Embedding", input_dim=200_000, output_dim=32), layer("Flatten"), dense(1)],
+        [1],
+        2048,
+        16,
+        "mse",
+    ),
+    "calibrate-steps": ([400, 1], [layer("SimpleRNN", units=4), dense(1)], [1], 2048, 16, "mse"),
     "mlp-wide": (
         [1024],
         [dense(4096, activation="relu"), dense(4096), dense(10)],
@@ -178,7 +192,7 @@ def request_of(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
         },
         "classes": {},
     }
-    if name == "embedding":
+    if name in ("embedding", "calibrate-params"):
         manifest["arrays"]["x"]["stats"] = {**stats, "max": 49_999, "integer_valued": True}
     data: dict[str, Any] = {"dataset": DATASET, "x": "x", "y": "y"}
     if one_hot:
@@ -246,7 +260,7 @@ def measure(name: str, steps: int) -> dict[str, Any]:
     peak = PeakMemory()
     rng = np.random.default_rng(0)
     x_entry, y_entry = manifest["arrays"]["x"], manifest["arrays"]["y"]
-    if name == "embedding":
+    if name in ("embedding", "calibrate-params"):
         x = rng.integers(0, 50_000, x_entry["shape"]).astype("float32")
     else:
         x = rng.random(x_entry["shape"], dtype=np.float32)
@@ -305,15 +319,26 @@ def main() -> None:
     for name in names:
         measured[name] = run_child(name, args.steps)
         print(f"measured {name}: {measured[name]}", file=sys.stderr, flush=True)
-    tiny, wide = measured["calibrate-tiny"], measured["calibrate-wide"]
-    overhead = tiny["step_seconds"]
+    overhead = measured["calibrate-tiny"]["step_seconds"]
 
-    def step_flops(name: str) -> float:
+    def work(name: str) -> list[float]:
+        """A step's operations (forward and backward), parameters updated, timesteps."""
         cost = estimates[name]
-        return 3 * cost["flops_per_row"] * cost["batch_size"]
+        flops = TRAINING_PASSES * cost["flops_per_row"] * cost["batch_size"]
+        trainable = sum(layer["params"] for layer in cost["layers"])
+        return [flops, trainable, cost["recurrent_steps"]]
 
-    rate = step_flops("calibrate-wide") / max(wide["step_seconds"] - overhead, 1e-6)
-    print(f"calibration: {overhead * 1000:.2f} ms per step, {rate / 1e9:.1f} GFLOP/s")
+    calibration = ["calibrate-wide", "calibrate-params", "calibrate-steps"]
+    seconds = np.linalg.solve(
+        np.array([work(name) for name in calibration]),
+        np.array([measured[name]["step_seconds"] - overhead for name in calibration]),
+    )
+    per_flop, per_parameter, per_timestep = (float(v) for v in seconds)
+    print(
+        f"calibration: {overhead * 1000:.2f} ms per step, {1e-9 / per_flop:.1f} GFLOP/s, "
+        f"{per_parameter * 1e9:.2f} ns per parameter updated, {per_timestep * 1e3:.3f} ms per "
+        "timestep"
+    )
     header = (
         f"{'job':16} {'mem est':>10} {'mem meas':>10} {'ratio':>6}   "
         f"{'step est':>9} {'step meas':>9} {'ratio':>6}"
@@ -326,7 +351,7 @@ def main() -> None:
             continue
         est_mem = estimates[name]["memory_bytes"]
         meas_mem = measured[name]["memory_bytes"]
-        est_step = overhead + step_flops(name) / rate
+        est_step = overhead + float(np.dot(work(name), seconds))
         meas_step = measured[name]["step_seconds"]
         mem_ratio, step_ratio = meas_mem / est_mem, meas_step / est_step
         worst = max(worst, mem_ratio, 1 / mem_ratio, step_ratio, 1 / step_ratio)

@@ -2,10 +2,11 @@
 
 Per layer: values per row (what the forward pass keeps for the backward pass, and as much again
 for gradients), parameters with their gradients and optimizer slots, and floating-point
-operations per row; then the data the worker holds (arrays, one-hot targets) and the graph that
-unrolled recurrent layers make. A job over the worker's budget (`worker_memory_bytes`,
-`max_flops_per_epoch`) is refused with the part that costs most, so it never reaches a worker
-it would take down. Pure Python over the shapes of core.grammar.shapes: nothing is built.
+operations per row, and per step for the optimizer's update; then the data the worker holds
+(arrays, one-hot targets) and the graph that unrolled recurrent layers make. A job over the
+worker's budget (`worker_memory_bytes`, `max_flops_per_epoch`) is refused with the part that
+costs most, so it never reaches a worker it would take down. Pure Python over the shapes of
+core.grammar.shapes: nothing is built.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ POOLING = frozenset(
         "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
     }
 )  # fmt: skip
+# Each step's update reads and writes every trainable parameter, its gradient and its slots:
+# about ten elementwise operations per parameter (Adam's), whatever the batch.
+OPTIMIZER_OPS_PER_PARAMETER = 10
 # Optimizer state per trainable parameter (Keras's slot variables).
 OPTIMIZER_SLOTS = {
     "SGD": 0, "RMSprop": 1, "Adam": 2, "AdamW": 2, "Adadelta": 2, "Adagrad": 1, "Adamax": 2,
@@ -57,6 +61,8 @@ class LayerCost:
     params: int
     flops_per_row: int
     unrolled_steps: int = 0
+    # Timesteps run one after another (each direction of a Bidirectional layer counts).
+    recurrent_steps: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,8 +101,11 @@ def estimate_cost(spec: dict[str, Any], settings: Settings, manifest_of: Manifes
         "batch_size": batch,
         "values_per_row": values_per_row,
         "flops_per_row": flops_per_row,
+        "optimizer_flops_per_step": trainable * OPTIMIZER_OPS_PER_PARAMETER,
         "flops_per_epoch": TRAINING_PASSES * flops_per_row * train_rows
+        + math.ceil(train_rows / batch) * trainable * OPTIMIZER_OPS_PER_PARAMETER
         + flops_per_row * rows["validation"],
+        "recurrent_steps": sum(layer.recurrent_steps for layer in layers),
         "unrolled_steps": sum(layer.unrolled_steps for layer in layers),
         "budget": {
             "memory_bytes": settings.worker_memory_bytes,
@@ -247,7 +256,10 @@ def _layer_cost(layer: dict[str, Any], params: int, shapes: dict[str, Shape]) ->
             steps * RECURRENT_GATES[cell["class_name"]] * cell["config"]["units"] for cell in cells
         )
         unrolled = sum(steps for cell in cells if cell["config"].get("unroll"))
-    return LayerCost(layer["name"], class_name, values, params, flops, unrolled)
+        return LayerCost(
+            layer["name"], class_name, values, params, flops, unrolled, steps * len(cells)
+        )
+    return LayerCost(layer["name"], class_name, values, params, flops)
 
 
 def _directions(cfg: dict[str, Any]) -> list[dict[str, Any]]:
@@ -294,8 +306,13 @@ def _array_rows(part: dict[str, Any], manifest_of: ManifestOf) -> int:
 
 
 def _data_bytes(spec: dict[str, Any], manifest_of: ManifestOf) -> dict[str, int]:
-    """What the worker holds of the data, by the request's pointer: every array it reads in
-    full, and the one-hot targets it makes (rows x classes float32 values)."""
+    """What the worker holds of the data, by the request's pointer.
+
+    Keras's array adapter takes each array whole: floats are cast to float32, and `tf.data`
+    keeps one more copy as a tensor; so an array costs its stored bytes and a float32 (or same
+    width) copy, plus a cast copy for floats of another width. One-hot targets are made as
+    float64 (`to_categorical`), then cast and copied the same way.
+    """
     data, out = spec["data"], {}
     one_hot = data.get("one_hot") or {}
     for part in ("", "validation", "test"):
@@ -310,11 +327,19 @@ def _data_bytes(spec: dict[str, Any], manifest_of: ManifestOf) -> dict[str, int]
             named.append(("sample_weight", "", data["sample_weight"]))
         for key, output, array in named:
             entry = arrays[array]
-            rows = entry["shape"][0] if entry["shape"] else 1
             if key == "y" and output in one_hot:
-                where = "/data/preprocess/y/one_hot"
-                out[where] = out.get(where, 0) + rows * one_hot[output] * FLOAT_BYTES
-                continue
-            size = math.prod(entry["shape"]) * np.dtype(entry["dtype"]).itemsize
-            out[f"{prefix}/{key}"] = out.get(f"{prefix}/{key}", 0) + size
+                where, rows = "/data/preprocess/y/one_hot", entry["shape"][0]
+                size = rows * one_hot[output] * _held_bytes(np.dtype("float64"))
+            else:
+                where = f"{prefix}/{key}"
+                size = math.prod(entry["shape"]) * _held_bytes(np.dtype(entry["dtype"]))
+            out[where] = out.get(where, 0) + size
     return out
+
+
+def _held_bytes(dtype: np.dtype) -> int:
+    """Bytes held per value of a stored array while Keras trains on it."""
+    if dtype.kind != "f":
+        return 2 * dtype.itemsize
+    cast = 0 if dtype.itemsize == FLOAT_BYTES else FLOAT_BYTES
+    return dtype.itemsize + cast + FLOAT_BYTES

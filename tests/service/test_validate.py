@@ -289,7 +289,8 @@ def test_the_cost_estimate_is_under_cost(client, dataset):
     assert cost["values_per_row"] == 8 + 16 + 3
     assert cost["budget"]["memory_bytes"] == 16 << 30
     assert [layer["name"] for layer in cost["layers"]] == ["dense", "output"]
-    assert cost["flops_per_epoch"] == 3 * 12 * (2 * 144 + 2 * 51)
+    # Three passes over 12 rows, and 3 steps of 4 rows each updating 195 parameters.
+    assert cost["flops_per_epoch"] == 3 * 12 * (2 * 144 + 2 * 51) + 3 * 195 * 10
 
 
 def test_a_job_over_the_workers_budget_is_refused(settings):
