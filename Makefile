@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 
 deps: $(STAMP)
 	@scripts/install-redis
+	@scripts/install-nginx
 
 # Only the dashboard's browser test needs Chromium; `make run` does not.
 test-deps: deps

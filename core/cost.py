@@ -68,7 +68,9 @@ class LayerCost:
         return dataclasses.asdict(self)
 
 
-def estimate_cost(spec: dict[str, Any], settings: Settings, manifest_of: ManifestOf) -> dict:
+def estimate_cost(
+    spec: dict[str, Any], settings: Settings, manifest_of: ManifestOf
+) -> dict[str, Any]:
     """The estimate of a parsed request; `:validate` answers it under `cost`."""
     model = _model_with_row_shapes(spec, manifest_of)
     summary = summarize_model(model)
@@ -116,14 +118,9 @@ def estimate_cost(spec: dict[str, Any], settings: Settings, manifest_of: Manifes
     }
 
 
-def cost_errors(
-    spec: dict[str, Any],
-    settings: Settings,
-    manifest_of: ManifestOf,
-    paths: Mapping[str, str],
-) -> list[FieldError]:
-    """Why a parsed request is over the worker's budget, each error at the part that costs most."""
-    cost = estimate_cost(spec, settings, manifest_of)
+def cost_errors(cost: dict[str, Any], paths: Mapping[str, str]) -> list[FieldError]:
+    """Why an estimate is over the worker's budget, each error at the part that costs most;
+    `paths` maps layer names to their pointers in the request."""
     budget, errors = cost["budget"], []
     layers = [layer for layer in cost["layers"] if layer["name"] in paths]
 

@@ -55,6 +55,8 @@ class FitserveError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.errors = list(errors)
+        # Response headers that belong with this error (which model version it concerns).
+        self.headers: dict[str, str] = {}
         if code is not None:
             self.code = code
 
@@ -67,6 +69,13 @@ class MalformedRequest(FitserveError):
 class Unauthorized(FitserveError):
     code = "unauthorized"
     title = "Unauthorized"
+
+
+class Forbidden(FitserveError):
+    """The key is valid but may not do this (a route for admin keys only)."""
+
+    code = "forbidden"
+    title = "Forbidden"
 
 
 class NotFound(FitserveError):
@@ -103,6 +112,13 @@ class InvalidData(FitserveError):
     title = "Invalid data"
 
 
+class TimedOut(FitserveError):
+    """A computation for the request ran past its time limit (504)."""
+
+    code = "timeout"
+    title = "Timed out"
+
+
 class RateLimited(FitserveError):
     code = "rate_limited"
     title = "Too many requests"
@@ -117,6 +133,13 @@ class QuotaExceeded(RateLimited):
 
     code = "quota_exceeded"
     title = "Quota exceeded"
+
+
+class InsufficientStorage(FitserveError):
+    """A key's storage quota (stored jobs, datasets, bytes) is used up (507)."""
+
+    code = "insufficient_storage"
+    title = "Insufficient storage"
 
 
 class Unavailable(FitserveError):

@@ -1,49 +1,51 @@
-"""The job store: live records in Redis, mirrored into each job's manifest on the data volume.
+"""The job record (`Job`), its manifest and API view, and the store of the live records.
 
-Redis keys (prefix `fitserve:`):
-- `job:<id>` a hash, every field JSON-encoded; `jobs` (all, by creation time), `jobs:status:<s>`
-  and `jobs:owner:<name>` sorted-set indexes;
-- `job:<id>:history` one JSON entry per completed epoch, `job:<id>:events` a stream;
-- `job:<id>:stop` a stop request ("cancel"), `job:<id>:lease` the worker training it (with a TTL);
-- `dataset:<id>:jobs` the live (not finished) jobs using a dataset;
-- `idempotency:<owner>:<sha256 of the key>` the job a submit with that `Idempotency-Key` made.
-
-Every status change is checked against TRANSITIONS inside a WATCH/MULTI transaction, then the
-job's `manifest.json` is rewritten from the record under a file lock, so the last writer always
-writes the newest state and the records can be rebuilt from the volume.
+A job's record is a Redis hash (keys in core.rediskeys), mirrored into the job's `manifest.json`
+on the data volume. Every status change is checked against TRANSITIONS inside a WATCH/MULTI
+transaction, then the manifest is rewritten from the record under a file lock, so the last
+writer always writes the newest state and the records can be rebuilt from the volume.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import hashlib
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict, cast, get_args
 
 import orjson
 import redis
 
 from core.errors import Conflict, NotFound
-from core.queues import TRAIN_TASK, train_queue
+from core.rediskeys import (
+    ALL_JOBS,
+    EPOCHS_DONE,
+    REBUILT_GRACE,
+    RECORDS_MARKER,
+    dataset_jobs_key,
+    events_key,
+    history_key,
+    job_idempotency_key,
+    job_key,
+    lease_key,
+    owner_index,
+    status_index,
+    stop_key,
+)
 from core.settings import Settings
 from core.storage import DataDir, check_id, new_id, read_json, utc_now, write_json
 
-PREFIX = "fitserve:"
-ALL = PREFIX + "jobs"
-RECORDS_MARKER = PREFIX + "records"
-REBUILT_GRACE = PREFIX + "records:grace"
-# Epochs completed by every worker, ever: Prometheus derives epochs per second from it.
-EPOCHS_DONE = PREFIX + "epochs"
-
-LIVE = ("queued", "running", "cancelling")
-TERMINAL = ("succeeded", "failed", "cancelled")
-STATUSES = LIVE + TERMINAL
+Status = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+STATUSES: tuple[Status, ...] = get_args(Status)
+LIVE: tuple[Status, ...] = ("queued", "running", "cancelling")
+TERMINAL: tuple[Status, ...] = tuple(status for status in STATUSES if status not in LIVE)
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     # running -> running: a redelivered job picked up again by the worker now holding its lease.
     "queued": ("running", "cancelled", "failed"),
@@ -53,71 +55,133 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     "failed": (),
     "cancelled": (),
 }
-
-MANIFEST_FIELDS = (
-    "id",
-    "name",
-    "owner",
-    "status",
-    "reason",
-    "message",
-    "attempt",
-    "created_at",
-    "updated_at",
-    "started_at",
-    "finished_at",
-    "device",
-    "worker",
-    "epoch",
-    "checkpoints",
-    "best",
-    "final",
-    "test_metrics",
-    "request_id",
-    "priority",
-    "gpus",
-    "datasets",
-    "history",
-    "record",
-)
 IDEMPOTENCY_SECONDS = 24 * 3600
 EVENTS_MAX = 10_000
 
-
-def job_key(job_id: str) -> str:
-    return f"{PREFIX}job:{job_id}"
+Metrics = dict[str, Any]
 
 
-def history_key(job_id: str) -> str:
-    return f"{PREFIX}job:{job_id}:history"
+class Provenance(TypedDict):
+    """What a model was made from: the canonical request's sha256, the seed, each dataset's
+    sha256 (null for a dataset gone before the submit finished)."""
+
+    spec_sha256: str | None
+    seed: int | None
+    datasets: dict[str, str | None]
 
 
-def events_key(job_id: str) -> str:
-    return f"{PREFIX}job:{job_id}:events"
+class Job(TypedDict):
+    """A job's record: the Redis hash (each field JSON-encoded) and, less LIVE_ONLY, its manifest.
+
+    Epochs count from 1; `checkpoints` are `{"version", "file", "sha256", "bytes", ...}` entries,
+    `best` is `{"version", "monitor", "value"}`, `final` the final model's entry.
+    """
+
+    id: str
+    name: str | None
+    owner: str | None
+    status: Status
+    reason: str | None
+    message: str | None
+    attempt: int
+    created_at: str
+    updated_at: str
+    started_at: str | None
+    finished_at: str | None
+    device: dict[str, Any] | None
+    worker: str | None
+    epoch: int
+    checkpoints: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    final: dict[str, Any] | None
+    test_metrics: Metrics | None
+    request_id: str | None
+    request_sha256: str | None
+    priority: int
+    gpus: int
+    datasets: list[str]
+    resume_from: int | None
+    record: Provenance | None
+    progress: dict[str, Any] | None
+    metrics: Metrics | None
 
 
-def stop_key(job_id: str) -> str:
-    return f"{PREFIX}job:{job_id}:stop"
+JOB_FIELDS = tuple(Job.__annotations__)
+# Written many times a second, or derived from the history: Redis only, never the manifest.
+LIVE_ONLY = ("progress", "metrics")
 
 
-def lease_key(job_id: str) -> str:
-    return f"{PREFIX}job:{job_id}:lease"
+def queued_job(
+    job_id: str,
+    spec: Mapping[str, Any],
+    *,
+    owner: str | None,
+    created_at: str,
+    request_id: str | None = None,
+    request_sha256: str | None = None,
+    record: Provenance | None = None,
+) -> Job:
+    """The record of a job just submitted with the normalized request `spec`."""
+    return Job(
+        id=job_id,
+        name=spec.get("name"),
+        owner=owner,
+        status="queued",
+        reason=None,
+        message=None,
+        attempt=0,
+        created_at=created_at,
+        updated_at=created_at,
+        started_at=None,
+        finished_at=None,
+        device=None,
+        worker=None,
+        epoch=0,
+        checkpoints=[],
+        best=None,
+        final=None,
+        test_metrics=None,
+        request_id=request_id,
+        request_sha256=request_sha256,
+        priority=spec.get("priority", 5),
+        gpus=(spec.get("resources") or {}).get("gpus", 1),
+        datasets=datasets_of(spec),
+        resume_from=None,
+        record=record,
+        progress=None,
+        metrics=None,
+    )
 
 
-def status_index(status: str) -> str:
-    return f"{PREFIX}jobs:status:{status}"
+def job_manifest(job: Job, history: list[dict]) -> dict[str, Any]:
+    """What `manifest.json` holds: the record less LIVE_ONLY, and the epochs' history."""
+    return {name: job.get(name) for name in JOB_FIELDS if name not in LIVE_ONLY} | {
+        "history": history
+    }
 
 
-def owner_index(owner: str) -> str:
-    return f"{PREFIX}jobs:owner:{owner}"
+def restore_job(manifest: Mapping[str, Any], spec: Mapping[str, Any]) -> Job:
+    """The record a manifest describes; a field an older manifest lacks takes its value at submit
+    (what the request says, else the queued default)."""
+    job = queued_job(
+        manifest["id"], spec, owner=manifest.get("owner"), created_at=manifest["created_at"]
+    )
+    stored = {
+        name: manifest[name]
+        for name in JOB_FIELDS
+        if name not in LIVE_ONLY and manifest.get(name) is not None
+    }
+    job.update(cast(Job, stored))
+    job["metrics"] = last_metrics(manifest.get("history"))
+    return job
 
 
-def dataset_jobs_key(dataset_id: str) -> str:
-    """The set of live job ids using a dataset (a dataset in this set cannot be deleted)."""
-    return f"{PREFIX}dataset:{dataset_id}:jobs"
+def last_metrics(history: list[dict] | None) -> Metrics | None:
+    """The metrics of the last completed epoch, None before the first."""
+    return history[-1].get("metrics") if history else None
 
 
-def datasets_of(spec: dict) -> list[str]:
+def datasets_of(spec: Mapping[str, Any]) -> list[str]:
     """Every dataset id a normalized spec reads (training, validation, test)."""
     data = spec.get("data") or {}
     found = [data.get("dataset")]
@@ -125,56 +189,202 @@ def datasets_of(spec: dict) -> list[str]:
     return sorted({dataset for dataset in found if dataset})
 
 
-def provenance(spec: dict, data: DataDir) -> dict:
-    """What a model was made from: the canonical spec's sha256, the seed, each dataset's sha256.
+def provenance(spec: Mapping[str, Any], manifests: Mapping[str, Mapping[str, Any]]) -> Provenance:
+    """What a model is made from: the canonical spec's sha256, the seed, each dataset's sha256.
 
-    Taken at submit time, while the datasets the spec was checked against are certainly there.
+    `manifests` are the dataset manifests the request was checked against, read once at parse.
     """
-    from core.datasets import load_manifest
-
-    hashes = {}
-    for dataset in datasets_of(spec):
-        try:
-            hashes[dataset] = load_manifest(data, dataset)["source"]["sha256"]
-        except NotFound:
-            hashes[dataset] = None
-    return {
-        "spec_sha256": hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest(),
-        "seed": spec.get("seed"),
-        "datasets": hashes,
+    hashes = {
+        dataset: (manifests[dataset]["source"]["sha256"] if dataset in manifests else None)
+        for dataset in datasets_of(spec)
     }
+    return Provenance(
+        spec_sha256=hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest(),
+        seed=spec.get("seed"),
+        datasets=hashes,
+    )
 
 
-def describe_record(job: dict) -> dict:
+# The API view ---------------------------------------------------------------------------------
+
+
+class ModelRecord(TypedDict):
+    """What the model was made from and on, and what it scored."""
+
+    spec_sha256: str | None
+    seed: int | None
+    datasets: dict[str, str | None]
+    tensorflow: str | None
+    keras: str | None
+    cuda: str | None
+    cudnn: str | None
+    device: dict[str, Any] | None
+    final: dict[str, Any] | None
+    metrics: Metrics | None
+    test_metrics: Metrics | None
+
+
+class Progress(TypedDict):
+    """Where training is: epochs count from 1; `fraction` of the whole job, 0 to 1."""
+
+    epoch: int
+    epochs: int | None
+    step: int | None
+    steps: int | None
+    fraction: float
+    eta_seconds: float | None
+    metrics: Metrics | None
+
+
+class Timings(TypedDict):
+    """Seconds spent waiting for a worker and training (so far, while it runs)."""
+
+    queued_seconds: float | None
+    running_seconds: float | None
+
+
+class MetricsView(TypedDict):
+    """The last completed epoch's metrics and the best checkpoint."""
+
+    last: Metrics | None
+    best: dict[str, Any] | None
+
+
+class JobError(TypedDict):
+    """Why a failed job failed (`reason` a code such as `nan_loss` or `worker_lost`) and what to
+    do about it."""
+
+    reason: str | None
+    message: str | None
+
+
+class JobLinks(TypedDict):
+    self: str
+    metrics: str
+    logs: str
+    cancel: str
+    events: str
+    model: str
+
+
+class QueueState(TypedDict, total=False):
+    """A queued job's queue and the live workers consuming it; `message` when none does."""
+
+    name: str
+    workers: int
+    message: str
+
+
+class _JobViewFields(TypedDict):
+    id: str
+    name: str | None
+    owner: str | None
+    status: Status
+    attempt: int
+    priority: int | None
+    created_at: str
+    updated_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    timings: Timings
+    device: dict[str, Any] | None
+    worker: str | None
+    progress: Progress
+    metrics: MetricsView
+    test_metrics: Metrics | None
+    record: ModelRecord
+    checkpoints: list[dict[str, Any]]
+    final: dict[str, Any] | None
+    error: JobError | None
+    links: JobLinks
+
+
+class JobView(_JobViewFields, total=False):
+    """A job as the API shows it; a queued one also says how its queue stands (`queue`)."""
+
+    queue: QueueState
+
+
+def view_job(job: Job, *, now: float | None = None) -> JobView:
+    """The job as the API shows it; `now` (seconds since the epoch) times a running job."""
+    job_id = job["id"]
+    progress = job.get("progress") or {}
+    return JobView(
+        id=job_id,
+        name=job.get("name"),
+        owner=job.get("owner"),
+        status=job["status"],
+        attempt=job.get("attempt", 0),
+        priority=job.get("priority"),
+        created_at=job["created_at"],
+        updated_at=job.get("updated_at"),
+        started_at=job.get("started_at"),
+        finished_at=job.get("finished_at"),
+        timings=_timings(job, time.time() if now is None else now),
+        device=job.get("device"),
+        worker=job.get("worker"),
+        progress=Progress(
+            epoch=progress.get("epoch", job.get("epoch") or 0),
+            epochs=progress.get("epochs"),
+            step=progress.get("step"),
+            steps=progress.get("steps"),
+            fraction=progress.get("fraction", 1.0 if job["status"] == "succeeded" else 0.0),
+            eta_seconds=progress.get("eta_seconds"),
+            metrics=progress.get("metrics"),
+        ),
+        metrics=MetricsView(last=job.get("metrics"), best=job.get("best")),
+        test_metrics=job.get("test_metrics"),
+        record=describe_record(job),
+        checkpoints=job.get("checkpoints") or [],
+        final=job.get("final"),
+        error=(
+            JobError(reason=job.get("reason"), message=job.get("message"))
+            if job["status"] == "failed"
+            else None
+        ),
+        links=JobLinks(
+            self=f"/v1/jobs/{job_id}",
+            metrics=f"/v1/jobs/{job_id}/metrics",
+            logs=f"/v1/jobs/{job_id}/logs",
+            cancel=f"/v1/jobs/{job_id}:cancel",
+            events=f"/v1/jobs/{job_id}/events",
+            model=f"/v1/models/{job_id}",
+        ),
+    )
+
+
+def _timings(job: Job, now: float) -> Timings:
+    started = _seconds(job.get("started_at"))
+    if started is None:
+        return Timings(queued_seconds=None, running_seconds=None)
+    finished = _seconds(job.get("finished_at"))
+    return Timings(
+        queued_seconds=round(started - parse_time(job["created_at"]), 3),
+        running_seconds=round((finished or now) - started, 3),
+    )
+
+
+def _seconds(value: str | None) -> float | None:
+    return None if value is None else parse_time(value)
+
+
+def describe_record(job: Mapping[str, Any]) -> ModelRecord:
     """The model's record from a job record or manifest: what it was made from, with which
     TensorFlow, Keras and CUDA on which device, and what it scored."""
     device = job.get("device") or {}
-    history = job.get("history") or [{}]
     made_from = job.get("record") or {"spec_sha256": None, "seed": None, "datasets": {}}
-    return made_from | {
-        "tensorflow": device.get("tensorflow"),
-        "keras": device.get("keras"),
-        "cuda": device.get("cuda"),
-        "cudnn": device.get("cudnn"),
-        "device": device or None,
-        "final": job.get("final"),
-        "metrics": job.get("metrics") or history[-1].get("metrics"),
-        "test_metrics": job.get("test_metrics"),
-    }
-
-
-def send_training(producer: Any, job: dict) -> None:
-    """Enqueue a job by task name, with the job id as task id, on its GPU-count queue.
-
-    `producer` is a Celery app (the service's producer-only app or the worker's own). Our
-    priorities run 0..9 with 9 the most urgent; Celery's Redis transport serves 0 first.
-    """
-    producer.send_task(
-        TRAIN_TASK,
-        args=[job["id"]],
-        task_id=job["id"],
-        queue=train_queue(job.get("gpus") or 1),
-        priority=9 - int(job.get("priority", 5)),
+    return ModelRecord(
+        spec_sha256=made_from["spec_sha256"],
+        seed=made_from["seed"],
+        datasets=made_from["datasets"],
+        tensorflow=device.get("tensorflow"),
+        keras=device.get("keras"),
+        cuda=device.get("cuda"),
+        cudnn=device.get("cudnn"),
+        device=device or None,
+        final=job.get("final"),
+        metrics=job.get("metrics") or last_metrics(job.get("history")),
+        test_metrics=job.get("test_metrics"),
     )
 
 
@@ -216,6 +426,7 @@ return 0
 """
 
 
+# `builtins.list` in the annotations below: the `list` method shadows the builtin in the class.
 class JobStore:
     """Job records over one Redis connection and the data folder."""
 
@@ -237,60 +448,42 @@ class JobStore:
         owner: str | None,
         request_id: str | None = None,
         request_sha256: str | None = None,
-    ) -> dict:
+        record: Provenance | None = None,
+    ) -> Job:
         """Record a new queued job: Redis first, then `job.json` and `manifest.json`.
 
-        If the files cannot be written the Redis records are removed again, so a failure leaves
-        nothing half recorded.
+        `record` is the job's provenance (`provenance`). If the files cannot be written the
+        Redis records are removed again, so a failure leaves nothing half recorded.
         """
-        job_id = new_id()
         now = utc_now()
-        job = {
-            "id": job_id,
-            "name": spec.get("name"),
-            "owner": owner,
-            "status": "queued",
-            "reason": None,
-            "message": None,
-            "attempt": 0,
-            "created_at": now,
-            "updated_at": now,
-            "started_at": None,
-            "finished_at": None,
-            "device": None,
-            "worker": None,
-            "epoch": 0,
-            "checkpoints": [],
-            "best": None,
-            "final": None,
-            "test_metrics": None,
-            "request_id": request_id,
-            "request_sha256": request_sha256,
-            "priority": spec.get("priority", 5),
-            "gpus": (spec.get("resources") or {}).get("gpus", 1),
-            "datasets": datasets_of(spec),
-            "progress": None,
-            "metrics": None,
-            "record": provenance(spec, self.data),
-        }
+        job = queued_job(
+            new_id(),
+            spec,
+            owner=owner,
+            created_at=now,
+            request_id=request_id,
+            request_sha256=request_sha256,
+            record=record,
+        )
         self._insert(job, score=time.time())
+        job_dir = self.data.job(job["id"])
         try:
-            job_dir = self.data.job(job_id)
             write_json(
                 job_dir / "job.json",
-                {"id": job_id, "owner": owner, "created_at": now, "spec": spec},
+                {"id": job["id"], "owner": owner, "created_at": now, "spec": spec},
             )
-            self._write_manifest(job_id)
+            # Nobody else knows the id yet: the manifest is written from the record in hand.
+            write_json(job_dir / "manifest.json", job_manifest(job, []))
         except BaseException:
             self._remove_records(job)
-            shutil.rmtree(self.data.job(job_id), ignore_errors=True)
+            shutil.rmtree(job_dir, ignore_errors=True)
             raise
         return job
 
-    def _insert(self, job: dict, *, score: float) -> None:
+    def _insert(self, job: Job, *, score: float) -> None:
         pipe = self.redis.pipeline()
         pipe.hset(job_key(job["id"]), mapping=_encode(job))
-        pipe.zadd(ALL, {job["id"]: score})
+        pipe.zadd(ALL_JOBS, {job["id"]: score})
         pipe.zadd(status_index(job["status"]), {job["id"]: score})
         if job["owner"]:
             pipe.zadd(owner_index(job["owner"]), {job["id"]: score})
@@ -299,13 +492,40 @@ class JobStore:
                 pipe.sadd(dataset_jobs_key(dataset), job["id"])
         pipe.execute()
 
-    def get(self, job_id: str) -> dict:
+    def get(self, job_id: str) -> Job:
         """The job's record; NotFound for an unknown or malformed id."""
         check_id(job_id, "job")
         raw = self.redis.hgetall(job_key(job_id))
         if not raw:
             raise NotFound(f"No job with id {job_id!r}.")
         return _decode(raw)
+
+    def job_ids(self, status: str) -> builtins.list[str]:
+        """The ids of every job in `status`, oldest first."""
+        return [member.decode() for member in self.redis.zrange(status_index(status), 0, -1)]
+
+    def count_live(self, owner: str | None) -> int:
+        """Queued, running and cancelling jobs of `owner` (of everyone for None)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for status in LIVE:
+            if owner is None:
+                pipe.zcard(status_index(status))
+            else:
+                pipe.zintercard(2, [owner_index(owner), status_index(status)])
+        return sum(pipe.execute())
+
+    def count_kept(self, owner: str | None) -> int:
+        """Jobs of `owner` in any status (of everyone for None): finished ones hold files too."""
+        return int(self.redis.zcard(ALL_JOBS if owner is None else owner_index(owner)))
+
+    def count_live_using(self, dataset_id: str) -> int:
+        """The live jobs reading a dataset (which therefore cannot be deleted)."""
+        return int(self.redis.scard(dataset_jobs_key(dataset_id)))
+
+    def is_finished(self, job_id: str) -> bool:
+        """The job is over, or gone."""
+        raw = self.redis.hget(job_key(job_id), "status")
+        return raw is None or orjson.loads(raw) in TERMINAL
 
     def spec(self, job_id: str) -> dict:
         """The normalized spec the job was submitted with (its immutable `job.json`)."""
@@ -318,15 +538,15 @@ class JobStore:
         status: str | None,
         limit: int,
         cursor: str | None,
-    ) -> tuple[list[dict], str | None]:
+    ) -> tuple[builtins.list[Job], str | None]:
         """Jobs newest first; `owner=None` lists everyone's. Returns (items, next cursor)."""
         if owner is not None:
             index = owner_index(owner)
         elif status is not None:
             index = status_index(status)
         else:
-            index = ALL
-        items: list[dict] = []
+            index = ALL_JOBS
+        items: builtins.list[Job] = []
         last: tuple[float, str] | None = None
         for job_id, score in self._scan_index(index, _parse_cursor(cursor)):
             raw = self.redis.hgetall(job_key(job_id))
@@ -370,15 +590,15 @@ class JobStore:
         job_id: str,
         status: str,
         *,
-        allowed: Callable[[dict], str | None] | None = None,
+        allowed: Callable[[Job], str | None] | None = None,
         **fields: Any,
-    ) -> dict:
+    ) -> Job:
         """Move the job to `status` atomically, with `fields`; Conflict if not allowed.
 
         `allowed(job)` may refuse with a message (checked inside the same transaction).
         """
         key = job_key(job_id)
-        result: dict = {}
+        result: dict[str, Any] = {}
 
         def apply(pipe: redis.client.Pipeline) -> None:
             raw = pipe.hgetall(key)
@@ -395,7 +615,7 @@ class JobStore:
             if status in TERMINAL:
                 changes.setdefault("finished_at", changes["updated_at"])
                 changes["progress"] = _final_progress(job)
-            score = pipe.zscore(ALL, job_id) or time.time()
+            score = pipe.zscore(ALL_JOBS, job_id) or time.time()
             pipe.multi()
             pipe.hset(key, mapping=_encode(changes))
             if status != current:
@@ -419,7 +639,7 @@ class JobStore:
         # The lease is watched too: the reconciler's check that none is held stays true.
         self.redis.transaction(apply, key, lease_key(job_id))
         self._write_manifest(job_id)
-        return result
+        return cast(Job, result)
 
     def update(self, job_id: str, *, manifest: bool = True, **fields: Any) -> None:
         """Change fields other than the status (progress, epoch, checkpoints...) of an existing
@@ -431,7 +651,7 @@ class JobStore:
         if manifest:
             self._write_manifest(job_id)
 
-    def request_cancel(self, job_id: str) -> dict:
+    def request_cancel(self, job_id: str) -> Job:
         """A queued job is cancelled at once; a running one is asked to stop at batch end."""
         job = self.get(job_id)
         if job["status"] == "queued":
@@ -467,12 +687,12 @@ class JobStore:
         self._remove_records(job)
         shutil.rmtree(trash, ignore_errors=True)
 
-    def discard(self, job: dict) -> None:
+    def discard(self, job: Job) -> None:
         """Undo a `create` whose submit failed later (enqueueing, a lost idempotency race)."""
         shutil.rmtree(self.data.job(job["id"]), ignore_errors=True)
         self._remove_records(job)
 
-    def _remove_records(self, job: dict) -> None:
+    def _remove_records(self, job: Job) -> None:
         job_id = job["id"]
         pipe = self.redis.pipeline()
         pipe.delete(
@@ -482,7 +702,7 @@ class JobStore:
             stop_key(job_id),
             lease_key(job_id),
         )
-        pipe.zrem(ALL, job_id)
+        pipe.zrem(ALL_JOBS, job_id)
         for status in STATUSES:
             pipe.zrem(status_index(status), job_id)
         if job.get("owner"):
@@ -493,9 +713,9 @@ class JobStore:
 
     # Idempotency --------------------------------------------------------------------------
 
-    def idempotent_job(self, owner: str | None, key: str) -> dict | None:
+    def idempotent_job(self, owner: str | None, key: str) -> Job | None:
         """The job an earlier submit with this `Idempotency-Key` made, if it still exists."""
-        earlier = self.redis.get(_idempotency_key(owner, key))
+        earlier = self.redis.get(job_idempotency_key(owner, key))
         if not earlier:
             return None
         with contextlib.suppress(NotFound):
@@ -504,7 +724,7 @@ class JobStore:
 
     def claim_idempotency_key(self, owner: str | None, key: str, job_id: str) -> str | None:
         """Bind `key` to `job_id`; returns the other job id if a concurrent submit won."""
-        name = _idempotency_key(owner, key)
+        name = job_idempotency_key(owner, key)
         if self.redis.set(name, job_id, nx=True, ex=IDEMPOTENCY_SECONDS):
             return None
         winner = self.idempotent_job(owner, key)
@@ -516,7 +736,7 @@ class JobStore:
 
     # History, progress, events ------------------------------------------------------------
 
-    def history(self, job_id: str) -> list[dict]:
+    def history(self, job_id: str) -> builtins.list[dict]:
         """`[{"epoch": 1, "metrics": {...}}, ...]`, one entry per completed epoch."""
         return [orjson.loads(item) for item in self.redis.lrange(history_key(job_id), 0, -1)]
 
@@ -545,9 +765,18 @@ class JobStore:
             events_key(job_id), _event_entry(kind, **fields), maxlen=EVENTS_MAX, approximate=True
         )
 
-    def events(self, job_id: str) -> list[dict]:
+    def events(self, job_id: str) -> builtins.list[dict]:
         """Every event of the job, oldest first: `{"kind", "time", **fields}`."""
         return [decode_event(entry) for _, entry in self.redis.xrange(events_key(job_id))]
+
+    def events_after(
+        self, job_id: str, after: str, *, count: int, block_ms: int | None = None
+    ) -> builtins.list[tuple[str, dict]]:
+        """Up to `count` events after the stream id `after`, oldest first, as (id, event);
+        with `block_ms`, waits that long for the first one."""
+        found = self.redis.xread({events_key(job_id): after}, count=count, block=block_ms)
+        entries = found[0][1] if found else []
+        return [(entry_id.decode(), decode_event(entry)) for entry_id, entry in entries]
 
     # Leases -------------------------------------------------------------------------------
 
@@ -591,15 +820,24 @@ class JobStore:
             raw = self.redis.hgetall(job_key(job_id))
             if not raw:
                 return
-            job = _decode(raw)
-            job["history"] = self.history(job_id)
-            write_json(job_dir / "manifest.json", {k: job.get(k) for k in MANIFEST_FIELDS})
+            write_json(job_dir / "manifest.json", job_manifest(_decode(raw), self.history(job_id)))
 
     def manifest(self, job_id: str) -> dict:
         """The job's `manifest.json` as last written."""
         return read_json(self.data.job(job_id) / "manifest.json")
 
-    def rebuild_records(self) -> list[dict]:
+    def stored_job(self, job_id: str) -> tuple[Job, builtins.list[dict]]:
+        """The record and history the job's files on the volume hold (as of its last manifest).
+
+        Raises OSError or orjson.JSONDecodeError for a job without readable files.
+        """
+        check_id(job_id, "job")
+        folder = self.data.job(job_id)
+        manifest = read_json(folder / "manifest.json")
+        spec = read_json(folder / "job.json")["spec"]
+        return restore_job(manifest, spec), manifest.get("history") or []
+
+    def rebuild_records(self) -> builtins.list[Job]:
         """Restore missing records from every job manifest on the volume.
 
         Jobs already in Redis are left alone. Returns the restored queued jobs (the caller
@@ -611,14 +849,12 @@ class JobStore:
         folders = sorted(self.data.jobs.iterdir()) if self.data.jobs.is_dir() else []
         for folder in folders:
             try:
-                check_id(folder.name, "job")
-                manifest = read_json(folder / "manifest.json")
-                created = read_json(folder / "job.json")
+                job, history = self.stored_job(folder.name)
             except (NotFound, OSError, orjson.JSONDecodeError):
                 continue
-            if self.redis.exists(job_key(folder.name)):
+            if self.redis.exists(job_key(job["id"])):
                 continue
-            job = self._restore(manifest, created)
+            self._restore(job, history)
             if job["status"] == "queued":
                 queued.append(job)
             elif job["status"] in LIVE:
@@ -628,23 +864,21 @@ class JobStore:
         self.redis.set(RECORDS_MARKER, "1")
         return queued
 
-    def _restore(self, manifest: dict, created: dict) -> dict:
-        spec = created["spec"]
-        job = {field: manifest.get(field) for field in MANIFEST_FIELDS if field != "history"}
-        job.update(
-            datasets=job.get("datasets") or datasets_of(spec),
-            priority=job.get("priority", spec.get("priority", 5)),
-            gpus=job.get("gpus") or (spec.get("resources") or {}).get("gpus", 1),
-            progress=None,
-            metrics=(manifest.get("history") or [{}])[-1].get("metrics"),
-        )
+    def records_lost(self) -> bool:
+        """Redis lost its data since the records were last (re)built."""
+        return not self.redis.exists(RECORDS_MARKER)
+
+    def rebuilt_recently(self) -> bool:
+        """Less than a lease has passed since a rebuild restored live jobs: their workers may not
+        have taken their leases again yet."""
+        return bool(self.redis.exists(REBUILT_GRACE))
+
+    def _restore(self, job: Job, history: builtins.list[dict]) -> None:
         self._insert(job, score=parse_time(job["created_at"]))
-        history = manifest.get("history") or []
         # Epochs a worker reported between the loss and now are in the manifest's history too.
         self.redis.delete(history_key(job["id"]))
         if history:
             self.redis.rpush(history_key(job["id"]), *(orjson.dumps(h) for h in history))
-        return job
 
 
 _CANCEL = "Cancelled by request before it started."
@@ -660,24 +894,19 @@ def decode_event(entry: dict[bytes, bytes]) -> dict[str, Any]:
     return head | orjson.loads(entry[b"data"])
 
 
-def _final_progress(job: dict) -> dict | None:
+def _final_progress(job: Job) -> dict | None:
     progress = job.get("progress")
     if not progress:
         return None
     return {**progress, "eta_seconds": 0}
 
 
-def _idempotency_key(owner: str | None, key: str) -> str:
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    return f"{PREFIX}idempotency:{owner or '-'}:{digest}"
-
-
-def _encode(fields: dict[str, Any]) -> dict[str, bytes]:
+def _encode(fields: Mapping[str, Any]) -> dict[str, bytes]:
     return {name: orjson.dumps(value) for name, value in fields.items()}
 
 
-def _decode(raw: dict[bytes, bytes]) -> dict[str, Any]:
-    return {name.decode(): orjson.loads(value) for name, value in raw.items()}
+def _decode(raw: dict[bytes, bytes]) -> Job:
+    return cast(Job, {name.decode(): orjson.loads(value) for name, value in raw.items()})
 
 
 def _parse_cursor(cursor: str | None) -> tuple[float, str] | None:

@@ -16,9 +16,10 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from core.devices import live_workers
-from core.jobs import EPOCHS_DONE, STATUSES, status_index
+from core.jobs import STATUSES
 from core.queues import broker_lists, train_queue
+from core.rediskeys import EPOCHS_DONE, status_index
+from core.workers import live_workers
 
 log = logging.getLogger("fitserve.metrics")
 

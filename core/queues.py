@@ -5,7 +5,8 @@ Plain data: no Celery import here, so the service can enqueue by name without im
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from core.settings import Settings
 
@@ -19,6 +20,27 @@ PRIORITY_SEP = ":"
 def train_queue(gpus: int) -> str:
     """`train` for one device, `train.gpu<k>` for jobs that need a worker owning k GPUs."""
     return "train" if gpus <= 1 else f"train.gpu{gpus}"
+
+
+class Producer(Protocol):
+    """What enqueueing needs of a Celery app: `send_task` by name."""
+
+    def send_task(self, name: str, *args: Any, **options: Any) -> Any: ...
+
+
+def send_training(producer: Producer, job: Mapping[str, Any]) -> None:
+    """Enqueue a job by task name, with the job id as task id, on its GPU-count queue.
+
+    `producer` is a Celery app (the service's producer-only app or the worker's own). Our
+    priorities run 0..9 with 9 the most urgent; Celery's Redis transport serves 0 first.
+    """
+    producer.send_task(
+        TRAIN_TASK,
+        args=[job["id"]],
+        task_id=job["id"],
+        queue=train_queue(job.get("gpus") or 1),
+        priority=9 - int(job.get("priority", 5)),
+    )
 
 
 def broker_lists(queue: str) -> list[str]:

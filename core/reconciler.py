@@ -22,54 +22,46 @@ import orjson
 import redis
 
 from core.errors import Conflict, NotFound
-from core.jobs import (
-    REBUILT_GRACE,
-    RECORDS_MARKER,
-    JobStore,
-    lease_key,
-    parse_time,
-    status_index,
-)
+from core.jobs import Job, JobStore, parse_time
 from core.queues import broker_lists, train_queue
+from core.rediskeys import ORPHAN_LOCK, RECONCILER_LOCK
 from core.runs import CANCELLED, worker_lost_message
 
 log = logging.getLogger("fitserve.reconciler")
 
-LOCK = "fitserve:reconciler:lock"
-ORPHAN_LOCK = "fitserve:reconciler:orphans"
 ORPHAN_PERIOD = 30
+Send = Callable[[Job], None]
 
 
-def reconcile(store: JobStore, send: Callable[[dict], None], holder: str) -> list[str]:
+def reconcile(store: JobStore, send: Send, holder: str) -> list[str]:
     """One pass; returns the ids of the jobs it changed. Does nothing if another holds the lock."""
     period = max(1, store.settings.heartbeat_seconds)
-    if not store.redis.set(LOCK, holder, nx=True, ex=period):
+    if not store.redis.set(RECONCILER_LOCK, holder, nx=True, ex=period):
         return []
     changed = []
-    if not store.redis.exists(RECORDS_MARKER):
+    if store.records_lost():
         for job in store.rebuild_records():
             log.info("job_resent job=%s after=rebuild", job["id"])
             send(job)
             changed.append(job["id"])
-    if store.redis.exists(REBUILT_GRACE):
+    if store.rebuilt_recently():
         return changed
     for status in ("running", "cancelling"):
-        for member in store.redis.zrange(status_index(status), 0, -1):
-            job_id = member.decode()
-            if not store.redis.exists(lease_key(job_id)) and _recover(store, job_id, send):
+        for job_id in store.job_ids(status):
+            if store.lease_holder(job_id) is None and _recover(store, job_id, send):
                 changed.append(job_id)
     if store.redis.set(ORPHAN_LOCK, holder, nx=True, ex=ORPHAN_PERIOD):
         changed += _resend_orphans(store, send)
     return changed
 
 
-def _resend_orphans(store: JobStore, send: Callable[[dict], None]) -> list[str]:
+def _resend_orphans(store: JobStore, send: Send) -> list[str]:
     """Send again the queued jobs, waiting for two leases already, whose message is gone."""
     stale = time.time() - 2 * store.settings.lease_seconds
     jobs = []
-    for member in store.redis.zrange(status_index("queued"), 0, -1):
+    for job_id in store.job_ids("queued"):
         with contextlib.suppress(NotFound):
-            job = store.get(member.decode())
+            job = store.get(job_id)
             if parse_time(job["updated_at"]) < stale and not store.lease_holder(job["id"]):
                 jobs.append(job)
     if not jobs:
@@ -95,7 +87,7 @@ def waiting_task_ids(client: redis.Redis, queues: Iterable[str]) -> set[str]:
     return found
 
 
-def _recover(store: JobStore, job_id: str, send: Callable[[dict], None]) -> bool:
+def _recover(store: JobStore, job_id: str, send: Send) -> bool:
     """Requeue (or end) one job found without a lease; False if it changed meanwhile."""
     job = store.get(job_id)
     was = job["status"]
@@ -120,9 +112,9 @@ def _recover(store: JobStore, job_id: str, send: Callable[[dict], None]) -> bool
     return True
 
 
-def _unleased(store: JobStore) -> Callable[[dict], str | None]:
-    def check(job: dict) -> str | None:
-        if store.redis.exists(lease_key(job["id"])):
+def _unleased(store: JobStore) -> Callable[[Job], str | None]:
+    def check(job: Job) -> str | None:
+        if store.lease_holder(job["id"]) is not None:
             return f"Job {job['id']} was leased again."
         if job["status"] not in ("running", "cancelling"):
             return f"Job {job['id']} is {job['status']} now."

@@ -17,16 +17,12 @@ from typing import Any
 
 import redis
 
-from core.errors import Conflict, FitserveError, NotFound
-from core.jobs import TERMINAL, JobStore, stop_key
+from core.errors import Conflict, FitserveError
+from core.jobs import TERMINAL, Job, JobStore
+from core.rediskeys import shutdown_key, stop_key
 from core.storage import utc_now
 
 log = logging.getLogger("fitserve.worker")
-
-
-def shutdown_key(worker_name: str) -> str:
-    """Set by a worker's parent process on SIGTERM: its running job saves and is requeued."""
-    return f"fitserve:shutdown:{worker_name}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,12 +107,12 @@ def _tolerated(what: str) -> Iterator[None]:
 
 
 Train = Callable[..., dict]
-Send = Callable[[dict], None]
+Send = Callable[[Job], None]
 
 
 def run_job(
     store: JobStore,
-    job_id: str,
+    job: Job,
     worker: WorkerIdentity,
     *,
     train: Train,
@@ -124,26 +120,24 @@ def run_job(
     devices: Callable[[], dict],
     on_control: Callable[[StoreControl | None], None] = lambda control: None,
 ) -> str:
-    """Run one delivery of `job_id`; returns what happened (for the task's log line).
+    """Run one delivery of `job` (its record as the delivery found it); returns what happened
+    (for the task's log line).
 
     `train` is `core.training.train_job`; `send` re-enqueues a job (after a shutdown);
     `on_control` lets the heartbeat renew the lease of the run in progress.
     """
-    try:
-        job = store.get(job_id)
-    except NotFound:
-        return "unknown"
+    job_id = job["id"]
     if job["status"] in TERMINAL:
         return "finished"
     if not _take_lease(store, job_id, worker):
         return "leased"
     try:
-        job = _start_attempt(store, job, worker, devices)
+        job, resume = _start_attempt(store, job, worker, devices)
         if job["status"] != "running":
             return job["status"]
         control = StoreControl(store, job_id, job["attempt"], worker)
         on_control(control)
-        return _train_and_record(store, job, control, train, send)
+        return _train_and_record(store, job, resume, control, train, send)
     finally:
         on_control(None)
         store.release_lease(job_id, worker.holder)
@@ -160,18 +154,21 @@ def _take_lease(store: JobStore, job_id: str, worker: WorkerIdentity) -> bool:
 
 
 def _start_attempt(
-    store: JobStore, job: dict, worker: WorkerIdentity, devices: Callable[[], dict]
-) -> dict:
-    """Count the attempt and mark the job running; past the limit it fails `worker_lost`."""
+    store: JobStore, job: Job, worker: WorkerIdentity, devices: Callable[[], dict]
+) -> tuple[Job, dict | None]:
+    """Count the attempt and mark the job running; past the limit it fails `worker_lost`.
+
+    Returns the job and the checkpoint it resumes from (None: from the start).
+    """
     job_id = job["id"]
     if job["status"] == "cancelling":
-        return store.transition(job_id, "cancelled", reason="cancelled", message=CANCELLED)
+        cancelled = store.transition(job_id, "cancelled", reason="cancelled", message=CANCELLED)
+        return cancelled, None
     attempt = job["attempt"] + 1
     limit = store.settings.max_attempts
     if attempt > limit:
-        return store.transition(
-            job_id, "failed", reason="worker_lost", message=worker_lost_message(job, limit)
-        )
+        message = worker_lost_message(job, limit)
+        return store.transition(job_id, "failed", reason="worker_lost", message=message), None
     resume = _latest_checkpoint(store, job)
     store.truncate_history(job_id, resume["version"] if resume else 0)
     job = store.transition(
@@ -193,10 +190,10 @@ def _start_attempt(
         pid=worker.pid,
         resume_from=resume["version"] if resume else 0,
     )
-    return {**job, "resume": resume}
+    return job, resume
 
 
-def _latest_checkpoint(store: JobStore, job: dict) -> dict | None:
+def _latest_checkpoint(store: JobStore, job: Job) -> dict | None:
     """The newest checkpoint whose file passes its sha256 check, else None (start over)."""
     from core.checkpoints import CheckpointCorrupt, verify_checkpoint
 
@@ -212,7 +209,12 @@ def _latest_checkpoint(store: JobStore, job: dict) -> dict | None:
 
 
 def _train_and_record(
-    store: JobStore, job: dict, control: StoreControl, train: Train, send: Send
+    store: JobStore,
+    job: Job,
+    resume: dict | None,
+    control: StoreControl,
+    train: Train,
+    send: Send,
 ) -> str:
     from core.training import TrainingFailed
 
@@ -224,7 +226,7 @@ def _train_and_record(
             store.data,
             store.settings,
             control,
-            resume=job["resume"],
+            resume=resume,
         )
     except TrainingFailed as failure:
         if isinstance(failure.__cause__, redis.RedisError):
@@ -285,7 +287,7 @@ def _requeue(store: JobStore, job_id: str, holder: str, send: Send, fields: dict
     send(job)
 
 
-def worker_lost_message(job: dict, limit: int) -> str:
+def worker_lost_message(job: Job, limit: int) -> str:
     """What a person reads when a job ran out of attempts because its workers kept dying."""
     return (
         f"The worker training this job was lost {job['attempt']} times "

@@ -37,6 +37,17 @@ class Settings:
     # without keys) and queued + running jobs per key; 0 turns either off.
     rate_limit: int = 60_000
     max_active_jobs_per_key: int = 1000
+    # Wrong API keys per client address per minute; past it even a right key gets 429 until the
+    # minute is over (a guessing client gets nowhere). 0 turns it off.
+    max_auth_failures: int = 20
+    # Storage per key (all of it when keys are off): jobs kept in any status, datasets, and the
+    # datasets' stored bytes; past any of them a new one is a 507. 0 turns each off.
+    max_jobs_per_key: int = 10_000
+    max_datasets_per_key: int = 1000
+    storage_quota_bytes: int = 256 << 30
+    # Peers (addresses or networks, comma-separated) whose X-Forwarded-For names the client:
+    # the proxy in front. From any other peer forwarded headers are ignored.
+    trusted_proxies: str = ""
     # Workers' devices (core.devices): memory growth on every visible GPU; `cpu_replicas` > 1
     # splits the CPU into that many logical devices, a test aid so the multi-GPU path runs
     # under MirroredStrategy on a machine without GPUs.
@@ -56,14 +67,18 @@ class Settings:
     model_cache_bytes: int = 2 << 30
     predict_max_batch_rows: int = 256
     predict_max_latency_ms: int = 20
+    # A forward pass running longer than this answers 504 (the pass finishes in the background).
+    predict_timeout_seconds: float = 30.0
     # Dashboard sign-in: how long a session (a random token in a cookie, kept in Redis) lasts.
     session_seconds: int = 12 * 3600
     # Job event streams (SSE): a keep-alive comment after this many idle seconds; at most this
     # many open streams per API process (each holds a gunicorn thread: keep it below `threads`
-    # so predictions always find one); each stream ends after `events_max_seconds` and the
+    # so predictions always find one), and fewer per key (per client address without keys), so
+    # one key never holds them all; each stream ends after `events_max_seconds` and the
     # client reconnects with Last-Event-ID.
     events_keepalive_seconds: int = 15
     events_max_streams: int = 4
+    events_max_streams_per_key: int = 2
     events_max_seconds: int = 300
     # Where the API processes keep their Prometheus counters (prometheus-client's multiprocess
     # files); empty: a fresh temporary folder for each gunicorn run.
@@ -95,6 +110,11 @@ def _convert(name: str, default: object, raw: str) -> object:
             return int(raw.replace("_", ""))
         except ValueError:
             raise ValueError(f"{PREFIX}{name.upper()} must be an integer, got {raw!r}") from None
+    if isinstance(default, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"{PREFIX}{name.upper()} must be a number, got {raw!r}") from None
     if isinstance(default, Path):
         return Path(raw)
     return raw

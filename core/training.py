@@ -27,15 +27,6 @@ log = logging.getLogger("fitserve.training")
 # Epoch summaries per job, read by the compose TensorBoard over the jobs' folders.
 TENSORBOARD_DIR = "tensorboard"
 
-FAILURE_REASONS = (
-    "invalid_data",
-    "nan_loss",
-    "resource_exhausted",
-    "no_space",
-    "timeout",
-    "internal",
-)
-
 
 class JobControl(Protocol):
     """What a running job tells its owner and asks it; the worker implements it over Redis."""
@@ -62,7 +53,8 @@ class JobControl(Protocol):
 
 
 class TrainingFailed(Exception):
-    """The job cannot finish: `reason` is one of FAILURE_REASONS, `message` says what to do."""
+    """The job cannot finish: `reason` a code for the job's error (`nan_loss`, `no_space`...),
+    `message` says what to do."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"{reason}: {message}")

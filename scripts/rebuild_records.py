@@ -12,8 +12,8 @@ import argparse
 import redis
 from celery import Celery
 
-from core.jobs import JobStore, send_training
-from core.queues import celery_config
+from core.jobs import JobStore
+from core.queues import celery_config, send_training
 from core.settings import Settings
 from core.storage import DataDir
 

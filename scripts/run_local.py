@@ -1,8 +1,9 @@
 """`make run`: the whole stack without Docker, in the foreground, stopped together by Ctrl-C.
 
 Starts a local redis-server if none answers at FITSERVE_REDIS_URL, then one Celery worker and
-gunicorn with the command lines of docker-compose.yml (bound to 127.0.0.1:8000 unless
-FITSERVE_BIND says otherwise).
+gunicorn with the command lines of docker-compose.yml, gunicorn on a loopback port of its own,
+and nginx in front of it on 127.0.0.1:8000 (FITSERVE_BIND moves it), configured from the same
+template as compose's proxy.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from urllib.parse import urlparse
 
 import redis
 
-from scripts.stack import ROOT, compose_command
+from core.settings import Settings
+from scripts.proxy import local_proxy_command, write_config
+from scripts.stack import ROOT, compose_command, free_port
 
 
 def redis_answers(url: str) -> bool:
@@ -60,6 +64,9 @@ def main() -> int:
     env.setdefault("FITSERVE_DATA_DIR", str(ROOT / "data"))
     url = env.setdefault("FITSERVE_REDIS_URL", "redis://localhost:6379/0")
     bind = env.get("FITSERVE_BIND", "127.0.0.1:8000")
+    upstream = f"127.0.0.1:{free_port()}"
+    # gunicorn hears every client through nginx, which says who the client was.
+    env.setdefault("FITSERVE_TRUSTED_PROXIES", "127.0.0.1")
     bin_dir = os.path.dirname(sys.executable)
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
 
@@ -71,7 +78,10 @@ def main() -> int:
         while not redis_answers(url) and time.monotonic() < deadline:
             time.sleep(0.1)
     processes.append(_start(compose_command("worker"), env))
-    processes.append(_start(compose_command("api", bind=bind), env))
+    processes.append(_start(compose_command("api", bind=upstream), env))
+    run_dir = Path(env["FITSERVE_DATA_DIR"]) / "proxy"
+    config = write_config(run_dir, Settings.from_env(env), listen=bind, upstream=upstream)
+    processes.append(_start(local_proxy_command(config), env))
     print(f"fitserve on http://{bind} (Ctrl-C stops everything)", flush=True)
 
     def stop(*_: object) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import yaml
@@ -20,3 +21,10 @@ def compose_command(service: str, *, bind: str | None = None) -> list[str]:
     if bind is not None and "--bind" in argv:
         argv[argv.index("--bind") + 1] = bind
     return argv
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -38,27 +38,30 @@ def create_app(settings: Settings | None = None) -> Flask:
         health,
         http,
         jobs,
-        limits,
         metrics,
         oip,
         openapi,
         problems,
+        proxies,
+        servables,
         tfserving,
         validate,
     )
 
+    proxies.install(app)
     http.install(app)
     # Before auth: a refused request is timed and counted too.
     metrics.install(app)
+    # Authentication counts each request against its key's limits (service/limits.py).
     auth.install(app)
-    limits.install(app)
     problems.register(app)
     app.register_blueprint(health.bp)
     datasets.install(app)
     app.register_blueprint(validate.bp)
     app.register_blueprint(jobs.bp)
-    tfserving.install(app)
-    app.register_blueprint(oip.bp)
+    servables.install(app)
+    tfserving.register(app)
+    oip.register(app)
     app.register_blueprint(dashboard.bp)
     openapi.install(app)
     events.install(app)

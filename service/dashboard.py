@@ -13,7 +13,7 @@ from flask import Blueprint, Response, redirect, render_template, request
 
 from core.keys import ApiKey, match_key
 from core.storage import check_id
-from service import sessions
+from service import limits, sessions
 from service.state import api_keys
 
 bp = Blueprint("dashboard", __name__)
@@ -81,8 +81,10 @@ def sign_in() -> Response:
         return redirect("/", 303)
     if not _same_origin():
         return _sign_in_page("Sign-in must come from this dashboard's own page.", 403)
+    limits.check_sign_in_failures()
     key = match_key(api_keys(), request.form.get("key", "").strip())
     if key is None:
+        limits.count_sign_in_failure()
         return _sign_in_page("That API key is not valid. Check it and try again.", 401)
     # A sign-in always gets a fresh token; the one the browser held (if any) ends now.
     sessions.end_session()

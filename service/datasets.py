@@ -28,11 +28,12 @@ from core.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
-from core.jobs import dataset_jobs_key
+from core.rediskeys import dataset_idempotency_key
 from core.storage import new_id
 from service.auth import can_see, owner
 from service.http import idempotency_key, json_body, json_response, page_args
-from service.state import data_dir, redis_client, settings
+from service.limits import check_dataset_quota, keep_within_dataset_quota
+from service.state import data_dir, job_store, redis_client, settings
 
 log = logging.getLogger("fitserve.service")
 bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
@@ -87,7 +88,9 @@ def create_dataset():
     with _claim(idempotency_key()) as (dataset_id, existing):
         if existing is not None:
             return _manifest_response(existing, 200)
+        check_dataset_quota(owner())
         manifest = _store_json(dataset_id) if is_json else _store_multipart(dataset_id)
+        keep_within_dataset_quota(manifest)
     return _manifest_response(manifest, 201)
 
 
@@ -111,7 +114,7 @@ def delete_dataset(dataset_id: str):
     """204, or 409 while a live job uses the dataset (the jobs keep a Redis set of their ids)."""
     visible_manifest(dataset_id)
     with _redis_guard("nothing was deleted"):
-        users = redis_client().scard(dataset_jobs_key(dataset_id))
+        users = job_store().count_live_using(dataset_id)
     if users:
         raise Conflict(f"Dataset {dataset_id} is used by {users} live job(s); nothing was deleted.")
     datasets.delete_dataset(data_dir(), dataset_id)
@@ -177,7 +180,7 @@ def _claim(key: str | None) -> Iterator[tuple[str, dict | None]]:
     if key is None:
         yield dataset_id, None
         return
-    name = f"fitserve:idem:dataset:{owner() or '-'}:{key}"
+    name = dataset_idempotency_key(owner(), key)
     client = redis_client()
     with _redis_guard("nothing was stored"):
         earlier = _claim_key(client, name, dataset_id)

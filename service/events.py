@@ -5,12 +5,15 @@ exactly after the last event it saw. A stream sends a keep-alive comment when no
 for `events_keepalive_seconds`, ends after the job's terminal status, and ends anyway after
 `events_max_seconds` (the client reconnects). Each open stream holds one gunicorn thread, so a
 process serves at most `events_max_streams` at once (keep it below the thread count, so
-predictions always find a thread); past that it answers 429 with Retry-After. A client that
+predictions always find a thread), and at most `events_max_streams_per_key` for one key (one
+client address without keys), so one key never holds them all; past either it answers 429
+with Retry-After. A client that
 has seen a finished job's last event gets a 204, which tells an EventSource to stop.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import re
 import threading
@@ -22,10 +25,11 @@ import redis
 from flask import Blueprint, Flask, Response, current_app, request
 
 from core.errors import FieldError, InvalidRequest, RateLimited
-from core.jobs import TERMINAL, JobStore, decode_event, events_key, job_key
+from core.jobs import TERMINAL, JobStore
 from core.settings import Settings
-from service.jobs import job_store, visible_job
-from service.state import redis_client, settings
+from service.jobs import visible_job
+from service.limits import client_identity
+from service.state import data_dir, job_store, settings
 
 bp = Blueprint("events", __name__)
 log = logging.getLogger("fitserve.service")
@@ -36,23 +40,37 @@ BATCH = 100
 
 
 class StreamSlots:
-    """A per-process count of open streams, bounded."""
+    """This process's open streams, counted in all and per client, both bounded."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_client: int) -> None:
         self.limit = limit
-        self.open = 0
+        self.per_client = per_client
+        self.open: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
 
-    def take(self) -> bool:
+    def take(self, client: str) -> None:
+        """Hold a slot for `client`; RateLimited when the process or the client has none left."""
         with self._lock:
-            if self.open >= self.limit:
-                return False
-            self.open += 1
-            return True
+            if self.open[client] >= self.per_client:
+                raise RateLimited(
+                    f"{client} already has {self.per_client} event streams open on this server "
+                    "process (FITSERVE_EVENTS_MAX_STREAMS_PER_KEY); close one, retry shortly or "
+                    "poll GET /v1/jobs/<id>.",
+                    retry_after=5,
+                )
+            if self.open.total() >= self.limit:
+                raise RateLimited(
+                    f"This server process already streams {self.limit} event streams "
+                    "(FITSERVE_EVENTS_MAX_STREAMS); retry shortly or poll GET /v1/jobs/<id>.",
+                    retry_after=5,
+                )
+            self.open[client] += 1
 
-    def give_back(self) -> None:
+    def give_back(self, client: str) -> None:
         with self._lock:
-            self.open -= 1
+            self.open[client] -= 1
+            if not self.open[client]:
+                del self.open[client]
 
 
 @bp.get("/v1/jobs/<job_id>/events")
@@ -64,25 +82,19 @@ def job_events(job_id: str):
     """
     job = visible_job(job_id)
     after = _last_event_id()
-    if job["status"] in TERMINAL and not redis_client().xrange(
-        events_key(job_id), f"({after}", "+", count=1
-    ):
+    if job["status"] in TERMINAL and not job_store().events_after(job_id, after, count=1):
         return "", 204
     slots: StreamSlots = current_app.extensions["fitserve.event_slots"]
-    if not slots.take():
-        raise RateLimited(
-            f"This server process already streams {slots.limit} event streams "
-            "(FITSERVE_EVENTS_MAX_STREAMS); retry shortly or poll GET /v1/jobs/<id>.",
-            retry_after=5,
-        )
+    client = client_identity()
+    slots.take(client)
     released = threading.Event()
 
     def release() -> None:
         if not released.is_set():
             released.set()
-            slots.give_back()
+            slots.give_back(client)
 
-    stream = _stream(_stream_client(), job_store(), job_id, after, settings())
+    stream = _stream(_stream_store(), job_id, after, settings())
     response = Response(stream, mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
@@ -110,31 +122,29 @@ def _last_event_id() -> str:
     return raw
 
 
-def _stream_client() -> redis.Redis:
-    """A client whose read timeout outlasts a blocking read of one keep-alive interval."""
-    client = current_app.extensions.get("fitserve.events_redis")
-    if client is None:
+def _stream_store() -> JobStore:
+    """A store whose client's read timeout outlasts a blocking read of one keep-alive interval."""
+    store = current_app.extensions.get("fitserve.events_store")
+    if store is None:
         wait = settings().events_keepalive_seconds
         client = redis.Redis.from_url(
             settings().redis_url, socket_connect_timeout=2, socket_timeout=wait + 10
         )
-        current_app.extensions["fitserve.events_redis"] = client
-    return client
+        store = JobStore(client, data_dir(), settings())
+        current_app.extensions["fitserve.events_store"] = store
+    return store
 
 
-def _stream(
-    client: redis.Redis, store: JobStore, job_id: str, after: str, config: Settings
-) -> Iterator[bytes]:
+def _stream(store: JobStore, job_id: str, after: str, config: Settings) -> Iterator[bytes]:
     """The SSE body: events after `after`, keep-alives, until terminal or the time is up."""
-    key = events_key(job_id)
     deadline = time.monotonic() + config.events_max_seconds
     yield f"retry: {RECONNECT_MS}\n\n".encode()
     while (left := deadline - time.monotonic()) > 0:
         try:
             # Read before the stream: what a finished job wrote is then surely in it.
-            done = _finished(store, job_id)
+            done = store.is_finished(job_id)
             wait = None if done else int(min(config.events_keepalive_seconds, left) * 1000) or 1
-            found = client.xread({key: after}, count=BATCH, block=wait)
+            found = store.events_after(job_id, after, count=BATCH, block_ms=wait)
         except redis.RedisError as error:
             log.warning("events_redis_error job=%s error=%r", job_id, error)
             yield _comment("redis unavailable; reconnect with Last-Event-ID")
@@ -144,18 +154,10 @@ def _stream(
                 return
             yield _comment("keep-alive")
             continue
-        for entry_id, entry in found[0][1]:
-            after = entry_id.decode()
-            event = decode_event(entry)
+        for after, event in found:
             yield _message(after, event)
             if event["kind"] == "status" and event.get("status") in TERMINAL:
                 return
-
-
-def _finished(store: JobStore, job_id: str) -> bool:
-    """The job is over, or gone."""
-    raw = store.redis.hget(job_key(job_id), "status")
-    return raw is None or orjson.loads(raw) in TERMINAL
 
 
 def _message(event_id: str, event: dict) -> bytes:
@@ -169,5 +171,7 @@ def _comment(text: str) -> bytes:
 
 
 def install(app: Flask) -> None:
-    app.extensions["fitserve.event_slots"] = StreamSlots(app.config["FITSERVE"].events_max_streams)
+    config = app.config["FITSERVE"]
+    slots = StreamSlots(config.events_max_streams, config.events_max_streams_per_key)
+    app.extensions["fitserve.event_slots"] = slots
     app.register_blueprint(bp)

@@ -6,12 +6,20 @@ not start in the master and then be forked.
 
 Prometheus: every worker writes its counters into one folder (prometheus-client's multiprocess
 mode), emptied at each start, so /metrics sums the workers whichever one answers.
+
+gunicorn answers a request it cannot parse (a request line or header past its limits, broken
+HTTP) itself, as HTML; `write_problem` makes those answers problem+json like every other.
 """
 
+import json
 import os
 import shutil
+import socket
 import tempfile
+import uuid
 from pathlib import Path
+
+from gunicorn import util
 
 worker_class = "gthread"
 threads = 8
@@ -23,6 +31,38 @@ accesslog = "-"
 # The control socket's default path is one per user, shared by every gunicorn on the host.
 control_socket_disable = True
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss request_id=%({x-request-id}o)s'
+
+
+# The same codes the API and the proxy give these statuses.
+_PROBLEM_CODES = {400: "malformed_request", 414: "uri_too_long", 431: "header_fields_too_large"}
+
+
+def write_problem(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's `util.write_error`, answering application/problem+json instead of HTML."""
+    code = _PROBLEM_CODES.get(status_int, "internal" if status_int >= 500 else "http_error")
+    request_id = uuid.uuid4().hex
+    detail = mesg or reason
+    body = json.dumps(
+        {
+            "type": f"/problems/{code}",
+            "title": reason,
+            "status": status_int,
+            "detail": detail,
+            "code": code,
+            "request_id": request_id,
+            "error": detail,
+        }
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/problem+json\r\nContent-Length: {len(body)}\r\n"
+        f"X-Request-ID: {request_id}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+# The workers are forked from this process, so they inherit the replacement.
+util.write_error = write_problem
 
 
 def post_worker_init(worker) -> None:

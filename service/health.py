@@ -8,7 +8,7 @@ import tempfile
 import redis
 from flask import Blueprint
 
-from core.devices import live_workers
+from core.workers import live_workers
 from service.http import json_response
 from service.problems import problem
 from service.state import data_dir, redis_client

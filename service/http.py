@@ -32,13 +32,15 @@ def echo_request_id(response: Response) -> Response:
     return response
 
 
-def json_body() -> Any:
+def json_body(*, any_type: bool = False) -> Any:
     """The request body parsed as strict JSON; the one place the API parses JSON.
 
     orjson refuses NaN/Infinity and nesting deeper than 1024, so such bodies are a 400 here.
+    `any_type`: parse it whatever the Content-Type says (the prediction routes, as TF Serving
+    and Triton do).
     """
     mimetype = request.mimetype
-    if mimetype != "application/json" and not mimetype.endswith("+json"):
+    if not any_type and mimetype != "application/json" and not mimetype.endswith("+json"):
         raise UnsupportedMediaType(
             f"Expected Content-Type: application/json, got {mimetype or 'none'!r}."
         )

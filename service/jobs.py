@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections import deque
 
 import kombu.exceptions
@@ -14,37 +13,22 @@ from celery import Celery
 from flask import Blueprint, current_app, g, request
 
 from core import grammar
-from core.devices import queue_workers, waiting_message
 from core.errors import Conflict, FieldError, InvalidRequest, NotFound, Unavailable
-from core.jobs import (
-    STATUSES,
-    TERMINAL,
-    JobStore,
-    describe_record,
-    parse_time,
-    send_training,
-)
-from core.queues import celery_config, train_queue
+from core.jobs import STATUSES, TERMINAL, Job, JobView, QueueState, provenance, view_job
+from core.queues import celery_config, send_training, train_queue
 from core.storage import check_id
+from core.workers import queue_workers, waiting_message
 from service.auth import can_see, owner
 from service.datasets import visible_manifest
 from service.http import idempotency_key, json_body, json_response, page_args
 from service.limits import check_job_quota
-from service.state import data_dir, redis_client, settings
+from service.state import job_store, redis_client, settings
 
 bp = Blueprint("jobs", __name__)
 log = logging.getLogger("fitserve.service")
 
 MAX_LOG_LINES = 10_000
 LOG_FILE = "train.log"
-
-
-def job_store() -> JobStore:
-    store = current_app.extensions.get("fitserve.jobs")
-    if store is None:
-        store = JobStore(redis_client(), data_dir(), settings())
-        current_app.extensions["fitserve.jobs"] = store
-    return store
 
 
 def producer() -> Celery:
@@ -79,10 +63,14 @@ def submit_job():
         earlier = store.idempotent_job(owner(), key)
         if earlier is not None:
             return _replay(earlier, request_sha256)
-    check_job_quota(owner())
-    normalized = grammar.parse_job_request(body, settings=settings(), manifest_of=visible_manifest)
+    check_job_quota(store, owner())
+    parsed = grammar.parse_job(body, settings=settings(), manifest_of=visible_manifest)
     job = store.create(
-        normalized, owner=owner(), request_id=g.get("request_id"), request_sha256=request_sha256
+        parsed.spec,
+        owner=owner(),
+        request_id=g.get("request_id"),
+        request_sha256=request_sha256,
+        record=provenance(parsed.spec, parsed.manifests),
     )
     try:
         if key is not None:
@@ -98,7 +86,7 @@ def submit_job():
     return json_response(view_job(job), 202, {"Location": f"/v1/jobs/{job['id']}"})
 
 
-def _replay(job: dict, request_sha256: str):
+def _replay(job: Job, request_sha256: str):
     """200 with the job an earlier submit with the same key made (as datasets answer)."""
     if job.get("request_sha256") != request_sha256:
         raise Conflict(
@@ -136,19 +124,20 @@ def get_job(job_id: str):
     try:
         job = visible_job(job_id)
     except redis.RedisError:
-        job = _finished_on_volume(job_id)
-        if job is None:
+        finished = _finished_on_volume(job_id)
+        if finished is None:
             raise
-    view = view_job(job)
+        job = finished
+    view: JobView = view_job(job)
     if job["status"] == "queued":
         view["queue"] = _queue_state(job.get("gpus") or 1)
     return json_response(view)
 
 
-def _queue_state(gpus: int) -> dict:
+def _queue_state(gpus: int) -> QueueState:
     queue = train_queue(gpus)
     workers = queue_workers(redis_client(), queue)
-    state = {"name": queue, "workers": len(workers)}
+    state = QueueState(name=queue, workers=len(workers))
     message = None if workers else waiting_message(redis_client(), gpus)
     if message:
         state["message"] = message
@@ -175,7 +164,7 @@ def get_logs(job_id: str):
             "Bad query parameter tail.",
             errors=[FieldError("/tail", "tail is out of range", f"1..{MAX_LOG_LINES}", raw)],
         )
-    path = data_dir().job(job_id) / LOG_FILE
+    path = job_store().data.job(job_id) / LOG_FILE
     lines: deque[str] = deque(maxlen=int(raw))
     if path.is_file():
         with open(path, encoding="utf-8", errors="replace") as handle:
@@ -200,7 +189,7 @@ def delete_job(job_id: str):
     return "", 204
 
 
-def visible_job(job_id: str) -> dict:
+def visible_job(job_id: str) -> Job:
     """The record of a job this request may see; someone else's is as unknown as none."""
     check_id(job_id, "job")
     job = job_store().get(job_id)
@@ -209,79 +198,15 @@ def visible_job(job_id: str) -> dict:
     return job
 
 
-def _finished_on_volume(job_id: str) -> dict | None:
+def _finished_on_volume(job_id: str) -> Job | None:
     """While Redis is away, a finished job as its manifest has it (a finished job no longer
     changes); None for a live job, whose manifest may lag its record (that read stays a 503)."""
     try:
-        job = job_store().manifest(job_id)
+        job, _ = job_store().stored_job(job_id)
     except (OSError, orjson.JSONDecodeError):
         return None
-    if job.get("status") not in TERMINAL:
+    if job["status"] not in TERMINAL:
         return None
-    if not can_see(job.get("owner")):
+    if not can_see(job["owner"]):
         raise NotFound(f"No job with id {job_id!r}.")
-    return job | {"metrics": (job.get("history") or [{}])[-1].get("metrics")}
-
-
-def view_job(job: dict) -> dict:
-    """The job as the API shows it."""
-    job_id = job["id"]
-    progress = job.get("progress") or {}
-    return {
-        "id": job_id,
-        "name": job.get("name"),
-        "owner": job.get("owner"),
-        "status": job["status"],
-        "attempt": job.get("attempt", 0),
-        "priority": job.get("priority"),
-        "created_at": job["created_at"],
-        "updated_at": job.get("updated_at"),
-        "started_at": job.get("started_at"),
-        "finished_at": job.get("finished_at"),
-        "timings": _timings(job),
-        "device": job.get("device"),
-        "worker": job.get("worker"),
-        "progress": {
-            "epoch": progress.get("epoch", job.get("epoch") or 0),
-            "epochs": progress.get("epochs"),
-            "step": progress.get("step"),
-            "steps": progress.get("steps"),
-            "fraction": progress.get("fraction", 1.0 if job["status"] == "succeeded" else 0.0),
-            "eta_seconds": progress.get("eta_seconds"),
-            "metrics": progress.get("metrics"),
-        },
-        "metrics": {"last": job.get("metrics"), "best": job.get("best")},
-        "test_metrics": job.get("test_metrics"),
-        "record": describe_record(job),
-        "checkpoints": job.get("checkpoints") or [],
-        "final": job.get("final"),
-        "error": (
-            {"reason": job.get("reason"), "message": job.get("message")}
-            if job["status"] == "failed"
-            else None
-        ),
-        "links": {
-            "self": f"/v1/jobs/{job_id}",
-            "metrics": f"/v1/jobs/{job_id}/metrics",
-            "logs": f"/v1/jobs/{job_id}/logs",
-            "cancel": f"/v1/jobs/{job_id}:cancel",
-            "events": f"/v1/jobs/{job_id}/events",
-            "model": f"/v1/models/{job_id}",
-        },
-    }
-
-
-def _timings(job: dict) -> dict:
-    """Seconds spent waiting for a worker and training (so far, while it runs)."""
-    created, started, finished = (
-        _seconds(job.get(name)) for name in ("created_at", "started_at", "finished_at")
-    )
-    now = time.time()
-    return {
-        "queued_seconds": None if started is None else round(started - created, 3),
-        "running_seconds": None if started is None else round((finished or now) - started, 3),
-    }
-
-
-def _seconds(value: str | None) -> float | None:
-    return None if value is None else parse_time(value)
+    return job

@@ -1,9 +1,9 @@
-"""Rate limits per API key and quotas of live jobs per key, counted in Redis.
+"""Limits per API key, counted in Redis: request rates, wrong keys, jobs, datasets and bytes.
 
 The counters live in Redis so every gunicorn worker (and every API host) shares them. A request
-over the rate answers 429 with `Retry-After`; when Redis cannot be reached the limiter lets the
+over a rate answers 429 with `Retry-After`; when Redis cannot be reached the rate limiter lets the
 request through (a log line and `RATE_LIMIT_FAIL_OPEN` count it) rather than take the API down
-with it.
+with it. Storage quotas (jobs kept, datasets, their bytes) answer 507 `insufficient_storage`.
 """
 
 from __future__ import annotations
@@ -13,18 +13,19 @@ import math
 import time
 
 import redis
-from flask import Flask, g, request
+from flask import g, request
 from prometheus_client import Counter
 
-from core.errors import QuotaExceeded, RateLimited
-from core.jobs import LIVE, owner_index, status_index
-from service.auth import PROTECTED_PREFIXES
-from service.state import redis_client, settings
+from core import datasets
+from core.errors import InsufficientStorage, QuotaExceeded, RateLimited
+from core.jobs import JobStore
+from core.rediskeys import auth_failures_key, rate_limit_key
+from core.usage import dataset_usage
+from service.state import data_dir, redis_client, settings
 
 log = logging.getLogger("fitserve.service")
 
 WINDOW_SECONDS = 60
-PREFIX = "fitserve:ratelimit:"
 # A job's slot frees when a job ends, which no one can predict: clients retry after this long.
 QUOTA_RETRY_SECONDS = 30
 
@@ -48,24 +49,40 @@ def client_identity() -> str:
     principal = g.get("principal")
     if principal is not None:
         return f"key:{principal.name}"
-    return f"ip:{request.remote_addr or 'unknown'}"
+    return f"ip:{client_address()}"
 
 
-def check_rate_limit() -> None:
-    """Count a /v1 or /v2 request against its key's window; RateLimited past the limit."""
-    limit = settings().rate_limit
-    if limit <= 0 or not request.path.startswith(PROTECTED_PREFIXES):
-        return
-    window = int(time.time()) // WINDOW_SECONDS
-    key = f"{PREFIX}{client_identity()}:{window}"
+def client_address() -> str:
+    """The client's address (behind the proxy, the one it forwarded: service/proxies.py)."""
+    return request.remote_addr or "unknown"
+
+
+def _count(key: str) -> tuple[int, int] | None:
+    """Count one more in `key`'s window: (count, milliseconds left), or None when Redis is
+    away (counted as a fail-open)."""
     try:
         count, ttl_ms = redis_client().eval(_COUNT, 1, key, WINDOW_SECONDS * 1000)
     except redis.RedisError as error:
         RATE_LIMIT_FAIL_OPEN.inc()
         log.warning("rate_limit_fail_open request_id=%s error=%r", g.get("request_id"), str(error))
+        return None
+    return int(count), int(ttl_ms)
+
+
+def _retry_after(ttl_ms: int) -> int:
+    return max(1, math.ceil(ttl_ms / 1000))
+
+
+def check_rate_limit() -> None:
+    """Count a request against its key's window (its address's without keys); RateLimited
+    past the limit. service/auth.py calls it for every route that needs a key."""
+    limit = settings().rate_limit
+    if limit <= 0:
         return
-    if count > limit:
-        retry_after = max(1, math.ceil(int(ttl_ms) / 1000))
+    window = int(time.time()) // WINDOW_SECONDS
+    counted = _count(rate_limit_key(client_identity(), window))
+    if counted is not None and counted[0] > limit:
+        retry_after = _retry_after(counted[1])
         raise RateLimited(
             f"Rate limit of {limit} requests per minute reached for {client_identity()}; "
             f"retry in {retry_after} s.",
@@ -73,27 +90,50 @@ def check_rate_limit() -> None:
         )
 
 
-def count_live_jobs(client: redis.Redis, owner: str | None) -> int:
-    """Queued, running and cancelling jobs of `owner` (of everyone when keys are off)."""
-    pipe = client.pipeline(transaction=False)
-    for status in LIVE:
-        if owner is None:
-            pipe.zcard(status_index(status))
-        else:
-            pipe.zintercard(2, [owner_index(owner), status_index(status)])
-    return sum(pipe.execute())
+def check_sign_in_failures() -> None:
+    """Before a key is checked: RateLimited while this address is over its wrong keys, so
+    guessing stops at `max_auth_failures` a minute, right guesses included."""
+    limit = settings().max_auth_failures
+    if limit <= 0:
+        return
+    try:
+        key = auth_failures_key(client_address())
+        failures, ttl_ms = redis_client().pipeline(transaction=False).get(key).pttl(key).execute()
+    except redis.RedisError:
+        return  # counted as a fail-open by `count_sign_in_failure` if Redis stays away
+    if int(failures or 0) >= limit:
+        retry_after = _retry_after(int(ttl_ms))
+        raise RateLimited(
+            f"{limit} wrong API keys came from {client_address()} within a minute "
+            f"(FITSERVE_MAX_AUTH_FAILURES); retry in {retry_after} s.",
+            retry_after=retry_after,
+        )
 
 
-def check_job_quota(owner: str | None) -> None:
-    """Refuse a new job (429 `quota_exceeded`) while the key has its quota of live jobs.
+def count_sign_in_failure() -> None:
+    """A wrong key was presented from this address: count it for a minute."""
+    if settings().max_auth_failures > 0:
+        _count(auth_failures_key(client_address()))
+
+
+def check_job_quota(store: JobStore, owner: str | None) -> None:
+    """Refuse a new job while the key has its quota of live jobs (429 `quota_exceeded`) or of
+    jobs kept in any status (507 `insufficient_storage`: finished jobs hold checkpoints).
 
     Checked before the job is recorded, so submits racing each other may pass the quota by
     the number racing; the quota bounds a key's share of the queue, not an exact count.
     """
+    kept_quota = settings().max_jobs_per_key
+    kept = store.count_kept(owner)
+    if 0 < kept_quota <= kept:
+        raise InsufficientStorage(
+            f"The quota of {kept_quota} jobs kept per API key (FITSERVE_MAX_JOBS_PER_KEY) is "
+            f"reached: {kept} are stored. Delete finished jobs to make room."
+        )
     quota = settings().max_active_jobs_per_key
     if quota <= 0:
         return
-    live = count_live_jobs(redis_client(), owner)
+    live = store.count_live(owner)
     if live >= quota:
         raise QuotaExceeded(
             f"The quota of {quota} queued or running jobs per API key "
@@ -103,6 +143,36 @@ def check_job_quota(owner: str | None) -> None:
         )
 
 
-def install(app: Flask) -> None:
-    """Run after authentication, which names the key a request is counted against."""
-    app.before_request(check_rate_limit)
+def check_dataset_quota(owner: str | None) -> None:
+    """Before an upload is read: 507 when the key has no room left for one more dataset."""
+    _refuse_over_quota(owner, adding=1)
+
+
+def keep_within_dataset_quota(manifest: dict) -> None:
+    """After a dataset is stored: if it took its key past a quota (a compressed upload that
+    expanded, uploads racing), delete it again and answer 507."""
+    try:
+        _refuse_over_quota(manifest.get("owner"), adding=0)
+    except InsufficientStorage:
+        datasets.delete_dataset(data_dir(), manifest["id"])
+        raise
+
+
+def _refuse_over_quota(owner: str | None, *, adding: int) -> None:
+    """InsufficientStorage when `owner`'s datasets, `adding` more of each, are over a quota."""
+    config = settings()
+    count_quota, bytes_quota = config.max_datasets_per_key, config.storage_quota_bytes
+    if count_quota <= 0 and bytes_quota <= 0:
+        return
+    usage = dataset_usage(data_dir(), owner)
+    if 0 < count_quota < usage.datasets + adding:
+        raise InsufficientStorage(
+            f"The quota of {count_quota} datasets per API key (FITSERVE_MAX_DATASETS_PER_KEY) "
+            f"is reached: {usage.datasets} are stored. Delete datasets to make room."
+        )
+    if 0 < bytes_quota < usage.bytes + adding:
+        raise InsufficientStorage(
+            f"The storage quota of {bytes_quota} bytes per API key "
+            f"(FITSERVE_STORAGE_QUOTA_BYTES) is used up: datasets hold {usage.bytes} bytes. "
+            "Delete datasets to make room."
+        )

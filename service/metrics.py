@@ -20,14 +20,21 @@ from prometheus_client import (
 )
 
 from core.metrics import RedisCollector, observe_request
+from service.auth import METRICS_PATH, require_admin
 from service.state import redis_client, settings
 
 bp = Blueprint("metrics", __name__)
 
+# Label values come from these known sets only, so no request can mint a new series: any other
+# method is `other`; a path that matches no route is `unmatched`.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
-@bp.get("/metrics")
+
+@bp.get(METRICS_PATH)
 def scrape():
-    """The API processes' counters and histograms, then jobs, queues and workers from Redis."""
+    """The API processes' counters and histograms, then jobs, queues and workers from Redis
+    (with keys on, for admin keys only: it shows every key's job counts)."""
+    require_admin()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         processes = CollectorRegistry()
         multiprocess.MultiProcessCollector(processes)
@@ -48,7 +55,8 @@ def count_response(response: Response) -> Response:
     started = g.pop("metrics_started", None)
     if started is not None:
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        observe_request(request.method, rule, response.status_code, time.perf_counter() - started)
+        method = request.method if request.method in METHODS else "other"
+        observe_request(method, rule, response.status_code, time.perf_counter() - started)
     return response
 
 

@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, request
+from flask import Blueprint, Flask, Response, request
 
 from core.errors import (
     MalformedRequest,
@@ -24,15 +24,19 @@ from core.errors import (
 )
 from core.jobs import describe_record
 from core.serving import catalog
-from core.serving.cache import LoadedModel, TensorInfo
-from core.serving.catalog import Servable
+from core.serving.cache import LoadedModel
 from core.serving.oip import HEADER_LENGTH, datatype_of, parse_infer, render_infer
-from service.http import json_body, json_response
+from core.serving.signature import TensorInfo
+from service import servables
+from service.http import json_response
+from service.servables import Found, answering, tagged
 from service.state import data_dir, settings
-from service.tfserving import load, manifests, resolve, tag_version
 
-bp = Blueprint("inference", __name__)
-bp.after_request(tag_version)
+bp = Blueprint("oip", __name__)
+
+
+def register(app: Flask) -> None:
+    app.register_blueprint(bp)
 
 
 def server_version() -> str:
@@ -62,17 +66,17 @@ def ready():
     return json_response({"ready": True})
 
 
-def resolve_segment(model: str, version: str | None) -> Servable:
+def find_segment(model: str, version: str | None) -> Found:
     """A version segment: digits are a version number, else a label."""
     if version is None:
-        return resolve(model)
+        return servables.find(model)
     if version.isdigit():
-        return resolve(model, version=int(version))
+        return servables.find(model, version=int(version))
     if version not in catalog.LABELS:
         raise NotFound(
             f"No version {version[:64]!r}: a version is a number or one of {catalog.LABELS}."
         )
-    return resolve(model, label=version)
+    return servables.find(model, label=version)
 
 
 def _tensor(info: TensorInfo) -> dict:
@@ -86,52 +90,56 @@ def _tensor(info: TensorInfo) -> dict:
 @bp.get("/v2/models/<model>")
 @bp.get("/v2/models/<model>/versions/<version>")
 def model_metadata(model: str, version: str | None = None):
-    loaded = load(resolve_segment(model, version))
-    manifest = manifests().read(loaded.servable.job_id)  # by id: no second search by name
-    versions = catalog.version_entries(manifest)
-    return json_response(
-        {
-            "name": model,
-            "versions": [str(v) for v in sorted(versions)],
-            "platform": "keras",
-            "inputs": [_tensor(info) for info in loaded.inputs],
-            "outputs": [_tensor(info) for info in loaded.outputs],
-            "record": describe_record(manifest),
-        }
-    )
+    found = find_segment(model, version)
+    loaded = servables.load(found)
+    versions = catalog.version_entries(found.manifest)
+    document = {
+        "name": model,
+        "versions": [str(v) for v in sorted(versions)],
+        "platform": "keras",
+        "inputs": [_tensor(info) for info in loaded.inputs],
+        "outputs": [_tensor(info) for info in loaded.outputs],
+        "record": describe_record(found.manifest),
+    }
+    return tagged(json_response(document), loaded.servable.version)
 
 
 @bp.get("/v2/models/<model>/ready")
 @bp.get("/v2/models/<model>/versions/<version>/ready")
 def model_ready(model: str, version: str | None = None):
     """Ready once the version is loaded in this process (this call loads it)."""
-    loaded = load(resolve_segment(model, version))
-    return json_response({"name": model, "version": _version(loaded), "ready": True})
+    loaded = servables.load(find_segment(model, version))
+    document = {"name": model, "version": _version(loaded), "ready": True}
+    return tagged(json_response(document), loaded.servable.version)
 
 
 @bp.post("/v2/models/<model>/infer")
 @bp.post("/v2/models/<model>/versions/<version>/infer")
 def infer(model: str, version: str | None = None):
     body, binary = infer_body()
-    loaded = load(resolve_segment(model, version))
-    checked = parse_infer(body, binary, loaded.inputs, loaded.outputs, settings().max_predict_rows)
-    outputs = loaded.run_batched(checked.arrays)
+    loaded = servables.load(find_segment(model, version))
+    with answering(loaded.servable.version):
+        checked = parse_infer(
+            body, binary, loaded.inputs, loaded.outputs, settings().max_predict_rows
+        )
+        outputs = loaded.run(checked)
     answer: dict[str, Any] = {"model_name": model, "model_version": _version(loaded)}
     if checked.id is not None:
         answer["id"] = checked.id
     content, header_length = render_infer(answer, outputs, checked)
     if header_length is None:
-        return Response(content, mimetype="application/json")
-    response = Response(content, mimetype="application/octet-stream")
-    response.headers[HEADER_LENGTH] = str(header_length)
-    return response
+        response = Response(content, mimetype="application/json")
+    else:
+        response = Response(content, mimetype="application/octet-stream")
+        response.headers[HEADER_LENGTH] = str(header_length)
+    return tagged(response, loaded.servable.version)
 
 
 def infer_body() -> tuple[Any, bytes]:
     """The JSON request and the binary tensor bytes after it (none without the extension)."""
     length = request.headers.get(HEADER_LENGTH)
     if length is None:
-        return json_body(), b""
+        return servables.prediction_body(), b""
     if request.content_encoding not in (None, "", "identity"):
         raise UnsupportedMediaType(
             f"Content-Encoding {request.content_encoding!r} is not supported; send it plain."

@@ -15,8 +15,9 @@ from typing import Any
 import swagger_ui_bundle
 from flask import Blueprint, Flask, current_app, send_from_directory
 
-from core.jobs import STATUSES
+from core.jobs import STATUSES, JobView, ModelRecord
 from core.serving.catalog import LABELS
+from core.typeschema import json_schema
 from service.http import json_response
 
 bp = Blueprint("openapi", __name__)
@@ -192,17 +193,6 @@ def _component_schemas() -> dict[str, dict]:
     )
     any_object = {"type": "object"}
     job_id = {"type": "string", "pattern": ID_PATTERN}
-    record = _object(
-        {
-            "spec_sha256": _text_or_null(),
-            "seed": {"type": ["integer", "null"]},
-            "datasets": {"type": "object", "additionalProperties": _text_or_null()},
-        },
-        {name: _text_or_null() for name in ("tensorflow", "keras", "cuda", "cudnn")}
-        | {"device": _nullable(any_object), "final": _nullable(any_object)}
-        | {"metrics": _nullable(any_object), "test_metrics": _nullable(any_object)},
-        description="What the model was made from and on, and what it scored.",
-    )
     return {
         "Problem": _object(
             {
@@ -244,34 +234,9 @@ def _component_schemas() -> dict[str, dict]:
             "additionalProperties": False,
             "example": {"arrays": {"x": [[0.1, 0.2], [0.3, 0.4]], "y": [0, 1]}},
         },
-        "Job": _object(
-            {
-                "id": job_id,
-                "status": {"enum": list(STATUSES)},
-                "created_at": {"type": "string"},
-                "progress": any_object,
-                "checkpoints": {"type": "array", "items": any_object},
-                "record": _ref("ModelRecord"),
-                "links": any_object,
-            },
-            {
-                "name": _text_or_null(),
-                "owner": _text_or_null(),
-                "attempt": {"type": "integer"},
-                "priority": {"type": ["integer", "null"]},
-                "device": _nullable(any_object),
-                "metrics": any_object,
-                "test_metrics": _nullable(any_object),
-                "final": _nullable(any_object),
-                "error": _nullable(any_object),
-                "queue": _object(
-                    {"name": {"type": "string"}, "workers": {"type": "integer"}},
-                    {"message": {"type": "string"}},
-                ),
-            },
-        ),
+        "Job": json_schema(JobView),
         "JobPage": _page(_ref("Job")),
-        "ModelRecord": record,
+        "ModelRecord": json_schema(ModelRecord),
         "JobMetrics": _object(
             {
                 "epochs": {"type": "array", "items": {"type": "integer"}},

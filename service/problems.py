@@ -16,6 +16,7 @@ log = logging.getLogger("fitserve.service")
 STATUS: dict[type[errors.FitserveError], int] = {
     errors.MalformedRequest: 400,
     errors.Unauthorized: 401,
+    errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.PayloadTooLarge: 413,
@@ -24,6 +25,8 @@ STATUS: dict[type[errors.FitserveError], int] = {
     errors.InvalidData: 422,
     errors.RateLimited: 429,
     errors.Unavailable: 503,
+    errors.TimedOut: 504,
+    errors.InsufficientStorage: 507,
 }
 
 _HTTP_CODES = {
@@ -74,7 +77,7 @@ def status_of(error: errors.FitserveError) -> int:
 
 def handle_fitserve_error(error: errors.FitserveError) -> Response:
     status = status_of(error)
-    headers = {}
+    headers = dict(error.headers)
     if hasattr(error, "retry_after"):
         headers["Retry-After"] = str(error.retry_after)
     if status == 401:

@@ -13,7 +13,6 @@ cannot read it). Requests with a Bearer key never look at the cookie.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 
@@ -23,6 +22,7 @@ from flask import Response, request
 
 from core.errors import Unauthorized, Unavailable
 from core.keys import ApiKey
+from core.rediskeys import session_record_key
 from service.state import redis_client, settings
 
 COOKIE = "fitserve_session"
@@ -30,16 +30,13 @@ CSRF_HEADER = "X-Fitserve-CSRF"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def _record_key(token: str) -> str:
-    # Hashed, so a look at Redis (or its AOF file) does not hand out live cookies.
-    return "fitserve:session:" + hashlib.sha256(token.encode()).hexdigest()
-
-
 def start_session(key: ApiKey) -> str:
     """Record a new session for `key`; returns the token the cookie carries."""
     token = secrets.token_urlsafe(32)
     record = {"name": key.name, "digest": key.digest, "csrf": secrets.token_urlsafe(32)}
-    redis_client().set(_record_key(token), orjson.dumps(record), ex=settings().session_seconds)
+    redis_client().set(
+        session_record_key(token), orjson.dumps(record), ex=settings().session_seconds
+    )
     return token
 
 
@@ -49,7 +46,7 @@ def current_session() -> dict | None:
     if not token or len(token) > 128:
         return None
     try:
-        raw = redis_client().get(_record_key(token))
+        raw = redis_client().get(session_record_key(token))
     except redis.RedisError:
         raise Unavailable("Sessions live in Redis, which is unavailable; retry shortly.") from None
     return orjson.loads(raw) if raw else None
@@ -59,7 +56,7 @@ def end_session() -> None:
     """Forget the request's session in Redis (the cookie is cleared by `clear_cookie`)."""
     token = request.cookies.get(COOKIE)
     if token and len(token) <= 128:
-        redis_client().delete(_record_key(token))
+        redis_client().delete(session_record_key(token))
 
 
 def session_key(keys: tuple[ApiKey, ...], session: dict) -> ApiKey | None:

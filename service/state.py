@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import current_app
 
+from core.jobs import JobStore
 from core.keys import ApiKey
 from core.settings import Settings
 from core.storage import DataDir
@@ -19,6 +20,14 @@ def data_dir() -> DataDir:
 
 def redis_client():
     return current_app.extensions["fitserve.redis"]
+
+
+def job_store() -> JobStore:
+    store = current_app.extensions.get("fitserve.jobs")
+    if store is None:
+        store = JobStore(redis_client(), data_dir(), settings())
+        current_app.extensions["fitserve.jobs"] = store
+    return store
 
 
 def api_keys() -> tuple[ApiKey, ...]:

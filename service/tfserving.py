@@ -7,19 +7,21 @@ epoch number; `best`, `latest` and `final` are labels. Every answer about one ve
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, Response, current_app, g, request, send_file
+from flask import Blueprint, Flask, request, send_file
 
 from core.errors import FieldError, InvalidRequest
 from core.jobs import describe_record
 from core.serving import catalog, tfserving
-from core.serving.cache import LoadedModel, ModelCache, TensorInfo
-from core.serving.catalog import Servable
+from core.serving.cache import LoadedModel
 from core.serving.export import export_savedmodel
+from core.serving.signature import TensorInfo
+from service import servables
 from service.auth import can_see
-from service.http import json_body, json_response, page_args
-from service.state import data_dir, settings
+from service.http import json_response, page_args
+from service.servables import answering, manifests, tagged
+from service.state import settings
 
-bp = Blueprint("models", __name__)
+bp = Blueprint("tfserving", __name__)
 
 # TensorFlow's DataType names, as TF Serving's metadata writes them.
 TF_DTYPES = {
@@ -37,52 +39,8 @@ TF_DTYPES = {
 DOWNLOAD_FORMATS = ("keras", "savedmodel")
 
 
-def install(app: Flask) -> None:
-    """Register the routes and give this process its model cache."""
-    app.extensions["fitserve.models"] = ModelCache(app.config["FITSERVE"])
-    app.extensions["fitserve.manifests"] = catalog.Manifests(app.extensions["fitserve.data"])
+def register(app: Flask) -> None:
     app.register_blueprint(bp)
-
-
-def model_cache() -> ModelCache:
-    return current_app.extensions["fitserve.models"]
-
-
-def manifests() -> catalog.Manifests:
-    return current_app.extensions["fitserve.manifests"]
-
-
-def find_manifest(model: str) -> dict:
-    """The manifest of the job `model` names, if this caller may see it (else 404)."""
-    return manifests().find_model(model, can_see)
-
-
-def resolve(model: str, version: int | None = None, label: str | None = None) -> Servable:
-    """The servable version a request names; remembered for `X-Model-Version`."""
-    manifest = find_manifest(model)
-    servable = catalog.resolve_version(data_dir(), manifest, version=version, label=label)
-    g.model_version = servable.version
-    g.follows_latest = version is None and (label or catalog.default_label(manifest)) == "latest"
-    return servable
-
-
-def load(servable: Servable) -> LoadedModel:
-    """The loaded model; a request that follows `latest` keeps the older version while the
-    newer one loads."""
-    cache = model_cache()
-    loaded = cache.get_newest(servable) if g.get("follows_latest") else cache.get(servable)
-    g.model_version = loaded.servable.version
-    return loaded
-
-
-def tag_version(response: Response) -> Response:
-    """Say which version answered (or would have)."""
-    if g.get("model_version") is not None:
-        response.headers["X-Model-Version"] = str(g.model_version)
-    return response
-
-
-bp.after_request(tag_version)
 
 
 def model_record(manifest: dict) -> dict:
@@ -135,18 +93,22 @@ def _version_status(version: int) -> dict:
 @bp.get("/v1/models/<model>")
 def model_status(model: str):
     """TF Serving's `model_version_status`: every servable version, newest first."""
-    manifest = find_manifest(model)
-    servable = catalog.resolve_version(data_dir(), manifest)
-    g.model_version = servable.version
-    versions = sorted(catalog.version_entries(manifest), reverse=True)
-    return json_response({"model_version_status": [_version_status(v) for v in versions]})
+    found = servables.find(model)
+    versions = sorted(catalog.version_entries(found.manifest), reverse=True)
+    return tagged(
+        json_response({"model_version_status": [_version_status(v) for v in versions]}),
+        found.servable.version,
+    )
 
 
 @bp.get("/v1/models/<model>/versions/<int:version>")
 @bp.get("/v1/models/<model>/labels/<label>")
 def version_status(model: str, version: int | None = None, label: str | None = None):
-    servable = resolve(model, version, label)
-    return json_response({"model_version_status": [_version_status(servable.version)]})
+    servable = servables.find(model, version, label).servable
+    return tagged(
+        json_response({"model_version_status": [_version_status(servable.version)]}),
+        servable.version,
+    )
 
 
 def _tensor_info(info: TensorInfo, prefix: str) -> dict:
@@ -170,26 +132,21 @@ def describe(info: TensorInfo) -> dict:
 @bp.get("/v1/models/<model>/labels/<label>/metadata")
 def model_metadata(model: str, version: int | None = None, label: str | None = None):
     """TF Serving's signature_def metadata, plus `inputs`/`outputs` in plain form."""
-    loaded = load(resolve(model, version, label))
+    found = servables.find(model, version, label)
+    loaded = servables.load(found)
     signature = {
         "inputs": {i.name: _tensor_info(i, "serving_default_") for i in loaded.inputs},
         "outputs": {o.name: _tensor_info(o, "StatefulPartitionedCall:") for o in loaded.outputs},
         "method_name": "tensorflow/serving/predict",
     }
-    return json_response(
-        {
-            "model_spec": {
-                "name": model,
-                "signature_name": "",
-                "version": str(loaded.servable.version),
-            },
-            "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}},
-            "inputs": [describe(i) for i in loaded.inputs],
-            "outputs": [describe(o) for o in loaded.outputs],
-            # By id: a model named by its job name is not searched for a second time.
-            "record": describe_record(manifests().read(loaded.servable.job_id)),
-        }
-    )
+    document = {
+        "model_spec": {"name": model, "signature_name": "", "version": _version(loaded)},
+        "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}},
+        "inputs": [describe(i) for i in loaded.inputs],
+        "outputs": [describe(o) for o in loaded.outputs],
+        "record": describe_record(found.manifest),
+    }
+    return tagged(json_response(document), loaded.servable.version)
 
 
 @bp.post("/v1/models/<model>:predict")
@@ -197,11 +154,13 @@ def model_metadata(model: str, version: int | None = None, label: str | None = N
 @bp.post("/v1/models/<model>/labels/<label>:predict")
 def predict(model: str, version: int | None = None, label: str | None = None):
     """`{"instances": ...}` -> `{"predictions": ...}`, `{"inputs": ...}` -> `{"outputs": ...}`."""
-    body = json_body()
-    loaded = load(resolve(model, version, label))
-    arrays, layout = tfserving.parse_predict(body, loaded.inputs, settings().max_predict_rows)
-    outputs = loaded.run_batched(arrays)
-    return json_response(tfserving.render_predict(outputs, loaded.outputs, layout))
+    body = servables.prediction_body()
+    loaded = servables.load(servables.find(model, version, label))
+    with answering(loaded.servable.version):
+        batch, layout = tfserving.parse_predict(body, loaded.inputs, settings().max_predict_rows)
+        outputs = loaded.run(batch)
+    answer = tfserving.render_predict(outputs, loaded.outputs, layout)
+    return tagged(json_response(answer), loaded.servable.version)
 
 
 @bp.get("/v1/models/<model>/download")
@@ -217,23 +176,30 @@ def download(model: str, version: int | None = None, label: str | None = None):
         if not asked.isdigit():
             raise _bad_query("version", "a version number", asked)
         version, label = int(asked), None
-    servable = resolve(model, version, label)
+    found = servables.find(model, version, label)
+    servable = found.servable
     name = f"{servable.job_id}-v{servable.version}"
-    if fmt == "keras":
-        return send_file(
-            servable.verified_path(),
-            mimetype="application/octet-stream",
-            as_attachment=True,
-            download_name=f"{name}.keras",
-            etag=str(servable.entry.get("sha256")),
-        )
-    archive = export_savedmodel(model_cache().get(servable))
-    return send_file(
-        archive,
-        mimetype="application/gzip",
-        as_attachment=True,
-        download_name=f"{name}.savedmodel.tar.gz",
-    )
+    with answering(servable.version):
+        if fmt == "keras":
+            response = send_file(
+                servable.verified_path(),
+                mimetype="application/octet-stream",
+                as_attachment=True,
+                download_name=f"{name}.keras",
+                etag=str(servable.entry.get("sha256")),
+            )
+        else:
+            response = send_file(
+                export_savedmodel(servables.model_cache().get(servable)),
+                mimetype="application/gzip",
+                as_attachment=True,
+                download_name=f"{name}.savedmodel.tar.gz",
+            )
+    return tagged(response, servable.version)
+
+
+def _version(loaded: LoadedModel) -> str:
+    return str(loaded.servable.version)
 
 
 def _bad_query(name: str, expected: str, received: str) -> InvalidRequest:

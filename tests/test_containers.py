@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +23,14 @@ import pytest
 from core.devices import visible_gpu_count
 from core.queues import train_queue
 from core.settings import PREFIX, Settings
+from scripts.proxy import (
+    TEMPLATE,
+    local_proxy_command,
+    proxy_command,
+    render_config,
+    template_values,
+    write_config,
+)
 from scripts.requirements import GPU_TENSORFLOW, image_requirements
 from scripts.stack import ROOT, compose_command, compose_services
 from tests.support.processes import stop_tree, wait_for
@@ -75,7 +84,7 @@ def seconds(duration: str) -> int:
 
 
 def test_the_compose_file_has_the_expected_services() -> None:
-    assert {"redis", "api", "worker"} <= set(SERVICES)
+    assert {"redis", "api", "proxy", "worker"} <= set(SERVICES)
     assert {"worker", "worker-2gpu", "worker-cpu"} <= set(WORKERS)
     assert "profiles" not in SERVICES["worker"]
     assert SERVICES["worker-cpu"]["profiles"] == ["cpu"]
@@ -94,7 +103,9 @@ def test_the_data_volume_is_mounted_at_the_data_dir_in_the_api_and_every_worker(
 
 
 def test_published_ports_are_on_loopback_only() -> None:
-    assert SERVICES["api"]["ports"] == ["127.0.0.1:8000:8000"]
+    # Clients reach the API through the proxy only.
+    assert SERVICES["proxy"]["ports"] == ["127.0.0.1:8000:8000"]
+    assert "ports" not in SERVICES["api"]
     for name, service in SERVICES.items():
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond this host"
@@ -257,7 +268,11 @@ def test_env_example_lists_every_setting_at_its_default() -> None:
         for name, value in SERVICES["api"]["environment"].items()
         if name.startswith(PREFIX)
     }
-    assert set(in_compose) == {"FITSERVE_REDIS_URL", "FITSERVE_DATA_DIR"}
+    assert set(in_compose) == {
+        "FITSERVE_REDIS_URL",
+        "FITSERVE_DATA_DIR",
+        "FITSERVE_TRUSTED_PROXIES",
+    }
     defaults = Settings()
     for variable, value in listed.items():
         if variable in in_compose:
@@ -266,6 +281,64 @@ def test_env_example_lists_every_setting_at_its_default() -> None:
         field = fields[variable].name
         parsed = getattr(Settings.from_env({variable: value}), field)
         assert parsed == getattr(defaults, field), f"{variable}={value} is not the default"
+
+
+def proxy_template_values() -> dict[str, str]:
+    """What compose's proxy hands the nginx image's template step, as compose resolves it."""
+    environment = SERVICES["proxy"]["environment"]
+    return {
+        name: interpolated(str(value))
+        for name, value in environment.items()
+        if re.match(environment["NGINX_ENVSUBST_FILTER"], name)
+    }
+
+
+def test_the_proxy_renders_the_template_the_local_stacks_render() -> None:
+    proxy = SERVICES["proxy"]
+    environment = proxy["environment"]
+    (mount,) = proxy["volumes"]
+    source, target, mode = mount.split(":")
+    assert (ROOT / source).resolve() == TEMPLATE
+    assert target == f"{environment['NGINX_ENVSUBST_TEMPLATE_DIR']}/{TEMPLATE.name}"
+    assert mode == "ro"
+    rendered = Path(environment["NGINX_ENVSUBST_OUTPUT_DIR"]) / TEMPLATE.name.removesuffix(
+        ".template"
+    )
+    assert proxy["command"] == proxy_command(rendered)
+    # The settings' defaults, the API's port and a folder the image's nginx user may write.
+    api_bind = SERVICES["api"]["command"][SERVICES["api"]["command"].index("--bind") + 1]
+    expected = template_values(
+        Settings(), listen="0.0.0.0:8000", upstream=f"api:{api_bind.split(':')[1]}", run_dir="/tmp"
+    )
+    assert proxy_template_values() == expected
+    assert proxy["depends_on"] == {"api": {"condition": "service_healthy"}}
+
+
+@pytest.mark.skipif(shutil.which("envsubst") is None, reason="gettext's envsubst is not installed")
+def test_the_images_template_step_renders_what_the_local_stacks_render() -> None:
+    # What the nginx image's entrypoint runs: envsubst over the variables its filter selects.
+    values = proxy_template_values()
+    names = " ".join(f"${{{name}}}" for name in values)
+    rendered = subprocess.run(
+        ["envsubst", names],
+        input=TEMPLATE.read_text(),
+        env={"PATH": os.environ["PATH"], **values},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert rendered == render_config(values)
+
+
+def test_the_rendered_proxy_config_is_valid_nginx(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "proxy", Settings(), listen="127.0.0.1:1", upstream="127.0.0.1:2"
+    )
+    checked = subprocess.run(
+        [*local_proxy_command(config), "-t"], capture_output=True, text=True, timeout=30
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert "${" not in config.read_text()
 
 
 def test_the_worker_healthcheck_answers_for_its_own_live_node_only(

@@ -16,8 +16,8 @@ from celery.signals import celeryd_init, worker_process_init, worker_shutting_do
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from core.devices import consumer_key
 from core.queues import celery_config
+from core.rediskeys import consumer_key
 from core.settings import Settings
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ def remember_node_name(sender: str, **_: object) -> None:
 @worker_shutting_down.connect
 def ask_job_to_requeue(sender: str, **_: object) -> None:
     """SIGTERM in the parent: the child's job saves a checkpoint and goes back to the queue."""
-    from core.runs import shutdown_key
+    from core.rediskeys import shutdown_key
 
     with contextlib.suppress(redis.RedisError):
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
@@ -151,8 +151,10 @@ def import_tensorflow(**_: object) -> None:
 
 def start_heartbeat(devices: list[str]) -> None:
     """The child's store, identity and heartbeat thread; a stale shutdown flag is cleared."""
-    from core.jobs import JobStore, send_training
-    from core.runs import WorkerIdentity, shutdown_key
+    from core.jobs import JobStore
+    from core.queues import send_training
+    from core.rediskeys import shutdown_key
+    from core.runs import WorkerIdentity
     from core.storage import DataDir
     from worker.heartbeat import Heartbeat
 

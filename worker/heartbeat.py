@@ -18,9 +18,9 @@ import time
 
 import orjson
 
-from core.devices import consumer_key, worker_key
 from core.jobs import JobStore
 from core.reconciler import reconcile
+from core.rediskeys import consumer_key, worker_key
 from core.runs import StoreControl, WorkerIdentity
 from core.storage import utc_now
 

@@ -1,11 +1,13 @@
 """The request grammar: parsing, shapes and parameter counts, data checks, model building.
 
-`parse_job_request` reads a whole job request into the normalized spec of DESIGN.md, or raises
-`InvalidRequest` carrying every error found, each located by a JSON pointer into the request.
+`parse_job` reads a whole job request into the normalized spec of DESIGN.md, with what it read
+and worked out on the way (`ParsedJob`), or raises `InvalidRequest` carrying every error found,
+each located by a JSON pointer into the request. `parse_job_request` is its spec alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -16,18 +18,45 @@ from core.grammar.fit import check_fit_with_compile, parse_fit
 from core.grammar.kinds import INVALID, Place, check_arguments
 from core.grammar.model import ParsedModel, parse_model
 from core.grammar.schema import grammar_schema
+from core.grammar.shapes import infer_model, summarize
 from core.settings import Settings
 
-__all__ = ["grammar_schema", "parse_job_request"]
+__all__ = ["ParsedJob", "grammar_schema", "parse_job", "parse_job_request"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedJob:
+    """A valid job request as the parse left it, so nothing after it reads or infers again."""
+
+    spec: dict[str, Any]
+    """The normalized request."""
+    manifests: dict[str, dict]
+    """The manifest of each dataset it reads, by id, read once each."""
+    summary: dict[str, Any]
+    """The model as built (preprocessing layers in front): layers, shapes, parameter counts."""
+    cost: dict[str, Any]
+    """What it will cost a worker (core.cost), within the worker's budget."""
 
 
 def parse_job_request(
     body: Any, *, settings: Settings, manifest_of: Callable[[str], dict]
 ) -> dict[str, Any]:
-    """The normalized spec of a job request; InvalidRequest with every error at once.
+    """The normalized spec of a job request (`parse_job(...).spec`)."""
+    return parse_job(body, settings=settings, manifest_of=manifest_of).spec
+
+
+def parse_job(body: Any, *, settings: Settings, manifest_of: Callable[[str], dict]) -> ParsedJob:
+    """Parse a job request; InvalidRequest with every error at once.
 
     `manifest_of(dataset_id)` returns a dataset's manifest or raises NotFound.
     """
+    manifests: dict[str, dict] = {}
+
+    def read_once(dataset_id: str) -> dict:
+        if dataset_id not in manifests:
+            manifests[dataset_id] = manifest_of(dataset_id)
+        return manifests[dataset_id]
+
     errors: list[FieldError] = []
     place = Place(errors)
     if not isinstance(body, dict):
@@ -43,16 +72,19 @@ def parse_job_request(
     spec["compile"] = _parse_compile_section(body, place, parsed, outputs)
     spec["fit"] = parse_fit(body.get("fit"), place.at("fit"), settings)
     check_fit_with_compile(spec["fit"], spec["compile"], place.at("fit"))
-    if parsed is not None and not errors:
-        _infer(parsed, settings, errors)
-    _parse_data_sections(body, spec, settings, manifest_of, errors)
-    if parsed is not None and not errors:
-        from core.cost import cost_errors
+    summary = _infer(parsed, settings, errors) if parsed is not None and not errors else None
+    _parse_data_sections(body, spec, settings, read_once, errors)
+    if errors or summary is None or parsed is None:
+        raise _invalid(errors)
+    from core.cost import cost_errors, estimate_cost  # core.cost reads core.grammar.shapes
 
-        errors.extend(cost_errors(spec, settings, manifest_of, parsed.paths))
+    cost = estimate_cost(spec, settings, read_once)
+    errors.extend(cost_errors(cost, parsed.paths))
     if errors:
         raise _invalid(errors)
-    return spec
+    if spec["data"]["preprocess"]["x"]:
+        summary = summarize(spec)
+    return ParsedJob(spec, manifests, summary, cost)
 
 
 def _invalid(errors: list[FieldError]) -> InvalidRequest:
@@ -106,14 +138,15 @@ def _parse_compile_section(
     )
 
 
-def _infer(parsed: ParsedModel, settings: Settings, errors: list[FieldError]) -> None:
-    """Shapes and parameter counts, only for a model that parsed cleanly."""
-    from core.grammar.shapes import infer_model
-
+def _infer(
+    parsed: ParsedModel, settings: Settings, errors: list[FieldError]
+) -> dict[str, Any] | None:
+    """Shapes and parameter counts, only for a model that parsed cleanly; its summary."""
     try:
-        infer_model(parsed.model, settings, paths=parsed.paths)
+        return infer_model(parsed.model, settings, paths=parsed.paths)
     except InvalidRequest as error:
         errors.extend(error.errors)
+        return None
 
 
 def _parse_data_sections(

@@ -125,9 +125,15 @@ class Batcher:
                 group[0].result = self._forward(group[0].inputs)
             else:
                 self._run_batched(group)
-        except Exception as error:  # each caller gets the error of the pass it was in
-            for request in group:
-                request.error = error
+        except Exception as error:
+            if len(group) == 1:
+                group[0].error = error
+            else:
+                # One request's values can fail a whole pass (a shape a layer cannot take):
+                # alone, each request gets its own answer or its own error.
+                for request in group:
+                    self._run([request])
+                return
         for request in group:
             request.done.set()
 

@@ -3,66 +3,72 @@
 Models load lazily in each API process from files a manifest lists, after their sha256 check,
 with `safe_mode` on (they are our own files, never a user's). Each gets a `tf.function` with a
 `[None, ...]` input signature, traced and warmed on load: a call is then one graph execution,
-thread-safe, with none of `Model.predict`'s per-call overhead.
+thread-safe, with none of `Model.predict`'s per-call overhead. A request runs through
+`LoadedModel.run`: the ids its Embedding layers will receive are checked, then it shares a
+batched pass, within the predict timeout.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
+import concurrent.futures
 import logging
+import re
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from core.checkpoints import CheckpointCorrupt
+from core.errors import FieldError, InvalidRequest, PayloadTooLarge, TimedOut
 from core.metrics import MODELS_LOADED, observe_predict_rows
 from core.serving.batcher import Batcher
 from core.serving.catalog import Servable
+from core.serving.signature import Batch, id_ranges, tensor_infos
 from core.settings import Settings
 
 log = logging.getLogger("fitserve.serving")
 
-
-@dataclasses.dataclass(frozen=True)
-class TensorInfo:
-    """A model input or output: its name, its shape without the batch axis, its dtype."""
-
-    name: str
-    shape: tuple[int | None, ...]
-    dtype: str
-
-    def batch_shape(self) -> list[int]:
-        """The shape as TF Serving and OIP metadata write it: -1 for the batch and unknown dims."""
-        return [-1, *(-1 if dim is None else dim for dim in self.shape)]
+# Lengths tried for unknown dimensions when warming a model up (a Conv1D needs its kernel's).
+WARM_LENGTHS = (1, 16, 256)
+# Lines of a TensorFlow op error that tell where it happened, not what happened.
+_OP_TRACE = ("Graph execution error", "Detected at node", "[[")
+# Threads running forward passes, per process: above gunicorn's threads, so a request waits for
+# one only when earlier passes have overrun their requests' timeout.
+PASS_THREADS = 32
 
 
 class LoadedModel:
     """A model ready to serve: metadata, the compiled forward function and its batcher."""
 
-    def __init__(self, servable: Servable, model: Any, settings: Settings) -> None:
+    def __init__(
+        self, servable: Servable, model: Any, settings: Settings, passes: Executor
+    ) -> None:
         import tensorflow as tf
 
         self.servable = servable
         self.model = model
-        self.inputs = tuple(
-            TensorInfo(t.name, tuple(t.shape[1:]), str(t.dtype)) for t in model.inputs
-        )
-        names = getattr(model, "output_names", None) or [model.layers[-1].name]
-        self.outputs = tuple(
-            TensorInfo(name, tuple(t.shape[1:]), str(t.dtype))
-            for name, t in zip(names, model.outputs, strict=True)
-        )
+        self.inputs, self.outputs = tensor_infos(model)
         self.nbytes = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
         self.specs = [
             tf.TensorSpec((None, *info.shape), info.dtype, name=info.name) for info in self.inputs
         ]
         self.function = tf.function(self.call, input_signature=self.specs, reduce_retracing=True)
         self._concrete = self.function.get_concrete_function()
+        self.id_ranges, probe = id_ranges(model)
+        self._ids = (
+            None
+            if probe is None
+            else tf.function(
+                lambda *inputs: tf.nest.flatten(probe(list(inputs), training=False)),
+                input_signature=self.specs,
+            ).get_concrete_function()
+        )
+        self._passes = passes
+        self._timeout = settings.predict_timeout_seconds
         self.batcher = (
             Batcher(
                 self.forward,
@@ -98,17 +104,91 @@ class LoadedModel:
             return self.forward(inputs)
         return self.batcher.submit(inputs)
 
-    def warm(self) -> None:
-        """Run once on zeros, so the first request does not pay for TensorFlow's first call."""
-        self.forward(
-            [
-                np.zeros((1, *(dim or 1 for dim in info.shape)), dtype=info.dtype)
-                for info in self.inputs
-            ]
+    def run(self, batch: Batch) -> dict[str, np.ndarray]:
+        """Serve one request: its ids checked, a batched pass within the predict timeout.
+
+        The pass runs on the cache's pass threads, so a pass that overruns answers 504 while it
+        finishes in the background. An error TensorFlow raises because of the values (a shape
+        a layer cannot take, an index out of range) is a 422 at the request's inputs.
+        """
+        import tensorflow as tf
+
+        future = self._passes.submit(self._checked_pass, batch)
+        try:
+            return future.result(self._timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            log.warning(
+                "predict_timeout job=%s version=%s seconds=%s",
+                self.servable.job_id,
+                self.servable.version,
+                self._timeout,
+            )
+            raise TimedOut(
+                f"The forward pass of model {self.servable.job_id} version "
+                f"{self.servable.version} ran past {self._timeout:g} s; send fewer rows or "
+                "shorter sequences."
+            ) from None
+        except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as error:
+            raise self._refused(batch, error) from None
+        except tf.errors.ResourceExhaustedError:
+            raise PayloadTooLarge(
+                "The forward pass ran out of memory on this request; send fewer rows or "
+                "shorter sequences."
+            ) from None
+
+    def _checked_pass(self, batch: Batch) -> dict[str, np.ndarray]:
+        self.check_ids(batch)
+        return self.run_batched(batch.arrays)
+
+    def check_ids(self, batch: Batch) -> None:
+        """Every Embedding gets ids in its range (computed by a pass of the layers in front)."""
+        if self._ids is None:
+            return
+        ids = self._ids(*batch.arrays)
+        for id_range, tensor in zip(self.id_ranges, ids, strict=True):
+            id_range.check(tensor.numpy(), batch, self.inputs[id_range.source].name)
+
+    def _refused(self, batch: Batch, error: Any) -> InvalidRequest:
+        reason = _op_reason(str(error.message))
+        message = f"The model cannot run on these inputs: {reason}"
+        log.info("predict_refused job=%s reason=%s", self.servable.job_id, reason)
+        expected = f"inputs this model can take: {[i.batch_shape() for i in self.inputs]}"
+        return InvalidRequest(
+            message, errors=[FieldError(batch.locate(0, None), message, expected)]
         )
 
+    def warm(self) -> None:
+        """Run once on zeros, so the first request does not pay for TensorFlow's first call.
 
-def load_servable(servable: Servable, settings: Settings) -> LoadedModel:
+        Unknown dimensions (a variable-length sequence) take the first length the model can
+        run on; a model that takes none of them is served cold.
+        """
+        import tensorflow as tf
+
+        for length in WARM_LENGTHS:
+            zeros = [
+                np.zeros((1, *(length if dim is None else dim for dim in info.shape)), info.dtype)
+                for info in self.inputs
+            ]
+            try:
+                self.forward(zeros)
+                return
+            except tf.errors.InvalidArgumentError:
+                if all(None not in info.shape for info in self.inputs):
+                    raise
+        log.info("model_cold job=%s reason=no_warm_length", self.servable.job_id)
+
+
+def _op_reason(message: str) -> str:
+    """What a TensorFlow op error says went wrong, without the graph's trace around it."""
+    for line in message.splitlines():
+        if line and not line[0].isspace() and not line.startswith(_OP_TRACE):
+            return re.sub(r"\s*\[Op:.*$", "", line)[:300]
+    return "a TensorFlow op refused them"
+
+
+def load_servable(servable: Servable, settings: Settings, passes: Executor) -> LoadedModel:
     """Verify, load, compile and warm one version; a bad file is a 503 naming it."""
     import keras
 
@@ -116,7 +196,7 @@ def load_servable(servable: Servable, settings: Settings) -> LoadedModel:
     started = time.monotonic()
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
-        loaded = LoadedModel(servable, model, settings)
+        loaded = LoadedModel(servable, model, settings, passes)
         loaded.warm()
     except Exception as error:
         log.exception("model_load_failed job=%s version=%s", servable.job_id, servable.version)
@@ -150,6 +230,8 @@ class ModelCache:
         # Files whose last load failed: asked for again, they load in the request (and fail
         # with a 503) rather than leaving an older version answering in their place.
         self._failed: set[tuple] = set()
+        # Forward passes run here, so a request can stop waiting for one (504) past the timeout.
+        self._passes = ThreadPoolExecutor(PASS_THREADS, thread_name_prefix="forward")
 
     def get(self, servable: Servable) -> LoadedModel:
         """The loaded model of `servable`, loading it now if needed."""
@@ -206,7 +288,7 @@ class ModelCache:
 
     def _load(self, servable: Servable, future: Future[LoadedModel]) -> None:
         try:
-            loaded = load_servable(servable, self._settings)
+            loaded = load_servable(servable, self._settings, self._passes)
         except BaseException as error:
             with self._lock:
                 self._loading.pop(servable.key, None)

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 
 from core.checkpoints import CheckpointCorrupt, verify_checkpoint
 from core.errors import Conflict, NotFound
 from core.storage import DataDir, check_id, read_json, sha256_file
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 LABELS = ("best", "latest", "final")
 FINAL_FILE = "model.keras"
@@ -108,9 +112,9 @@ class Manifests:
     def find_model(self, model: str, can_see: Callable[[str | None], bool]) -> dict[str, Any]:
         """The manifest of the job `model` names: a job id, else a job name.
 
-        A name means the newest succeeded job of that name, or, while none has succeeded, the
-        newest job of that name (so a running job is servable by name from its first
-        checkpoint). Another key's job is reported exactly like an unknown one.
+        A name means the newest succeeded job of that name; a job that has not succeeded (running,
+        failed, cancelled) is served by its id only. Another key's job is reported exactly like an
+        unknown one.
         """
         try:
             manifest = self.read(check_id(model, "model"))
@@ -118,11 +122,50 @@ class Manifests:
             manifest = None
         if manifest is not None and can_see(manifest.get("owner")):
             return manifest
-        named = [m for m in self.all() if m.get("name") == model and can_see(m.get("owner"))]
-        if not named:
-            raise NotFound(f"No model {model[:200]!r}: no job has this id or name.")
-        succeeded = [m for m in named if m.get("status") == "succeeded"]
-        return max(succeeded or named, key=lambda m: (m.get("created_at") or "", m["id"]))
+        succeeded = [
+            m
+            for m in self.all()
+            if m.get("name") == model and m.get("status") == "succeeded" and can_see(m.get("owner"))
+        ]
+        if not succeeded:
+            raise NotFound(
+                f"No model {model[:200]!r}: no job has this id, and no succeeded job has this name "
+                "(a job that has not succeeded is served by its id)."
+            )
+        return max(succeeded, key=lambda m: (m.get("created_at") or "", m["id"]))
+
+
+class TimedCache(Generic[K, V]):
+    """Answers reused for `seconds`, then computed again; thread-safe, at most `size` of them.
+
+    Resolving a model name reads manifests; reusing the answer for a few hundred milliseconds
+    takes that off the hot path, while a new checkpoint (a replaced manifest) is still seen
+    within that time.
+    """
+
+    def __init__(
+        self, seconds: float, size: int = 4096, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._seconds = seconds
+        self._size = size
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._answers: dict[K, tuple[float, V]] = {}
+
+    def get(self, key: K, compute: Callable[[], V]) -> V:
+        """The answer for `key`, computed now if it is missing or older than `seconds`."""
+        now = self._clock()
+        with self._lock:
+            kept = self._answers.get(key)
+        if kept is not None and now - kept[0] < self._seconds:
+            return kept[1]
+        value = compute()  # errors are not kept: a model that appears is found at once
+        with self._lock:
+            self._answers.pop(key, None)
+            if len(self._answers) >= self._size:
+                del self._answers[next(iter(self._answers))]  # the oldest answer
+            self._answers[key] = (now, value)
+        return value
 
 
 def version_entries(manifest: dict) -> dict[int, tuple[dict, bool]]:

@@ -17,13 +17,15 @@ import numpy as np
 import orjson
 
 from core.errors import PayloadTooLarge
-from core.serving.cache import TensorInfo
+from core.serving.signature import Batch, TensorInfo
 from core.serving.tfserving import (
+    NUMBERS,
+    NotNumbers,
     cast_array,
     check_same_rows,
-    first_non_number,
     fits,
     invalid,
+    nesting_depth,
     pointer,
     preview,
 )
@@ -48,10 +50,9 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 @dataclasses.dataclass(frozen=True)
-class InferRequest:
+class InferRequest(Batch):
     """A checked inference request: arrays in model input order, the outputs to return."""
 
-    arrays: list[np.ndarray]
     outputs: list[str]
     binary_outputs: set[str]
     id: str | None
@@ -123,7 +124,8 @@ def _check_tensor_header(
     if not fits(shape, info):
         raise invalid(
             f"{base}/shape",
-            f"Input {name!r} has shape {info.batch_shape()} (-1: any size); received {shape}.",
+            f"Input {name!r} has shape {info.batch_shape()} (-1: any size); "
+            f"received {preview(shape)}.",
             str(info.batch_shape()),
             shape,
         )
@@ -141,21 +143,23 @@ def _check_tensor_header(
 def _json_data(data: Any, shape: list[int], datatype: str, path: str) -> np.ndarray:
     """JSON `data`, flat in row-major order or nested, as an array of `shape`."""
     try:
+        nesting_depth(data, frozenset({bool}) if datatype == "BOOL" else NUMBERS)
+    except NotNumbers as error:
+        raise invalid(
+            path,
+            f"data holds values that are not {datatype}, or mixes them with lists at one level.",
+            f"{datatype} values, flat or nested as {shape}",
+            preview(error.value),
+        ) from None
+    try:
         array = np.asarray(data)
-    except (ValueError, TypeError, OverflowError):
+    except ValueError:
         raise invalid(
             path,
             "data is ragged: nested lists must be of one length per level.",
             str(shape),
             preview(data),
         ) from None
-    if array.dtype.kind not in ("b" if datatype == "BOOL" else "iuf"):
-        raise invalid(
-            path,
-            f"data holds values that are not {datatype}.",
-            f"{datatype} values",
-            preview(first_non_number(data)),
-        )
     size = math.prod(shape)
     if array.shape != tuple(shape):
         if array.ndim != 1 or array.size != size:
@@ -229,6 +233,7 @@ def parse_infer(
         )
     by_name = {info.name: info for info in inputs}
     arrays: dict[str, np.ndarray] = {}
+    places: dict[str, str] = {}  # input name -> the pointer of its tensor in the request
     rest = _Binary(binary)
     for index, tensor in enumerate(tensors):
         name, array = _input_array(index, tensor, by_name, max_rows, rest)
@@ -237,6 +242,7 @@ def parse_infer(
                 pointer("inputs", index, "name"), f"Input {name!r} is given twice.", "once", name
             )
         arrays[name] = array
+        places[name] = pointer("inputs", index)
     if rest.offset != len(binary):
         raise invalid(
             "/inputs",
@@ -253,11 +259,16 @@ def parse_infer(
             sorted(arrays),
         )
     ordered = [arrays[info.name] for info in inputs]
-    check_same_rows(ordered, [pointer("inputs", info.name) for info in inputs])
+    check_same_rows(ordered, [f"{places[info.name]}/shape" for info in inputs])
     chosen, binary_outputs = _requested_outputs(
         body.get("outputs"), outputs, parameters.get("binary_data_output") is True
     )
-    return InferRequest(ordered, chosen, binary_outputs, request_id)
+
+    def locate(input_index: int, row: int | None) -> str:
+        # A tensor's data is flat or nested: its rows are not addressable, the tensor is.
+        return "/inputs" if row is None else places[inputs[input_index].name]
+
+    return InferRequest(ordered, locate, chosen, binary_outputs, request_id)
 
 
 def _requested_outputs(

@@ -7,53 +7,95 @@ FieldError whose path is a JSON pointer into the request (`/instances/3`, `/inpu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import itertools
+import reprlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import orjson
 
 from core.errors import FieldError, InvalidRequest, PayloadTooLarge
-from core.serving.cache import TensorInfo
+from core.serving.signature import Batch, TensorInfo
 
-_NUMERIC = "biuf"
+NUMBERS = frozenset({int, float})
+# Deeper than any tensor numpy can build (64 dimensions): nothing a model takes.
+MAX_NESTING = 64
+
+
+def _preview_repr() -> reprlib.Repr:
+    """Previews of received values: a few levels, items and characters, however large."""
+    shown = reprlib.Repr()
+    shown.maxlevel, shown.maxlist, shown.maxdict = 3, 6, 6
+    shown.maxstring = shown.maxother = 60
+    return shown
+
+
+_PREVIEW = _preview_repr()
 
 
 def pointer(*parts: object) -> str:
-    """A JSON pointer from its reference tokens (RFC 6901 escapes `~` and `/`)."""
-    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in parts)
+    """A JSON pointer from its reference tokens (RFC 6901 escapes `~` and `/`).
+
+    A token past 200 characters (a megabyte-long key) is cut, so an error cannot echo it whole.
+    """
+    tokens = (str(part)[:200] for part in parts)
+    return "".join("/" + token.replace("~", "~0").replace("/", "~1") for token in tokens)
 
 
 def invalid(path: str, message: str, expected: str, received: Any) -> InvalidRequest:
-    """A 422 with one FieldError, its message also the detail."""
-    return InvalidRequest(message, errors=[FieldError(path, message, expected, received)])
+    """A 422 with one FieldError, its message also the detail; `received` is previewed."""
+    return InvalidRequest(message, errors=[FieldError(path, message, expected, preview(received))])
 
 
 def preview(value: Any) -> Any:
-    """A short, JSON-safe rendering of a received value for an error message."""
+    """A short, JSON-safe rendering of a received value for an error message.
+
+    Small values come back as they are; a long string is cut; a large or deep structure is
+    shown by `reprlib`, whose walk stops a few levels and items in.
+    """
     if isinstance(value, bool | int | float) or value is None:
         return value
-    try:
-        text = value if isinstance(value, str) else orjson.dumps(value, default=repr).decode()
-    except TypeError:  # integers beyond 64 bits: shown as text
-        value = text = repr(value)
-    return text[:77] + "..." if len(text) > 80 else value
+    if isinstance(value, str):
+        return value[:77] + "..." if len(value) > 80 else value
+    text = _PREVIEW.repr(value)
+    return value if "..." not in text and len(text) <= 80 else text[:77] + "..."
 
 
-def _leaves(value: Any) -> Iterator[Any]:
-    if isinstance(value, list):
-        for item in value:
-            yield from _leaves(item)
-    else:
-        yield value
+class NotNumbers(Exception):
+    """Nested lists that are not uniformly nested lists of numbers; `value` is the culprit."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__("not nested lists of numbers")
+        self.value = value
 
 
-def first_non_number(value: Any) -> Any:
-    """The first leaf of nested lists that is not a number (for the error's `received`)."""
-    for leaf in _leaves(value):
-        if isinstance(leaf, bool) or not isinstance(leaf, int | float):
-            return leaf
-    return None
+def nesting_depth(value: Any, leaves: frozenset[type] = NUMBERS) -> int:
+    """How many levels of lists hold `value`'s numbers (0 for a number itself).
+
+    The scan runs level by level at C speed (`set(map(type, ...))`), so a string, an object or
+    a list where a number belongs is found before numpy sizes an array for it (a long string in
+    a batch would make numpy allocate rows x columns x its length). NotNumbers otherwise.
+    """
+    level, depth = [value], 0
+    while level:
+        kinds = set(map(type, level))
+        if kinds <= leaves:
+            return depth
+        if kinds != {list} or depth == MAX_NESTING:
+            raise NotNumbers(_first_misfit(level, leaves))
+        level = list(itertools.chain.from_iterable(level))
+        depth += 1
+    return depth  # empty lists all the way: numpy sees an empty array
+
+
+def _first_misfit(level: list, leaves: frozenset[type]) -> Any:
+    """The first item of a level that is neither a list nor a number; else the first item
+    whose kind (list or number) differs from the first item's."""
+    for item in level:
+        if type(item) is not list and type(item) not in leaves:
+            return item
+    first_is_list = type(level[0]) is list
+    return next((item for item in level if (type(item) is list) != first_is_list), level[0])
 
 
 def fits(shape: Sequence[int], info: TensorInfo) -> bool:
@@ -71,8 +113,25 @@ def _row_error(
     expected = f"rows of shape {row_shape} (-1: any size) of numbers"
     for index, row in enumerate(rows):
         try:
+            depth = nesting_depth(row)
+        except NotNumbers as error:
+            if type(error.value) is list or type(error.value) in NUMBERS:  # nesting, not kind
+                return FieldError(
+                    row_path(index),
+                    f"Row {index} of input {info.name!r} is not nested as rows of shape "
+                    f"{row_shape} are.",
+                    expected,
+                    preview(error.value),
+                )
+            return FieldError(
+                row_path(index),
+                f"Row {index} of input {info.name!r} holds a value that is not a number.",
+                expected,
+                preview(error.value),
+            )
+        try:
             array = np.asarray(row)
-        except (ValueError, TypeError, OverflowError):
+        except ValueError:
             return FieldError(
                 row_path(index),
                 f"Row {index} of input {info.name!r} is ragged: nested lists of one level "
@@ -80,14 +139,7 @@ def _row_error(
                 expected,
                 preview(row),
             )
-        if array.dtype.kind not in _NUMERIC:
-            return FieldError(
-                row_path(index),
-                f"Row {index} of input {info.name!r} holds a value that is not a number.",
-                expected,
-                preview(first_non_number(row)),
-            )
-        if not fits((1, *array.shape), info):
+        if depth != len(info.shape) or not fits((1, *array.shape), info):
             return FieldError(
                 row_path(index),
                 f"Row {index} of input {info.name!r} has shape {list(array.shape)}; "
@@ -156,10 +208,11 @@ def check_batch(
     if len(rows) > max_rows:
         raise PayloadTooLarge(f"A request may carry at most {max_rows} rows; got {len(rows)}.")
     try:
+        nesting_depth(rows)
         array = np.asarray(rows)
-    except (ValueError, TypeError, OverflowError):
+    except (NotNumbers, ValueError):
         array = None
-    if array is None or array.dtype.kind not in _NUMERIC or not fits(array.shape, info):
+    if array is None or not fits(array.shape, info):
         error = _row_error(rows, info, path, row_path)
         raise InvalidRequest(error.message, errors=[error])
     return cast_array(array, info, path)
@@ -181,16 +234,16 @@ def _named_rows(instances: list, inputs: Sequence[TensorInfo]) -> dict[str, list
         if unknown or missing:
             raise invalid(
                 pointer("instances", index, (unknown or missing)[0]),
-                f"Instance {index} has unknown inputs {unknown} and lacks {missing}.",
+                f"Instance {index} has unknown inputs {preview(unknown)} and lacks {missing}.",
                 f"an object with keys {names}",
-                sorted(row),
+                preview(sorted(row)),
             )
         for name in names:
             columns[name].append(row[name])
     return columns
 
 
-def parse_rows(instances: Any, inputs: Sequence[TensorInfo], max_rows: int) -> list[np.ndarray]:
+def parse_rows(instances: Any, inputs: Sequence[TensorInfo], max_rows: int) -> Batch:
     """TF Serving's row format: `instances` is a list of rows, or of {input name: row}."""
     if not isinstance(instances, list) or not instances:
         raise invalid(
@@ -203,29 +256,27 @@ def parse_rows(instances: Any, inputs: Sequence[TensorInfo], max_rows: int) -> l
         raise PayloadTooLarge(f"A request may carry at most {max_rows} rows; got {len(instances)}.")
     if isinstance(instances[0], dict):
         columns = _named_rows(instances, inputs)
-        return [
-            check_batch(
-                columns[info.name],
-                info,
-                "/instances",
-                lambda i, name=info.name: pointer("instances", i, name),
-                max_rows,
-            )
-            for info in inputs
-        ]
-    if len(inputs) > 1:
+
+        def locate(index: int, row: int | None) -> str:
+            return "/instances" if row is None else pointer("instances", row, inputs[index].name)
+
+    elif len(inputs) > 1:
         raise invalid(
             "/instances/0",
             f"This model has {len(inputs)} inputs: each instance is an object keyed by them.",
             f"an object with keys {[info.name for info in inputs]}",
             preview(instances[0]),
         )
-    return [
-        check_batch(instances, inputs[0], "/instances", lambda i: pointer("instances", i), max_rows)
-    ]
+    else:
+        columns = {inputs[0].name: instances}
+
+        def locate(index: int, row: int | None) -> str:
+            return "/instances" if row is None else pointer("instances", row)
+
+    return _checked(columns, inputs, locate, max_rows)
 
 
-def parse_columns(columns: Any, inputs: Sequence[TensorInfo], max_rows: int) -> list[np.ndarray]:
+def parse_columns(columns: Any, inputs: Sequence[TensorInfo], max_rows: int) -> Batch:
     """TF Serving's columnar format: `inputs` is the batch, or {input name: batch}."""
     names = [info.name for info in inputs]
     if isinstance(columns, dict):
@@ -234,13 +285,20 @@ def parse_columns(columns: Any, inputs: Sequence[TensorInfo], max_rows: int) -> 
         if unknown or missing:
             raise invalid(
                 pointer("inputs", (unknown or missing)[0]),
-                f"inputs has unknown names {unknown} and lacks {missing}.",
+                f"inputs has unknown names {preview(unknown)} and lacks {missing}.",
                 f"an object with keys {names}",
-                sorted(columns),
+                preview(sorted(columns)),
             )
-        paths = {name: pointer("inputs", name) for name in names}
+
+        def locate(index: int, row: int | None) -> str:
+            return pointer("inputs", names[index], *([] if row is None else [row]))
+
     elif len(inputs) == 1:
-        columns, paths = {names[0]: columns}, {names[0]: "/inputs"}
+        columns = {names[0]: columns}
+
+        def locate(index: int, row: int | None) -> str:
+            return "/inputs" if row is None else pointer("inputs", row)
+
     else:
         raise invalid(
             "/inputs",
@@ -248,18 +306,29 @@ def parse_columns(columns: Any, inputs: Sequence[TensorInfo], max_rows: int) -> 
             f"an object with keys {names}",
             preview(columns),
         )
+    batch = _checked(columns, inputs, locate, max_rows)
+    check_same_rows(batch.arrays, [locate(index, None) for index in range(len(inputs))])
+    return batch
+
+
+def _checked(
+    columns: dict[str, Any],
+    inputs: Sequence[TensorInfo],
+    locate: Callable[[int, int | None], str],
+    max_rows: int,
+) -> Batch:
+    """Each input's rows checked (`locate` says where they are in the request)."""
     arrays = [
         check_batch(
             columns[info.name],
             info,
-            paths[info.name],
-            lambda i, base=paths[info.name]: f"{base}/{i}",
+            locate(index, None),
+            lambda row, index=index: locate(index, row),
             max_rows,
         )
-        for info in inputs
+        for index, info in enumerate(inputs)
     ]
-    check_same_rows(arrays, [paths[name] for name in names])
-    return arrays
+    return Batch(arrays, locate)
 
 
 def check_same_rows(arrays: list[np.ndarray], paths: list[str]) -> None:
@@ -276,10 +345,8 @@ def check_same_rows(arrays: list[np.ndarray], paths: list[str]) -> None:
             )
 
 
-def parse_predict(
-    body: Any, inputs: Sequence[TensorInfo], max_rows: int
-) -> tuple[list[np.ndarray], str]:
-    """A TF Serving `:predict` body -> (arrays in input order, "row" or "columnar")."""
+def parse_predict(body: Any, inputs: Sequence[TensorInfo], max_rows: int) -> tuple[Batch, str]:
+    """A TF Serving `:predict` body -> (the checked batch, "row" or "columnar")."""
     if not isinstance(body, dict):
         raise invalid(
             "",
@@ -291,7 +358,7 @@ def parse_predict(
     if unknown:
         raise invalid(
             pointer(unknown[0]),
-            f"Unknown key {unknown[0]!r}.",
+            f"Unknown key {preview(unknown[0])!r}.",
             "instances or inputs, and optionally signature_name",
             unknown[0],
         )

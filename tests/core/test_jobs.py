@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
+import orjson
 import pytest
+from jsonschema import Draft202012Validator
 
+from core.datasets import load_manifest, store_json
 from core.errors import Conflict, NotFound
-from core.jobs import JobStore, dataset_jobs_key
-from core.storage import new_id, read_json
+from core.grammar import parse_job
+from core.jobs import JobStore, JobView, provenance, view_job
+from core.rediskeys import dataset_jobs_key
+from core.settings import Settings
+from core.storage import new_id, read_json, write_json
+from core.typeschema import json_schema
 
 DATASET = "d" * 32
 SPEC = {
@@ -21,8 +29,15 @@ def manifest_of(store: JobStore, job_id: str) -> dict:
     return read_json(store.data.job(job_id) / "manifest.json")
 
 
+def record_reads(store: JobStore) -> int:
+    """HGETALLs the Redis server has answered so far."""
+    return store.redis.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0)
+
+
 def test_create_writes_records_and_files(store: JobStore):
+    before = record_reads(store)
     job = store.create(SPEC, owner="ann", request_id="r1")
+    assert record_reads(store) == before, "create read back the record it had just written"
     assert store.get(job["id"])["status"] == "queued"
     assert read_json(store.data.job(job["id"]) / "job.json")["spec"] == SPEC
     manifest = manifest_of(store, job["id"])
@@ -170,3 +185,95 @@ def test_rebuild_command_restores_records_and_requeues(store: JobStore, monkeypa
     assert store.get(queued)["status"] == "queued"
     assert waiting_task_ids(store.redis, ["train"]) == {queued}
     assert "1 queued job(s) sent again" in capsys.readouterr().out
+
+
+# A manifest as the store wrote it before `Job` owned the record's fields (no request_sha256,
+# resume_from), and one older still (no datasets, priority, gpus, updated_at, record).
+BEFORE_JOB_TYPE = {
+    "id": "b" * 32,
+    "name": "tiny",
+    "owner": "ann",
+    "status": "succeeded",
+    "reason": None,
+    "message": None,
+    "attempt": 1,
+    "created_at": "2026-01-02T03:04:05.000000Z",
+    "updated_at": "2026-01-02T03:05:00.000000Z",
+    "started_at": "2026-01-02T03:04:06.000000Z",
+    "finished_at": "2026-01-02T03:05:00.000000Z",
+    "device": {"devices": ["/device:CPU:0"], "tensorflow": "2.21.0"},
+    "worker": "w1@host",
+    "epoch": 2,
+    "checkpoints": [{"version": 2, "file": "checkpoints/epoch-0002.keras", "sha256": "0" * 64}],
+    "best": {"version": 2, "monitor": "loss", "value": 0.25},
+    "final": {"file": "model.keras", "sha256": "1" * 64, "bytes": 10, "version": 2},
+    "test_metrics": None,
+    "request_id": "r1",
+    "priority": 7,
+    "gpus": 1,
+    "datasets": [DATASET],
+    "history": [{"epoch": 1, "metrics": {"loss": 0.5}}, {"epoch": 2, "metrics": {"loss": 0.25}}],
+    "record": {"spec_sha256": "2" * 64, "seed": 3, "datasets": {DATASET: "3" * 64}},
+}
+OLDEST = {
+    "id": "c" * 32,
+    "name": "tiny",
+    "owner": None,
+    "status": "queued",
+    "attempt": 0,
+    "created_at": "2025-06-01T00:00:00.000000Z",
+    "epoch": 0,
+    "checkpoints": [],
+    "history": [],
+}
+
+
+def test_manifests_written_before_the_job_type_still_restore(store: JobStore):
+    schema = Draft202012Validator(json_schema(JobView))
+    for manifest in (BEFORE_JOB_TYPE, OLDEST):
+        folder = store.data.job(manifest["id"])
+        created = {"id": manifest["id"], "owner": None, "created_at": manifest["created_at"]}
+        write_json(folder / "job.json", created | {"spec": SPEC})
+        write_json(folder / "manifest.json", manifest)
+
+    assert [job["id"] for job in store.rebuild_records()] == [OLDEST["id"]]
+
+    done = store.get(BEFORE_JOB_TYPE["id"])
+    stored = {key: value for key, value in BEFORE_JOB_TYPE.items() if key != "history"}
+    assert {key: done[key] for key in stored} == stored
+    assert (done["metrics"], done["request_sha256"]) == ({"loss": 0.25}, None)
+    assert store.history(done["id"]) == BEFORE_JOB_TYPE["history"]
+    oldest = store.get(OLDEST["id"])
+    assert (oldest["priority"], oldest["gpus"], oldest["datasets"]) == (5, 1, [DATASET])
+    assert (oldest["updated_at"], oldest["record"]) == (OLDEST["created_at"], None)
+    assert store.list(owner="ann", status=None, limit=5, cursor=None)[0] == [done]
+    for job in (done, oldest):
+        schema.validate(orjson.loads(orjson.dumps(view_job(job))))
+
+
+def test_the_parse_reads_each_manifest_once_and_provenance_uses_them(store: JobStore):
+    document = {"arrays": {"x": np.eye(4).tolist(), "y": [0, 1, 0, 1]}}
+    dataset_id = new_id()
+    store_json(store.data, dataset_id, document, orjson.dumps(document), owner=None)
+    reads: list[str] = []
+
+    def manifest_of(wanted: str) -> dict:
+        reads.append(wanted)
+        return load_manifest(store.data, wanted)
+
+    split = {"dataset": dataset_id}
+    body = {
+        "model": {"input_shape": [4], "layers": [{"class_name": "Dense", "config": {"units": 2}}]},
+        "compile": {"optimizer": "adam", "loss": "sparse_categorical_crossentropy"},
+        "fit": {"epochs": 1},
+        "data": {"dataset": dataset_id, "x": "x", "y": "y", "validation": split, "test": split},
+    }
+    parsed = parse_job(body, settings=Settings(), manifest_of=manifest_of)
+
+    assert reads == [dataset_id]
+    assert parsed.summary["total_params"] == 10
+    record = provenance(parsed.spec, parsed.manifests)
+    sha256 = load_manifest(store.data, dataset_id)["source"]["sha256"]
+    assert record["datasets"] == {dataset_id: sha256}
+    job = store.create(parsed.spec, owner=None, record=record)
+    assert read_json(store.data.job(job["id"]) / "manifest.json")["record"] == record

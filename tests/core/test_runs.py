@@ -12,8 +12,9 @@ import sys
 import orjson
 
 from core.jobs import JobStore
-from core.reconciler import LOCK, ORPHAN_LOCK, reconcile
-from core.runs import StoreControl, WorkerIdentity, run_job, shutdown_key
+from core.reconciler import reconcile
+from core.rediskeys import ORPHAN_LOCK, RECONCILER_LOCK, job_key, shutdown_key
+from core.runs import StoreControl, WorkerIdentity, run_job
 from core.training import TrainingFailed
 from tests.core.test_jobs import SPEC
 
@@ -23,7 +24,7 @@ ME = WorkerIdentity("w1@test")
 def run(store: JobStore, job_id: str, train, sent: list | None = None) -> str:
     return run_job(
         store,
-        job_id,
+        store.get(job_id),
         ME,
         train=train,
         send=(sent if sent is not None else []).append,
@@ -99,7 +100,7 @@ def test_a_shutdown_requeues_and_sends_the_job_again(store: JobStore):
         sent.append(job)
         holders.append(store.lease_holder(job_id))
 
-    result = run_job(store, job_id, ME, train=interrupted, send=send, devices=dict)
+    result = run_job(store, store.get(job_id), ME, train=interrupted, send=send, devices=dict)
 
     assert result == "interrupted"
     assert store.get(job_id)["status"] == "queued"
@@ -148,7 +149,7 @@ def test_reconciler_requeues_unleased_jobs_and_rebuilds_after_data_loss(store: J
     assert store.get(alive)["status"] == "running"
 
     store.redis.flushall()
-    store.redis.delete(LOCK)
+    store.redis.delete(RECONCILER_LOCK)
     sent.clear()
     assert reconcile(store, sent.append, ME.holder) == [lost]
     assert store.get(alive)["status"] == "running"
@@ -158,8 +159,7 @@ def test_reconciler_requeues_unleased_jobs_and_rebuilds_after_data_loss(store: J
 def test_reconciler_resends_a_stale_queued_job_whose_message_is_gone(store: JobStore):
     from celery import Celery
 
-    from core.jobs import job_key, send_training
-    from core.queues import celery_config
+    from core.queues import celery_config, send_training
 
     producer = Celery("test-producer", set_as_current=False)
     producer.conf.update(celery_config(store.settings))
@@ -174,7 +174,7 @@ def test_reconciler_resends_a_stale_queued_job_whose_message_is_gone(store: JobS
     assert reconcile(store, sent.append, ME.holder) == [lost["id"]]
     assert [job["id"] for job in sent] == [lost["id"]]
     assert fresh["id"] not in [job["id"] for job in sent]
-    store.redis.delete(LOCK)
+    store.redis.delete(RECONCILER_LOCK)
     assert reconcile(store, sent.append, ME.holder) == []  # one broker scan per period
-    store.redis.delete(LOCK, ORPHAN_LOCK)
+    store.redis.delete(RECONCILER_LOCK, ORPHAN_LOCK)
     assert reconcile(store, sent.append, ME.holder) == [lost["id"]]  # no worker took it

@@ -1,4 +1,5 @@
-"""The whole stack for end-to-end tests: redis-server, Celery workers and gunicorn, over HTTP.
+"""The whole stack for end-to-end tests: redis-server, Celery workers, gunicorn and nginx in front
+of it, over HTTP (tests talk to nginx, as clients of compose do).
 
 One stack per session (`stack`), started with the command lines of docker-compose.yml, shared by
 every e2e test (the serving tests import these fixtures too). `Stack` can start more workers and
@@ -26,8 +27,10 @@ import pytest
 import redis
 import requests
 
-from core.devices import worker_key
 from core.jobs import TERMINAL
+from core.rediskeys import worker_key
+from core.settings import Settings
+from scripts.proxy import local_proxy_command, write_config
 from scripts.stack import ROOT, compose_command
 from tests.support.processes import free_port, redis_server, stop_tree, wait_for
 
@@ -51,6 +54,8 @@ class Stack:
 
     api: str
     redis_url: str
+    # gunicorn itself, behind the proxy at `api`: for what gunicorn alone must do.
+    upstream: str
     data_dir: Path
     logs: Path
     env: dict[str, str]
@@ -230,25 +235,36 @@ def running_stack(
     *,
     redis_url: str | None = None,
 ) -> Iterator[Stack]:
-    """redis-server, a worker named `worker` and gunicorn, with docker-compose.yml's command
-    lines, in `folder`; ready (the worker's heartbeat seen, /readyz answering). `settings` go
-    over STACK_SETTINGS; `redis_url`: a Redis the caller runs (the fault tests restart theirs)
-    instead of a new one. The tests' stacks and bench/train.py start this way."""
+    """redis-server, a worker named `worker`, gunicorn and nginx in front of it, with
+    docker-compose.yml's command lines and proxy config, in `folder`; ready (the worker's
+    heartbeat seen, /readyz answering through nginx). `settings` go over STACK_SETTINGS;
+    `redis_url`: a Redis the caller runs (the fault tests restart theirs) instead of a new one.
+    The tests' stacks and bench/train.py start this way."""
     logs = folder / "logs"
     logs.mkdir(parents=True)
     given = contextlib.nullcontext(redis_url)
     with redis_server(folder / "redis") if redis_url is None else given as redis_url:
-        port = free_port()
+        port, upstream = free_port(), free_port()
         running = Stack(
             api=f"http://127.0.0.1:{port}",
+            upstream=f"http://127.0.0.1:{upstream}",
             redis_url=redis_url,
             data_dir=folder / "data",
             logs=logs,
-            env=stack_environment(redis_url, folder / "data") | (settings or {}),
+            env=stack_environment(redis_url, folder / "data")
+            | {"FITSERVE_TRUSTED_PROXIES": "127.0.0.1"}
+            | (settings or {}),
         )
         try:
-            argv = compose_command("api", bind=f"127.0.0.1:{port}")
+            argv = compose_command("api", bind=f"127.0.0.1:{upstream}")
             running.others.append(running.spawn(argv, "api"))
+            config = write_config(
+                folder / "proxy",
+                Settings.from_env(running.env),
+                listen=f"127.0.0.1:{port}",
+                upstream=f"127.0.0.1:{upstream}",
+            )
+            running.others.append(running.spawn(local_proxy_command(config), "proxy"))
             running.start_worker(worker)
             wait_ready(running.api, logs / "api.log")
             yield running

@@ -379,14 +379,16 @@ def test_training_cut_off_by_a_long_redis_outage_is_requeued_not_failed(settings
     worker = WorkerIdentity("faults@test")
     devices = dict
 
-    assert run_job(store, job_id, worker, train=cut_off, send=sent.append, devices=devices) == (
-        "redis_unavailable"
+    assert (
+        run_job(store, store.get(job_id), worker, train=cut_off, send=sent.append, devices=devices)
+        == "redis_unavailable"
     )
     assert store.get(job_id)["status"] == "running"
     assert reconcile(store, sent.append, "elsewhere/1/other@test") == [job_id]
     assert [job["id"] for job in sent] == [job_id]
-    assert run_job(store, job_id, worker, train=succeed, send=sent.append, devices=devices) == (
-        "succeeded"
+    assert (
+        run_job(store, store.get(job_id), worker, train=succeed, send=sent.append, devices=devices)
+        == "succeeded"
     )
     assert (store.get(job_id)["status"], store.get(job_id)["attempt"]) == ("succeeded", 2)
 

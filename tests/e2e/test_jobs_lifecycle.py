@@ -8,6 +8,7 @@ import requests
 from core.queues import broker_lists
 from core.storage import read_json, sha256_file
 from tests.e2e.conftest import Stack, tiny_request
+from tests.service.test_openapi import validator
 
 pytestmark = pytest.mark.e2e
 
@@ -29,6 +30,8 @@ def test_job_trains_to_succeeded_with_history_checkpoints_and_logs(stack: Stack,
     assert done["metrics"]["last"]["val_accuracy"] > 0.5
     assert done["device"]["devices"]
     assert done["timings"]["queued_seconds"] >= 0
+    document = requests.get(stack.url("/openapi.json"), timeout=30).json()
+    validator(document, "Job").validate(done)
     metrics = requests.get(stack.url(done["links"]["metrics"]), timeout=30).json()
     assert metrics["epochs"] == [1, 2, 3]
     assert len(metrics["history"]["loss"]) == 3

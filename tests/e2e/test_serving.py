@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -296,3 +297,54 @@ def test_a_corrupt_checkpoint_is_503_naming_it(stack: Stack, served):
         assert api_workers(stack) == workers
     finally:
         path.write_bytes(original)
+
+
+def test_tf_serving_documented_curl_command(stack: Stack, served):
+    """`curl -d '{"instances": ...}' -X POST .../v1/models/NAME:predict`, as TF Serving's REST
+    docs write it: curl sends it as application/x-www-form-urlencoded."""
+    job_id = served["single"]
+    want = keras_model(stack, job_id, 3)(X, training=False).numpy()
+    body = json.dumps({"instances": X.tolist()})
+    for model in (job_id, "serve-single"):
+        command = [
+            "curl",
+            "-sS",
+            "-d",
+            body,
+            "-X",
+            "POST",
+            stack.url(f"/v1/models/{model}:predict"),
+        ]
+        done = subprocess.run(command, capture_output=True, timeout=60, check=True)
+        assert np.allclose(json.loads(done.stdout)["predictions"], want, atol=1e-5), done.stdout
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_triton_client_infers_in_json_and_binary(stack: Stack, served, binary):
+    """Triton's own Python client, unchanged: it sends no Content-Type."""
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(stack.api.removeprefix("http://"), network_timeout=60)
+    try:
+        assert client.is_server_live()
+        for job_id, version in ((served["single"], ""), (served["multi"], "1")):
+            assert client.is_model_ready(job_id, version)
+            metadata = client.get_model_metadata(job_id, version)
+            model = keras_model(
+                stack, job_id, int(version or manifest(stack, job_id)["final"]["version"])
+            )
+            arrays = {"input": X} if job_id == served["single"] else {"a": A, "b": B}
+            inputs = []
+            for tensor in metadata["inputs"]:
+                array = arrays[tensor["name"]]
+                inputs.append(triton.InferInput(tensor["name"], list(array.shape), "FP32"))
+                inputs[-1].set_data_from_numpy(array, binary_data=binary)
+            names = [tensor["name"] for tensor in metadata["outputs"]]
+            outputs = [triton.InferRequestedOutput(name, binary_data=binary) for name in names]
+            result = client.infer(job_id, inputs, model_version=version, outputs=outputs)
+            want = model(list(arrays.values()) if len(arrays) > 1 else X, training=False)
+            want = want if isinstance(want, list) else [want]
+            for name, expected in zip(names, want, strict=True):
+                assert np.allclose(result.as_numpy(name), expected, atol=1e-5), name
+    finally:
+        client.close()

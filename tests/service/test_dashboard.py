@@ -129,9 +129,21 @@ def test_signing_in_again_replaces_the_session(keyed: FlaskClient) -> None:
     assert keyed.get("/v1/jobs").status_code == 401
 
 
-def test_the_cookie_is_secure_behind_a_tls_proxy(keyed: FlaskClient) -> None:
-    response = sign_in(keyed, **{"X-Forwarded-Proto": "https"})
+def test_the_cookie_is_secure_behind_a_tls_proxy(keyed_settings: Settings) -> None:
+    from service import create_app
+
+    # The test client's requests come from 127.0.0.1: here that is the trusted proxy.
+    behind = create_app(keyed_settings.with_overrides(trusted_proxies="127.0.0.1")).test_client()
+    response = sign_in(behind, **{"X-Forwarded-Proto": "https"})
     assert "Secure" in response.headers["Set-Cookie"]
+    # From any other peer the header is not believed.
+    spoofed = behind.post(
+        "/sign-in",
+        data={"key": ALICE, "next": "/"},
+        headers={"X-Forwarded-Proto": "https"},
+        environ_base={"REMOTE_ADDR": "10.1.2.3"},
+    )
+    assert "Secure" not in spoofed.headers["Set-Cookie"]
 
 
 def test_the_session_authorizes_the_api_as_its_key(keyed: FlaskClient) -> None:

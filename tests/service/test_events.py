@@ -7,6 +7,7 @@ import pytest
 from flask import Flask
 
 from core.jobs import JobStore
+from core.keys import hash_key
 from core.settings import Settings
 from service import create_app
 
@@ -114,3 +115,32 @@ def test_a_key_streams_only_its_own_jobs(settings: Settings, store: JobStore):
     mine = client.get(url, headers={"Authorization": "Bearer fs_ann"})
     assert mine.status_code == 200
     assert [m["data"]["status"] for m in parse(mine.data) if "event" in m] == ["cancelled"]
+
+
+def test_one_key_cannot_hold_every_stream(settings: Settings, store: JobStore):
+    keys = {"ann": "fs_ann", "bob": "fs_bob"}
+    entries = ",".join(f"{name}:{hash_key(key)}" for name, key in keys.items())
+    app = create_app(
+        settings.with_overrides(
+            api_keys=entries, events_max_streams=3, events_max_streams_per_key=2
+        )
+    )
+    job_id = store.create(SPEC, owner="ann")["id"]
+    bob_job = store.create(SPEC, owner="bob")["id"]
+    client = app.test_client()
+
+    def stream(name: str, job: str):
+        auth = {"Authorization": f"Bearer {keys[name]}"}
+        return client.get(f"/v1/jobs/{job}/events", headers=auth, buffered=False)
+
+    held = [stream("ann", job_id) for _ in range(2)]
+    assert [r.status_code for r in held] == [200, 200]
+    refused = stream("ann", job_id)
+    assert refused.status_code == 429
+    assert "FITSERVE_EVENTS_MAX_STREAMS_PER_KEY" in refused.get_json()["detail"]
+    # Bob's own stream still finds a slot.
+    bobs = stream("bob", bob_job)
+    assert bobs.status_code == 200
+    held[0].close()
+    assert stream("ann", job_id).status_code == 200
+    bobs.close()

@@ -192,3 +192,65 @@ def test_keys_see_their_own_jobs_and_admins_see_all(settings):
     ]
     assert len(client.get("/v1/jobs", headers=as_("ops")).get_json()["items"]) == 1
     assert client.get("/v1/jobs").status_code == 401
+
+
+def succeed_one_epoch(job_dir, spec, data, settings, control, *, resume) -> dict:
+    """What core.training.train_job tells the store over one epoch, with a final model."""
+    metrics = {"loss": 0.5, "accuracy": 0.75}
+    control.report_progress(
+        {
+            "epoch": 1,
+            "epochs": 1,
+            "step": 2,
+            "steps": 2,
+            "fraction": 1.0,
+            "eta_seconds": 0.0,
+            "metrics": metrics,
+        }
+    )
+    control.report_epoch(1, metrics)
+    entry = {"version": 1, "file": "checkpoints/epoch-0001.keras", "sha256": "0" * 64}
+    control.record_checkpoints(
+        [entry | {"bytes": 10, "partial": False}], {"version": 1, "monitor": "loss", "value": 0.5}
+    )
+    final = {"file": "model.keras", "sha256": "1" * 64, "bytes": 10, "version": 1}
+    return {"status": "succeeded", "epoch": 1, "metrics": metrics, "final": final}
+
+
+def test_job_views_match_the_generated_schema(client, dataset_id, store):
+    """Queued, trained and failed jobs as the API shows them, against /openapi.json's Job."""
+    from core.runs import WorkerIdentity, run_job
+    from core.training import TrainingFailed
+    from tests.service.test_openapi import validator
+
+    document = client.get("/openapi.json").get_json()
+    job_schema, page_schema = validator(document, "Job"), validator(document, "JobPage")
+    queued = submit(client, dataset_id).get_json()
+    job_schema.validate(queued)
+    job_schema.validate(client.get(queued["links"]["self"]).get_json())
+
+    def diverge(*args: object, **kwargs: object) -> dict:
+        raise TrainingFailed("nan_loss", "The loss became NaN at epoch 1.")
+
+    device = {"devices": ["/device:CPU:0"], "gpus": [], "tensorflow": "2.21.0", "cuda": None}
+    for train in (succeed_one_epoch, diverge):
+        job_id = submit(client, dataset_id).get_json()["id"]
+        run_job(
+            store,
+            store.get(job_id),
+            WorkerIdentity("w1@test"),
+            train=train,
+            send=lambda job: None,
+            devices=lambda: device,
+        )
+        shown = client.get(f"/v1/jobs/{job_id}").get_json()
+        job_schema.validate(shown)
+    listed = client.get("/v1/jobs").get_json()
+    page_schema.validate(listed)
+    trained, failed = listed["items"][1], listed["items"][0]
+    assert (trained["status"], failed["status"]) == ("succeeded", "failed")
+    assert trained["checkpoints"][0]["version"] == trained["final"]["version"] == 1
+    assert trained["worker"] == "w1@test"
+    assert trained["record"]["tensorflow"] == "2.21.0"
+    assert trained["timings"]["running_seconds"] >= 0
+    assert failed["error"] == {"reason": "nan_loss", "message": "The loss became NaN at epoch 1."}

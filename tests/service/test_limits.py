@@ -1,9 +1,11 @@
-"""Rate limits and job quotas per API key, counted in the real Redis the tests start."""
+"""Limits per API key, counted in the real Redis the tests start: request rates, wrong keys (per
+client address, behind a trusted proxy too), live and kept jobs, datasets and their bytes."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 
 from prometheus_client import REGISTRY
 
@@ -131,3 +133,115 @@ def test_a_key_at_its_job_quota_is_429_naming_it(settings):
     assert (
         client.post("/v1/jobs", json=job_request(ann_data), headers=as_("ann")).status_code == 202
     )
+
+
+def test_wrong_keys_from_one_address_are_429_and_the_right_key_waits_too(settings):
+    inside_one_window()
+    client = keyed(settings)
+    guesser, other = {"REMOTE_ADDR": "10.0.0.7"}, {"REMOTE_ADDR": "10.0.0.8"}
+    wrong = {"Authorization": "Bearer fs_wrong"}
+    statuses = Counter(
+        client.get("/v1/jobs", headers=wrong, environ_base=guesser).status_code for _ in range(300)
+    )
+    limit = settings.max_auth_failures
+    assert statuses == {401: limit, 429: 300 - limit}
+    refused = client.get("/v1/jobs", headers=as_("ann"), environ_base=guesser)
+    assert refused.status_code == 429
+    assert "FITSERVE_MAX_AUTH_FAILURES" in refused.get_json()["detail"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= WINDOW_SECONDS
+    # Another address is not held back, and the dashboard's sign-in form counts the same.
+    assert client.get("/v1/jobs", headers=as_("ann"), environ_base=other).status_code == 200
+    form = client.post("/sign-in", data={"key": KEYS["ann"]}, environ_base=guesser)
+    assert form.status_code == 429
+
+
+def test_the_sign_in_form_counts_wrong_keys(settings):
+    inside_one_window()
+    client = keyed(settings, max_auth_failures=3)
+    guesser = {"REMOTE_ADDR": "10.0.0.9"}
+    answers = [
+        client.post("/sign-in", data={"key": "fs_wrong"}, environ_base=guesser).status_code
+        for _ in range(5)
+    ]
+    assert answers == [401, 401, 401, 429, 429]
+
+
+def test_behind_a_trusted_proxy_clients_are_counted_by_the_forwarded_address(settings):
+    inside_one_window()
+    config = settings.with_overrides(rate_limit=3, trusted_proxies="10.0.0.1, 192.168.0.0/16")
+    client = create_app(config).test_client()
+
+    def get(peer: str, forwarded: str) -> int:
+        return client.get(
+            "/v1/jobs",
+            headers={"X-Forwarded-For": forwarded},
+            environ_base={"REMOTE_ADDR": peer},
+        ).status_code
+
+    # Through the proxy, two clients have a limit each.
+    assert [get("10.0.0.1", "203.0.113.5") for _ in range(4)] == [200, 200, 200, 429]
+    assert get("192.168.3.4", "203.0.113.6") == 200
+    # A client that is not the proxy cannot pick the address it is counted against.
+    assert [get("198.51.100.1", f"203.0.113.{n}") for n in range(10, 14)] == [200] * 3 + [429]
+    # A spoofed hop before the proxy's own is not believed either: the nearest untrusted hop is.
+    assert get("10.0.0.1", "203.0.113.6, 203.0.113.5") == 429
+
+
+def test_a_key_keeps_at_most_its_quota_of_jobs_in_any_status(settings):
+    client = keyed(settings, max_jobs_per_key=2)
+    ann_data, bob_data = upload(client, "ann"), upload(client, "bob")
+    for _ in range(2):
+        job = client.post("/v1/jobs", json=job_request(ann_data), headers=as_("ann")).get_json()
+        assert client.post(f"/v1/jobs/{job['id']}:cancel", headers=as_("ann")).status_code == 202
+    # Both are finished, and still count: they hold records and checkpoints.
+    refused = client.post("/v1/jobs", json=job_request(ann_data), headers=as_("ann"))
+    assert refused.status_code == 507
+    assert refused.mimetype == "application/problem+json"
+    assert refused.get_json()["code"] == "insufficient_storage"
+    assert "FITSERVE_MAX_JOBS_PER_KEY" in refused.get_json()["detail"]
+    assert len(list((settings.data_dir / "jobs").iterdir())) == 2
+    assert (
+        client.post("/v1/jobs", json=job_request(bob_data), headers=as_("bob")).status_code == 202
+    )
+    # Deleting a finished job makes room.
+    assert client.delete(f"/v1/jobs/{job['id']}", headers=as_("ann")).status_code == 204
+    assert (
+        client.post("/v1/jobs", json=job_request(ann_data), headers=as_("ann")).status_code == 202
+    )
+
+
+def assert_insufficient_storage(response, setting: str) -> None:
+    assert response.status_code == 507, response.get_json()
+    assert response.mimetype == "application/problem+json"
+    problem = response.get_json()
+    assert problem["code"] == "insufficient_storage"
+    assert setting in problem["detail"]
+
+
+def test_a_key_keeps_at_most_its_quota_of_datasets(settings):
+    client = keyed(settings, max_datasets_per_key=2)
+    kept = [upload(client, "ann"), upload(client, "ann")]
+    refused = client.post("/v1/datasets", json={"arrays": {"x": X, "y": Y}}, headers=as_("ann"))
+    assert_insufficient_storage(refused, "FITSERVE_MAX_DATASETS_PER_KEY")
+    assert len(list((settings.data_dir / "datasets").iterdir())) == 2
+    # Refused before the upload is read: what it holds does not matter.
+    unread = client.post("/v1/datasets", json={"arrays": "unread"}, headers=as_("ann"))
+    assert_insufficient_storage(unread, "FITSERVE_MAX_DATASETS_PER_KEY")
+    upload(client, "bob")
+    assert client.delete(f"/v1/datasets/{kept[0]}", headers=as_("ann")).status_code == 204
+    upload(client, "ann")
+
+
+def test_a_dataset_that_takes_its_key_past_the_storage_quota_is_not_kept(settings):
+    # One JSON dataset of X and Y stores 16 rows of 4 float64s and 16 int64s: 640 bytes.
+    client = keyed(settings, storage_quota_bytes=1000)
+    first = upload(client, "ann")
+    stored = client.get(f"/v1/datasets/{first}", headers=as_("ann")).get_json()["bytes"]
+    assert stored <= 1000 < 2 * stored
+    refused = client.post("/v1/datasets", json={"arrays": {"x": X, "y": Y}}, headers=as_("ann"))
+    assert_insufficient_storage(refused, "FITSERVE_STORAGE_QUOTA_BYTES")
+    listed = client.get("/v1/datasets", headers=as_("ann")).get_json()["items"]
+    assert [item["id"] for item in listed] == [first]
+    assert len(list((settings.data_dir / "datasets").iterdir())) == 1
+    # Another key has its own quota.
+    upload(client, "bob")

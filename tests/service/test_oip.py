@@ -179,6 +179,17 @@ def test_binary_inputs_and_outputs(client, jobs, library):
     assert np.allclose(np.reshape(score_out["data"], (3, 1)), score, atol=1e-6)
 
 
+@pytest.mark.parametrize("content_type", [None, "application/octet-stream", "text/plain"])
+def test_binary_requests_take_any_content_type(client, jobs, library, content_type):
+    header = {"inputs": [binary_tensor("input", ROWS, "FP32")]}
+    body = binary_request(header, ROWS.astype("<f4").tobytes())
+    body["content_type"] = content_type
+    response = client.post(f"/v2/models/{jobs[SINGLE]}/infer", **body)
+    assert response.status_code == 200, response.data[:300]
+    [out] = response.get_json()["outputs"]
+    assert np.allclose(np.reshape(out["data"], out["shape"]), expected(library, SINGLE, ROWS))
+
+
 def test_binary_output_for_every_output_when_asked(client, jobs, library):
     header = {
         "inputs": [binary_tensor("input", ROWS, "FP32")],

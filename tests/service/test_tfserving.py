@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import io
+import re
+import shutil
 import tarfile
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from core.keys import hash_key
@@ -20,7 +25,9 @@ from tests.support.models import (
     job_manifest,
     load_version,
     write_job,
+    write_model_job,
 )
+from tests.support.processes import wait_for
 
 ROWS = np.random.default_rng(7).normal(size=(5, 4)).astype("float32")
 IMAGES = np.random.default_rng(8).normal(size=(3, 2, 3)).astype("float32")
@@ -129,8 +136,11 @@ def test_a_job_name_means_its_newest_succeeded_job(client, jobs):
     assert response.get_json() == by_id.get_json()
 
 
-def test_a_running_job_serves_its_latest_checkpoint(client, jobs, library):
-    response = post(client, "/v1/models/tiny-running:predict", {"instances": ROWS.tolist()})
+def test_a_running_job_serves_its_latest_checkpoint_by_id(client, jobs, library):
+    by_name = post(client, "/v1/models/tiny-running:predict", {"instances": ROWS.tolist()})
+    assert by_name.status_code == 404
+    assert "no succeeded job" in by_name.get_json()["detail"]
+    response = post(client, f"/v1/models/{jobs['running']}:predict", {"instances": ROWS.tolist()})
     assert response.status_code == 200
     assert response.headers["X-Model-Version"] == "2"
     source, ids = library
@@ -143,10 +153,42 @@ def test_a_running_job_serves_its_latest_checkpoint(client, jobs, library):
     assert "running" in final.get_json()["detail"]
 
 
+def test_a_cancelled_job_does_not_answer_for_its_name(client, jobs, settings):
+    path = DataDir(settings.data_dir).job(jobs["running"]) / "manifest.json"
+    write_json(path, {**read_json(path), "status": "cancelled"})
+    response = post(client, "/v1/models/tiny-running:predict", {"instances": ROWS.tolist()})
+    assert response.status_code == 404, response.get_json()
+    by_id = post(client, f"/v1/models/{jobs['running']}:predict", {"instances": ROWS.tolist()})
+    assert by_id.status_code == 200
+
+
+def test_a_new_checkpoint_is_served_within_a_second(client, jobs, settings):
+    """A running job's next checkpoint, written as the worker writes it, answers within a second
+    of its manifest entry (lookups are reused for a moment, then read again)."""
+    path = f"/v1/models/{jobs['running']}:predict"
+    body = {"instances": ROWS.tolist()}
+    assert post(client, path, body).headers["X-Model-Version"] == "2"
+    job_dir = DataDir(settings.data_dir).job(jobs["running"])
+    manifest = read_json(job_dir / "manifest.json")
+    second = manifest["checkpoints"][-1]
+    third = {**second, "version": 3, "file": "checkpoints/epoch-0003.keras"}
+    shutil.copyfile(job_dir / second["file"], job_dir / third["file"])
+    saved = time.monotonic()
+    checkpoints = [*manifest["checkpoints"], third]
+    write_json(job_dir / "manifest.json", {**manifest, "checkpoints": checkpoints})
+    wait_for(
+        lambda: post(client, path, body).headers["X-Model-Version"] == "3",
+        5,
+        "version 3 to answer",
+        interval=0.02,
+    )
+    assert time.monotonic() - saved < 1.0
+
+
 def test_a_job_without_checkpoint_is_409_naming_its_status(client, settings):
     manifest = job_manifest("a" * 32, name="fresh", owner=None, status="queued")
     write_job(DataDir(settings.data_dir), manifest)
-    response = post(client, "/v1/models/fresh:predict", {"instances": [[1, 2, 3, 4]]})
+    response = post(client, f"/v1/models/{'a' * 32}:predict", {"instances": [[1, 2, 3, 4]]})
     assert response.status_code == 409
     assert "queued" in response.get_json()["detail"]
 
@@ -198,6 +240,8 @@ def test_another_keys_model_is_404(settings, library):
         ({"instances": [[1, 2, 3, 4], [1, [2], 3, 4]]}, "/instances/1", None),
         ({"instances": [[1, 2, 3, "NaN"]]}, "/instances/0", "NaN"),
         ({"instances": [[1, 2, 3, None]]}, "/instances/0", None),
+        ({"instances": [[1, 2, 3, True]]}, "/instances/0", True),
+        ({"instances": [[1, 2, 3, 4], [1, 2, 3, {"a": 1}]]}, "/instances/1", {"a": 1}),
         ({"instances": [[1, 2, 3, 1e39]]}, "/instances", 1e39),
         ({"instances": [1, 2, 3, 4]}, "/instances/0", []),
         ({"inputs": [[1, 2, 3]]}, "/inputs/0", [3]),
@@ -373,3 +417,256 @@ def test_finished_jobs_serve_from_the_volume_while_redis_is_down(settings, jobs,
     assert np.allclose(
         response.get_json()["predictions"], expected(library, SINGLE, ROWS), atol=1e-6
     )
+
+
+# Inputs a model cannot take: refused with a pointer, never a 500, a hang or a dead worker.
+
+
+def build_embedding(rescale: float | None) -> Any:
+    """ids (3 per row) -> Embedding(10): read directly, or through a Rescaling in front."""
+    import keras
+
+    keras.utils.set_random_seed(4)
+    ids = keras.Input((3,), name="ids", dtype="int32" if rescale is None else "float32")
+    values = ids if rescale is None else keras.layers.Rescaling(rescale, name="scale")(ids)
+    embedded = keras.layers.Embedding(10, 2, name="embed")(values)
+    return keras.Model(ids, keras.layers.Dense(1, name="out")(keras.layers.Flatten()(embedded)))
+
+
+def build_conv1d() -> Any:
+    """A Conv1D (kernel 3) over sequences of any length: [null, 1]."""
+    import keras
+
+    inputs = keras.Input((None, 1), name="signal")
+    features = keras.layers.Conv1D(4, 3, name="conv")(inputs)
+    return keras.Model(inputs, keras.layers.GlobalMaxPooling1D(name="pool")(features))
+
+
+def build_lstm() -> Any:
+    """An LSTM over sequences of any length: [null, 4]."""
+    import keras
+
+    inputs = keras.Input((None, 4), name="steps")
+    return keras.Model(inputs, keras.layers.LSTM(8, name="lstm")(inputs))
+
+
+def build_conv_embedding() -> Any:
+    """Ids computed by a Conv1D (kernel 3) over any length, then embedded."""
+    import keras
+
+    inputs = keras.Input((None, 1), name="signal")
+    ids = keras.layers.Reshape((-1,), name="flat")(keras.layers.Conv1D(1, 3, name="conv")(inputs))
+    embedded = keras.layers.Embedding(10, 2, name="embed")(ids)
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling1D(name="pool")(embedded))
+
+
+ODD_MODELS = {
+    "embedding": lambda: build_embedding(None),
+    "rescaled": lambda: build_embedding(2.0),
+    "conv1d": build_conv1d,
+    "lstm": build_lstm,
+    "conv_embedding": build_conv_embedding,
+}
+
+
+@pytest.fixture(scope="module")
+def odd_library(tmp_path_factory) -> tuple[DataDir, dict[str, str]]:
+    """The models above saved as succeeded jobs once per module: their folder, ids by kind."""
+    data = DataDir(tmp_path_factory.mktemp("odd-models") / "data")
+    return data, {kind: write_model_job(data, build()) for kind, build in ODD_MODELS.items()}
+
+
+@pytest.fixture
+def odd(odd_library, settings) -> dict[str, str]:
+    source, ids = odd_library
+    for job_id in ids.values():
+        copy_job(source, DataDir(settings.data_dir), job_id)
+    return ids
+
+
+@pytest.mark.parametrize(
+    ("kind", "rows", "path", "received"),
+    [
+        ("embedding", [[1, 2, 3], [0, 9, 10]], "/instances/1", 10),
+        ("embedding", [[-1, 2, 3]], "/instances/0", -1),
+        ("rescaled", [[1, 2, 3], [4, 4.5, 5]], "/instances/1", 10.0),
+        ("rescaled", [[-0.5, 1, 2]], "/instances/0", -1.0),
+    ],
+)
+def test_embedding_ids_out_of_range_are_422_at_their_row(client, odd, kind, rows, path, received):
+    response = post(client, f"/v1/models/{odd[kind]}:predict", {"instances": rows})
+    assert response.status_code == 422, response.get_json()
+    [error] = response.get_json()["errors"]
+    assert error["path"] == path
+    assert error["received"] == received
+    assert "[0, 10)" in error["expected"]
+    assert ("computed by the layers in front" in error["message"]) == (kind == "rescaled")
+    assert response.headers["X-Model-Version"] == "1"
+    columns = post(client, f"/v1/models/{odd[kind]}:predict", {"inputs": rows})
+    assert columns.get_json()["errors"][0]["path"] == path.replace("instances", "inputs")
+
+
+@pytest.mark.parametrize(
+    ("kind", "rows"),
+    [
+        ("embedding", [[0, 5, 9]]),
+        ("rescaled", [[0, 4.5, 4.9]]),  # ids 0, 9 and 9.8, which the layer truncates to 9
+        ("rescaled", [[-0.25, 1, 2]]),  # -0.5 truncates to 0, as the layer's cast does
+    ],
+)
+def test_embedding_ids_in_range_are_served(client, odd, odd_library, kind, rows):
+    response = post(client, f"/v1/models/{odd[kind]}:predict", {"instances": rows})
+    assert response.status_code == 200, response.get_json()
+    source, ids = odd_library
+    x = np.array(rows, "int32" if kind == "embedding" else "float32")
+    want = load_version(source, ids[kind])(x, training=False)
+    assert np.allclose(response.get_json()["predictions"], want, atol=1e-6)
+
+
+def test_embedding_ids_are_checked_through_oip_too(client, odd):
+    tensor = {"name": "ids", "shape": [2, 3], "datatype": "INT32", "data": [1, 2, 3, 4, 5, 99]}
+    response = post(client, f"/v2/models/{odd['embedding']}/infer", {"inputs": [tensor]})
+    assert response.status_code == 422
+    assert response.get_json()["errors"][0]["path"] == "/inputs/0"
+    assert response.get_json()["errors"][0]["received"] == 99
+
+
+@pytest.mark.parametrize(("kind", "width"), [("conv1d", 1), ("lstm", 4)])
+def test_variable_length_models_load_and_serve(client, odd, odd_library, kind, width):
+    source, ids = odd_library
+    model = load_version(source, ids[kind])
+    for length in (3, 11):
+        x = np.random.default_rng(length).normal(size=(2, length, width)).astype("float32")
+        response = post(client, f"/v1/models/{odd[kind]}:predict", {"inputs": x.tolist()})
+        assert response.status_code == 200, response.get_json()
+        assert np.allclose(response.get_json()["outputs"], model(x, training=False), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["conv1d", "conv_embedding"])
+def test_a_sequence_too_short_for_the_model_is_422(client, odd, kind):
+    response = post(client, f"/v1/models/{odd[kind]}:predict", {"instances": [[[1.0]]]})
+    assert response.status_code == 422, response.get_json()
+    [error] = response.get_json()["errors"]
+    assert error["path"] == "/instances"
+    assert "negative" in error["message"]
+    fits = post(client, f"/v1/models/{odd[kind]}:predict", {"instances": [[[0.0]] * 3]})
+    assert fits.status_code == 200, fits.get_json()
+
+
+def test_a_pass_past_the_predict_timeout_is_504(settings, odd):
+    client = create_app(settings.with_overrides(predict_timeout_seconds=0.01)).test_client()
+    x = np.ones((32, 2000, 4), "float32").tolist()
+    response = client.post(f"/v1/models/{odd['lstm']}:predict", json={"inputs": x})
+    assert response.status_code == 504, response.get_json()
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["code"] == "timeout"
+    assert response.headers["X-Model-Version"] == "1"
+
+
+HUGE = "x" * 4_000_000
+# Stands for 1.0 nested in 1,000 lists (within orjson's parse limit, past every encoder's).
+DEEP = "<deep>"
+
+
+def post_text(client, path: str, body: Any):
+    """POST `body` as JSON, with DEEP spelled out as its 1,000 levels of lists."""
+    text = orjson.dumps(body).replace(b'"<deep>"', b"[" * 1000 + b"1.0" + b"]" * 1000)
+    return client.post(path, data=text, content_type="application/json")
+
+
+def short_id(value: Any) -> str:
+    return orjson.dumps(value)[:40].decode(errors="replace")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"instances": [[1, 2, 3, 4]] * 500 + [[HUGE, 2, 3, 4]]},
+        {"instances": [[1, 2, 3, HUGE]]},
+        {"instances": [{"input": [1, 2, 3, 4]}, {HUGE: 1}]},
+        {"inputs": {HUGE: [[1, 2, 3, 4]]}},
+        {"instances": HUGE},
+        {"signature_name": HUGE, "instances": [[1, 2, 3, 4]]},
+        {HUGE: 1},
+        {"instances": [DEEP]},
+        {"instances": [[1, 2, 3, DEEP]]},
+        {"instances": DEEP},
+        {"inputs": {"input": DEEP}},
+        {"signature_name": DEEP, "instances": [[1, 2, 3, 4]]},
+        {"instances": [[1, 2, 3, 4], DEEP]},
+    ],
+    ids=short_id,
+)
+def test_huge_strings_and_deep_nesting_are_4xx(client, jobs, body):
+    response = post_text(client, f"/v1/models/{jobs[SINGLE]}:predict", body)
+    assert 400 <= response.status_code < 500, response.get_data()[:300]
+    assert response.mimetype == "application/problem+json"
+    assert len(response.get_data()) < 10_000
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, HUGE]},
+        {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [HUGE] * 4},
+        {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": DEEP},
+        {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, DEEP]},
+        {"name": HUGE, "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]},
+        {"name": "input", "shape": DEEP, "datatype": "FP32", "data": [1, 2, 3, 4]},
+        {"name": "input", "shape": [1, 4], "datatype": HUGE, "data": [1, 2, 3, 4]},
+        {"name": "input", "shape": [1, 4], "datatype": "FP32", "parameters": DEEP},
+    ],
+    ids=short_id,
+)
+def test_huge_strings_and_deep_nesting_in_infer_are_4xx(client, jobs, tensor):
+    response = post_text(client, f"/v2/models/{jobs[SINGLE]}/infer", {"inputs": [tensor]})
+    assert 400 <= response.status_code < 500, response.get_data()[:300]
+    assert response.mimetype == "application/problem+json"
+    assert len(response.get_data()) < 10_000
+
+
+# Real clients: TF Serving's documented curl sends form-urlencoded, Triton's client no type.
+
+ANY_TYPE = [None, "application/x-www-form-urlencoded", "text/plain", "application/json"]
+
+
+@pytest.mark.parametrize("content_type", ANY_TYPE)
+def test_predict_and_infer_take_json_whatever_the_content_type(client, jobs, content_type):
+    want = post(client, f"/v1/models/{jobs[SINGLE]}:predict", {"instances": ROWS.tolist()})
+    body = orjson.dumps({"instances": ROWS.tolist()})
+    response = client.post(
+        f"/v1/models/{jobs[SINGLE]}:predict", data=body, content_type=content_type
+    )
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json() == want.get_json()
+    tensor = {"name": "input", "shape": [5, 4], "datatype": "FP32", "data": ROWS.ravel().tolist()}
+    infer = client.post(
+        f"/v2/models/{jobs[SINGLE]}/infer",
+        data=orjson.dumps({"inputs": [tensor]}),
+        content_type=content_type,
+    )
+    assert infer.status_code == 200, infer.get_json()
+    [out] = infer.get_json()["outputs"]
+    assert np.allclose(np.reshape(out["data"], out["shape"]), want.get_json()["predictions"])
+
+
+def test_a_request_signed_in_by_cookie_keeps_its_csrf_check_and_json_type(settings, jobs):
+    keys = f"alice:{hash_key('fs_alice')}:admin"
+    client = create_app(settings.with_overrides(api_keys=keys)).test_client()
+    client.post("/sign-in", data={"key": "fs_alice", "next": "/"})
+    page = client.get("/").get_data(as_text=True)
+    csrf = re.search(r'name="fitserve-csrf" content="([^"]*)"', page).group(1)
+    path = f"/v1/models/{jobs[SINGLE]}:predict"
+    body = orjson.dumps({"instances": ROWS.tolist()})
+    forged = client.post(path, data=body, content_type="text/plain")
+    assert forged.status_code == 401
+    assert forged.get_json()["code"] == "csrf_failed"
+    headers = {"X-Fitserve-CSRF": csrf}
+    plain = client.post(path, data=body, content_type="text/plain", headers=headers)
+    assert plain.status_code == 415, plain.get_json()
+    typed = client.post(path, data=body, content_type="application/json", headers=headers)
+    assert typed.status_code == 200, typed.get_json()
+    keyed = client.post(
+        path, data=body, content_type="text/plain", headers={"Authorization": "Bearer fs_alice"}
+    )
+    assert keyed.status_code == 200, keyed.get_json()

@@ -131,6 +131,16 @@ def write_trained_job(
     return job_id
 
 
+def write_model_job(data: DataDir, model: Any, *, name: str | None = None) -> str:
+    """A succeeded job whose final model (version 1) is `model` as built, untrained; its id."""
+    job_id = new_id()
+    saved = save_model_file(model, data.job(job_id) / "model.keras")
+    manifest = job_manifest(job_id, name=name, owner=None, status="succeeded", epoch=1)
+    manifest.update(finished_at=utc_now(), final={"file": "model.keras", **saved, "version": 1})
+    write_job(data, manifest)
+    return job_id
+
+
 def job_manifest(
     job_id: str, *, name: str | None, owner: str | None, status: str, epoch: int = 0
 ) -> dict:

@@ -10,8 +10,8 @@ import orjson
 import pytest
 import redis
 
-from core.devices import consumer_key, worker_key
 from core.jobs import JobStore
+from core.rediskeys import consumer_key, lease_key, worker_key
 from core.runs import StoreControl, WorkerIdentity
 from core.settings import Settings
 from core.storage import DataDir
@@ -37,7 +37,7 @@ def test_a_beat_writes_the_worker_record_and_renews_the_lease(settings: Settings
     job_id = store.create(SPEC, owner=None)["id"]
     store.transition(job_id, "running", attempt=1)
     store.acquire_lease(job_id, ME.holder)
-    store.redis.expire(f"fitserve:job:{job_id}:lease", 1)
+    store.redis.expire(lease_key(job_id), 1)
     control = StoreControl(store, job_id, 1, ME)
     heartbeat.set_control(control)
 
@@ -55,7 +55,7 @@ def test_a_beat_writes_the_worker_record_and_renews_the_lease(settings: Settings
         "time": None,
     }
     assert 0 <= record["consumer_age"] < settings.consumer_stall_seconds
-    assert store.redis.ttl(f"fitserve:job:{job_id}:lease") == settings.lease_seconds
+    assert store.redis.ttl(lease_key(job_id)) == settings.lease_seconds
     assert not control.lease_lost
     assert store.get(job_id)["status"] == "running"
 

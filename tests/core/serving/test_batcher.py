@@ -113,3 +113,34 @@ def test_many_threads_get_their_own_rows_back():
     assert len(forward.rows) < 200
     assert max(forward.rows) <= 16
     assert batcher._running == 0
+
+
+class Picky(Recorder):
+    """A Recorder whose pass fails when any row is negative, as a layer refusing a value does."""
+
+    def __call__(self, inputs):
+        if (inputs[0] < 0).any():
+            self.rows.append(len(inputs[0]))
+            raise ValueError("a negative row")
+        return super().__call__(inputs)
+
+
+def test_a_request_that_fails_a_shared_pass_fails_alone():
+    forward = Picky()
+    batcher = Batcher(forward, max_rows=64, max_latency=5.0)
+    forward.gate.clear()
+    values = [1.0, -1.0, 2.0, 3.0]
+    with ThreadPoolExecutor(5) as pool:
+        first = pool.submit(batcher.submit, [np.full((1, 2), 100.0)])
+        wait_for(lambda: batcher._running, 10, "the first pass to start", interval=0.001)
+        rest = [pool.submit(batcher.submit, [np.full((1, 2), value)]) for value in values]
+        wait_for(lambda: len(batcher._waiting) >= 4, 10, "4 requests queued", interval=0.001)
+        forward.gate.set()
+        assert first.result(10)["out"].tolist() == [[200.0, 200.0]]
+        with pytest.raises(ValueError, match="negative"):
+            rest[1].result(10)
+        for value, future in zip(values, rest, strict=True):
+            if value > 0:
+                assert future.result(10)["out"].tolist() == [[2 * value] * 2]
+    assert forward.rows[:2] == [1, 4]  # the shared pass failed, then each ran alone
+    assert sorted(forward.rows[2:]) == [1, 1, 1, 1]

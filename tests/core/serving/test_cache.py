@@ -9,7 +9,8 @@ import pytest
 
 from core.checkpoints import CheckpointCorrupt
 from core.serving import catalog
-from core.serving.cache import ModelCache, TensorInfo
+from core.serving.cache import ModelCache
+from core.serving.signature import TensorInfo
 from core.settings import Settings
 from core.storage import DataDir, read_json
 from tests.support.models import MULTI, SINGLE, copy_job, load_version

@@ -44,10 +44,19 @@ def test_names_mean_the_newest_succeeded_job(data):
         manifests.find_model("other", everyone)
 
 
-def test_a_name_with_no_succeeded_job_means_its_newest_job(data):
-    running = add_job(data, name="r", status="running", created_at="2026-02-01T00:00:00.000Z")
-    add_job(data, name="r", status="failed", created_at="2026-01-01T00:00:00.000Z")
-    assert catalog.Manifests(data).find_model("r", everyone)["id"] == running["id"]
+@pytest.mark.parametrize("status", ["running", "cancelled", "failed", "queued"])
+def test_a_name_with_no_succeeded_job_is_not_found(data, status):
+    job = add_job(data, name="r", status=status, created_at="2026-02-01T00:00:00.000Z")
+    manifests = catalog.Manifests(data)
+    with pytest.raises(NotFound, match="no succeeded job"):
+        manifests.find_model("r", everyone)
+    assert manifests.find_model(job["id"], everyone)["id"] == job["id"]
+
+
+def test_a_newer_cancelled_job_leaves_the_name_to_the_succeeded_one(data):
+    succeeded = add_job(data, name="r", created_at="2026-01-01T00:00:00.000Z")
+    add_job(data, name="r", status="cancelled", created_at="2026-02-01T00:00:00.000Z")
+    assert catalog.Manifests(data).find_model("r", everyone)["id"] == succeeded["id"]
 
 
 def test_another_owners_job_is_not_found(data):
@@ -104,3 +113,32 @@ def test_no_checkpoint_yet_is_a_conflict_naming_the_status(data):
     job = add_job(data, status="queued", versions=())
     with pytest.raises(Conflict, match="queued"):
         catalog.resolve_version(data, job)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_timed_cache_reuses_an_answer_until_it_is_old():
+    clock, calls = Clock(), []
+    cache = catalog.TimedCache(0.25, size=2, clock=clock)
+
+    def compute(value: str):
+        return lambda: calls.append(value) or value
+
+    assert cache.get("a", compute("a1")) == "a1"
+    clock.now += 0.2
+    assert cache.get("a", compute("a2")) == "a1"
+    clock.now += 0.1
+    assert cache.get("a", compute("a3")) == "a3"
+    assert calls == ["a1", "a3"]
+    with pytest.raises(NotFound):
+        cache.get("b", lambda: (_ for _ in ()).throw(NotFound("no b")))
+    assert cache.get("b", compute("b1")) == "b1"  # an error is not kept
+    cache.get("c", compute("c1"))  # past the size: the oldest answer ("a") goes
+    assert cache.get("a", compute("a4")) == "a4"
+    assert cache.get("c", compute("c2")) == "c1"

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from core.errors import FitserveError, InvalidRequest, PayloadTooLarge
 from core.serving import oip, tfserving
-from core.serving.cache import TensorInfo
+from core.serving.signature import TensorInfo
 
 INPUTS = [TensorInfo("a", (2,), "float32"), TensorInfo("b", (None, 2), "int32")]
 SINGLE = [TensorInfo("a", (2,), "float32")]
@@ -40,7 +40,7 @@ def outcome(parse) -> list[np.ndarray] | FitserveError:
         parsed = parse()
     except (InvalidRequest, PayloadTooLarge) as error:
         return error
-    return parsed[0] if isinstance(parsed, tuple) else parsed.arrays
+    return (parsed[0] if isinstance(parsed, tuple) else parsed).arrays
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))

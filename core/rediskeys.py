@@ -1,0 +1,110 @@
+"""Every Redis key fitserve writes: nothing else spells the prefix.
+
+Jobs (written by `core.jobs.JobStore`, the only reader and writer of these):
+- `job:<id>` a hash, every field JSON-encoded; `jobs` (all, by creation time), `jobs:status:<s>`
+  and `jobs:owner:<name>` sorted-set indexes;
+- `job:<id>:history` one JSON entry per completed epoch, `job:<id>:events` a stream;
+- `job:<id>:stop` a stop request ("cancel"), `job:<id>:lease` the worker training it (with a TTL);
+- `dataset:<id>:jobs` the live (not finished) jobs using a dataset;
+- `idempotency:<owner>:<sha256 of the key>` the job a submit with that `Idempotency-Key` made;
+- `records` set once the records were (re)built, `records:grace` one lease after a rebuild,
+  `epochs` the epochs completed by every worker, ever.
+
+Workers: `worker:<name>` a heartbeat, `consumer:<name>` a consumer beat, `shutdown:<name>` a
+SIGTERM flag, and the reconciler's locks. The API: `session:<sha256>`, `ratelimit:<who>:<window>`,
+`authfail:<address>`, `idem:dataset:<owner>:<key>`. Celery's own queues are named by Celery
+(core.queues).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+PREFIX = "fitserve:"
+
+ALL_JOBS = PREFIX + "jobs"
+RECORDS_MARKER = PREFIX + "records"
+REBUILT_GRACE = PREFIX + "records:grace"
+# Epochs completed by every worker, ever: Prometheus derives epochs per second from it.
+EPOCHS_DONE = PREFIX + "epochs"
+RECONCILER_LOCK = PREFIX + "reconciler:lock"
+ORPHAN_LOCK = PREFIX + "reconciler:orphans"
+
+
+def job_key(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}"
+
+
+def history_key(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:history"
+
+
+def events_key(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:events"
+
+
+def stop_key(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:stop"
+
+
+def lease_key(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:lease"
+
+
+def status_index(status: str) -> str:
+    return f"{PREFIX}jobs:status:{status}"
+
+
+def owner_index(owner: str) -> str:
+    return f"{PREFIX}jobs:owner:{owner}"
+
+
+def dataset_jobs_key(dataset_id: str) -> str:
+    """The set of live job ids using a dataset (a dataset in this set cannot be deleted)."""
+    return f"{PREFIX}dataset:{dataset_id}:jobs"
+
+
+def job_idempotency_key(owner: str | None, key: str) -> str:
+    """The job a submit with this `Idempotency-Key` made (the key hashed: it is client text)."""
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return f"{PREFIX}idempotency:{owner or '-'}:{digest}"
+
+
+def dataset_idempotency_key(owner: str | None, key: str) -> str:
+    """The dataset an upload with this `Idempotency-Key` made."""
+    return f"{PREFIX}idem:dataset:{owner or '-'}:{key}"
+
+
+def worker_key(name: str) -> str:
+    """A worker's heartbeat: one JSON value, expiring with the worker, listing its queues."""
+    return f"{PREFIX}worker:{name}"
+
+
+WORKER_KEYS = worker_key("*")
+
+
+def consumer_key(name: str) -> str:
+    """A worker's consumer beat: its main process's `time.monotonic()`, renewed by its event
+    loop and read by its pool child (outside WORKER_KEYS: it is no worker record)."""
+    return f"{PREFIX}consumer:{name}"
+
+
+def shutdown_key(worker_name: str) -> str:
+    """Set by a worker's parent process on SIGTERM: its running job saves and is requeued."""
+    return f"{PREFIX}shutdown:{worker_name}"
+
+
+def session_record_key(token: str) -> str:
+    """A dashboard session, under its token's sha256: a look at Redis (or its AOF file) does
+    not hand out live cookies."""
+    return f"{PREFIX}session:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+def rate_limit_key(identity: str, window: int) -> str:
+    """The request count of one client in one fixed window."""
+    return f"{PREFIX}ratelimit:{identity}:{window}"
+
+
+def auth_failures_key(address: str) -> str:
+    """The wrong API keys one client address sent in the last minute."""
+    return f"{PREFIX}authfail:{address}"
