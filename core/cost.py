@@ -310,8 +310,9 @@ def _data_bytes(spec: dict[str, Any], manifest_of: ManifestOf) -> dict[str, int]
     width) copy, plus a cast copy for floats of another width. One-hot targets are made as
     float64 (`to_categorical`), then cast and copied the same way.
     """
-    data, out = spec["data"], {}
+    data = spec["data"]
     one_hot = data.get("one_hot") or {}
+    out: dict[str, int] = {}
     for part in ("", "validation", "test"):
         source = data if not part else data.get(part)
         if not source:

@@ -360,11 +360,12 @@ class _Split:
     ) -> None:
         """Token ids at or past an Embedding's input_dim, or below 0, fail on CPU and read zeros
         on GPU: the arrays' ranges, as preprocessing and Rescaling layers change them, must fit."""
-        if not self.model.embeddings:
+        model = self.model
+        if model is None or not model.embeddings:
             return
         scaled = {name: _rescaled(r, preprocess.get(name) or {}) for name, r in ranges.items()}
-        found = value_ranges(self.model.model, scaled)
-        for layer in self.model.embeddings:
+        found = value_ranges(model.model, scaled)
+        for layer in model.embeddings:
             source = found.get(layer["inbound"][0])
             size = layer["config"]["input_dim"]
             if source is None or (source.low > -1 and source.high < size):
