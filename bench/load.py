@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.conftest import Stack, blobs, running_stack, tiny_request  # noqa: E402
+from tests.support.stack import Stack, blobs, running_stack, tiny_request  # noqa: E402
 
 FEATURES = 16
 

@@ -30,8 +30,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.conftest import Stack, blobs, running_stack, tiny_request  # noqa: E402
 from tests.support.seed_model import FEATURES, save_blobs, seed_request  # noqa: E402
+from tests.support.stack import Stack, blobs, running_stack, tiny_request  # noqa: E402
 
 AIM_RATIO = 1.15
 AIM_LATENCY_MS = 100

@@ -1,9 +1,10 @@
 """`make run`: the whole stack without Docker, in the foreground, stopped together by Ctrl-C.
 
-Starts a local redis-server if none answers at FITSERVE_REDIS_URL, then one Celery worker and
-gunicorn with the command lines of docker-compose.yml, gunicorn on a loopback port of its own,
-and nginx in front of it on 127.0.0.1:8000 (FITSERVE_BIND moves it), configured from the same
-template as compose's proxy.
+Starts a local redis-server (AOF on) if none answers at FITSERVE_REDIS_URL, then one Celery
+worker and gunicorn with the command lines of docker-compose.yml, gunicorn on a loopback port of
+its own, and nginx in front of it on 127.0.0.1:8000 (FITSERVE_BIND moves it), configured from the
+same template as compose's proxy. It says which Redis it uses and how that Redis keeps its data:
+one that already answered may be someone else's, with AOF off.
 """
 
 from __future__ import annotations
@@ -29,6 +30,29 @@ def redis_answers(url: str) -> bool:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
     except redis.RedisError:
         return False
+
+
+def describe_redis(url: str) -> str:
+    """Which Redis answers at `url` (never its password) and how it persists, in one line."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    server, persistence = client.info("server"), client.info("persistence")
+    try:
+        snapshots = client.config_get("save").get("save") or "off"
+    except redis.ResponseError:  # CONFIG is often renamed or refused on a managed Redis
+        snapshots = "unknown (CONFIG refused)"
+    where = urlparse(url)
+    line = (
+        f"Redis {server['redis_version']} at {where.hostname}:{where.port or 6379}{where.path} "
+        f"(pid {server['process_id']}): aof_enabled={persistence['aof_enabled']}, "
+        f"rdb save={snapshots!r}, rdb_last_bgsave_status={persistence['rdb_last_bgsave_status']}"
+    )
+    if not persistence["aof_enabled"]:
+        line += (
+            "\n  warning: AOF is off: a crash loses the jobs and queues written since its last"
+            "\n  snapshot, if it takes any. A FITSERVE_REDIS_URL on a free port makes `make run`"
+            " start its own Redis, with AOF on."
+        )
+    return line
 
 
 def start_redis(url: str, folder: str) -> subprocess.Popen:
@@ -71,12 +95,16 @@ def main() -> int:
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
 
     processes: list[subprocess.Popen] = []
-    if not redis_answers(url):
-        print(f"no Redis at {url}: starting one", flush=True)
-        processes.append(start_redis(url, os.path.join(env["FITSERVE_DATA_DIR"], "redis")))
+    if redis_answers(url):
+        print("using the Redis that already answers there:", flush=True)
+    else:
+        folder = os.path.join(env["FITSERVE_DATA_DIR"], "redis")
+        print(f"no Redis answers at FITSERVE_REDIS_URL: starting one in {folder}", flush=True)
+        processes.append(start_redis(url, folder))
         deadline = time.monotonic() + 10
         while not redis_answers(url) and time.monotonic() < deadline:
             time.sleep(0.1)
+    print(describe_redis(url), flush=True)
     processes.append(_start(compose_command("worker"), env))
     processes.append(_start(compose_command("api", bind=upstream), env))
     run_dir = Path(env["FITSERVE_DATA_DIR"]) / "proxy"

@@ -7,10 +7,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import hypothesis
 import pytest
 import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 from core.jobs import JobStore
 from core.settings import Settings
@@ -52,15 +56,27 @@ def store(settings: Settings) -> JobStore:
     return JobStore(redis.Redis.from_url(settings.redis_url), data, settings)
 
 
+class ReadingClient(FlaskClient):
+    """Reads and closes each response, as an HTTP client does; `buffered=False` to stream.
+
+    Flask's default leaves a sent file open until its response is closed, which a test that
+    reads `.data` never does: the file is then closed by the GC, with a ResourceWarning.
+    """
+
+    def open(self, *args: Any, buffered: bool = True, **kwargs: Any) -> TestResponse:
+        return super().open(*args, buffered=buffered, **kwargs)
+
+
 @pytest.fixture
-def app(settings: Settings):
+def app(settings: Settings) -> Flask:
     from service import create_app
 
     return create_app(settings)
 
 
 @pytest.fixture
-def client(app):
+def client(app: Flask) -> FlaskClient:
+    app.test_client_class = ReadingClient
     return app.test_client()
 
 

@@ -49,7 +49,6 @@ class Batcher:
         self._lock = threading.Lock()
         self._waiting: list[_Request] = []
         self._running = 0
-        self.passes = 0
 
     def submit(self, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """Run `inputs` (one array per model input, same rows) and return this request's outputs."""
@@ -67,6 +66,7 @@ class Batcher:
         request.done.wait()
         if request.error is not None:
             raise request.error
+        assert request.result is not None  # a finished pass set its result or its error
         return request.result
 
     def _wait_for_turn(self, request: _Request) -> None:
@@ -105,7 +105,9 @@ class Batcher:
         requests of another row shape (variable-length inputs) wait for a group of their own.
         """
         shapes = [array.shape[1:] for array in self._waiting[0].inputs]
-        group, rows, rest = [], 0, []
+        group: list[_Request] = []
+        rest: list[_Request] = []
+        rows = 0
         for index, waiting in enumerate(self._waiting):
             if [array.shape[1:] for array in waiting.inputs] != shapes:
                 rest.append(waiting)
@@ -119,7 +121,6 @@ class Batcher:
         return group
 
     def _run(self, group: list[_Request]) -> None:
-        self.passes += 1
         try:
             if len(group) == 1:
                 group[0].result = self._forward(group[0].inputs)

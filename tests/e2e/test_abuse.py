@@ -24,8 +24,8 @@ import requests
 
 from scripts.stack import ROOT, compose_command
 from service.limits import WINDOW_SECONDS
-from tests.e2e.conftest import START_SECONDS, Stack, stack_environment
 from tests.support.processes import free_port, stop_tree, wait_for
+from tests.support.stack import START_SECONDS, Stack, stack_environment
 
 RATE = 30
 

@@ -13,8 +13,8 @@ import pytest
 
 from client import Client
 from tests.client.conftest import fitserve
-from tests.e2e.conftest import JOB_SECONDS, Stack
 from tests.support.seed_model import CLASSES, make_blobs
+from tests.support.stack import JOB_SECONDS, Stack
 
 pytestmark = pytest.mark.e2e
 

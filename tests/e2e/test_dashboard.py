@@ -21,8 +21,8 @@ import requests
 
 from core.keys import hash_key
 from scripts.stack import ROOT, compose_command
-from tests.e2e.conftest import Stack, blobs, tiny_request, wait_ready
 from tests.support.processes import free_port, stop_tree
+from tests.support.stack import Stack, blobs, tiny_request, wait_ready
 
 pytestmark = pytest.mark.e2e
 

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.e2e.conftest import Stack, tiny_request
 from tests.support.processes import stop_tree
+from tests.support.stack import Stack, tiny_request
 
 pytestmark = pytest.mark.e2e
 

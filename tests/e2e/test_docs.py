@@ -5,8 +5,8 @@ from __future__ import annotations
 import requests
 
 from scripts.stack import ROOT
-from tests.e2e.conftest import Stack
 from tests.e2e.test_dashboard import browser_page  # noqa: F401 - the fixture, shared
+from tests.support.stack import Stack
 
 SCREENSHOT = ROOT / "tests" / "artifacts" / "docs.png"
 

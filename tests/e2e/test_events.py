@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from core.jobs import TERMINAL
-from tests.e2e.conftest import Stack, tiny_request
+from tests.support.stack import Stack, tiny_request
 
 EPOCHS = 3
 STREAMS = 12

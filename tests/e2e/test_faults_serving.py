@@ -14,9 +14,9 @@ import psutil
 import pytest
 import requests
 
-from tests.e2e.conftest import START_SECONDS, Stack, tiny_request
 from tests.e2e.test_faults_storage import X, predict, report
 from tests.support.processes import wait_for
+from tests.support.stack import START_SECONDS, Stack, tiny_request
 
 pytestmark = pytest.mark.e2e
 

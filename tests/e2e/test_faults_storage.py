@@ -32,8 +32,8 @@ from core.settings import Settings
 from core.storage import DataDir, read_json
 from core.training import TrainingFailed
 from scripts.stack import ROOT
-from tests.e2e.conftest import Stack, blobs, running_stack, tiny_request
 from tests.support.processes import free_port, stop_tree, wait_for
+from tests.support.stack import Stack, blobs, running_stack, tiny_request
 
 pytestmark = pytest.mark.e2e
 

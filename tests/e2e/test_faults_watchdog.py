@@ -17,8 +17,8 @@ import psutil
 import pytest
 import requests
 
-from tests.e2e.conftest import Stack, tiny_request
 from tests.support.processes import stop_tree, wait_for
+from tests.support.stack import Stack, tiny_request
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ import signal
 import pytest
 import requests
 
-from tests.e2e.conftest import Stack, tiny_request
+from tests.support.stack import Stack, tiny_request
 
 pytestmark = pytest.mark.e2e
 

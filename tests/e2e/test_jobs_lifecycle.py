@@ -7,8 +7,8 @@ import requests
 
 from core.queues import broker_lists
 from core.storage import read_json, sha256_file
-from tests.e2e.conftest import Stack, tiny_request
 from tests.service.test_openapi import validator
+from tests.support.stack import Stack, tiny_request
 
 pytestmark = pytest.mark.e2e
 
@@ -52,8 +52,13 @@ def test_cancel_of_a_running_job_ends_cancelled_with_a_loadable_checkpoint(
     stack: Stack, blobs_dataset
 ):
     job = stack.submit(tiny_request(blobs_dataset, epochs=1000))
+    # Epoch 1's checkpoint is listed just before its end is reported, and the report before
+    # that one (after batch 1 of 1000 epochs) rounds to a fraction of 0: wait for both.
     seen = stack.wait_job(
-        job["id"], lambda j: j["checkpoints"], "to save a checkpoint", timeout=120
+        job["id"],
+        lambda j: j["checkpoints"] and j["progress"]["fraction"] > 0,
+        "to save a checkpoint and report progress past it",
+        timeout=120,
     )
     assert seen["status"] == "running"
     assert seen["progress"]["epochs"] == 1000

@@ -22,8 +22,8 @@ import requests
 
 from core.jobs import parse_time
 from core.storage import read_json
-from tests.e2e.conftest import Stack, blobs, tiny_request
 from tests.support.processes import wait_for
+from tests.support.stack import Stack, blobs, tiny_request
 
 JOBS = int(os.environ.get("LOAD_TEST_JOBS", "100"))
 SUBMITTERS = 8

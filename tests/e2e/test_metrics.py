@@ -9,7 +9,7 @@ import psutil
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import Stack, tiny_request
+from tests.support.stack import Stack, tiny_request
 
 REQUESTS = 24
 

@@ -23,8 +23,8 @@ import requests
 
 from core.settings import Settings
 from scripts.proxy import local_proxy_command, write_config
-from tests.e2e.conftest import Stack, tiny_request
 from tests.support.processes import free_port, stop_tree, wait_for
+from tests.support.stack import Stack, tiny_request
 
 pytestmark = pytest.mark.e2e
 

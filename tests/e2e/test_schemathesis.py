@@ -25,8 +25,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from service.openapi import SEED_MODEL_REQUEST, build_document
-from tests.e2e.conftest import Stack, running_stack
 from tests.support.seed_model import make_blobs
+from tests.support.stack import Stack, running_stack
 
 pytestmark = pytest.mark.e2e
 

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from core.storage import read_json
-from tests.e2e.conftest import Stack, tiny_request
+from tests.support.stack import Stack, tiny_request
 
 pytestmark = pytest.mark.e2e
 

@@ -8,8 +8,8 @@ import requests
 
 from bench.keras_script import train as train_bare_keras
 from core.checkpoints import load_checkpoint
-from tests.e2e.conftest import Stack
 from tests.support.seed_model import FEATURES, make_blobs, seed_request
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -13,19 +13,44 @@ from pathlib import Path
 
 import psutil
 import redis
+import requests
 
 from scripts.stack import free_port
 
+# What a wait retries: the check's own assertion (the condition does not hold yet) and a process
+# that does not listen yet. Anything else fails the wait at once.
+NOT_YET = (
+    AssertionError,
+    ConnectionError,
+    requests.ConnectionError,
+    requests.Timeout,
+    redis.ConnectionError,
+    redis.TimeoutError,
+)
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll `check` until it is true; fail with `what` after `timeout` seconds."""
+
+def wait_for(
+    check: Callable[[], object], timeout: float, what: str, interval: float = 0.05
+) -> None:
+    """Poll `check` until it returns something true, for at most `timeout` seconds.
+
+    A false result or one of NOT_YET means "not yet"; any other error (an UnexpectedStatus such
+    as a 500, a KeyError) propagates at once instead of spinning until the deadline. At the
+    deadline the TimeoutError names the last error seen and is raised from it.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
+    while True:
+        last: Exception | None = None
+        try:
             if check():
                 return
+        except NOT_YET as error:
+            last = error
+        if time.monotonic() >= deadline:
+            break
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+    seen = f"; last error: {type(last).__name__}: {last}" if last else ""
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}{seen}") from last
 
 
 def stop_tree(process: subprocess.Popen, timeout: float = 15) -> None:
