@@ -39,17 +39,18 @@ MAX_REPEAT = 100_000
 
 SEED = Nullable(Integer(0, 2**32 - 1))
 PRIORITY = Integer(0, 9)
-FLOAT = Number()
-NON_NEGATIVE = Number(0)
-POSITIVE = Number(0, low_open=True)
+# Keras makes float32 constants of the numbers it is given (initializers, regularizers, layer
+# and optimizer arguments): past float32's range it raises or overflows to inf while building
+# or at the first step, so every number here stays within float32.
+FLOAT32 = Number(-FLOAT32_MAX, FLOAT32_MAX)
+POSITIVE32 = Number(0, FLOAT32_MAX, low_open=True)
+FLOAT = FLOAT32
+NON_NEGATIVE = Number(0, FLOAT32_MAX)
+POSITIVE = POSITIVE32
 RATE = Number(0, 1, high_open=True)
 FRACTION = Number(0, 1)
 BOOL = Boolean()
 NULL_ONLY = Choice((None,))
-# Keras makes float32 constants of initializer and regularizer numbers: past float32's range
-# it raises while building the layer, so such numbers are refused here.
-FLOAT32 = Number(-FLOAT32_MAX, FLOAT32_MAX)
-POSITIVE32 = Number(0, FLOAT32_MAX, low_open=True)
 
 ACTIVATION_NAMES = (
     "celu", "elu", "exponential", "gelu", "glu", "hard_shrink", "hard_sigmoid", "hard_silu",
@@ -495,7 +496,7 @@ OPTIMIZER_CLASSES: dict[str, dict[str, Kind]] = {
     },
     "Nadam": dict(_BETAS),
     "Ftrl": {
-        "learning_rate_power": Number(high=0),
+        "learning_rate_power": Number(-FLOAT32_MAX, 0),
         "initial_accumulator_value": NON_NEGATIVE,
         "l1_regularization_strength": NON_NEGATIVE,
         "l2_regularization_strength": NON_NEGATIVE,

@@ -11,15 +11,16 @@ from collections.abc import Callable
 from typing import Any
 
 from core.errors import FieldError, InvalidRequest, NotFound
-from core.grammar.allowlist import MONITOR
-from core.grammar.kinds import INVALID, Choice, Integer, Number, Place, show
+from core.grammar.allowlist import FLOAT32, MONITOR
+from core.grammar.kinds import INVALID, Choice, Integer, Place, show
 from core.grammar.shapes import summarize_model, value_ranges
 from core.settings import Settings
 
 DATA_KEYS = ("dataset", "x", "y", "sample_weight", "preprocess", "validation", "test")
 SPLIT_KEYS = ("dataset", "x", "y")
 X_STEPS = ("scale", "offset", "reshape")
-SCALE = Number()
+# preprocess.x becomes a Rescaling layer, whose scale and offset are float32 constants.
+SCALE = FLOAT32
 ONE_HOT = Integer(2, 1_000_000)
 RESHAPE_DIM = Integer(1, 1 << 24)
 KEEP = Integer(1, 100)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.grammar.allowlist import CALLBACK_CLASSES, RATE, REFUSED_CALLBACKS
+from core.grammar.allowlist import CALLBACK_CLASSES, NON_NEGATIVE, RATE, REFUSED_CALLBACKS
 from core.grammar.kinds import (
     INVALID,
     Boolean,
     Integer,
     Kind,
     Nullable,
-    Number,
     Place,
     check_arguments,
     check_class_name,
@@ -22,7 +21,7 @@ from core.settings import Settings
 MAX_CALLBACKS = 16
 MAX_STEPS = 100_000_000
 CALLBACK_KEYS = ("module", "class_name", "config", "registered_name")
-CLASS_WEIGHT = Number(0)
+CLASS_WEIGHT = NON_NEGATIVE
 MAX_CLASSES = 100_000
 # Model.fit arguments the request does not take here, each with what to use instead: data is
 # named in `data`, and a job's epochs always count from 1 (version N is the model after N
