@@ -49,7 +49,11 @@ def store_upload(
     label: str = "label",
     name: str = "x",
 ) -> dict:
-    """Check and store an uploaded file (format read from its content); return the manifest."""
+    """Check and store an uploaded file (format read from its content); return the manifest.
+
+    Reading it may take `settings.upload_cpu_seconds` of CPU; past that it is a 413.
+    """
+    budget = readers.CpuBudget(settings.upload_cpu_seconds)
     size = source.stat().st_size
     if size > settings.max_upload_bytes:
         raise PayloadTooLarge(
@@ -62,17 +66,24 @@ def store_upload(
         if file_format == "npy":
             arrays = readers.read_npy(source, folder, name)
         elif file_format == "npz":
-            arrays = readers.read_npz(source, folder, settings.max_dataset_bytes)
+            arrays = readers.read_npz(source, folder, settings.max_dataset_bytes, budget)
         else:
-            arrays = readers.read_csv(source, folder, label)
+            arrays = readers.read_csv(source, folder, label, budget)
         origin = {"filename": filename, "format": file_format, "bytes": size, "sha256": digest}
-        return _finish(data, folder, dataset_id, arrays, origin, owner, "/file/arrays")
+        return _finish(data, folder, dataset_id, arrays, origin, owner, "/file/arrays", budget)
 
 
 def store_json(
-    data: DataDir, dataset_id: str, document: Any, body: bytes, *, owner: str | None
+    data: DataDir,
+    dataset_id: str,
+    document: Any,
+    body: bytes,
+    *,
+    settings: Settings,
+    owner: str | None,
 ) -> dict:
     """Store `{"arrays": {name: nested lists}}`, already parsed from `body`; return the manifest."""
+    budget = readers.CpuBudget(settings.upload_cpu_seconds)
     with _staging(data, dataset_id) as folder:
         arrays = readers.arrays_from_json(document, folder)
         origin = {
@@ -81,7 +92,7 @@ def store_json(
             "bytes": len(body),
             "sha256": hashlib.sha256(body).hexdigest(),
         }
-        return _finish(data, folder, dataset_id, arrays, origin, owner, "/arrays")
+        return _finish(data, folder, dataset_id, arrays, origin, owner, "/arrays", budget)
 
 
 def load_manifest(data: DataDir, dataset_id: str) -> dict:
@@ -177,9 +188,10 @@ def _finish(
     origin: dict,
     owner: str | None,
     where: str,
+    budget: readers.CpuBudget,
 ) -> dict:
     """Describe every array, check they share their rows, write the manifest, move into place."""
-    described = {name: _describe(path) for name, path in arrays.files.items()}
+    described = {name: _describe(path, budget) for name, path in arrays.files.items()}
     rows = _common_rows(described, where)
     if origin["sha256"] is None:
         origin["sha256"] = next(iter(described.values()))["sha256"]
@@ -201,7 +213,7 @@ def _finish(
     return manifest
 
 
-def _describe(path: Path) -> dict:
+def _describe(path: Path, budget: readers.CpuBudget) -> dict:
     """One array's manifest entry: a single chunked pass for its sha256 and statistics."""
     with open(path, "rb") as handle:
         header = readers.read_npy_header(handle, "/file")
@@ -215,6 +227,7 @@ def _describe(path: Path) -> dict:
     with open(path, "rb") as handle, ThreadPoolExecutor(1) as hasher:
         hashing = hasher.submit(digest.update, handle.read(header.offset))
         while chunk := handle.read(readers.CHUNK_BYTES):
+            budget.check()
             hashing.result()
             hashing = hasher.submit(digest.update, chunk)
             stats.update(np.frombuffer(chunk, dtype=header.dtype))

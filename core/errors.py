@@ -8,7 +8,7 @@ bounded, however large or deep they are, and an error keeps at most MAX_ERRORS o
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -16,7 +16,8 @@ import orjson
 # One cap for every error list (requests and uploads): the first 50, and a count of the rest.
 MAX_ERRORS = 50
 SHOW_CHARS = 80
-PREVIEW_CHARS = 200
+# An echoed value stays under a kilobyte: 50 errors carry at most 50 KB of them.
+PREVIEW_CHARS = 1000
 _INT64 = range(-(2**63), 2**63)
 # str() refuses integers past 4,300 digits; 14,000 bits stay below that.
 _PRINTABLE_INT_BITS = 14_000
@@ -43,42 +44,58 @@ class _Token(str):
 def show(value: Any, limit: int = SHOW_CHARS) -> str:
     """A received value as compact JSON text of at most `limit` characters (`...` marks a cut).
 
-    Iterative, and it stops at the limit: neither the depth nor the size of the value costs more
-    than the limit. Integers past 64 bits are shown as strings (JSON readers lose them); values
-    that are not JSON (numpy scalars, objects) by their type's name.
+    Iterative, and it stops at the limit: a stack of iterators yields one piece at a time, so
+    neither the depth nor the size of the value costs more than the limit. Integers past 64 bits
+    are shown as strings (JSON readers lose them); values that are not JSON (numpy scalars,
+    objects) by their type's name.
     """
     pieces: list[str] = []
     size = 0
-    pending: list[Any] = [value]
-    while pending and size <= limit:
-        item = pending.pop()
-        text = item if isinstance(item, _Token) else _render(item, pending, limit)
+    stack: list[Iterator[Any]] = [iter((value,))]
+    while stack and size <= limit:
+        item = next(stack[-1], _DONE)
+        if item is _DONE:
+            stack.pop()
+            continue
+        if isinstance(item, _Token):
+            text = str(item)
+        elif isinstance(item, dict):
+            text = "{"
+            stack.append(_members(item, limit))
+        elif isinstance(item, list | tuple):
+            text = "["
+            stack.append(_items(item))
+        else:
+            text = _scalar(item, limit)
         pieces.append(text)
         size += len(text)
     text = "".join(pieces)
-    if pending or len(text) > limit:
+    if stack or len(text) > limit:
         return text[: limit - len(_CUT)] + _CUT
     return text
 
 
-def _render(item: Any, pending: list[Any], limit: int) -> str:
-    """The text of a scalar; for a container its opening, with its parts pushed on `pending`
-    (in reverse, as it is a stack; at most `limit` parts, since each takes a character)."""
-    if isinstance(item, dict):
-        parts: list[Any] = []
-        for index, (key, member) in enumerate(item.items()):
-            if index == limit:
-                break
-            name = key if isinstance(key, str) else show(key, limit)
-            parts += [_Token("," if index else ""), _Token(_quoted(name, limit) + ":"), member]
-        pending += [_Token("}"), *reversed(parts)]
-        return "{"
-    if isinstance(item, list | tuple):
-        parts = []
-        for index, member in enumerate(item[:limit]):
-            parts += [_Token("," if index else ""), member]
-        pending += [_Token("]"), *reversed(parts)]
-        return "["
+_DONE = object()
+
+
+def _items(items: list[Any] | tuple[Any, ...]) -> Iterator[Any]:
+    for index, member in enumerate(items):
+        if index:
+            yield _Token(",")
+        yield member
+    yield _Token("]")
+
+
+def _members(mapping: dict[Any, Any], limit: int) -> Iterator[Any]:
+    for index, (key, member) in enumerate(mapping.items()):
+        name = key if isinstance(key, str) else _scalar(key, limit).strip('"')
+        yield _Token(("," if index else "") + _quoted(name, limit) + ":")
+        yield member
+    yield _Token("}")
+
+
+def _scalar(item: Any, limit: int) -> str:
+    """The JSON text of a value that is not a list or an object."""
     if isinstance(item, str):
         return _quoted(item, limit)
     if isinstance(item, bool) or item is None or isinstance(item, float):

@@ -93,8 +93,9 @@ def create_dataset():
             return _manifest_response(datasets.load_manifest(data_dir(), held.earlier), 200)
         dataset_id = new_id()
         if upload is None:
+            body = request.get_data(cache=True)
             manifest = datasets.store_json(
-                data_dir(), dataset_id, document, request.get_data(cache=True), owner=owner()
+                data_dir(), dataset_id, document, body, settings=settings(), owner=owner()
             )
         else:
             manifest = _store_upload(dataset_id, upload)

@@ -14,9 +14,9 @@ bp = Blueprint("validate", __name__)
 
 @bp.post("/v1/jobs:validate")
 def validate_job():
-    """200 with the model summary, or 422 with every error in the request at once."""
+    """200 with the model summary and the cost estimate, or 422 with every error at once."""
     parsed = grammar.parse_job(json_body(), settings=settings(), manifest_of=visible_manifest)
-    return json_response(parsed.summary)
+    return json_response({**parsed.summary, "cost": parsed.cost})
 
 
 def register(app: Flask) -> None:

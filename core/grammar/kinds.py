@@ -371,6 +371,8 @@ class Padding(Kind):
 
     @property
     def expected(self) -> str:
+        if self.rank == 1:
+            return f"an integer from 0 to {self.high}, or a [before, after] pair of them"
         return (
             f"an integer from 0 to {self.high}, a list of {self.rank} such integers, "
             f"or a list of {self.rank} [before, after] pairs"
@@ -380,35 +382,31 @@ class Padding(Kind):
         def small(v: Any) -> bool:
             return is_int(v) and 0 <= v <= self.high
 
+        def pair(v: Any) -> bool:
+            return isinstance(v, list) and len(v) == 2 and all(map(small, v))
+
         if small(value):
             return value
+        # One axis takes one [before, after] pair; several take a size or a pair per axis.
+        if self.rank == 1:
+            return list(value) if pair(value) else place.refuse(value, self.expected)
         if isinstance(value, list) and len(value) == self.rank:
             if all(small(v) for v in value):
                 return list(value)
-            if all(isinstance(v, list) and len(v) == 2 and all(map(small, v)) for v in value):
+            if all(pair(v) for v in value):
                 return [list(v) for v in value]
-        if (
-            self.rank == 1
-            and isinstance(value, list)
-            and len(value) == 2
-            and all(map(small, value))
-        ):
-            return list(value)
         return place.refuse(value, self.expected)
 
     def schema(self) -> dict[str, Any]:
         single = {"type": "integer", "minimum": 0, "maximum": self.high}
         pair = {"type": "array", "items": single, "minItems": 2, "maxItems": 2}
-        return {
-            "anyOf": [
-                single,
-                {
-                    "type": "array",
-                    "items": {"anyOf": [single, pair]},
-                    "maxItems": max(2, self.rank),
-                },
-            ]
-        }
+        if self.rank == 1:
+            return {"anyOf": [single, pair]}
+        per_axis = [
+            {"type": "array", "items": item, "minItems": self.rank, "maxItems": self.rank}
+            for item in (single, pair)
+        ]
+        return {"anyOf": [single, *per_axis]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -565,9 +563,9 @@ def keras_object_schema(
 
 
 def arguments_schema(arguments: Mapping[str, Kind]) -> dict[str, Any]:
-    """The JSON Schema of a `config` object read by `check_arguments`."""
+    """The JSON Schema of a `config` object read by `check_arguments` (null reads as {})."""
     return {
-        "type": "object",
+        "type": ["object", "null"],
         "properties": {key: kind.schema() for key, kind in arguments.items()},
         "required": [key for key, kind in arguments.items() if isinstance(kind, Required)],
         "additionalProperties": False,
@@ -651,13 +649,34 @@ class Catalog(Kind):
             )
         return f"an allowlisted {self.noun}: " + "; or ".join(parts)
 
+    @property
+    def bare_names(self) -> tuple[str, ...]:
+        """The names a string may give: Keras's names, and the classes that need no argument
+        (a class with a required argument, an RNN's units, must come as an object)."""
+        bare = [
+            name
+            for name, arguments in self.classes.items()
+            if not any(isinstance(kind, Required) for kind in arguments.values())
+        ]
+        return (*self.names, *bare)
+
     def check(self, value: Any, place: Place) -> Any:
         if isinstance(value, str):
-            if value in self.names or value in self.classes:
+            if value in self.bare_names:
                 return value
-            allowed = list(self.names) + list(self.classes)
+            if value in self.classes:
+                return place.refuse(
+                    value,
+                    f'{{"class_name": {show(value)}, "config": {{...}}}}',
+                    f"{place.owner} has {place.key or 'a value'}={show(value)}: {value} needs "
+                    f"arguments, so it comes as an object. Expected "
+                    f'{{"class_name": {show(value)}, "config": {{...}}}}.',
+                )
+            allowed = list(self.bare_names)
             close = [] if place.full else difflib.get_close_matches(value, allowed, n=3)
             known = ", ".join(close or allowed)
+            if not allowed:
+                return place.refuse(value, self.expected)
             return place.refuse(value, f"a known {self.noun}, one of {known}")
         if not isinstance(value, dict):
             return place.refuse(value, self.expected)
@@ -681,5 +700,5 @@ class Catalog(Kind):
             keras_object_schema(name, arguments, closed=True)
             for name, arguments in self.classes.items()
         ]
-        names = {"enum": list(self.names) + list(self.classes)}
-        return {"anyOf": [names, *objects], "description": f"an allowlisted {self.noun}"}
+        names = [{"enum": list(self.bare_names)}] if self.bare_names else []
+        return {"anyOf": [*names, *objects], "description": f"an allowlisted {self.noun}"}

@@ -451,7 +451,16 @@ def _link(
     layers: list[tuple[_Layer, list[str]]],
 ) -> ParsedModel | None:
     """Check every inbound name is an earlier layer or input, and read inputs and outputs."""
-    by_name = {i["name"]: i for i in inputs}
+    by_name: dict[str, Any] = {}
+    for given in inputs:
+        if given["name"] in by_name:
+            Place(place.errors, given["path"], "The model").at("config").at("name").refuse(
+                given["name"],
+                "a name no other layer or input has",
+                f"Two InputLayers are named {given['name']!r}.",
+            )
+            return None
+        by_name[given["name"]] = given
     for layer, _ in layers:
         if layer.name in by_name:
             Place(place.errors, layer.path, "The model").at("name").refuse(

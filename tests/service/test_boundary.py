@@ -17,7 +17,7 @@ import pytest
 import redis
 from hypothesis import strategies as st
 
-from core.errors import preview
+from core.errors import PREVIEW_CHARS, preview
 from core.jobs import JobStore
 from core.storage import DataDir
 from service import create_app
@@ -171,7 +171,7 @@ def test_a_body_nested_past_the_cap_is_a_400(client, route, headers, depth):
 
 def test_a_body_at_the_cap_is_parsed_and_its_deep_value_shown_bounded(client, dataset):
     body = request_for(dataset)
-    deep: Any = "x" * 1000
+    deep: Any = "x" * 5000
     for _ in range(MAX_JSON_DEPTH - 5):
         deep = [deep]
     body["model"]["layers"][0]["config"]["units"] = deep
@@ -179,7 +179,7 @@ def test_a_body_at_the_cap_is_parsed_and_its_deep_value_shown_bounded(client, da
     error = located(response, 422, "/model/layers/0/config/units")
     assert error["received"].startswith("[[[[")
     assert error["received"].endswith("...")
-    assert len(error["received"]) <= 200
+    assert len(error["received"]) <= PREVIEW_CHARS
     assert len(error["message"]) < 400
 
 
