@@ -245,7 +245,14 @@ def test_manifests_written_before_the_job_type_still_restore(store: JobStore):
 def test_the_parse_reads_each_manifest_once_and_provenance_uses_them(store: JobStore):
     document = {"arrays": {"x": np.eye(4).tolist(), "y": [0, 1, 0, 1]}}
     dataset_id = new_id()
-    store_json(store.data, dataset_id, document, orjson.dumps(document), owner=None)
+    store_json(
+        store.data,
+        dataset_id,
+        document,
+        orjson.dumps(document),
+        settings=store.settings,
+        owner=None,
+    )
     reads: list[str] = []
 
     def manifest_of(wanted: str) -> dict:
