@@ -73,7 +73,7 @@ def parse_job(body: Any, *, settings: Settings, manifest_of: Callable[[str], dic
     spec["fit"] = parse_fit(body.get("fit"), place.at("fit"), settings)
     check_fit_with_compile(spec["fit"], spec["compile"], place.at("fit"))
     summary = _infer(parsed, settings, errors) if parsed is not None and not errors else None
-    _parse_data_sections(body, spec, settings, read_once, errors)
+    _parse_data_sections(body, spec, settings, read_once, errors, summary)
     if errors or summary is None or parsed is None:
         raise _invalid(errors)
     from core.cost import cost_errors, estimate_cost  # core.cost reads core.grammar.shapes
@@ -155,13 +155,15 @@ def _parse_data_sections(
     settings: Settings,
     manifest_of: Callable[[str], dict],
     errors: list[FieldError],
+    summary: dict[str, Any] | None,
 ) -> None:
-    """`data` and `checkpoint`, checked against the dataset manifests (core.grammar.data)."""
+    """`data` and `checkpoint`, checked against the dataset manifests (core.grammar.data);
+    `summary`: the model's, inferred already (None when it did not infer)."""
     from core.grammar.data import parse_checkpoint, parse_data
 
     try:
         spec["data"] = parse_data(
-            body.get("data"), spec, settings=settings, manifest_of=manifest_of
+            body.get("data"), spec, settings=settings, manifest_of=manifest_of, summary=summary
         )
     except InvalidRequest as error:
         spec["data"] = INVALID

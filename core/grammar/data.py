@@ -40,12 +40,18 @@ ManifestOf = Callable[[str], dict]
 
 
 def parse_data(
-    raw: Any, spec: dict[str, Any], *, settings: Settings, manifest_of: ManifestOf
+    raw: Any,
+    spec: dict[str, Any],
+    *,
+    settings: Settings,
+    manifest_of: ManifestOf,
+    summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The normalized `data` of a request, or InvalidRequest with every mismatch found.
 
     `spec` holds the sections parsed so far (`model`, `compile`, `fit`, INVALID where they
     failed); checks that need a part that failed are skipped, its errors are already reported.
+    `summary` is the model's inferred summary when the caller has it (it is inferred otherwise).
     """
     errors = FieldErrors()
     place = Place(errors, "/data", "data")
@@ -55,7 +61,7 @@ def parse_data(
     for key in raw:
         if key not in DATA_KEYS:
             place.refuse_key(key, list(DATA_KEYS), "key")
-    model = _Model.of(spec)
+    model = _Model.of(spec, summary)
     main = _Split(raw, place, model, manifest_of, default_names=None)
     preprocess_x, one_hot = _parse_preprocess(raw.get("preprocess"), place.at("preprocess"), model)
     main.check_x(preprocess_x)
@@ -109,12 +115,12 @@ class _Model:
         return {o["name"]: o["shape"][1:] for o in summary["outputs"]}
 
     @classmethod
-    def of(cls, spec: dict[str, Any]) -> _Model | None:
+    def of(cls, spec: dict[str, Any], summary: dict[str, Any] | None) -> _Model | None:
         """None when the model did not parse or infer: its errors are reported already."""
         if spec.get("model") in (None, INVALID):
             return None
         try:
-            return cls(spec, summarize_model(spec["model"]))
+            return cls(spec, summary or summarize_model(spec["model"]))
         except InvalidRequest:
             return None
 
