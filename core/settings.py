@@ -6,6 +6,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 PREFIX = "FITSERVE_"
 
@@ -89,10 +90,11 @@ class Settings:
     log_level: str = "INFO"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read `FITSERVE_<FIELD>` for every field; unknown or malformed values fail loudly."""
         environ = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        # Any: each field has its own type, and the dataclass itself is their one owner.
+        values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
             raw = environ.get(PREFIX + field.name.upper())
             if raw is None:
@@ -101,7 +103,7 @@ class Settings:
         values.update(overrides)
         return cls(**values)
 
-    def with_overrides(self, **changes: object) -> Settings:
+    def with_overrides(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
 

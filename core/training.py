@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
 from core.checkpoints import CheckpointCorrupt, load_checkpoint, load_history, save_model_file
 from core.errors import FitserveError, InvalidData, NotFound
@@ -183,9 +183,8 @@ def _train(
 
     if spec.get("seed") is not None:
         keras.utils.set_random_seed(spec["seed"])
-    train, validation, test = (
-        _split(data, spec["data"], part) for part in (None, "validation", "test")
-    )
+    train = _split(data, spec["data"], None)
+    validation, test = (_split(data, spec["data"], part) for part in ("validation", "test"))
     fit_kwargs = {**fit_arguments(spec), "verbose": 0}
     epochs = fit_kwargs.pop("epochs")
     with job_devices(spec["resources"]) as strategy:
@@ -362,6 +361,10 @@ def _single(arrays: dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]
     return next(iter(arrays.values())) if len(arrays) == 1 else arrays
 
 
+@overload
+def _split(data: DataDir, spec_data: dict, part: None) -> Split: ...
+@overload
+def _split(data: DataDir, spec_data: dict, part: str) -> Split | None: ...
 def _split(data: DataDir, spec_data: dict, part: str | None) -> Split | None:
     """Open the arrays of `part` (None: the training data) memory-mapped, one-hot encoding y."""
     import keras

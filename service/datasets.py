@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
-from flask import Blueprint, Flask, Request, request
+from flask import Blueprint, Flask, Request, Response, request
 from werkzeug.datastructures import FileStorage
 from werkzeug.formparser import FormDataParser
 
@@ -73,7 +73,7 @@ class UploadRequest(Request):
 
 
 @bp.post("")
-def create_dataset():
+def create_dataset() -> Response:
     """Upload a dataset: 201 with its manifest, or 200 with the one an Idempotency-Key made for
     the same upload (409 for a different one)."""
     is_json = request.mimetype == "application/json" or request.mimetype.endswith("+json")
@@ -105,7 +105,7 @@ def create_dataset():
 
 
 @bp.get("")
-def list_datasets():
+def list_datasets() -> Response:
     """The caller's datasets (all of them for an admin key), newest first."""
     limit, cursor = page_args()
     items, next_cursor = datasets.list_manifests(
@@ -115,12 +115,12 @@ def list_datasets():
 
 
 @bp.get("/<dataset_id>")
-def show_dataset(dataset_id: str):
+def show_dataset(dataset_id: str) -> Response:
     return json_response(visible_manifest(dataset_id))
 
 
 @bp.delete("/<dataset_id>")
-def delete_dataset(dataset_id: str):
+def delete_dataset(dataset_id: str) -> tuple[str, int]:
     """204, or 409 while a live job uses the dataset (the jobs keep a Redis set of their ids)."""
     visible_manifest(dataset_id)
     users = job_store().count_live_using(dataset_id)
@@ -138,7 +138,7 @@ def visible_manifest(dataset_id: str) -> dict:
     return manifest
 
 
-def _manifest_response(manifest: dict, status: int):
+def _manifest_response(manifest: dict, status: int) -> Response:
     return json_response(manifest, status, {"Location": f"/v1/datasets/{manifest['id']}"})
 
 

@@ -74,7 +74,7 @@ class StreamSlots:
 
 
 @bp.get("/v1/jobs/<job_id>/events")
-def job_events(job_id: str):
+def job_events(job_id: str) -> Response | tuple[str, int]:
     """`text/event-stream` of the job's events from `Last-Event-ID` (default: the first).
 
     204 when the job is over and the client has seen everything: an EventSource stops

@@ -6,7 +6,7 @@ import os
 import tempfile
 
 import redis
-from flask import Blueprint, Flask
+from flask import Blueprint, Flask, Response
 
 from core.workers import live_workers
 from service.http import json_response
@@ -17,13 +17,13 @@ bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
-def healthz():
+def healthz() -> Response:
     """The process answers."""
     return json_response({"status": "ok"})
 
 
 @bp.get("/readyz")
-def readyz():
+def readyz() -> Response:
     """Redis answers and the data folder is writable; lists the workers seen by heartbeat."""
     checks: dict[str, str] = {}
     workers: list[dict] = []

@@ -7,7 +7,7 @@ from collections import deque
 
 import orjson
 import redis
-from flask import Blueprint, Flask, g, request
+from flask import Blueprint, Flask, Response, g, request
 
 from core import grammar
 from core.errors import FieldError, InvalidRequest, NotFound
@@ -34,7 +34,7 @@ def register(app: Flask) -> None:
 
 
 @bp.post("/v1/jobs")
-def submit_job():
+def submit_job() -> Response:
     """Validate against the dataset manifests, record, enqueue: 202 with the queued job."""
     body = json_body()
     request_sha256 = fingerprint(body)
@@ -62,7 +62,7 @@ def submit_job():
     return json_response(view_job(job), 202, {"Location": f"/v1/jobs/{job['id']}"})
 
 
-def _replay(job: Job):
+def _replay(job: Job) -> Response:
     """200 with the job an earlier submit with the same key and body made (as datasets answer)."""
     return json_response(
         view_job(job),
@@ -72,7 +72,7 @@ def _replay(job: Job):
 
 
 @bp.get("/v1/jobs")
-def list_jobs():
+def list_jobs() -> Response:
     """The caller's jobs (everyone's for admins), newest first, `?status=` to filter."""
     limit, cursor = page_args()
     status = request.args.get("status")
@@ -90,7 +90,7 @@ def list_jobs():
 
 
 @bp.get("/v1/jobs/<job_id>")
-def get_job(job_id: str):
+def get_job(job_id: str) -> Response:
     """The job; a queued one also says whether any live worker consumes its queue."""
     try:
         job = visible_job(job_id)
@@ -116,7 +116,7 @@ def _queue_state(gpus: int) -> QueueState:
 
 
 @bp.get("/v1/jobs/<job_id>/metrics")
-def get_metrics(job_id: str):
+def get_metrics(job_id: str) -> Response:
     """`{"epochs": [1, 2, ...], "history": {metric: [value per epoch]}}`."""
     visible_job(job_id)
     entries = job_store().history(job_id)
@@ -126,7 +126,7 @@ def get_metrics(job_id: str):
 
 
 @bp.get("/v1/jobs/<job_id>/logs")
-def get_logs(job_id: str):
+def get_logs(job_id: str) -> Response:
     """The last `?tail=` lines (default 1000) of the job's train.log as `{"lines": [...]}`."""
     visible_job(job_id)
     tail = query_int("tail", 1000, 1, MAX_LOG_LINES)
@@ -139,7 +139,7 @@ def get_logs(job_id: str):
 
 
 @bp.post("/v1/jobs/<job_id>:cancel")
-def cancel_job(job_id: str):
+def cancel_job(job_id: str) -> Response:
     """202 with the job `cancelling` (running) or `cancelled` (it had not started)."""
     visible_job(job_id)
     job = job_store().request_cancel(job_id)
@@ -148,7 +148,7 @@ def cancel_job(job_id: str):
 
 
 @bp.delete("/v1/jobs/<job_id>")
-def delete_job(job_id: str):
+def delete_job(job_id: str) -> tuple[str, int]:
     """Remove a finished job, its records and files (409 while it is live)."""
     visible_job(job_id)
     job_store().delete(job_id)

@@ -47,19 +47,19 @@ def server_version() -> str:
 
 
 @bp.get("/v2")
-def server_metadata():
+def server_metadata() -> Response:
     return json_response(
         {"name": "fitserve", "version": server_version(), "extensions": ["binary_tensor_data"]}
     )
 
 
 @bp.get("/v2/health/live")
-def live():
+def live() -> Response:
     return json_response({"live": True})
 
 
 @bp.get("/v2/health/ready")
-def ready():
+def ready() -> Response:
     """Ready when the data volume, where every model lives, can be read."""
     if not os.access(data_dir().jobs, os.R_OK | os.X_OK):
         raise Unavailable("The data folder cannot be read.", code="not_ready")
@@ -83,7 +83,7 @@ def _tensor(info: TensorInfo) -> dict:
 
 @bp.get("/v2/models/<model>")
 @bp.get("/v2/models/<model>/versions/<version>")
-def model_metadata(model: str, version: str | None = None):
+def model_metadata(model: str, version: str | None = None) -> Response:
     found = find_segment(model, version)
     loaded = servables.load(found)
     versions = catalog.version_entries(found.manifest)
@@ -100,7 +100,7 @@ def model_metadata(model: str, version: str | None = None):
 
 @bp.get("/v2/models/<model>/ready")
 @bp.get("/v2/models/<model>/versions/<version>/ready")
-def model_ready(model: str, version: str | None = None):
+def model_ready(model: str, version: str | None = None) -> Response:
     """Ready once the version is loaded in this process (this call loads it)."""
     loaded = servables.load(find_segment(model, version))
     document = {"name": model, "version": _version(loaded), "ready": True}
@@ -109,7 +109,7 @@ def model_ready(model: str, version: str | None = None):
 
 @bp.post("/v2/models/<model>/infer")
 @bp.post("/v2/models/<model>/versions/<version>/infer")
-def infer(model: str, version: str | None = None):
+def infer(model: str, version: str | None = None) -> Response:
     body, binary = infer_body()
     loaded = servables.load(find_segment(model, version))
     with answering(loaded.servable.version):

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import swagger_ui_bundle
-from flask import Blueprint, Flask, current_app, send_from_directory
+from flask import Blueprint, Flask, Response, current_app, send_from_directory
 
 from core.jobs import STATUSES, JobView, ModelRecord
 from core.serving.catalog import LABELS
@@ -63,23 +64,23 @@ def get_document() -> dict:
 
 
 @bp.get("/openapi.json")
-def openapi_document():
+def openapi_document() -> Response:
     return json_response(get_document())
 
 
 @bp.get("/docs")
-def docs_page():
+def docs_page() -> Response:
     """Swagger UI over /openapi.json, every file served from this package and swagger-ui-bundle."""
     return send_from_directory(DOCS, "index.html", mimetype="text/html")
 
 
 @bp.get("/docs/init.js")
-def docs_script():
+def docs_script() -> Response:
     return send_from_directory(DOCS, "init.js", mimetype="text/javascript")
 
 
 @bp.get("/docs/assets/<path:name>")
-def docs_asset(name: str):
+def docs_asset(name: str) -> Response:
     return send_from_directory(swagger_ui_bundle.swagger_ui_path, name)
 
 
@@ -169,7 +170,7 @@ def _nullable(schema: dict) -> dict:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
-def _object(required: dict[str, Any], optional: dict[str, Any] | None = None, **extra) -> dict:
+def _object(required: dict[str, Any], optional: dict[str, Any] | None = None, **extra: Any) -> dict:
     return {
         "type": "object",
         "properties": {**required, **(optional or {})},
@@ -393,9 +394,9 @@ IDEMPOTENCY = {
 def _operation(
     summary: str,
     tag: str,
-    answers: dict[int, tuple[str, str | tuple[str, ...] | None, dict | None]],
+    answers: Mapping[int, tuple[str, str | tuple[str, ...] | None, dict | None]],
     *,
-    parameters: list[dict] = (),
+    parameters: Sequence[dict] = (),
     body: dict | None = None,
 ) -> dict:
     """One operation: `answers` maps a status to (description, media type(s), schema)."""
@@ -406,7 +407,7 @@ def _operation(
             kinds = (media,) if isinstance(media, str) else media
             responses[str(status)]["content"] = {kind: {"schema": schema or {}} for kind in kinds}
     responses["default"] = {"$ref": "#/components/responses/Problem"}
-    operation = {"summary": summary, "tags": [tag], "responses": responses}
+    operation: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
     if parameters:
         operation["parameters"] = list(parameters)
     if body is not None:

@@ -7,7 +7,7 @@ epoch number; `best`, `latest` and `final` are labels. Every answer about one ve
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, request, send_file
+from flask import Blueprint, Flask, Response, request, send_file
 
 from core.cursors import decode_cursor, encode_cursor
 from core.errors import FieldError, InvalidRequest
@@ -59,7 +59,7 @@ def model_record(manifest: dict) -> dict:
 
 
 @bp.get("/v1/models")
-def list_models():
+def list_models() -> Response:
     """Jobs with a servable version, newest first, `?limit=&cursor=`."""
     limit, cursor = page_args()
     visible = sorted(
@@ -93,7 +93,7 @@ def _version_status(version: int) -> dict:
 
 
 @bp.get("/v1/models/<model>")
-def model_status(model: str):
+def model_status(model: str) -> Response:
     """TF Serving's `model_version_status`: every servable version, newest first."""
     found = servables.find(model)
     versions = sorted(catalog.version_entries(found.manifest), reverse=True)
@@ -105,7 +105,7 @@ def model_status(model: str):
 
 @bp.get("/v1/models/<model>/versions/<version>")
 @bp.get("/v1/models/<model>/labels/<label>")
-def version_status(model: str, version: str | None = None, label: str | None = None):
+def version_status(model: str, version: str | None = None, label: str | None = None) -> Response:
     servable = servables.find(model, version_number(version), label).servable
     return tagged(
         json_response({"model_version_status": [_version_status(servable.version)]}),
@@ -132,7 +132,7 @@ def describe(info: TensorInfo) -> dict:
 @bp.get("/v1/models/<model>/metadata")
 @bp.get("/v1/models/<model>/versions/<version>/metadata")
 @bp.get("/v1/models/<model>/labels/<label>/metadata")
-def model_metadata(model: str, version: str | None = None, label: str | None = None):
+def model_metadata(model: str, version: str | None = None, label: str | None = None) -> Response:
     """TF Serving's signature_def metadata, plus `inputs`/`outputs` in plain form."""
     found = servables.find(model, version_number(version), label)
     loaded = servables.load(found)
@@ -154,7 +154,7 @@ def model_metadata(model: str, version: str | None = None, label: str | None = N
 @bp.post("/v1/models/<model>:predict")
 @bp.post("/v1/models/<model>/versions/<version>:predict")
 @bp.post("/v1/models/<model>/labels/<label>:predict")
-def predict(model: str, version: str | None = None, label: str | None = None):
+def predict(model: str, version: str | None = None, label: str | None = None) -> Response:
     """`{"instances": ...}` -> `{"predictions": ...}`, `{"inputs": ...}` -> `{"outputs": ...}`."""
     body = servables.prediction_body()
     loaded = servables.load(servables.find(model, version_number(version), label))
@@ -168,7 +168,7 @@ def predict(model: str, version: str | None = None, label: str | None = None):
 @bp.get("/v1/models/<model>/download")
 @bp.get("/v1/models/<model>/versions/<version>/download")
 @bp.get("/v1/models/<model>/labels/<label>/download")
-def download(model: str, version: str | None = None, label: str | None = None):
+def download(model: str, version: str | None = None, label: str | None = None) -> Response:
     """`?format=keras` (the checked file as saved) or `savedmodel` (a `.tar.gz`)."""
     fmt = request.args.get("format", "keras")
     if fmt not in DOWNLOAD_FORMATS:

@@ -7,7 +7,7 @@ a request that cannot train is refused before it is queued.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from core.errors import FieldError, FieldErrors, InvalidRequest, NotFound, show
@@ -69,7 +69,7 @@ def parse_data(
     weights = main.array_of(raw.get("sample_weight"), place.at("sample_weight"), "sample weights")
     main.check_rows()
     _check_fit_against_data(spec.get("fit"), main, weights, raw.get("validation") is not None)
-    out = {
+    out: dict[str, Any] = {
         "dataset": main.dataset_id,
         "x": main.x,
         "y": main.y,
@@ -201,8 +201,8 @@ class _Split:
                     place.refuse_key(key, list(SPLIT_KEYS), "key")
         self.dataset_id, self.manifest = self._load(raw.get("dataset"), manifest_of)
         names_of = default_names or self
-        self.x = self._mapping(raw, "x", model and list(model.inputs), names_of)
-        self.y = self._mapping(raw, "y", model and list(model.outputs), names_of)
+        self.x = self._mapping(raw, "x", None if model is None else list(model.inputs), names_of)
+        self.y = self._mapping(raw, "y", None if model is None else list(model.outputs), names_of)
 
     def _load(self, value: Any, manifest_of: ManifestOf) -> tuple[str | None, dict | None]:
         at = self.place.at("dataset")
@@ -348,11 +348,11 @@ class _Split:
                 )
         self._check_token_ids(ranges, preprocess)
         if len(self.errors) == before and len(rows) == len(self.model.inputs):
-            self._check_with_rows(rows)
+            self._check_with_rows(self.model, rows)
 
-    def _check_with_rows(self, rows: dict[str, Shape]) -> None:
+    def _check_with_rows(self, model: _Model, rows: dict[str, Shape]) -> None:
         try:
-            self.outputs = self.model.outputs_for(rows)
+            self.outputs = model.outputs_for(rows)
         except InvalidRequest as error:
             first = error.errors[0]
             self.place.at("x").refuse(
@@ -482,7 +482,7 @@ def _rescaled(found: tuple[float, float], steps: dict[str, Any]) -> tuple[float,
     return min(ends), max(ends)
 
 
-def _fits(given: Shape, wanted: Shape) -> bool:
+def _fits(given: Sequence[int | None], wanted: Sequence[int | None]) -> bool:
     """Same rank, and equal where the model's dimension is known."""
     return len(given) == len(wanted) and all(
         w is None or g == w for g, w in zip(given, wanted, strict=True)
@@ -490,7 +490,7 @@ def _fits(given: Shape, wanted: Shape) -> bool:
 
 
 def _check_reshape(
-    at: Place, array: str, rows_shape: Shape, target: Shape, wanted: Shape, name: str
+    at: Place, array: str, rows_shape: list[int], target: list[int], wanted: Shape, name: str
 ) -> None:
     if math.prod(rows_shape) != math.prod(target):
         at.refuse(
@@ -576,9 +576,11 @@ def _parse_preprocess(
     for key in raw:
         if key not in ("x", "y"):
             place.refuse_key(key, ["x", "y"], "key")
-    steps = _per_name(raw.get("x"), place.at("x"), model and list(model.inputs), X_STEPS)
+    inputs = None if model is None else list(model.inputs)
+    steps = _per_name(raw.get("x"), place.at("x"), inputs, X_STEPS)
     x = {name: _parse_steps(value, at) for name, (value, at) in steps.items()}
-    targets = _per_name(raw.get("y"), place.at("y"), model and list(model.outputs), ("one_hot",))
+    outputs = None if model is None else list(model.outputs)
+    targets = _per_name(raw.get("y"), place.at("y"), outputs, ("one_hot",))
     one_hot = {}
     for name, (value, at) in targets.items():
         count = ONE_HOT.check(value.get("one_hot"), at.at("one_hot"))

@@ -65,7 +65,7 @@ def fit_kinds(settings: Settings) -> dict[str, Kind]:
     }
 
 
-DEFAULTS = {
+DEFAULTS: dict[str, Any] = {
     "batch_size": 32,
     "epochs": 1,
     "validation_split": 0.0,

@@ -95,7 +95,9 @@ class Place:
 class Kind:
     """A kind of value: `check` normalizes or refuses, `expected` says what is accepted."""
 
-    expected = "a value"
+    @property
+    def expected(self) -> str:
+        return "a value"
 
     def check(self, value: Any, place: Place) -> Any:
         raise NotImplementedError

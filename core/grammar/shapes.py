@@ -71,6 +71,12 @@ def _known(dim: int | None, what: str, shape: Shape) -> int:
     return dim
 
 
+def _size(shape: Shape) -> int | None:
+    """Values in one row; None while any dimension is unknown."""
+    known = [d for d in shape if d is not None]
+    return math.prod(known) if len(known) == len(shape) else None
+
+
 def _split(shape: Shape, cfg: dict[str, Any]) -> tuple[int | None, Shape]:
     """(channels, spatial dims) for channels_last (the default) or channels_first."""
     if cfg.get("data_format") == "channels_first":
@@ -142,18 +148,16 @@ def dense(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
 
 
 def flatten(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
-    shape = _one(shapes)
-    size = None if None in shape else math.prod(shape)
-    return (size,), 0, 0
+    return (_size(_one(shapes)),), 0, 0
 
 
 def reshape(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
     shape = _one(shapes)
     target = tuple(cfg["target_shape"])
     known = math.prod(d for d in target if d != -1)
-    if None in shape:
+    size = _size(shape)
+    if size is None:
         return tuple(None if d == -1 else d for d in target), 0, 0
-    size = math.prod(shape)
     if -1 in target:
         if known == 0 or size % known:
             raise ShapeMismatch(
@@ -229,7 +233,9 @@ def up_sampling(rank: int) -> Rule:
     return rule
 
 
-def _conv_geometry(rank: int, cfg: dict[str, Any], shapes: list[Shape]):
+def _conv_geometry(
+    rank: int, cfg: dict[str, Any], shapes: list[Shape]
+) -> tuple[int, Shape, tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     shape = _rank(_one(shapes), rank + 1, "(batch, spatial..., channels)")
     channels, spatial = _split(shape, cfg)
     channels = _known(channels, "channels axis", shape)
@@ -272,7 +278,14 @@ def conv(rank: int) -> Rule:
     return rule
 
 
-def _transposed_length(length, size, stride, dilation, padding, output_padding):
+def _transposed_length(
+    length: int | None,
+    size: int,
+    stride: int,
+    dilation: int,
+    padding: str,
+    output_padding: int | None,
+) -> int | None:
     if length is None:
         return None
     size = (size - 1) * dilation + 1
@@ -297,8 +310,10 @@ def conv_transpose(rank: int) -> Rule:
                 "an output_padding smaller than the strides on every axis",
             )
         out = tuple(
-            _transposed_length(*args, padding, extra)
-            for *args, extra in zip(spatial, kernel, strides, dilation, extras, strict=False)
+            _transposed_length(length, size, stride, rate, padding, extra)
+            for length, size, stride, rate, extra in zip(
+                spatial, kernel, strides, dilation, extras, strict=False
+            )
         )
         filters = cfg["filters"]
         bias = filters if cfg.get("use_bias", True) else 0

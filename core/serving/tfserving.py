@@ -7,6 +7,7 @@ FieldError whose path is a JSON pointer into the request (`/instances/3`, `/inpu
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -288,7 +289,7 @@ def _checked(
             columns[info.name],
             info,
             locate(index, None),
-            lambda row, index=index: locate(index, row),
+            functools.partial(locate, index),
             max_rows,
         )
         for index, info in enumerate(inputs)
