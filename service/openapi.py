@@ -101,7 +101,7 @@ def build_document() -> dict:
     grammar = grammar_schema()
     definitions = grammar.pop("$defs", {})
     grammar.pop("$schema", None)
-    schemas = {name.capitalize(): schema for name, schema in definitions.items()}
+    schemas = {_component_name(name): schema for name, schema in definitions.items()}
     schemas["JobRequest"] = grammar
     schemas.update(_component_schemas())
     return {
@@ -146,12 +146,17 @@ def _version() -> str:
         return "0"
 
 
+def _component_name(definition: str) -> str:
+    """A grammar definition's name as a component's (`vector_initializer`: VectorInitializer)."""
+    return "".join(part.capitalize() for part in definition.split("_"))
+
+
 def _rebase(value: Any) -> Any:
     """The grammar's `#/$defs/x` references point into components once its $defs move there."""
     if isinstance(value, dict):
         return {
             key: (
-                "#/components/schemas/" + item.rsplit("/", 1)[1].capitalize()
+                "#/components/schemas/" + _component_name(item.rsplit("/", 1)[1])
                 if key == "$ref" and item.startswith("#/$defs/")
                 else _rebase(item)
             )

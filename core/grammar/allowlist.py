@@ -457,8 +457,9 @@ SCHEDULE_CLASSES: dict[str, dict[str, Kind]] = {
         "name": Dropped(Nullable(LAYER_NAME)),
     },
 }
+SCHEDULE = Catalog("learning-rate schedule", (), SCHEDULE_CLASSES)
 LEARNING_RATE = Either(
-    (POSITIVE, Catalog("learning-rate schedule", (), SCHEDULE_CLASSES)),
+    (POSITIVE, SCHEDULE),
     "a positive number or a learning-rate schedule {class_name, config} with class_name one of "
     + ", ".join(SCHEDULE_CLASSES),
 )

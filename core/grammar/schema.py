@@ -10,14 +10,21 @@ from __future__ import annotations
 from typing import Any
 
 from core.grammar.allowlist import (
+    ACTIVATION,
+    CONSTRAINT,
+    CONV_INITIALIZER,
+    INITIALIZER,
     INPUT_DTYPE,
     LAYER_NAME,
     LAYERS,
     LOSS,
     OPTIMIZER,
     PRIORITY,
+    REGULARIZER,
     REQUEST_NAME,
+    SCHEDULE,
     SEED,
+    VECTOR_INITIALIZER,
     resource_kinds,
 )
 from core.grammar.compile import JIT_COMPILE, STEPS_PER_EXECUTION
@@ -31,7 +38,7 @@ def grammar_schema(settings: Settings | None = None) -> dict[str, Any]:
     """A JSON Schema (2020-12) of the job request; bounds that are settings come from `settings`
     (the defaults when None)."""
     settings = settings or Settings()
-    return {
+    schema = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "fitserve job request",
         "type": "object",
@@ -51,6 +58,36 @@ def grammar_schema(settings: Settings | None = None) -> dict[str, Any]:
         "required": ["model", "data"],
         "additionalProperties": False,
     }
+    # Objects used in many places are spelled once under $defs: inline, the schema outgrows what
+    # JSON Schema tools (schemathesis's generator among them) will expand.
+    shared = {name: kind.schema() for name, kind in SHARED_KINDS.items()}
+    schema = _referenced(schema, shared)
+    schema["$defs"].update(shared)
+    return schema
+
+
+# What many layers and every optimizer take, by the name of its definition.
+SHARED_KINDS = {
+    "activation": ACTIVATION,
+    "initializer": INITIALIZER,
+    "vector_initializer": VECTOR_INITIALIZER,
+    "conv_initializer": CONV_INITIALIZER,
+    "regularizer": REGULARIZER,
+    "constraint": CONSTRAINT,
+    "schedule": SCHEDULE,
+}
+
+
+def _referenced(node: Any, shared: dict[str, dict[str, Any]]) -> Any:
+    """`node` with every copy of a `shared` schema replaced by a `$ref` to its definition."""
+    if isinstance(node, dict):
+        for name, part in shared.items():
+            if node == part:
+                return {"$ref": f"#/$defs/{name}"}
+        return {key: _referenced(value, shared) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_referenced(value, shared) for value in node]
+    return node
 
 
 def _layer_objects() -> list[dict[str, Any]]:
