@@ -530,8 +530,9 @@ class JobStore:
         raw = self.redis.hget(job_key(job_id), "status")
         return raw is None or orjson.loads(raw) in TERMINAL
 
-    def spec(self, job_id: str) -> dict:
-        """The normalized spec the job was submitted with (its immutable `job.json`)."""
+    def normalized_request(self, job_id: str) -> dict:
+        """The request the job was submitted with, as the grammar normalized it (its immutable
+        `job.json`)."""
         return read_json(self.data.job(job_id) / "job.json")["spec"]
 
     def list(

@@ -227,7 +227,7 @@ def _train_and_record(
     try:
         outcome = train(
             store.data.job(job_id),
-            store.spec(job_id),
+            store.normalized_request(job_id),
             store.data,
             store.settings,
             control,
