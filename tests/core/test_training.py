@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -258,6 +259,47 @@ def test_shape_mismatch_names_the_shapes(trainer: Trainer, spec, data, settings,
     assert caught.value.message.startswith(
         "Input 'input' expects shape (None, 8) but array 'x' has shape (96, 5)."
     )
+
+
+def test_sample_weights_reach_every_output_of_a_two_output_model(
+    trainer: Trainer, data: DataDir, settings: Settings, tmp_path: Path
+) -> None:
+    import keras
+
+    inputs = keras.Input((FEATURES,), name="input")
+    hidden = keras.layers.Dense(4, name="hidden")(inputs)
+    model = keras.Model(
+        inputs,
+        [
+            keras.layers.Dense(1, name="score")(hidden),
+            keras.layers.Dense(CLASSES, activation="softmax", name="kind")(hidden),
+        ],
+    )
+    arrays = blobs()
+    dataset = store(
+        data, settings, tmp_path, **arrays, score=arrays["y"][:, None], w=np.ones(ROWS, "float32")
+    )
+    request = {
+        "model": json.loads(model.to_json()),
+        "compile": {
+            "optimizer": "adam",
+            "loss": {"score": "mse", "kind": "sparse_categorical_crossentropy"},
+        },
+        "fit": {"batch_size": BATCH, "epochs": 1, "validation_split": 0.25},
+        "data": {
+            "dataset": dataset,
+            "x": "x",
+            "y": {"score": "score", "kind": "y"},
+            "sample_weight": "w",
+            "test": {"dataset": dataset},
+        },
+    }
+    job = parse_job_request(
+        request, settings=settings, manifest_of=lambda found: load_manifest(data, found)
+    )
+    result = trainer.run(job, resume=None)
+    assert result["status"] == "succeeded"
+    assert {"score_loss", "kind_loss"} <= set(result["test_metrics"])
 
 
 def test_time_limit_fails_with_timeout_after_a_checkpoint(trainer: Trainer, spec) -> None:
