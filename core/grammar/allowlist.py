@@ -539,6 +539,8 @@ _LOSS_BASE: dict[str, Kind] = {
     "dtype": Dropped(Nullable(DTYPE_POLICY)),
 }
 _AXIS = Axes(single_only=True)
+# Keras's sparse crossentropy reads the class axis last only ("Only axis=-1 is supported").
+_LAST_AXIS = Choice((-1,))
 _CROSSENTROPY = {"from_logits": BOOL, "label_smoothing": FRACTION, "axis": _AXIS}
 LOSS_CLASSES: dict[str, dict[str, Kind]] = {
     "BinaryCrossentropy": dict(_CROSSENTROPY),
@@ -553,7 +555,7 @@ LOSS_CLASSES: dict[str, dict[str, Kind]] = {
     "SparseCategoricalCrossentropy": {
         "from_logits": BOOL,
         "ignore_class": Nullable(Integer()),
-        "axis": _AXIS,
+        "axis": _LAST_AXIS,
     },
     "MeanSquaredError": {},
     "MeanAbsoluteError": {},
@@ -630,7 +632,7 @@ METRIC_CLASSES: dict[str, dict[str, Kind]] = {
     "SparseCategoricalCrossentropy": {
         "from_logits": BOOL,
         "ignore_class": Nullable(Integer()),
-        "axis": _AXIS,
+        "axis": _LAST_AXIS,
     },
     "Hinge": {},
     "SquaredHinge": {},
