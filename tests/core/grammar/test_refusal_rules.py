@@ -285,3 +285,47 @@ def test_sample_weights_one_per_row(weights: list[int], ok: bool) -> None:
         path, message = refusal(body, found)
         assert path == "/data/sample_weight"
         assert "one value per row" in message
+
+
+def test_use_cudnn_true_is_refused() -> None:
+    layers = [
+        {"class_name": "Reshape", "config": {"target_shape": [28, 28]}},
+        {"class_name": "LSTM", "config": {"units": 4, "use_cudnn": True}},
+        BASE["model"]["layers"][1],
+    ]
+    body = changed(BASE, "/model/layers", layers)
+    path, _ = refusal(body)
+    assert path == "/model/layers/1/config/use_cudnn"
+    accepted(changed(body, "/model/layers/1/config/use_cudnn", "auto"))
+
+
+IDS = manifests(
+    {"x": ([32, 6], "int64", stats(0, 9, list(range(10)))), "y": ([32, 10], "float32", stats(0, 1))}
+)
+EMBEDDED = {
+    "class_name": "Embedding",
+    "config": {"input_dim": 10, "output_dim": 4, "mask_zero": True},
+}
+SOFTMAX = {"class_name": "Softmax", "config": {}}
+FLAT = {"class_name": "Flatten", "config": {}}
+
+
+@pytest.mark.parametrize(
+    ("between", "ok"),
+    [
+        ([], False),
+        ([{"class_name": "Dense", "config": {"units": 3}}], False),
+        ([{"class_name": "GRU", "config": {"units": 3, "return_sequences": True}}], False),
+        ([{"class_name": "Conv1D", "config": {"filters": 2, "kernel_size": 2}}], True),
+        ([{"class_name": "MaxPooling1D", "config": {"pool_size": 2}}], True),
+    ],
+)
+def test_softmax_cannot_take_an_embedding_padding_mask(between: list[Any], ok: bool) -> None:
+    layers = [EMBEDDED, *between, SOFTMAX, FLAT, BASE["model"]["layers"][1]]
+    body = changed(changed(BASE, "/model/input_shape", [6]), "/model/layers", layers)
+    if ok:
+        accepted(body, IDS)
+    else:
+        path, message = refusal(body, IDS)
+        assert path == f"/model/layers/{1 + len(between)}"
+        assert "padding mask" in message
