@@ -664,6 +664,20 @@ METRIC = Catalog("metric", METRIC_NAMES, METRIC_CLASSES)
 
 MONITOR = Text(r"[A-Za-z0-9_./-]{1,100}", "a metric name such as 'val_loss'")
 _MODE = Choice(("auto", "min", "max"))
+# Keras's own `mode="auto"` rule, widened to the metrics that grow as a model improves.
+HIGHER_IS_BETTER = ("acc", "auc", "precision", "recall", "r2", "true_positives")
+
+
+def monitor_mode(monitor: str, mode: str) -> str:
+    """`min` or `max` for a monitored value: resolved here, because EarlyStopping's own "auto"
+    raises at the first epoch for any name it does not find among the model's metrics (an
+    output's metric, such as 'val_kind_accuracy', or a metric the job does not compute)."""
+    if mode != "auto":
+        return mode
+    name = monitor.removeprefix("val_")
+    return "max" if any(word in name for word in HIGHER_IS_BETTER) else "min"
+
+
 CALLBACK_CLASSES: dict[str, dict[str, Kind]] = {
     "EarlyStopping": {
         "monitor": MONITOR,

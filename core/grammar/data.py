@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from core.errors import FieldError, FieldErrors, InvalidRequest, NotFound, show
-from core.grammar.allowlist import FLOAT32, MONITOR
+from core.grammar.allowlist import FLOAT32, MONITOR, monitor_mode
 from core.grammar.kinds import INVALID, Choice, Integer, Place
 from core.grammar.shapes import summarize_model, value_ranges
 from core.settings import Settings
@@ -39,8 +39,6 @@ CLASS_AXIS_METRICS = {
     "categorical_crossentropy", "CategoricalCrossentropy", "binary_crossentropy",
     "BinaryCrossentropy", "top_k_categorical_accuracy", "TopKCategoricalAccuracy",
 }  # fmt: skip
-# Keras's own `mode="auto"` rule, widened to the metrics that grow as a model improves.
-HIGHER_IS_BETTER = ("acc", "auc", "precision", "recall", "r2", "true_positives")
 
 Shape = list[int | None]
 ManifestOf = Callable[[str], dict]
@@ -701,10 +699,7 @@ def parse_checkpoint(raw: Any, spec: dict[str, Any], *, settings: Settings) -> d
     keep = KEEP.check(raw.get("keep", settings.keep_checkpoints), place.at("keep"))
     if errors:
         raise InvalidRequest("The checkpoint section is invalid.", errors=errors)
-    if mode == "auto":
-        name = monitor.removeprefix("val_")
-        mode = "max" if any(word in name for word in HIGHER_IS_BETTER) else "min"
-    return {"monitor": monitor, "mode": mode, "keep": keep}
+    return {"monitor": monitor, "mode": monitor_mode(monitor, mode), "keep": keep}
 
 
 def _has_validation(spec: dict[str, Any]) -> bool | None:
