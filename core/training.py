@@ -206,9 +206,11 @@ def _train(
             try:
                 model.fit(
                     train.x,
-                    train.y,
+                    train.targets(model),
                     sample_weight=train.sample_weight,
-                    validation_data=None if validation is None else (validation.x, validation.y),
+                    validation_data=(
+                        None if validation is None else (validation.x, validation.targets(model))
+                    ),
                     initial_epoch=initial_epoch,
                     epochs=epochs,
                     callbacks=[*ours.in_order(), *build_callbacks(spec)],
@@ -355,6 +357,14 @@ class Split:
             )
         self.rows = next(iter(rows.values()), 0)
 
+    def targets(self, model: keras.Model) -> Any:
+        """y as `fit` takes it: several targets in the model's output order. Keras matches a
+        dict of them to the outputs by name, but then cannot pair a sample weight with each
+        (a KeyError deep in its loss)."""
+        if isinstance(self.y, dict):
+            return [self.y[name] for name in model.output_names]
+        return self.y
+
 
 def _single(arrays: dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
     """One array as itself (what a one-input model takes), several keyed by model names."""
@@ -423,7 +433,7 @@ def evaluate_split(model: keras.Model, split: Split, batch_size: int | None) -> 
     """The model's loss and metrics on `split`."""
     results = model.evaluate(
         split.x,
-        split.y,
+        split.targets(model),
         sample_weight=split.sample_weight,
         batch_size=batch_size,
         verbose=0,

@@ -232,18 +232,21 @@ _RNN_BASE: dict[str, Kind] = {
     "return_state": Choice((False,)),
     "stateful": Choice((False,)),
 }
+# `use_cudnn: true` fails on a worker without a GPU, and on a GPU wherever cuDNN's own limits
+# (activations, masks, dropout) are not met; "auto" uses it where it can.
+_CUDNN = Choice(("auto", False))
 RNN_LAYERS: dict[str, dict[str, Kind]] = {
     "LSTM": {
         **_RNN_BASE,
         "recurrent_activation": ACTIVATION,
         "unit_forget_bias": BOOL,
-        "use_cudnn": Choice(("auto", True, False)),
+        "use_cudnn": _CUDNN,
     },
     "GRU": {
         **_RNN_BASE,
         "recurrent_activation": ACTIVATION,
         "reset_after": BOOL,
-        "use_cudnn": Choice(("auto", True, False)),
+        "use_cudnn": _CUDNN,
     },
     "SimpleRNN": dict(_RNN_BASE),
 }
@@ -540,6 +543,8 @@ _LOSS_BASE: dict[str, Kind] = {
     "dtype": Dropped(Nullable(DTYPE_POLICY)),
 }
 _AXIS = Axes(single_only=True)
+# Keras's sparse crossentropy reads the class axis last only ("Only axis=-1 is supported").
+_LAST_AXIS = Choice((-1,))
 _CROSSENTROPY = {"from_logits": BOOL, "label_smoothing": FRACTION, "axis": _AXIS}
 LOSS_CLASSES: dict[str, dict[str, Kind]] = {
     "BinaryCrossentropy": dict(_CROSSENTROPY),
@@ -554,7 +559,7 @@ LOSS_CLASSES: dict[str, dict[str, Kind]] = {
     "SparseCategoricalCrossentropy": {
         "from_logits": BOOL,
         "ignore_class": Nullable(Integer()),
-        "axis": _AXIS,
+        "axis": _LAST_AXIS,
     },
     "MeanSquaredError": {},
     "MeanAbsoluteError": {},
@@ -631,7 +636,7 @@ METRIC_CLASSES: dict[str, dict[str, Kind]] = {
     "SparseCategoricalCrossentropy": {
         "from_logits": BOOL,
         "ignore_class": Nullable(Integer()),
-        "axis": _AXIS,
+        "axis": _LAST_AXIS,
     },
     "Hinge": {},
     "SquaredHinge": {},
@@ -660,6 +665,20 @@ METRIC = Catalog("metric", METRIC_NAMES, METRIC_CLASSES)
 
 MONITOR = Text(r"[A-Za-z0-9_./-]{1,100}", "a metric name such as 'val_loss'")
 _MODE = Choice(("auto", "min", "max"))
+# Keras's own `mode="auto"` rule, widened to the metrics that grow as a model improves.
+HIGHER_IS_BETTER = ("acc", "auc", "precision", "recall", "r2", "true_positives")
+
+
+def monitor_mode(monitor: str, mode: str) -> str:
+    """`min` or `max` for a monitored value: resolved here, because EarlyStopping's own "auto"
+    raises at the first epoch for any name it does not find among the model's metrics (an
+    output's metric, such as 'val_kind_accuracy', or a metric the job does not compute)."""
+    if mode != "auto":
+        return mode
+    name = monitor.removeprefix("val_")
+    return "max" if any(word in name for word in HIGHER_IS_BETTER) else "min"
+
+
 CALLBACK_CLASSES: dict[str, dict[str, Kind]] = {
     "EarlyStopping": {
         "monitor": MONITOR,

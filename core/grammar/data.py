@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from core.errors import FieldError, FieldErrors, InvalidRequest, NotFound, show
-from core.grammar.allowlist import FLOAT32, MONITOR
+from core.grammar.allowlist import FLOAT32, MONITOR, monitor_mode
 from core.grammar.kinds import INVALID, Choice, Integer, Place
 from core.grammar.shapes import summarize_model, value_ranges
 from core.settings import Settings
@@ -31,9 +31,14 @@ SPARSE_METRICS = {
     *SPARSE_LOSSES, "sparse_categorical_accuracy", "SparseCategoricalAccuracy",
     "sparse_top_k_categorical_accuracy", "SparseTopKCategoricalAccuracy",
 }  # fmt: skip
-CATEGORICAL_METRICS = {"categorical_crossentropy", "CategoricalCrossentropy"}
-# Keras's own `mode="auto"` rule, widened to the metrics that grow as a model improves.
-HIGHER_IS_BETTER = ("acc", "auc", "precision", "recall", "r2", "true_positives")
+# Keras picks the accuracy that fits the targets; every other metric reads the targets as
+# they come, without the loss's reshaping, so they need the output's shape. One exception:
+# 1-D labels for a one-unit output, which all but these (they read a class axis) take.
+ADAPTIVE_METRICS = {"accuracy", "acc"}
+CLASS_AXIS_METRICS = {
+    "categorical_crossentropy", "CategoricalCrossentropy", "binary_crossentropy",
+    "BinaryCrossentropy", "top_k_categorical_accuracy", "TopKCategoricalAccuracy",
+}  # fmt: skip
 
 Shape = list[int | None]
 ManifestOf = Callable[[str], dict]
@@ -67,6 +72,7 @@ def parse_data(
     main.check_x(preprocess_x)
     main.check_y(one_hot)
     weights = main.array_of(raw.get("sample_weight"), place.at("sample_weight"), "sample weights")
+    main.check_weights(weights, place.at("sample_weight"))
     main.check_rows()
     _check_fit_against_data(spec.get("fit"), main, weights, raw.get("validation") is not None)
     out: dict[str, Any] = {
@@ -148,8 +154,10 @@ def _metric_names(options: Any, outputs: list[str]) -> dict[str, list[str]]:
 
 def _metric_problem(output: Shape, targets: Shape, metrics: list[str]) -> tuple[str, str] | None:
     """(message, expected) when a metric cannot read the targets an output trains on: sparse
-    metrics read class ids, categorical crossentropy one value per class."""
-    per_class = targets == output and (output[-1] if output else 1) != 1
+    metrics read class ids against several units, the others targets of the output's shape."""
+    one_unit = output[-1:] == [1]
+    per_class = targets == output and not one_unit
+    labels_of_one_unit = one_unit and targets == output[:-1]
     for metric in metrics:
         if metric in SPARSE_METRICS and per_class:
             return (
@@ -157,11 +165,19 @@ def _metric_problem(output: Shape, targets: Shape, metrics: list[str]) -> tuple[
                 f"(rows of shape {targets})",
                 "metrics without 'sparse' for one-hot targets",
             )
-        if metric in CATEGORICAL_METRICS and targets != output:
+        if metric in SPARSE_LOSSES and one_unit:
             return (
-                f"metric {metric} reads one value per class (rows of shape {output}), and the "
-                f"targets have rows of shape {targets}",
-                "sparse_categorical_crossentropy as the metric for class ids",
+                f"metric {metric} reads a score per class, and the output has one unit",
+                "a metric for one unit, such as binary_accuracy",
+            )
+        if metric in SPARSE_METRICS or metric in ADAPTIVE_METRICS or targets == output:
+            continue
+        if not labels_of_one_unit or metric in CLASS_AXIS_METRICS:
+            return (
+                f"metric {metric} compares the targets with the output value by value, and the "
+                f"targets have rows of shape {targets} where the output gives {output}",
+                "accuracy or a sparse_ metric for class ids, or targets of the output's shape "
+                "(data.preprocess.y.one_hot)",
             )
     return None
 
@@ -413,6 +429,25 @@ class _Split:
                 message, expected = problem
                 at.refuse(array, expected, f"Output {name!r} and array {array!r}: {message}")
 
+    def check_weights(self, array: str | None, at: Place) -> None:
+        """Keras multiplies each output's loss per row, of the output's shape less its class
+        axis, by the row's weights: one value, or one per position of that shape."""
+        entry = None if array is None else self._array(array)
+        if entry is None or self.model is None:
+            return
+        given = _without_ones(entry["shape"][1:])
+        for name, output in self.outputs.items():
+            if given and not _fits(given, _without_ones(output[:-1])):
+                at.refuse(
+                    array,
+                    "an array of one weight per row (or per position of a sequence output)",
+                    f"Array {array!r} has rows of shape {entry['shape'][1:]}, and output "
+                    f"{name!r} has a loss per row of shape {output[:-1]}: a weight array needs "
+                    "one value per row"
+                    + (f" or rows of shape {output[:-1]}." if output[:-1] else "."),
+                )
+                return
+
     def rows(self) -> int | None:
         """The rows of this split's first array, None when none could be read."""
         for array, _ in self.used:
@@ -480,6 +515,11 @@ def _rescaled(found: tuple[float, float], steps: dict[str, Any]) -> tuple[float,
     scale = 1.0 if steps.get("scale") is None else steps["scale"]
     ends = [value * scale + (steps.get("offset") or 0.0) for value in found]
     return min(ends), max(ends)
+
+
+def _without_ones(shape: Shape) -> Shape:
+    """A shape less its axes of size 1, which Keras squeezes or broadcasts."""
+    return [size for size in shape if size != 1]
 
 
 def _fits(given: Sequence[int | None], wanted: Sequence[int | None]) -> bool:
@@ -667,10 +707,7 @@ def parse_checkpoint(raw: Any, spec: dict[str, Any], *, settings: Settings) -> d
     keep = KEEP.check(raw.get("keep", settings.keep_checkpoints), place.at("keep"))
     if errors:
         raise InvalidRequest("The checkpoint section is invalid.", errors=errors)
-    if mode == "auto":
-        name = monitor.removeprefix("val_")
-        mode = "max" if any(word in name for word in HIGHER_IS_BETTER) else "min"
-    return {"monitor": monitor, "mode": mode, "keep": keep}
+    return {"monitor": monitor, "mode": monitor_mode(monitor, mode), "keep": keep}
 
 
 def _has_validation(spec: dict[str, Any]) -> bool | None:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.grammar.allowlist import CALLBACK_CLASSES, NON_NEGATIVE, RATE, REFUSED_CALLBACKS
+from core.grammar.allowlist import (
+    CALLBACK_CLASSES,
+    NON_NEGATIVE,
+    RATE,
+    REFUSED_CALLBACKS,
+    monitor_mode,
+)
 from core.grammar.kinds import (
     INVALID,
     Boolean,
@@ -148,7 +154,12 @@ class Callbacks(Kind):
             return INVALID
         at_config = place.at("config").inside(place.owner)
         config = check_arguments(item.get("config"), CALLBACK_CLASSES[name], at_config)
-        return INVALID if config is INVALID else {"class_name": name, "config": config}
+        if config is INVALID:
+            return INVALID
+        if "mode" in CALLBACK_CLASSES[name]:
+            monitor = config.get("monitor", "val_loss")  # both callbacks' default
+            config["mode"] = monitor_mode(monitor, config.get("mode", "auto"))
+        return {"class_name": name, "config": config}
 
     def schema(self) -> dict[str, Any]:
         objects = [

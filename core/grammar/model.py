@@ -496,9 +496,14 @@ def _link(
         )
         return None
     outputs = _history_names(config.get("output_layers"))
-    if outputs is None or not all(o in seen and o not in order for o in outputs):
+    # An output listed twice has one name for two targets: Keras's loss then finds neither.
+    if (
+        outputs is None
+        or len(set(outputs)) != len(outputs)
+        or not all(o in seen and o not in order for o in outputs)
+    ):
         place.at("output_layers").refuse(
-            config.get("output_layers"), "[name, 0, 0] of layers of the model"
+            config.get("output_layers"), "[name, 0, 0] of layers of the model, each at most once"
         )
         return None
     output_keys = config["output_layers"]

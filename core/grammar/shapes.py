@@ -776,6 +776,39 @@ def _reads_ids(model: dict[str, Any]) -> set[str]:
     return names
 
 
+# Layers whose output keeps the padding mask of their input (Keras's `compute_mask`), measured
+# on the pinned Keras; the others (reshaping, convolution, pooling) drop it.
+MASK_KEEPING = frozenset(
+    {
+        "InputLayer", "Dense", "Activation", "Dropout", "GaussianNoise", "SpatialDropout1D",
+        "SpatialDropout2D", "BatchNormalization", "LayerNormalization", "ReLU", "LeakyReLU",
+        "PReLU", "ELU", "Rescaling", "Softmax", "Concatenate",
+    }
+)  # fmt: skip
+RECURRENT = frozenset({"LSTM", "GRU", "SimpleRNN"})
+
+
+def _masked(model: dict[str, Any]) -> set[str]:
+    """Tensors carrying the padding mask of an Embedding with `mask_zero`."""
+    names: set[str] = set()
+    for layer in model["layers"]:
+        class_name, cfg, sources = layer["class_name"], layer["config"], layer["inbound"]
+        inner = cfg["layer"]["config"] if class_name == "Bidirectional" else cfg
+        if class_name == "Embedding":
+            keeps = bool(cfg.get("mask_zero"))
+        elif class_name in MASK_KEEPING:
+            keeps = any(source in names for source in sources)
+        elif class_name in ("Add", "Multiply", "Average", "Subtract"):
+            keeps = all(source in names for source in sources)
+        elif class_name in RECURRENT or class_name == "Bidirectional":
+            keeps = sources[0] in names and bool(inner.get("return_sequences"))
+        else:
+            keeps = False
+        if keeps:
+            names.add(layer["name"])
+    return names
+
+
 def infer_model(
     model: dict[str, Any], settings: Settings, *, paths: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
@@ -825,7 +858,7 @@ def summarize_model(
                 )
             )
     trainable = non_trainable = 0
-    id_tensors = _reads_ids(model)
+    id_tensors, masked = _reads_ids(model), _masked(model)
     for index, layer in enumerate(model["layers"]):
         name, class_name = layer["name"], layer["class_name"]
         given = [shapes.get(source) for source in layer["inbound"]]
@@ -838,6 +871,14 @@ def summarize_model(
                     f"Embedding reads token ids, and {layer['inbound'][0]!r} computes its values",
                     "an Embedding reading a model input, through Reshape, Flatten, Permute, "
                     "RepeatVector, Cropping, ZeroPadding, Rescaling or Concatenate only",
+                )
+            if class_name == "Softmax" and layer["inbound"][0] in masked:
+                # Keras's Softmax applies a mask to its input, and this one, made per step of
+                # the sequence, has one axis fewer: the call fails.
+                raise ShapeMismatch(
+                    "the layer receives the padding mask of an Embedding with mask_zero, "
+                    "which has one axis fewer than its input, and Softmax cannot apply it",
+                    "Activation('softmax') here, or mask_zero false",
                 )
             out, train, frozen = RULES[class_name](layer["config"], given)
             check_weight_arguments(class_name, layer["config"], given[0], out)

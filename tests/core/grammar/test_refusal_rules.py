@@ -199,3 +199,133 @@ def test_an_embedding_reads_ids_not_computed_values() -> None:
     path, message = refusal(changed(BASE, "/model/layers", layers))
     assert path == "/model/layers/1"
     assert "token ids" in message
+
+
+def test_each_output_at_most_once() -> None:
+    inputs = keras.Input((784,), name="x")
+    out = keras.layers.Dense(10, name="out", activation="softmax")(inputs)
+    model = json.loads(keras.Model(inputs, [out, out]).to_json())
+    path, message = refusal({**BASE, "model": model})
+    assert path == "/model/config/output_layers"
+    assert "at most once" in message
+
+
+def test_sparse_crossentropy_reads_the_last_axis() -> None:
+    labels = manifests(
+        {"x": ([32, 784], "float32", stats(0, 1)), "y": ([32], "int64", stats(0, 9, [0, 9]))}
+    )
+    loss = {"class_name": "SparseCategoricalCrossentropy", "config": {"axis": 0}}
+    with pytest.raises(InvalidRequest) as refused:
+        parse_job_request(
+            changed(BASE, "/compile/loss", loss), settings=SETTINGS, manifest_of=labels
+        )
+    assert "/compile/loss/config/axis" in [error.path for error in refused.value.errors]
+    accepted(changed(BASE, "/compile/loss", {**loss, "config": {"axis": -1}}), labels)
+
+
+CLASS_IDS = manifests(
+    {
+        "x": ([32, 784], "float32", stats(0, 1)),
+        "y": ([32], "int64", stats(0, 9, list(range(10)))),
+        "ids": ([32, 1], "int64", stats(0, 9, list(range(10)))),
+        "flags": ([32], "float32", stats(0, 1, [0, 1])),
+    }
+)
+SPARSE = changed(BASE, "/compile/loss", "sparse_categorical_crossentropy")
+
+
+@pytest.mark.parametrize(
+    ("metric", "labels"),
+    [
+        ("AUC", "y"),
+        ({"class_name": "Precision"}, "y"),
+        ({"class_name": "R2Score"}, "y"),
+        ("mae", "y"),
+        ({"class_name": "TruePositives"}, "ids"),
+        ("binary_crossentropy", "ids"),
+    ],
+)
+def test_metrics_other_than_accuracy_read_targets_of_the_output_shape(
+    metric: Any, labels: str
+) -> None:
+    body = changed(changed(SPARSE, "/compile/metrics", [metric]), "/data/y", labels)
+    path, message = refusal(body, CLASS_IDS)
+    assert path == "/data/y"
+    assert "value by value" in message
+    accepted(
+        changed(body, "/compile/metrics", ["accuracy", "sparse_top_k_categorical_accuracy"]),
+        CLASS_IDS,
+    )
+
+
+@pytest.mark.parametrize(
+    ("metric", "ok"), [("AUC", True), ("mse", True), ("binary_crossentropy", False)]
+)
+def test_metrics_of_one_unit_with_labels_of_one_value(metric: str, ok: bool) -> None:
+    binary = changed(BASE, "/model/layers/1/config", {"units": 1, "activation": "sigmoid"})
+    body = changed(changed(binary, "/compile/metrics", [metric]), "/data/y", "flags")
+    body = changed(body, "/compile/loss", "binary_crossentropy")
+    if ok:
+        accepted(body, CLASS_IDS)
+    else:
+        assert refusal(body, CLASS_IDS)[0] == "/data/y"
+
+
+@pytest.mark.parametrize(("weights", "ok"), [([32], True), ([32, 1], True), ([32, 2], False)])
+def test_sample_weights_one_per_row(weights: list[int], ok: bool) -> None:
+    arrays = {
+        "x": ([32, 784], "float32", stats(0, 1)),
+        "y": ([32, 10], "float32", stats(0, 1, [0, 1])),
+    }
+    found = manifests({**arrays, "w": (weights, "float32", stats(0, 1))})
+    body = changed(BASE, "/data/sample_weight", "w")
+    if ok:
+        accepted(body, found)
+    else:
+        path, message = refusal(body, found)
+        assert path == "/data/sample_weight"
+        assert "one value per row" in message
+
+
+def test_use_cudnn_true_is_refused() -> None:
+    layers = [
+        {"class_name": "Reshape", "config": {"target_shape": [28, 28]}},
+        {"class_name": "LSTM", "config": {"units": 4, "use_cudnn": True}},
+        BASE["model"]["layers"][1],
+    ]
+    body = changed(BASE, "/model/layers", layers)
+    path, _ = refusal(body)
+    assert path == "/model/layers/1/config/use_cudnn"
+    accepted(changed(body, "/model/layers/1/config/use_cudnn", "auto"))
+
+
+IDS = manifests(
+    {"x": ([32, 6], "int64", stats(0, 9, list(range(10)))), "y": ([32, 10], "float32", stats(0, 1))}
+)
+EMBEDDED = {
+    "class_name": "Embedding",
+    "config": {"input_dim": 10, "output_dim": 4, "mask_zero": True},
+}
+SOFTMAX = {"class_name": "Softmax", "config": {}}
+FLAT = {"class_name": "Flatten", "config": {}}
+
+
+@pytest.mark.parametrize(
+    ("between", "ok"),
+    [
+        ([], False),
+        ([{"class_name": "Dense", "config": {"units": 3}}], False),
+        ([{"class_name": "GRU", "config": {"units": 3, "return_sequences": True}}], False),
+        ([{"class_name": "Conv1D", "config": {"filters": 2, "kernel_size": 2}}], True),
+        ([{"class_name": "MaxPooling1D", "config": {"pool_size": 2}}], True),
+    ],
+)
+def test_softmax_cannot_take_an_embedding_padding_mask(between: list[Any], ok: bool) -> None:
+    layers = [EMBEDDED, *between, SOFTMAX, FLAT, BASE["model"]["layers"][1]]
+    body = changed(changed(BASE, "/model/input_shape", [6]), "/model/layers", layers)
+    if ok:
+        accepted(body, IDS)
+    else:
+        path, message = refusal(body, IDS)
+        assert path == f"/model/layers/{1 + len(between)}"
+        assert "padding mask" in message
