@@ -1,19 +1,28 @@
 """Upload throughput: a ~200 MB .npy through the app and through gunicorn, against a plain copy.
 
     .venv/bin/python bench/upload.py [--megabytes 200]
+    .venv/bin/python bench/upload.py --hostile [--cpu-limit 900]
 
 The baseline copies the same multipart body to a file on the same filesystem and fsyncs it (what
 an upload must do at least once). An upload streams the body to disk, checks it, hashes it,
 computes its statistics and moves it into place: once into the Flask app in this process (the
 app's own cost), once over HTTP into gunicorn as docker-compose.yml runs it (what a client sees).
 Prints the throughputs, their ratios to the baseline, and the API workers' peak RSS growth.
+
+`--hostile` instead measures the CPU seconds that reading each of a set of hostile uploads of
+about 600 KB takes (a header of 200,000 repeated names, 300,000 ragged rows, 60,000 rows of bad
+cells, a .npy declaring (2**62, 0), 60,000 sorted labels deflated), each in a child process held
+to `--cpu-limit` seconds, against a well-formed numeric CSV of the same size.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import io
+import multiprocessing
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -30,7 +39,10 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core import datasets  # noqa: E402
+from core.errors import FitserveError  # noqa: E402
 from core.settings import Settings  # noqa: E402
+from core.storage import DataDir, new_id  # noqa: E402
 from scripts.stack import compose_command  # noqa: E402
 from service import create_app  # noqa: E402
 from tests.support.processes import free_port, stop_tree, wait_for  # noqa: E402
@@ -142,10 +154,77 @@ def upload(body: Path, content_type: str, port: int, api: subprocess.Popen) -> t
     return elapsed, peak - baseline
 
 
+def hostile_uploads() -> dict[str, bytes]:
+    """About 600 KB each, and a well-formed CSV of that size first, the baseline."""
+    npy = io.BytesIO()
+    header = {"descr": "<f4", "fortran_order": False, "shape": (2**62, 0)}
+    np.lib.format.write_array_header_1_0(npy, header)
+    labels = io.BytesIO()
+    np.savez_compressed(labels, y=np.sort(np.arange(60_000) % 10))
+    letters = [chr(97 + i % 26) + chr(97 + i // 26 % 26) for i in range(200_000)]
+    return {
+        "well-formed CSV": b"a,b,c,label\n" + b"0.25,1.5,-3,1\n" * 43_000,
+        "200,000 header names": (",".join(letters) + ",label\n1\n").encode(),
+        "300,000 ragged rows": b"a,label\n" + b"1\n" * 300_000,
+        "60,000 rows of bad cells": b"a,b,c,d,label\n" + b"x,x,x,x,1\n" * 60_000,
+        ".npy of shape (2**62, 0)": npy.getvalue(),
+        "60,000 sorted labels (.npz)": labels.getvalue(),
+    }
+
+
+def read_hostile(
+    content: bytes, folder: Path, cpu_limit: int, answers: multiprocessing.Queue
+) -> None:
+    """In a child: store `content`, put (CPU seconds, answer) on `answers`."""
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_limit, cpu_limit + 5))
+    data = DataDir(folder / "data")
+    data.ensure()
+    source = folder / "upload.bin"
+    source.write_bytes(content)
+    started = time.process_time()
+    try:
+        datasets.store_upload(
+            data, new_id(), source, settings=Settings(), owner=None, filename="hostile"
+        )
+        answer = "stored"
+    except FitserveError as error:
+        answer = f"refused ({type(error).__name__}): {error.detail[:60]}"
+    except Exception as error:  # what the API would answer with a 500
+        answer = f"UNEXPECTED {type(error).__name__}: {str(error)[:60]}"
+    answers.put((time.process_time() - started, answer))
+
+
+def measure_hostile(cpu_limit: int) -> None:
+    context = multiprocessing.get_context("fork")
+    baseline = None
+    for label, content in hostile_uploads().items():
+        answers = context.Queue()
+        with tempfile.TemporaryDirectory(prefix="fitserve-hostile-") as folder:
+            child = context.Process(
+                target=read_hostile, args=(content, Path(folder), cpu_limit, answers)
+            )
+            child.start()
+            child.join()
+        if answers.empty():
+            seconds, answer = float(cpu_limit), f"stopped past {cpu_limit} s of CPU"
+        else:
+            seconds, answer = answers.get()
+        baseline = baseline or seconds
+        print(
+            f"{label:<28} {len(content) / 1000:6.0f} KB  {seconds:8.2f} s CPU  "
+            f"ratio to well-formed {seconds / baseline:8.1f}  {answer}"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megabytes", type=int, default=200)
+    parser.add_argument("--hostile", action="store_true", help="CPU time of hostile uploads")
+    parser.add_argument("--cpu-limit", type=int, default=900, help="per hostile upload, seconds")
     args = parser.parse_args()
+    if args.hostile:
+        measure_hostile(args.cpu_limit)
+        return 0
     with tempfile.TemporaryDirectory(prefix="fitserve-bench-") as folder:
         root = Path(folder)
         array, body = root / "big.npy", root / "body.bin"

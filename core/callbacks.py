@@ -296,9 +296,9 @@ class CheckpointCallback(keras.callbacks.Callback):
         entry = save_checkpoint(
             self.model, self.job_dir, version, metrics, self.history, partial=partial
         )
-        value = metrics.get(self.monitor)
-        if value is not None and is_better(value, self._best_value(), self.mode):
-            self.best = {"version": version, "monitor": self.monitor, "value": value}
+        monitored = metrics.get(self.monitor)
+        if monitored is not None and is_better(monitored, self._best_value(), self.mode):
+            self.best = {"version": version, "monitor": self.monitor, "value": monitored}
         self.entries = prune_checkpoints(self.job_dir, [*self.entries, entry], self.keep, self.best)
         log.info(
             "checkpoint version=%d sha256=%s bytes=%d partial=%s kept=%s best=%s",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -22,13 +21,14 @@ import numpy as np
 import orjson
 
 from core import readers
+from core.cursors import decode_cursor, encode_cursor
 from core.errors import (
     FieldError,
     InvalidData,
-    InvalidRequest,
     NotFound,
     PayloadTooLarge,
     Unavailable,
+    pointer,
 )
 from core.settings import Settings
 from core.storage import DataDir, check_id, new_id, read_json, sha256_file, utc_now, write_json
@@ -36,7 +36,6 @@ from core.storage import DataDir, check_id, new_id, read_json, sha256_file, utc_
 MANIFEST = "manifest.json"
 MAX_LABELS = 256
 STALE_SECONDS = 6 * 3600
-_CURSOR = re.compile(r"(\d{4}-\d\d-\d\dT[\d:.]+Z)_([0-9a-f]{32})")
 
 
 def store_upload(
@@ -50,7 +49,11 @@ def store_upload(
     label: str = "label",
     name: str = "x",
 ) -> dict:
-    """Check and store an uploaded file (format read from its content); return the manifest."""
+    """Check and store an uploaded file (format read from its content); return the manifest.
+
+    Reading it may take `settings.upload_cpu_seconds` of CPU; past that it is a 413.
+    """
+    budget = readers.CpuBudget(settings.upload_cpu_seconds)
     size = source.stat().st_size
     if size > settings.max_upload_bytes:
         raise PayloadTooLarge(
@@ -63,17 +66,24 @@ def store_upload(
         if file_format == "npy":
             arrays = readers.read_npy(source, folder, name)
         elif file_format == "npz":
-            arrays = readers.read_npz(source, folder, settings.max_dataset_bytes)
+            arrays = readers.read_npz(source, folder, settings.max_dataset_bytes, budget)
         else:
-            arrays = readers.read_csv(source, folder, label)
+            arrays = readers.read_csv(source, folder, label, budget)
         origin = {"filename": filename, "format": file_format, "bytes": size, "sha256": digest}
-        return _finish(data, folder, dataset_id, arrays, origin, owner, "/file/arrays")
+        return _finish(data, folder, dataset_id, arrays, origin, owner, "/file/arrays", budget)
 
 
 def store_json(
-    data: DataDir, dataset_id: str, document: Any, body: bytes, *, owner: str | None
+    data: DataDir,
+    dataset_id: str,
+    document: Any,
+    body: bytes,
+    *,
+    settings: Settings,
+    owner: str | None,
 ) -> dict:
     """Store `{"arrays": {name: nested lists}}`, already parsed from `body`; return the manifest."""
+    budget = readers.CpuBudget(settings.upload_cpu_seconds)
     with _staging(data, dataset_id) as folder:
         arrays = readers.arrays_from_json(document, folder)
         origin = {
@@ -82,7 +92,7 @@ def store_json(
             "bytes": len(body),
             "sha256": hashlib.sha256(body).hexdigest(),
         }
-        return _finish(data, folder, dataset_id, arrays, origin, owner, "/arrays")
+        return _finish(data, folder, dataset_id, arrays, origin, owner, "/arrays", budget)
 
 
 def load_manifest(data: DataDir, dataset_id: str) -> dict:
@@ -117,7 +127,7 @@ def list_manifests(
 ) -> tuple[list[dict], str | None]:
     """A page of manifests, newest first, of datasets whose owner is `visible`; and the next
     page's cursor (None on the last page)."""
-    after = _parse_cursor(cursor)
+    after = None if cursor is None else decode_cursor(cursor, str, str)
     manifests = []
     for folder in data.datasets.iterdir() if data.datasets.exists() else ():
         with contextlib.suppress(NotFound, FileNotFoundError, orjson.JSONDecodeError):
@@ -127,7 +137,7 @@ def list_manifests(
     manifests.sort(key=_key, reverse=True)
     page = manifests[:limit]
     more = len(manifests) > limit
-    return page, f"{page[-1]['created_at']}_{page[-1]['id']}" if more else None
+    return page, encode_cursor(*_key(page[-1])) if more else None
 
 
 def delete_dataset(data: DataDir, dataset_id: str) -> None:
@@ -178,9 +188,10 @@ def _finish(
     origin: dict,
     owner: str | None,
     where: str,
+    budget: readers.CpuBudget,
 ) -> dict:
     """Describe every array, check they share their rows, write the manifest, move into place."""
-    described = {name: _describe(path) for name, path in arrays.files.items()}
+    described = {name: _describe(path, budget) for name, path in arrays.files.items()}
     rows = _common_rows(described, where)
     if origin["sha256"] is None:
         origin["sha256"] = next(iter(described.values()))["sha256"]
@@ -202,7 +213,7 @@ def _finish(
     return manifest
 
 
-def _describe(path: Path) -> dict:
+def _describe(path: Path, budget: readers.CpuBudget) -> dict:
     """One array's manifest entry: a single chunked pass for its sha256 and statistics."""
     with open(path, "rb") as handle:
         header = readers.read_npy_header(handle, "/file")
@@ -216,6 +227,7 @@ def _describe(path: Path) -> dict:
     with open(path, "rb") as handle, ThreadPoolExecutor(1) as hasher:
         hashing = hasher.submit(digest.update, handle.read(header.offset))
         while chunk := handle.read(readers.CHUNK_BYTES):
+            budget.check()
             hashing.result()
             hashing = hasher.submit(digest.update, chunk)
             stats.update(np.frombuffer(chunk, dtype=header.dtype))
@@ -244,7 +256,7 @@ def _common_rows(described: dict[str, dict], where: str) -> int:
         "The arrays differ in their first dimension (rows); every array needs the same rows.",
         errors=[
             FieldError(
-                readers.pointer(*where.strip("/").split("/"), name),
+                pointer(*where.strip("/").split("/"), name),
                 f"Array {name!r} has shape {entry['shape']}.",
                 "the same first dimension in every array",
                 entry["shape"],
@@ -314,20 +326,6 @@ class _Stats:
 
 def _key(manifest: dict) -> tuple[str, str]:
     return manifest["created_at"], manifest["id"]
-
-
-def _parse_cursor(cursor: str | None) -> tuple[str, str] | None:
-    if cursor is None:
-        return None
-    match = _CURSOR.fullmatch(cursor)
-    if match is None:
-        raise InvalidRequest(
-            "Bad query parameter cursor.",
-            errors=[
-                FieldError("/cursor", "Not a cursor this API gave out.", "a next_cursor", cursor)
-            ],
-        )
-    return match.group(1), match.group(2)
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -1,9 +1,131 @@
-"""Domain errors. Each carries a stable `code`; the HTTP layer maps the class to a status."""
+"""Domain errors, and the helpers that locate and show what a client sent.
+
+Each error carries a stable `code`; the HTTP layer maps the class to a status. Field errors say
+where (a JSON pointer), what was expected and what was received; received values are shown
+bounded, however large or deep they are, and an error keeps at most MAX_ERRORS of them.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Iterator
 from typing import Any
+
+import orjson
+
+# One cap for every error list (requests and uploads): the first 50, and a count of the rest.
+MAX_ERRORS = 50
+SHOW_CHARS = 80
+# An echoed value stays under a kilobyte: 50 errors carry at most 50 KB of them.
+PREVIEW_CHARS = 1000
+_INT64 = range(-(2**63), 2**63)
+# str() refuses integers past 4,300 digits; 14,000 bits stay below that.
+_PRINTABLE_INT_BITS = 14_000
+_CUT = "..."
+
+
+def escape_pointer(token: str | int) -> str:
+    """One JSON pointer reference token (RFC 6901 escapes `~` and `/`)."""
+    return str(token).replace("~", "~0").replace("/", "~1")
+
+
+def pointer(*parts: object) -> str:
+    """A JSON pointer from its unescaped reference tokens: `pointer("inputs", 0)` is `/inputs/0`.
+
+    A token past 200 characters (a megabyte-long key) is cut, so an error cannot echo it whole.
+    """
+    return "".join("/" + escape_pointer(str(part)[:200]) for part in parts)
+
+
+class _Token(str):
+    """Text already rendered (punctuation, a key), as opposed to a value still to render."""
+
+
+def show(value: Any, limit: int = SHOW_CHARS) -> str:
+    """A received value as compact JSON text of at most `limit` characters (`...` marks a cut).
+
+    Iterative, and it stops at the limit: a stack of iterators yields one piece at a time, so
+    neither the depth nor the size of the value costs more than the limit. Integers past 64 bits
+    are shown as strings (JSON readers lose them); values that are not JSON (numpy scalars,
+    objects) by their type's name.
+    """
+    pieces: list[str] = []
+    size = 0
+    stack: list[Iterator[Any]] = [iter((value,))]
+    while stack and size <= limit:
+        item = next(stack[-1], _DONE)
+        if item is _DONE:
+            stack.pop()
+            continue
+        if isinstance(item, _Token):
+            text = str(item)
+        elif isinstance(item, dict):
+            text = "{"
+            stack.append(_members(item, limit))
+        elif isinstance(item, list | tuple):
+            text = "["
+            stack.append(_items(item))
+        else:
+            text = _scalar(item, limit)
+        pieces.append(text)
+        size += len(text)
+    text = "".join(pieces)
+    if stack or len(text) > limit:
+        return text[: limit - len(_CUT)] + _CUT
+    return text
+
+
+_DONE = object()
+
+
+def _items(items: list[Any] | tuple[Any, ...]) -> Iterator[Any]:
+    for index, member in enumerate(items):
+        if index:
+            yield _Token(",")
+        yield member
+    yield _Token("]")
+
+
+def _members(mapping: dict[Any, Any], limit: int) -> Iterator[Any]:
+    for index, (key, member) in enumerate(mapping.items()):
+        name = key if isinstance(key, str) else _scalar(key, limit).strip('"')
+        yield _Token(("," if index else "") + _quoted(name, limit) + ":")
+        yield member
+    yield _Token("}")
+
+
+def _scalar(item: Any, limit: int) -> str:
+    """The JSON text of a value that is not a list or an object."""
+    if isinstance(item, str):
+        return _quoted(item, limit)
+    if isinstance(item, bool) or item is None or isinstance(item, float):
+        return orjson.dumps(item).decode()
+    if isinstance(item, int):
+        if item in _INT64:
+            return str(item)
+        if item.bit_length() <= _PRINTABLE_INT_BITS:
+            return _quoted(str(item), limit)
+        return _quoted(f"an integer of {item.bit_length()} bits", limit)
+    return _quoted(f"<{type(item).__name__}>", limit)
+
+
+def _quoted(text: str, limit: int) -> str:
+    return orjson.dumps(text[: limit + 1]).decode()
+
+
+def preview(value: Any, limit: int = PREVIEW_CHARS) -> Any:
+    """A received value as an error document echoes it, JSON-safe and bounded: a number, a
+    boolean or null as it is, a string cut at `limit`, anything else as its `show` text."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[:limit] + _CUT
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int):
+        # Past 64 bits JSON readers lose the value: its digits as text instead.
+        return value if value in _INT64 else show(value, limit).strip('"')
+    text = show(value, limit)
+    # Whole, the text is the value's JSON (big integers already as strings): echo the value.
+    return text if text.endswith(_CUT) else orjson.loads(text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,27 +142,43 @@ class FieldError:
         if self.expected is not None:
             out["expected"] = self.expected
         if self.received is not None:
-            out["received"] = _json_safe(self.received)
+            out["received"] = preview(self.received)
         return out
 
 
-_INT64 = range(-(2**63), 2**63)
+class FieldErrors(list[FieldError]):
+    """Field errors in the order they are found: the first MAX_ERRORS are kept, the others only
+    counted in `omitted`, so that once `full` a checker can skip building their messages."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.omitted = 0
 
-def _json_safe(value: Any) -> Any:
-    """Integers past 64 bits (a computed total, a huge number in a request) become text, since
-    JSON encoders refuse them; everything else is left as received."""
-    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
-        return str(value)
-    if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    return value
+    @property
+    def full(self) -> bool:
+        return len(self) >= MAX_ERRORS
+
+    def append(self, error: FieldError) -> None:
+        if self.full:
+            self.omitted += 1
+        else:
+            super().append(error)
+
+    def extend(self, errors: Iterable[FieldError]) -> None:
+        for error in errors:
+            self.append(error)
+        self.omitted += getattr(errors, "omitted", 0)
+
+    def __iadd__(self, errors: Iterable[FieldError]) -> FieldErrors:  # type: ignore[override,misc]
+        self.extend(errors)
+        return self
 
 
 class FitserveError(Exception):
-    """Base of every error a client can be told about."""
+    """Base of every error a client can be told about.
+
+    It keeps the first MAX_ERRORS field errors; `errors_omitted` counts the others.
+    """
 
     code = "internal"
     title = "Internal error"
@@ -49,12 +187,14 @@ class FitserveError(Exception):
         self,
         detail: str,
         *,
-        errors: list[FieldError] | tuple[FieldError, ...] = (),
+        errors: Iterable[FieldError] = (),
         code: str | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
-        self.errors = list(errors)
+        listed = list(errors)
+        self.errors = listed[:MAX_ERRORS]
+        self.errors_omitted = len(listed) - len(self.errors) + getattr(errors, "omitted", 0)
         # Response headers that belong with this error (which model version it concerns).
         self.headers: dict[str, str] = {}
         if code is not None:

@@ -22,7 +22,9 @@ from typing import Any, Literal, TypedDict, cast, get_args
 
 import orjson
 import redis
+from redis.typing import EncodableT, FieldT, StreamRangeResponse, ZSetRangeResponse
 
+from core.cursors import decode_cursor, encode_cursor
 from core.errors import Conflict, NotFound
 from core.rediskeys import (
     ALL_JOBS,
@@ -32,7 +34,6 @@ from core.rediskeys import (
     dataset_jobs_key,
     events_key,
     history_key,
-    job_idempotency_key,
     job_key,
     lease_key,
     owner_index,
@@ -55,7 +56,6 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     "failed": (),
     "cancelled": (),
 }
-IDEMPOTENCY_SECONDS = 24 * 3600
 EVENTS_MAX = 10_000
 
 Metrics = dict[str, Any]
@@ -500,9 +500,12 @@ class JobStore:
             raise NotFound(f"No job with id {job_id!r}.")
         return _decode(raw)
 
+    def exists(self, job_id: str) -> bool:
+        return bool(self.redis.exists(job_key(job_id)))
+
     def job_ids(self, status: str) -> builtins.list[str]:
         """The ids of every job in `status`, oldest first."""
-        return [member.decode() for member in self.redis.zrange(status_index(status), 0, -1)]
+        return _members(self.redis.zrange(status_index(status), 0, -1))
 
     def count_live(self, owner: str | None) -> int:
         """Queued, running and cancelling jobs of `owner` (of everyone for None)."""
@@ -527,8 +530,9 @@ class JobStore:
         raw = self.redis.hget(job_key(job_id), "status")
         return raw is None or orjson.loads(raw) in TERMINAL
 
-    def spec(self, job_id: str) -> dict:
-        """The normalized spec the job was submitted with (its immutable `job.json`)."""
+    def normalized_request(self, job_id: str) -> dict:
+        """The request the job was submitted with, as the grammar normalized it (its immutable
+        `job.json`)."""
         return read_json(self.data.job(job_id) / "job.json")["spec"]
 
     def list(
@@ -548,7 +552,8 @@ class JobStore:
             index = ALL_JOBS
         items: builtins.list[Job] = []
         last: tuple[float, str] | None = None
-        for job_id, score in self._scan_index(index, _parse_cursor(cursor)):
+        after = None if cursor is None else decode_cursor(cursor, float, str)
+        for job_id, score in self._scan_index(index, after):
             raw = self.redis.hgetall(job_key(job_id))
             if not raw:
                 continue
@@ -556,7 +561,7 @@ class JobStore:
             if status is not None and job["status"] != status:
                 continue
             if len(items) == limit:
-                return items, f"{last[0]!r}:{last[1]}" if last else None
+                return items, encode_cursor(*last) if last else None
             items.append(job)
             last = (score, job_id)
         return items, None
@@ -571,11 +576,12 @@ class JobStore:
         high: str | float = "+inf" if after is None else after[0]
         offset = 0
         while True:
-            rows = self.redis.zrevrangebyscore(
-                index, high, "-inf", start=offset, num=chunk, withscores=True
+            rows = _scored(
+                self.redis.zrevrangebyscore(
+                    index, high, "-inf", start=offset, num=chunk, withscores=True
+                )
             )
-            for member, score in rows:
-                job_id = member.decode()
+            for job_id, score in rows:
                 if after is not None and score == after[0] and job_id >= after[1]:
                     continue
                 yield job_id, score
@@ -672,7 +678,7 @@ class JobStore:
     def stop_request(self, job_id: str) -> str | None:
         """ "cancel" once a cancel was asked for a running job, else None."""
         value = self.redis.get(stop_key(job_id))
-        return value.decode() if value else None
+        return _text(value) if value else None
 
     def delete(self, job_id: str) -> None:
         """Remove a finished job's records and files; Conflict while it is live."""
@@ -705,34 +711,12 @@ class JobStore:
         pipe.zrem(ALL_JOBS, job_id)
         for status in STATUSES:
             pipe.zrem(status_index(status), job_id)
-        if job.get("owner"):
-            pipe.zrem(owner_index(job["owner"]), job_id)
+        owner = job.get("owner")
+        if owner:
+            pipe.zrem(owner_index(owner), job_id)
         for dataset in job.get("datasets") or []:
             pipe.srem(dataset_jobs_key(dataset), job_id)
         pipe.execute()
-
-    # Idempotency --------------------------------------------------------------------------
-
-    def idempotent_job(self, owner: str | None, key: str) -> Job | None:
-        """The job an earlier submit with this `Idempotency-Key` made, if it still exists."""
-        earlier = self.redis.get(job_idempotency_key(owner, key))
-        if not earlier:
-            return None
-        with contextlib.suppress(NotFound):
-            return self.get(earlier.decode())
-        return None
-
-    def claim_idempotency_key(self, owner: str | None, key: str, job_id: str) -> str | None:
-        """Bind `key` to `job_id`; returns the other job id if a concurrent submit won."""
-        name = job_idempotency_key(owner, key)
-        if self.redis.set(name, job_id, nx=True, ex=IDEMPOTENCY_SECONDS):
-            return None
-        winner = self.idempotent_job(owner, key)
-        if winner is None:
-            # The key pointed at a job deleted since: it is ours now.
-            self.redis.set(name, job_id, ex=IDEMPOTENCY_SECONDS)
-            return None
-        return winner["id"]
 
     # History, progress, events ------------------------------------------------------------
 
@@ -767,7 +751,7 @@ class JobStore:
 
     def events(self, job_id: str) -> builtins.list[dict]:
         """Every event of the job, oldest first: `{"kind", "time", **fields}`."""
-        return [decode_event(entry) for _, entry in self.redis.xrange(events_key(job_id))]
+        return [event for _, event in _events(self.redis.xrange(events_key(job_id)))]
 
     def events_after(
         self, job_id: str, after: str, *, count: int, block_ms: int | None = None
@@ -775,8 +759,9 @@ class JobStore:
         """Up to `count` events after the stream id `after`, oldest first, as (id, event);
         with `block_ms`, waits that long for the first one."""
         found = self.redis.xread({events_key(job_id): after}, count=count, block=block_ms)
-        entries = found[0][1] if found else []
-        return [(entry_id.decode(), decode_event(entry)) for entry_id, entry in entries]
+        # A RESP2 reply: [[key, entries]] for the one stream read, empty when nothing came.
+        streams = cast(builtins.list[builtins.list[Any]], found)
+        return _events(streams[0][1] if streams else [])
 
     # Leases -------------------------------------------------------------------------------
 
@@ -807,7 +792,7 @@ class JobStore:
     def lease_holder(self, job_id: str) -> str | None:
         """`<host>/<pid>/<worker name>` of the process training the job, or None."""
         value = self.redis.get(lease_key(job_id))
-        return value.decode() if value else None
+        return _text(value) if value else None
 
     # The volume ---------------------------------------------------------------------------
 
@@ -884,13 +869,13 @@ class JobStore:
 _CANCEL = "Cancelled by request before it started."
 
 
-def _event_entry(kind: str, **fields: object) -> dict[str, bytes | str]:
+def _event_entry(kind: str, **fields: object) -> dict[FieldT, EncodableT]:
     return {"kind": kind, "time": utc_now(), "data": orjson.dumps(fields)}
 
 
-def decode_event(entry: dict[bytes, bytes]) -> dict[str, Any]:
+def decode_event(entry: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
     """One stream entry as `{"kind", "time", **fields}`."""
-    head = {"kind": entry[b"kind"].decode(), "time": entry[b"time"].decode()}
+    head = {"kind": _text(entry[b"kind"]), "time": _text(entry[b"time"])}
     return head | orjson.loads(entry[b"data"])
 
 
@@ -901,23 +886,41 @@ def _final_progress(job: Job) -> dict | None:
     return {**progress, "eta_seconds": 0}
 
 
-def _encode(fields: Mapping[str, Any]) -> dict[str, bytes]:
+def _encode(fields: Mapping[str, Any]) -> dict[FieldT, EncodableT]:
     return {name: orjson.dumps(value) for name, value in fields.items()}
 
 
-def _decode(raw: dict[bytes, bytes]) -> Job:
-    return cast(Job, {name.decode(): orjson.loads(value) for name, value in raw.items()})
+def _decode(raw: Mapping[bytes | str, bytes | str]) -> Job:
+    return cast(Job, {_text(name): orjson.loads(value) for name, value in raw.items()})
 
 
-def _parse_cursor(cursor: str | None) -> tuple[float, str] | None:
-    """A cursor is `<score>:<id>` of the last job of the previous page; a bad one is a 404."""
-    if cursor is None:
-        return None
-    score, _, job_id = cursor.partition(":")
-    try:
-        return float(score), check_id(job_id, "cursor")
-    except ValueError:
-        raise NotFound(f"No such cursor {cursor[:64]!r}: pass back a next_cursor.") from None
+# redis-py types each reply for every protocol and `decode_responses` setting at once; ours are
+# RESP2 replies of bytes. These read them as that.
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _members(reply: ZSetRangeResponse) -> list[str]:
+    """A sorted set's members from ZRANGE without scores."""
+    return [_text(member) for member in cast(list[bytes | str], reply)]
+
+
+def _scored(reply: ZSetRangeResponse) -> list[tuple[str, float]]:
+    """(member, score) pairs from a ZRANGE-family reply WITHSCORES."""
+    pairs = cast(list[tuple[bytes | str, float]], reply)
+    return [(_text(member), score) for member, score in pairs]
+
+
+def _events(entries: StreamRangeResponse | None) -> list[tuple[str, dict[str, Any]]]:
+    """(stream id, event) of each entry of an XRANGE or XREAD reply, oldest first."""
+    # Only XAUTOCLAIM answers None parts (entries deleted meanwhile); XRANGE and XREAD never do.
+    return [
+        (_text(entry_id), decode_event(fields))
+        for entry_id, fields in entries or []
+        if entry_id is not None and fields is not None
+    ]
 
 
 def parse_time(rfc3339: str) -> float:

@@ -208,7 +208,7 @@ FIT_KEYS = (
 
 
 def fit_arguments(spec: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments for `Model.fit` other than the data, callbacks and initial_epoch."""
+    """Keyword arguments for `Model.fit` other than the data and the callbacks."""
     fit = spec["fit"]
     out = {key: fit[key] for key in FIT_KEYS if fit.get(key) is not None}
     if "class_weight" in out:

@@ -1,17 +1,21 @@
 """Readers that turn an uploaded file (.npy, .npz, CSV) or JSON arrays into `.npy` files.
 
 Every reader works from disk in bounded chunks, checks before it writes, and never unpickles:
-`.npy` headers are parsed with numpy's header reader (a literal, never a pickle), object dtypes
-are refused, and `.npz` members are sized from the zip's central directory before any byte is
-decompressed. Errors name the place in the request as a JSON pointer.
+`.npy` headers are parsed with numpy's header reader (a literal, never a pickle), only the dtypes
+Keras trains on are accepted, a header's shape is judged against the bytes that really follow,
+and `.npz` members are sized from the zip's central directory before any byte is decompressed.
+Every loop over an upload is linear in its size and checks a `CpuBudget`, and problems are
+collected up to a cap and counted past it. Errors name the place in the request as a JSON pointer.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import dataclasses
 import re
+import time
 import tokenize
 import zipfile
 import zlib
@@ -21,28 +25,86 @@ from typing import IO, Any
 
 import numpy as np
 
-from core.errors import FieldError, InvalidData
+from core.errors import MAX_ERRORS, FieldError, FieldErrors, InvalidData, PayloadTooLarge, pointer
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ACCEPTED_FORMATS = ".npy, .npz, or CSV with a header row (or a JSON body {'arrays': {...}})"
-NUMERIC_KINDS = "biuf"
-NUMERIC = "a numeric dtype: bool, int, uint or float"
+# What Keras trains on, in the byte order numpy writes here (`dtype.str` spells the order out).
+ACCEPTED_DTYPES = frozenset(
+    np.dtype(name).str
+    for name in (
+        *("bool", "int8", "int16", "int32", "int64"),
+        *("uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64"),
+    )
+)
+NUMERIC = "a little-endian numeric dtype: bool, int8-64, uint8-64 or float16/32/64"
+JSON_NUMBER_TYPES = (bool, int, float)
+JSON_NUMBER = "a number: a boolean, an integer within 64 bits, or a float"
 ARRAY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 MAX_ARRAYS = 64
-# Deflate reaches about 1000:1 on constant data; real arrays (even one-hot labels) stay far below.
-MAX_COMPRESSION_RATIO = 200
+# numpy's own limit is 64; no Keras input has anywhere near 32 dimensions.
+MAX_DIMS = 32
+# A member's central directory record is 46 bytes plus its name and extra fields.
+MAX_CENTRAL_DIRECTORY_BYTES = MAX_ARRAYS * 1024
 MAX_CLASSES = 65_536
-MAX_REPORTED_ERRORS = 20
-_CSV_BATCH = 4096
+# Class names go into the manifest and every classify answer.
+MAX_LABEL_CHARS = 256
+MAX_CSV_COLUMNS = 32_768
+# A line is read whole before the csv module splits it: longer ones are refused unread.
+MAX_CSV_LINE_CHARS = 4 << 20
+# The one cap on listed errors (core.errors): an upload stops collecting once it is reached.
+MAX_REPORTED_ERRORS = MAX_ERRORS
+# CSV rows are parsed in batches of about this many cells, whatever the width.
+_CSV_BATCH_CELLS = 1 << 16
 CHUNK_BYTES = 4 << 20
 _ENCRYPTED = 0x1
 
 
-def pointer(*parts: object) -> str:
-    """A JSON pointer (RFC 6901) from unescaped parts."""
-    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+class CpuBudget:
+    """The CPU seconds one upload may spend, counted on the thread that reads it: gunicorn's
+    gthread workers serve several requests in one process, so a process-wide limit would not
+    do. The readers check it once per chunk or batch, whose cost is bounded."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.started = time.thread_time()
+
+    def check(self) -> None:
+        spent = time.thread_time() - self.started
+        if spent > self.seconds:
+            raise PayloadTooLarge(
+                f"Reading the upload took more than {self.seconds:g} s of CPU, the most one "
+                "upload may take; send the arrays as .npy or .npz.",
+                code="upload_too_costly",
+            )
+
+
+class Problems:
+    """The first MAX_REPORTED_ERRORS problems found in an upload, and a count of the rest, so a
+    file with millions of bad cells builds no more than that many errors."""
+
+    def __init__(self) -> None:
+        self.errors = FieldErrors()
+
+    def __bool__(self) -> bool:
+        return bool(self.errors)
+
+    @property
+    def full(self) -> bool:
+        return self.errors.full
+
+    def add(self, path: str, message: str, expected: str | None, received: Any) -> None:
+        if self.full:
+            self.errors.omitted += 1
+        else:
+            self.errors.append(FieldError(path, message, expected, received))
+
+    def refusal(self, detail: str) -> InvalidData:
+        """The upload's refusal, its problems listed and the rest counted in `errors_omitted`,
+        which error documents show beside the list."""
+        return InvalidData(detail, errors=self.errors)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +157,8 @@ def detect_format(path: Path) -> str:
 
 
 def read_npy_header(handle: IO[bytes], where: str) -> NpyHeader:
-    """Parse and check a `.npy` header: numeric dtype, at least one dimension."""
+    """Parse and check a `.npy` header: an accepted dtype, 1 to MAX_DIMS dimensions, each at
+    least 1 (a zero dimension would let the others declare any size in no bytes)."""
     try:
         version = np.lib.format.read_magic(handle)
         if version == (1, 0):
@@ -107,26 +170,44 @@ def read_npy_header(handle: IO[bytes], where: str) -> NpyHeader:
     except (ValueError, SyntaxError, EOFError, tokenize.TokenError) as error:
         raise _invalid(where, f"Not a readable .npy array: {error}.", ".npy", None) from None
     check_dtype(dtype, where)
+    if not all(type(size) is int for size in shape):
+        # numpy's reader takes True and False as sizes, which its memory maps then refuse.
+        raise _invalid(where, "The shape holds non-integers.", "integer sizes", str(shape)[:100])
     if not shape:
         raise _invalid(
             where, "A 0-d scalar has no rows.", "an array with at least one dimension", []
         )
-    if min(shape) < 0:
-        raise _invalid(where, "The shape has a negative dimension.", "sizes >= 0", list(shape))
-    return NpyHeader(tuple(shape), fortran, dtype, handle.tell())
+    if len(shape) > MAX_DIMS:
+        raise _invalid(
+            where,
+            f"The shape has {len(shape)} dimensions.",
+            f"at most {MAX_DIMS} dimensions",
+            len(shape),
+        )
+    if min(shape) < 1:
+        raise _invalid(
+            where,
+            f"The shape {list(shape)} holds no elements.",
+            "every dimension at least 1",
+            list(shape),
+        )
+    return NpyHeader(shape, fortran, dtype, handle.tell())
 
 
 def check_dtype(dtype: np.dtype, where: str) -> None:
-    """Refuse object (pickled), string, complex, datetime and structured dtypes."""
+    """Accept only ACCEPTED_DTYPES; say why anything else is refused."""
+    if dtype.str in ACCEPTED_DTYPES:
+        return
     if dtype.hasobject:
-        raise _invalid(
-            where,
-            "The array holds pickled Python objects (dtype object); they are never loaded.",
-            NUMERIC,
-            "object",
+        message = "The array holds pickled Python objects (dtype object); they are never loaded."
+    elif dtype.kind in "biuf" and dtype.byteorder == ">":
+        message = (
+            f"The array at {where} has the big-endian dtype {dtype}; convert it with "
+            "array.astype(array.dtype.newbyteorder('<'))."
         )
-    if dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in NUMERIC_KINDS:
-        raise _invalid(where, f"The dtype {dtype} is not numeric.", NUMERIC, str(dtype))
+    else:
+        message = f"The array at {where} has dtype {dtype}, which Keras cannot train on."
+    raise _invalid(where, message, NUMERIC, "object" if dtype.hasobject else str(dtype))
 
 
 def check_name(name: str, where: str) -> None:
@@ -150,16 +231,21 @@ def read_npy(source: Path, folder: Path, name: str) -> Arrays:
     return Arrays({name: target})
 
 
-def read_npz(source: Path, folder: Path, max_bytes: int) -> Arrays:
-    """An `.npz` upload: members sized from the central directory, then streamed to `.npy`s."""
+def read_npz(source: Path, folder: Path, max_bytes: int, budget: CpuBudget) -> Arrays:
+    """An `.npz` upload: members sized from the central directory, then streamed to `.npy`s.
+
+    What a member declares is judged against `max_bytes`, never its compression ratio: sorted
+    labels deflate a thousandfold and are no bomb, and the copy reads no more than declared.
+    """
     try:
+        _check_central_directory(source)
         with zipfile.ZipFile(source) as archive:
             members = _check_members(archive.infolist(), max_bytes)
             result = Arrays()
             for position, (name, info) in enumerate(members):
                 target = folder / f"a{position}.npy"
                 with archive.open(info) as member:
-                    _copy_member(member, info, target, pointer("file", "arrays", name))
+                    _copy_member(member, info, target, pointer("file", "arrays", name), budget)
                 result.files[name] = target
             return result
     except (
@@ -174,6 +260,25 @@ def read_npz(source: Path, folder: Path, max_bytes: int) -> Arrays:
         raise _invalid("/file", f"The .npz archive is damaged: {error}.", ".npz", None) from None
 
 
+def _check_central_directory(source: Path) -> None:
+    """Refuse a central directory too large for MAX_ARRAYS members before zipfile reads it
+    whole and builds an object per entry (a gigabyte of them would exhaust memory)."""
+    with open(source, "rb") as handle:
+        # zipfile's own end-record reader, so zip64 and archive comments are read as it will.
+        end = zipfile._EndRecData(handle)  # type: ignore[attr-defined]
+    if end is None:
+        raise zipfile.BadZipFile("no end of central directory record")
+    declared = end[zipfile._ECD_SIZE]  # type: ignore[attr-defined]
+    if declared > MAX_CENTRAL_DIRECTORY_BYTES:
+        raise _invalid(
+            "/file",
+            f"The .npz archive's directory declares {declared} bytes, more than "
+            f"{MAX_ARRAYS} members need.",
+            f"at most {MAX_CENTRAL_DIRECTORY_BYTES} bytes",
+            declared,
+        )
+
+
 def _check_members(infos: list[zipfile.ZipInfo], max_bytes: int) -> list[tuple[str, Any]]:
     if not infos:
         raise _invalid("/file", "The .npz archive holds no arrays.", "1 or more arrays", 0)
@@ -181,81 +286,59 @@ def _check_members(infos: list[zipfile.ZipInfo], max_bytes: int) -> list[tuple[s
         raise _invalid(
             "/file", "The .npz archive holds too many members.", f"at most {MAX_ARRAYS}", len(infos)
         )
-    errors = []
+    problems = Problems()
     members = []
-    total = 0
+    seen: set[str] = set()
     for info in infos:
         name = info.filename.removesuffix(".npy")
         where = pointer("file", "arrays", name)
-        total += info.file_size
         if not ARRAY_NAME.fullmatch(name) or not info.filename.endswith(".npy"):
-            errors.append(FieldError(where, "Not an array member.", "NAME.npy", info.filename))
-        elif any(name == seen for seen, _ in members):
-            errors.append(FieldError(where, "The member name repeats.", "unique names", name))
+            problems.add(where, "Not an array member.", "NAME.npy", info.filename)
+        elif name in seen:
+            problems.add(where, "The member name repeats.", "unique names", name)
         elif info.flag_bits & _ENCRYPTED:
-            errors.append(FieldError(where, "The member is encrypted.", "no encryption", name))
+            problems.add(where, "The member is encrypted.", "no encryption", name)
         elif info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            errors.append(
-                FieldError(
-                    where, "Unsupported compression.", "stored or deflate", info.compress_type
-                )
-            )
-        else:
-            errors += _size_errors(info, where, max_bytes)
-        members.append((name, info))
-    if not errors and total > max_bytes:
-        errors.append(
-            FieldError(
-                "/file",
-                f"The members declare {total} bytes uncompressed in all.",
-                f"at most {max_bytes} bytes",
-                total,
-            )
-        )
-    if errors:
-        raise InvalidData("The .npz archive was refused before decompressing it.", errors=errors)
-    return members
-
-
-def _size_errors(info: zipfile.ZipInfo, where: str, max_bytes: int) -> list[FieldError]:
-    """What the central directory declares, judged before anything is decompressed."""
-    errors = []
-    if info.file_size > max_bytes:
-        errors.append(
-            FieldError(
+            problems.add(where, "Unsupported compression.", "stored or deflate", info.compress_type)
+        elif info.file_size > max_bytes:
+            problems.add(
                 where,
                 f"The member declares {info.file_size} bytes uncompressed.",
                 f"at most {max_bytes} bytes",
                 info.file_size,
             )
+        seen.add(name)
+        members.append((name, info))
+    total = sum(info.file_size for info in infos)
+    if not problems and total > max_bytes:
+        problems.add(
+            "/file",
+            f"The members declare {total} bytes uncompressed in all.",
+            f"at most {max_bytes} bytes",
+            total,
         )
-    ratio = info.file_size / max(info.compress_size, 1)
-    if ratio > MAX_COMPRESSION_RATIO:
-        errors.append(
-            FieldError(
-                where,
-                f"The member expands {ratio:.0f}-fold ({info.compress_size} to "
-                f"{info.file_size} bytes); this looks like a zip bomb.",
-                f"a compression ratio of at most {MAX_COMPRESSION_RATIO}",
-                round(ratio, 1),
-            )
-        )
-    return errors
+    if problems:
+        raise problems.refusal("The .npz archive was refused before decompressing it.")
+    return members
 
 
-def _copy_member(member: IO[bytes], info: zipfile.ZipInfo, target: Path, where: str) -> None:
+def _copy_member(
+    member: IO[bytes], info: zipfile.ZipInfo, target: Path, where: str, budget: CpuBudget
+) -> None:
+    """Copy a member's array, decompressing no more than its header declares."""
     header = read_npy_header(member, where)
     _check_size(header, info.file_size - header.offset, where)
-    budget = header.data_bytes
+    left = header.data_bytes
     with open(target, "wb") as out:
         _write_header(out, header.shape, header.dtype, header.fortran_order)
-        while budget:
-            chunk = member.read(min(CHUNK_BYTES, budget))
+        while left:
+            budget.check()
+            chunk = member.read(min(CHUNK_BYTES, left))
             if not chunk:
                 break
             out.write(chunk)
-            budget -= len(chunk)
-    if budget or member.read(1):
+            left -= len(chunk)
+    if left or member.read(1):
         raise _invalid(where, "The member's data does not match its header.", ".npy", None)
 
 
@@ -312,8 +395,10 @@ class _Labels:
     one, and as class ids in first-seen order."""
 
     def __init__(self, folder: Path) -> None:
-        self.numbers: NpyWriter | None = NpyWriter(folder / "labels.f8.npy", (), np.float64)
-        self.ids = NpyWriter(folder / "labels.i8.npy", (), np.int64)
+        self.numbers: NpyWriter | None = NpyWriter(
+            folder / "labels.f8.npy", (), np.dtype(np.float64)
+        )
+        self.ids = NpyWriter(folder / "labels.i8.npy", (), np.dtype(np.int64))
         self.names: dict[str, int] = {}
         self.integer = True
 
@@ -333,7 +418,9 @@ class _Labels:
             return
         self.numbers.append(values)
         if self.integer:
-            self.integer = bool(np.isfinite(values).all() and (values == np.trunc(values)).all())
+            # Whole numbers past int64's range (1e30) stay floats.
+            whole = np.isfinite(values) & (values == np.trunc(values)) & (np.abs(values) < 2**63)
+            self.integer = bool(whole.all())
 
     def write(self, path: Path) -> list[str] | None:
         """Write `y`; return the class names when the labels are strings, else None."""
@@ -362,20 +449,22 @@ def _rewrite(source: Path, target: Path, convert: Any) -> None:
         header = read_npy_header(handle, "/file")
         example = convert(np.empty(0, dtype=header.dtype))
         writer = NpyWriter(target, (), example.dtype)
-        while chunk := handle.read(CHUNK_BYTES):
-            writer.append(convert(np.frombuffer(chunk, dtype=header.dtype)))
-    writer.finish()
+        try:
+            while chunk := handle.read(CHUNK_BYTES):
+                writer.append(convert(np.frombuffer(chunk, dtype=header.dtype)))
+        finally:
+            writer.finish()
     source.unlink()
 
 
-def read_csv(source: Path, folder: Path, label: str) -> Arrays:
+def read_csv(source: Path, folder: Path, label: str, budget: CpuBudget) -> Arrays:
     """A CSV with a header row: `label` names the label column -> arrays `x` (float32) and `y`.
 
     Ragged rows and non-numeric cells are reported by their line in the file (1-based, the header
-    is line 1) and their column's header name.
+    is line 1) and their column's header name; reading stops once MAX_REPORTED_ERRORS are known.
     """
     with open(source, encoding="utf-8-sig", newline="") as text:
-        reader = csv.reader(text)
+        reader = csv.reader(_csv_lines(text))
         with _csv_errors(reader):
             header = [cell.strip() for cell in next(reader, [])]
         features = _feature_columns(header, label)
@@ -383,15 +472,13 @@ def read_csv(source: Path, folder: Path, label: str) -> Arrays:
         labels = _Labels(folder)
         try:
             with _csv_errors(reader):
-                errors = _read_rows(reader, header, features, label, writer, labels)
+                problems = _read_rows(reader, header, features, label, writer, labels, budget)
         finally:
             writer.finish()
             labels.close()
-    if errors:
-        errors.sort(key=lambda error: int(error.path.split("/")[3]))
-        raise InvalidData(
-            f"The CSV has bad cells or rows (at most {MAX_REPORTED_ERRORS} are listed).",
-            errors=errors[:MAX_REPORTED_ERRORS],
+    if problems:
+        raise problems.refusal(
+            f"The CSV has bad cells or rows; reading stopped at line {reader.line_num}."
         )
     if writer.rows == 0:
         raise _invalid("/file", "The CSV has a header but no data rows.", "1 or more rows", 0)
@@ -400,6 +487,21 @@ def read_csv(source: Path, folder: Path, label: str) -> Arrays:
     if classes is not None:
         result.classes["y"] = classes
     return result
+
+
+def _csv_lines(text: IO[str]) -> Iterator[str]:
+    """The file's lines for the csv module, refusing one past MAX_CSV_LINE_CHARS unread."""
+    number = 0
+    while line := text.readline(MAX_CSV_LINE_CHARS + 1):
+        number += 1
+        if len(line) > MAX_CSV_LINE_CHARS:
+            raise _invalid(
+                pointer("file", "rows", number),
+                f"Line {number} is longer than {MAX_CSV_LINE_CHARS} characters.",
+                f"lines of at most {MAX_CSV_LINE_CHARS} characters",
+                None,
+            )
+        yield line
 
 
 @contextlib.contextmanager
@@ -420,39 +522,47 @@ def _read_rows(
     label: str,
     writer: NpyWriter,
     labels: _Labels,
-) -> list[FieldError]:
-    """Parse the data rows into `writer` and `labels`; stop once enough errors are known."""
-    errors: list[FieldError] = []
+    budget: CpuBudget,
+) -> Problems:
+    """Parse the data rows into `writer` and `labels`; stop at the batch where the problems
+    reach their cap. Once a problem is known nothing more is written: the upload is refused."""
+    problems = Problems()
     label_index = header.index(label)
-    for batch in _csv_batches(reader, header, errors):
-        cells = [[row[i] for i in features] for _, row in batch]
-        values = _parse_batch(cells, batch, header, features, errors)
-        label_cells = [row[label_index].strip() for _, row in batch]
-        errors += [
-            _cell_error(line, label, "", "The label is empty.")
-            for (line, _), cell in zip(batch, label_cells, strict=True)
-            if not cell
-        ]
-        if not errors:
-            writer.append(values)
-            labels.add(label_cells)
-        if len(errors) >= MAX_REPORTED_ERRORS:
+    for batch in _csv_batches(reader):
+        budget.check()
+        parsed = _parse_batch(batch, header, features, label_index)
+        if parsed is None:
+            _report_batch(batch, header, features, label_index, problems)
+        elif not problems:
+            writer.append(parsed[0])
+            labels.add(parsed[1])
+        if problems.full:
             break
-    return errors
+    return problems
 
 
 def _feature_columns(header: list[str], label: str) -> list[int]:
-    if not header or any(not name for name in header):
+    """The indexes of the feature columns; the header's checks are linear in its length."""
+    if len(header) > MAX_CSV_COLUMNS:
+        raise _invalid(
+            "/file",
+            f"The CSV header names {len(header)} columns.",
+            f"at most {MAX_CSV_COLUMNS} columns",
+            len(header),
+        )
+    if not header or not all(header):
         raise _invalid(
             "/file", "The CSV's first line must name every column.", "a header row", header[:50]
         )
-    if len(set(header)) != len(header):
-        duplicates = sorted({name for name in header if header.count(name) > 1})
-        raise _invalid("/file", "The CSV header repeats column names.", "unique names", duplicates)
+    repeated = sorted(name for name, count in collections.Counter(header).items() if count > 1)
+    if repeated:
+        raise _invalid(
+            "/file", "The CSV header repeats column names.", "unique names", repeated[:50]
+        )
     if label not in header:
         raise _invalid(
             "/label",
-            f"The CSV has no column named {label!r} for the labels.",
+            f"The CSV has no column named {label[:100]!r} for the labels.",
             f"one of {header[:50]}",
             label,
         )
@@ -462,58 +572,80 @@ def _feature_columns(header: list[str], label: str) -> list[int]:
     return features
 
 
-def _csv_batches(
-    reader: Any, header: list[str], errors: list[FieldError]
-) -> Iterator[list[tuple[int, list[str]]]]:
-    """Batches of (line number, row) with ragged rows reported and left out; blank lines skipped."""
+def _csv_batches(reader: Any) -> Iterator[list[tuple[int, list[str]]]]:
+    """Batches of (line number, row) of about _CSV_BATCH_CELLS cells, ragged rows included;
+    blank lines skipped."""
     batch: list[tuple[int, list[str]]] = []
+    cells = 0
     for row in reader:
         if not row:
             continue
-        if len(row) != len(header):
-            errors.append(
-                FieldError(
-                    pointer("file", "rows", reader.line_num),
-                    f"Line {reader.line_num} has {len(row)} cells but the header has "
-                    f"{len(header)}.",
-                    f"{len(header)} cells",
-                    len(row),
-                )
-            )
-            continue
         batch.append((reader.line_num, row))
-        if len(batch) == _CSV_BATCH:
+        cells += len(row)
+        if cells >= _CSV_BATCH_CELLS:
             yield batch
-            batch = []
+            batch, cells = [], 0
     if batch:
         yield batch
 
 
 def _parse_batch(
-    cells: list[list[str]],
+    batch: list[tuple[int, list[str]]], header: list[str], features: list[int], label_index: int
+) -> tuple[np.ndarray, list[str]] | None:
+    """The batch's features and label cells, or None when some row or cell is bad."""
+    if any(len(row) != len(header) for _, row in batch):
+        return None
+    label_cells = [row[label_index].strip() for _, row in batch]
+    if not all(label_cells) or max(map(len, label_cells)) > MAX_LABEL_CHARS:
+        return None
+    try:
+        values = np.array([[row[i] for i in features] for _, row in batch], dtype=np.float32)
+    except ValueError:
+        return None
+    return values, label_cells
+
+
+def _report_batch(
     batch: list[tuple[int, list[str]]],
     header: list[str],
     features: list[int],
-    errors: list[FieldError],
-) -> np.ndarray:
-    try:
-        return np.array(cells, dtype=np.float32)
-    except ValueError:
-        pass
-    # The fast path failed: find every bad cell to report it by line and column.
-    for (line, row), _ in zip(batch, cells, strict=True):
+    label_index: int,
+    problems: Problems,
+) -> None:
+    """Report a bad batch's problems in line order. numpy parses text cells with Python's
+    float(), so a cell is bad exactly when float() refuses it."""
+    for line, row in batch:
+        if len(row) != len(header):
+            problems.add(
+                pointer("file", "rows", line),
+                f"Line {line} has {len(row)} cells but the header has {len(header)}.",
+                f"{len(header)} cells",
+                len(row),
+            )
+            continue
         for index in features:
             try:
                 float(row[index])
             except ValueError:
-                errors.append(_cell_error(line, header[index], row[index], "Not a number."))
-    return np.empty((0, len(features)), dtype=np.float32)
+                _add_cell_problem(
+                    problems, line, header[index], row[index], "Not a number.", "a number"
+                )
+        label = row[label_index].strip()
+        if not label or len(label) > MAX_LABEL_CHARS:
+            _add_cell_problem(
+                problems,
+                line,
+                header[label_index],
+                label,
+                "The label is empty." if not label else "The label is too long.",
+                f"a label of 1 to {MAX_LABEL_CHARS} characters",
+            )
 
 
-def _cell_error(line: int, column: str, cell: str, message: str) -> FieldError:
-    return FieldError(
-        pointer("file", "rows", line, "columns", column), message, "a number", cell[:100]
-    )
+def _add_cell_problem(
+    problems: Problems, line: int, column: str, cell: str, message: str, expected: str
+) -> None:
+    problems.add(pointer("file", "rows", line, "columns", column), message, expected, cell[:100])
 
 
 def arrays_from_json(document: Any, folder: Path) -> Arrays:
@@ -545,32 +677,101 @@ def arrays_from_json(document: Any, folder: Path) -> Arrays:
 
 
 def _json_array(value: Any, where: str) -> tuple[np.ndarray, list[str] | None]:
+    """Nested lists of numbers, or a flat list of string labels; checked element by element
+    before numpy sees them, so no string array of fixed-width characters is ever built."""
     if not isinstance(value, list):
         raise _invalid(where, "An array is a (nested) list.", "a list", type(value).__name__)
-    try:
-        values = np.array(value)
-    except (ValueError, OverflowError) as error:
-        raise _invalid(
-            where, f"The nested lists are ragged: {error}", "a rectangular list", None
-        ) from None
-    if values.dtype.hasobject:
+    shape, leaves = _json_shape(value, where)
+    if 0 in shape:
+        raise _invalid(where, "The array is empty.", "a non-empty list", list(shape))
+    kinds = set(map(type, leaves))
+    if kinds == {str} and len(shape) == 1:
+        return _json_labels(leaves, where)
+    dtype = np.float32 if float in kinds else np.int64 if int in kinds else np.bool_
+    if kinds <= set(JSON_NUMBER_TYPES):
+        try:
+            # Beyond float32's range a value becomes inf, which the statistics count.
+            with np.errstate(over="ignore"):
+                return np.array(leaves, dtype=dtype).reshape(shape), None
+        except OverflowError:
+            position = next(i for i, leaf in enumerate(leaves) if not _fits(leaf, dtype))
+            message = f"The number does not fit {np.dtype(dtype).name}."
+    else:
+        position = next(
+            i for i, leaf in enumerate(leaves) if not isinstance(leaf, JSON_NUMBER_TYPES)
+        )
+        message = "Not a number; strings are accepted only as a flat list of labels."
+    place = pointer(*where.strip("/").split("/"), *np.unravel_index(position, shape))
+    raise _invalid(place, message, JSON_NUMBER, _json_preview(leaves[position]))
+
+
+def _json_labels(labels: list[str], where: str) -> tuple[np.ndarray, list[str]]:
+    """String labels as class ids, the sorted names kept; as many and as long as CSV labels."""
+    names = sorted(set(labels))
+    if len(names) > MAX_CLASSES:
+        raise _invalid(where, "The labels name too many classes.", f"at most {MAX_CLASSES}", None)
+    for position, label in enumerate(labels):
+        if not 1 <= len(label) <= MAX_LABEL_CHARS:
+            raise _invalid(
+                pointer(*where.strip("/").split("/"), position),
+                "The label is empty." if not label else "The label is too long.",
+                f"a label of 1 to {MAX_LABEL_CHARS} characters",
+                label[:100],
+            )
+    ids = {name: position for position, name in enumerate(names)}
+    return np.array([ids[label] for label in labels], dtype=np.int64), names
+
+
+def _json_shape(value: list, where: str) -> tuple[tuple[int, ...], list]:
+    """The shape of rectangular nested lists and their leaves, level by level (no recursion);
+    ragged lists, or lists and values mixed at one depth, are refused."""
+    shape: list[int] = []
+    level: list = [value]
+    while all(isinstance(item, list) for item in level):
+        lengths = {len(item) for item in level}
+        if len(lengths) > 1:
+            raise _invalid(
+                where,
+                f"The nested lists are ragged: at depth {len(shape)} their lengths are "
+                f"{sorted(lengths)[:10]}.",
+                "a rectangular list",
+                None,
+            )
+        if len(shape) == MAX_DIMS:
+            raise _invalid(
+                where,
+                f"The lists nest deeper than {MAX_DIMS} levels.",
+                f"at most {MAX_DIMS} dimensions",
+                None,
+            )
+        shape.append(lengths.pop())
+        level = [leaf for item in level for leaf in item]
+        if not level:
+            break
+    if any(isinstance(item, list) for item in level):
         raise _invalid(
             where,
-            "The values are not all numbers, or an integer is outside the 64-bit range.",
-            NUMERIC,
-            "object",
+            f"The nested lists mix lists and values at depth {len(shape)}.",
+            "a rectangular list",
+            None,
         )
-    if values.ndim == 1 and all(isinstance(item, str) for item in value):
-        names = sorted(set(value))
-        return np.searchsorted(np.array(names), values).astype(np.int64), names
-    if values.dtype.kind == "f":
-        # Beyond float32's range a value becomes inf, which the statistics count.
-        with np.errstate(over="ignore"):
-            values = values.astype(np.float32)
-    check_dtype(values.dtype, where)
-    if values.ndim == 0 or values.size == 0:
-        raise _invalid(where, "The array is empty.", "a non-empty list", values.shape)
-    return values, None
+    return tuple(shape), level
+
+
+def _fits(leaf: Any, dtype: type) -> bool:
+    try:
+        np.array(leaf, dtype=dtype)
+    except OverflowError:
+        return False
+    return True
+
+
+def _json_preview(leaf: Any) -> Any:
+    if isinstance(leaf, str):
+        return leaf[:100]
+    if isinstance(leaf, int | float):
+        return leaf
+    return {dict: "an object", type(None): "null"}.get(type(leaf), type(leaf).__name__)
 
 
 def _looks_like_text(head: bytes) -> bool:

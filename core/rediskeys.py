@@ -6,13 +6,13 @@ Jobs (written by `core.jobs.JobStore`, the only reader and writer of these):
 - `job:<id>:history` one JSON entry per completed epoch, `job:<id>:events` a stream;
 - `job:<id>:stop` a stop request ("cancel"), `job:<id>:lease` the worker training it (with a TTL);
 - `dataset:<id>:jobs` the live (not finished) jobs using a dataset;
-- `idempotency:<owner>:<sha256 of the key>` the job a submit with that `Idempotency-Key` made;
 - `records` set once the records were (re)built, `records:grace` one lease after a rebuild,
   `epochs` the epochs completed by every worker, ever.
 
 Workers: `worker:<name>` a heartbeat, `consumer:<name>` a consumer beat, `shutdown:<name>` a
 SIGTERM flag, and the reconciler's locks. The API: `session:<sha256>`, `ratelimit:<who>:<window>`,
-`authfail:<address>`, `idem:dataset:<owner>:<key>`. Celery's own queues are named by Celery
+`authfail:<address>`, `idempotency:<kind>:<owner>:<sha256 of the key>` what a request with that
+`Idempotency-Key` made (core.idempotency). Celery's own queues are named by Celery
 (core.queues).
 """
 
@@ -64,15 +64,11 @@ def dataset_jobs_key(dataset_id: str) -> str:
     return f"{PREFIX}dataset:{dataset_id}:jobs"
 
 
-def job_idempotency_key(owner: str | None, key: str) -> str:
-    """The job a submit with this `Idempotency-Key` made (the key hashed: it is client text)."""
+def idempotency_key(kind: str, owner: str | None, key: str) -> str:
+    """What a request with this `Idempotency-Key` made, for `jobs` or `datasets` (the key
+    hashed: it is client text)."""
     digest = hashlib.sha256(key.encode()).hexdigest()
-    return f"{PREFIX}idempotency:{owner or '-'}:{digest}"
-
-
-def dataset_idempotency_key(owner: str | None, key: str) -> str:
-    """The dataset an upload with this `Idempotency-Key` made."""
-    return f"{PREFIX}idem:dataset:{owner or '-'}:{key}"
+    return f"{PREFIX}idempotency:{kind}:{owner or '-'}:{digest}"
 
 
 def worker_key(name: str) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from core.errors import Conflict, FitserveError
+from core.integers import read_int
 from core.jobs import TERMINAL, Job, JobStore
 from core.rediskeys import shutdown_key, stop_key
 from core.storage import utc_now
@@ -38,14 +39,18 @@ class WorkerIdentity:
         return f"{self.host}/{self.pid}/{self.name}"
 
 
+# Linux allows at most 2**22 process ids.
+MAX_PID = 2**22
+
+
 def holder_is_dead(holder: str) -> bool:
     """A lease holder on this host whose process is gone (a pool child killed mid-job)."""
     host, _, rest = holder.partition("/")
-    pid = rest.partition("/")[0]
-    if host != socket.gethostname() or not pid.isdigit():
+    pid = read_int(rest.partition("/")[0], 1, MAX_PID)
+    if host != socket.gethostname() or pid is None:
         return False
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:
@@ -222,7 +227,7 @@ def _train_and_record(
     try:
         outcome = train(
             store.data.job(job_id),
-            store.spec(job_id),
+            store.normalized_request(job_id),
             store.data,
             store.settings,
             control,

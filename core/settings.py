@@ -6,6 +6,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 PREFIX = "FITSERVE_"
 
@@ -21,6 +22,9 @@ class Settings:
     max_json_bytes: int = 16 << 20
     # Uncompressed bytes one dataset may hold (an .npz expands; its members are checked first).
     max_dataset_bytes: int = 4 << 30
+    # CPU seconds one upload may spend being read and described (on its own thread); past it the
+    # upload is refused with a 413, so no upload can hold an API thread for long.
+    upload_cpu_seconds: int = 120
     max_params: int = 50_000_000
     max_layers: int = 512
     max_epochs: int = 1000
@@ -29,6 +33,10 @@ class Settings:
     max_job_seconds: int = 24 * 3600
     max_attempts: int = 3
     max_gpus_per_job: int = 8
+    # The cost model's budget for one job on one worker (core.cost): host memory for weights,
+    # optimizer state, a batch's activations and the data held, and operations per epoch.
+    worker_memory_bytes: int = 16 << 30
+    max_flops_per_epoch: int = 10**14
     # Abuse limits (service.limits): requests per minute per API key (per client address
     # without keys) and queued + running jobs per key; 0 turns either off.
     rate_limit: int = 60_000
@@ -82,10 +90,11 @@ class Settings:
     log_level: str = "INFO"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read `FITSERVE_<FIELD>` for every field; unknown or malformed values fail loudly."""
         environ = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        # Any: each field has its own type, and the dataclass itself is their one owner.
+        values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
             raw = environ.get(PREFIX + field.name.upper())
             if raw is None:
@@ -94,7 +103,7 @@ class Settings:
         values.update(overrides)
         return cls(**values)
 
-    def with_overrides(self, **changes: object) -> Settings:
+    def with_overrides(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
 

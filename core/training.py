@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
 from core.checkpoints import CheckpointCorrupt, load_checkpoint, load_history, save_model_file
 from core.errors import FitserveError, InvalidData, NotFound
@@ -183,9 +183,8 @@ def _train(
 
     if spec.get("seed") is not None:
         keras.utils.set_random_seed(spec["seed"])
-    train, validation, test = (
-        _split(data, spec["data"], part) for part in (None, "validation", "test")
-    )
+    train = _split(data, spec["data"], None)
+    validation, test = (_split(data, spec["data"], part) for part in ("validation", "test"))
     fit_kwargs = {**fit_arguments(spec), "verbose": 0}
     epochs = fit_kwargs.pop("epochs")
     with job_devices(spec["resources"]) as strategy:
@@ -207,9 +206,11 @@ def _train(
             try:
                 model.fit(
                     train.x,
-                    train.y,
+                    train.targets(model),
                     sample_weight=train.sample_weight,
-                    validation_data=None if validation is None else (validation.x, validation.y),
+                    validation_data=(
+                        None if validation is None else (validation.x, validation.targets(model))
+                    ),
                     initial_epoch=initial_epoch,
                     epochs=epochs,
                     callbacks=[*ours.in_order(), *build_callbacks(spec)],
@@ -356,12 +357,24 @@ class Split:
             )
         self.rows = next(iter(rows.values()), 0)
 
+    def targets(self, model: keras.Model) -> Any:
+        """y as `fit` takes it: several targets in the model's output order. Keras matches a
+        dict of them to the outputs by name, but then cannot pair a sample weight with each
+        (a KeyError deep in its loss)."""
+        if isinstance(self.y, dict):
+            return [self.y[name] for name in model.output_names]
+        return self.y
+
 
 def _single(arrays: dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
     """One array as itself (what a one-input model takes), several keyed by model names."""
     return next(iter(arrays.values())) if len(arrays) == 1 else arrays
 
 
+@overload
+def _split(data: DataDir, spec_data: dict, part: None) -> Split: ...
+@overload
+def _split(data: DataDir, spec_data: dict, part: str) -> Split | None: ...
 def _split(data: DataDir, spec_data: dict, part: str | None) -> Split | None:
     """Open the arrays of `part` (None: the training data) memory-mapped, one-hot encoding y."""
     import keras
@@ -420,7 +433,7 @@ def evaluate_split(model: keras.Model, split: Split, batch_size: int | None) -> 
     """The model's loss and metrics on `split`."""
     results = model.evaluate(
         split.x,
-        split.y,
+        split.targets(model),
         sample_weight=split.sample_weight,
         batch_size=batch_size,
         verbose=0,

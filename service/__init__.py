@@ -4,30 +4,25 @@ from __future__ import annotations
 
 import logging
 
-import redis
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
-from core.keys import parse_api_keys
 from core.settings import Settings
-from core.storage import DataDir
+
+
+class OrderedJSON(DefaultJSONProvider):
+    """Flask's own JSON (a template's `tojson`) keeps keys in the order they were written."""
+
+    sort_keys = False
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app. Settings come from `FITSERVE_*` unless given (tests pass their own)."""
     settings = settings or Settings.from_env()
     app = Flask(__name__)
-    app.config["FITSERVE"] = settings
     # Uploads stream to disk; the hard ceiling is the upload limit plus multipart overhead.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + (1 << 20)
-    app.json.sort_keys = False
-
-    data = DataDir(settings.data_dir)
-    data.ensure()
-    app.extensions["fitserve.data"] = data
-    app.extensions["fitserve.keys"] = parse_api_keys(settings.api_keys)
-    app.extensions["fitserve.redis"] = redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
-    )
+    app.json = OrderedJSON(app)
     logging.getLogger("fitserve").setLevel(settings.log_level)
 
     from service import (
@@ -44,25 +39,31 @@ def create_app(settings: Settings | None = None) -> Flask:
         problems,
         proxies,
         servables,
+        state,
         tfserving,
         validate,
     )
 
-    proxies.install(app)
-    http.install(app)
-    # Before auth: a refused request is timed and counted too.
-    metrics.install(app)
-    # Authentication counts each request against its key's limits (service/limits.py).
-    auth.install(app)
-    problems.register(app)
-    app.register_blueprint(health.bp)
-    datasets.install(app)
-    app.register_blueprint(validate.bp)
-    app.register_blueprint(jobs.bp)
-    servables.install(app)
-    tfserving.register(app)
-    oip.register(app)
-    app.register_blueprint(dashboard.bp)
-    openapi.install(app)
-    events.install(app)
+    state.build(app, settings)
+    # In this order: the client's address first (limits and logs read it), then request ids;
+    # metrics before auth, so a refused request is timed and counted too; authentication
+    # counts each request against its key's limits (service/limits.py).
+    for module in (
+        proxies,
+        http,
+        metrics,
+        auth,
+        problems,
+        health,
+        datasets,
+        validate,
+        jobs,
+        servables,
+        tfserving,
+        oip,
+        dashboard,
+        openapi,
+        events,
+    ):
+        module.register(app)
     return app

@@ -87,5 +87,5 @@ def require_admin() -> None:
         )
 
 
-def install(app: Flask) -> None:
+def register(app: Flask) -> None:
     app.before_request(authenticate)

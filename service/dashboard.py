@@ -9,7 +9,10 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, redirect, render_template, request
+from flask import Blueprint, Flask, Response, redirect, render_template, request
+
+# What `redirect` builds; Flask's own Response is a subclass of it.
+from werkzeug.wrappers import Response as BaseResponse
 
 from core.keys import ApiKey, match_key
 from core.storage import check_id
@@ -40,7 +43,7 @@ def _signed_in() -> tuple[ApiKey | None, dict | None]:
     return (key, session) if key else (None, None)
 
 
-def _page(template: str, status: int = 200, **context: object) -> Response:
+def _page(template: str, status: int = 200, **context: object) -> BaseResponse:
     """A dashboard page, or the sign-in page's redirect when keys are on and nobody signed in."""
     key, session = _signed_in() if api_keys() else (None, None)
     if api_keys() and key is None:
@@ -56,13 +59,13 @@ def _page(template: str, status: int = 200, **context: object) -> Response:
 
 
 @bp.get("/")
-def show_jobs() -> Response:
+def show_jobs() -> BaseResponse:
     """The jobs, their status and progress; forms to upload a dataset and submit a job."""
     return _page("dashboard/jobs.html")
 
 
 @bp.get("/jobs/<job_id>")
-def show_job(job_id: str) -> Response:
+def show_job(job_id: str) -> BaseResponse:
     """One job: live curves, checkpoints with downloads, cancel, and a predict form."""
     check_id(job_id, "job")
     return _page("dashboard/job.html", job_id=job_id)
@@ -75,7 +78,7 @@ def show_sign_in() -> Response:
 
 
 @bp.post("/sign-in")
-def sign_in() -> Response:
+def sign_in() -> BaseResponse:
     """Check the key from the form; on success a session cookie and back to the dashboard."""
     if not api_keys():
         return redirect("/", 303)
@@ -94,7 +97,7 @@ def sign_in() -> Response:
 
 
 @bp.post("/sign-out")
-def sign_out() -> Response:
+def sign_out() -> BaseResponse:
     """End the session everywhere (it lives in Redis) and clear the cookie."""
     _, session = _signed_in()
     if session is not None:
@@ -128,3 +131,7 @@ def _same_origin() -> bool:
         # Older browsers and non-browser clients send no Origin; SameSite covers the cookie.
         return origin is None
     return urlsplit(origin).netloc == request.host
+
+
+def register(app: Flask) -> None:
+    app.register_blueprint(bp)

@@ -8,14 +8,14 @@ dataset when it is a `.npy`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-import redis
-from flask import Blueprint, Flask, Request, request
+from flask import Blueprint, Flask, Request, Response, request
+from werkzeug.datastructures import FileStorage
 from werkzeug.formparser import FormDataParser
 
 from core import datasets
@@ -25,23 +25,18 @@ from core.errors import (
     InvalidRequest,
     MalformedRequest,
     NotFound,
-    Unavailable,
     UnsupportedMediaType,
 )
-from core.rediskeys import dataset_idempotency_key
+from core.idempotency import fingerprint
 from core.storage import new_id
 from service.auth import can_see, owner
 from service.http import idempotency_key, json_body, json_response, page_args
 from service.limits import check_dataset_quota, keep_within_dataset_quota
-from service.state import data_dir, job_store, redis_client, settings
+from service.state import data_dir, idempotency_keys, job_store, settings
 
 log = logging.getLogger("fitserve.service")
 bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
 
-IDEMPOTENCY_TTL = 24 * 3600
-# While an upload with a key is in progress its claim expires sooner, so a crashed upload does
-# not block its key for a day.
-CLAIM_TTL = 3600
 ACCEPTED_TYPES = "multipart/form-data (field 'file') or application/json ({'arrays': {...}})"
 
 
@@ -78,24 +73,39 @@ class UploadRequest(Request):
 
 
 @bp.post("")
-def create_dataset():
-    """Upload a dataset: 201 with its manifest, or 200 with the one an Idempotency-Key made."""
+def create_dataset() -> Response:
+    """Upload a dataset: 201 with its manifest, or 200 with the one an Idempotency-Key made for
+    the same upload (409 for a different one)."""
     is_json = request.mimetype == "application/json" or request.mimetype.endswith("+json")
     if request.mimetype != "multipart/form-data" and not is_json:
         raise UnsupportedMediaType(
             f"Expected {ACCEPTED_TYPES}, got Content-Type {request.mimetype or 'none'!r}."
         )
-    with _claim(idempotency_key()) as (dataset_id, existing):
-        if existing is not None:
-            return _manifest_response(existing, 200)
-        check_dataset_quota(owner())
-        manifest = _store_json(dataset_id) if is_json else _store_multipart(dataset_id)
+    # Before the upload is read: a key over its quota sends nothing more to disk.
+    check_dataset_quota(owner())
+    key = idempotency_key()
+    document = json_body() if is_json else None
+    upload = None if is_json else _file_part()
+    request_fingerprint = "" if key is None else _fingerprint(document, upload)
+    claim = idempotency_keys("datasets").claim(owner(), key, request_fingerprint, _exists)
+    with claim as held:
+        if held.earlier is not None:
+            return _manifest_response(datasets.load_manifest(data_dir(), held.earlier), 200)
+        dataset_id = new_id()
+        if upload is None:
+            body = request.get_data(cache=True)
+            manifest = datasets.store_json(
+                data_dir(), dataset_id, document, body, settings=settings(), owner=owner()
+            )
+        else:
+            manifest = _store_upload(dataset_id, upload)
         keep_within_dataset_quota(manifest)
+        held.bind(dataset_id)
     return _manifest_response(manifest, 201)
 
 
 @bp.get("")
-def list_datasets():
+def list_datasets() -> Response:
     """The caller's datasets (all of them for an admin key), newest first."""
     limit, cursor = page_args()
     items, next_cursor = datasets.list_manifests(
@@ -105,16 +115,15 @@ def list_datasets():
 
 
 @bp.get("/<dataset_id>")
-def show_dataset(dataset_id: str):
+def show_dataset(dataset_id: str) -> Response:
     return json_response(visible_manifest(dataset_id))
 
 
 @bp.delete("/<dataset_id>")
-def delete_dataset(dataset_id: str):
+def delete_dataset(dataset_id: str) -> tuple[str, int]:
     """204, or 409 while a live job uses the dataset (the jobs keep a Redis set of their ids)."""
     visible_manifest(dataset_id)
-    with _redis_guard("nothing was deleted"):
-        users = job_store().count_live_using(dataset_id)
+    users = job_store().count_live_using(dataset_id)
     if users:
         raise Conflict(f"Dataset {dataset_id} is used by {users} live job(s); nothing was deleted.")
     datasets.delete_dataset(data_dir(), dataset_id)
@@ -129,11 +138,12 @@ def visible_manifest(dataset_id: str) -> dict:
     return manifest
 
 
-def _manifest_response(manifest: dict, status: int):
+def _manifest_response(manifest: dict, status: int) -> Response:
     return json_response(manifest, status, {"Location": f"/v1/datasets/{manifest['id']}"})
 
 
-def _store_multipart(dataset_id: str) -> dict:
+def _file_part() -> FileStorage:
+    """The multipart body's `file` part, on disk in the uploads folder."""
     try:
         upload = request.files.get("file")
     except ValueError as error:
@@ -151,6 +161,10 @@ def _store_multipart(dataset_id: str) -> dict:
             message, errors=[FieldError("/file", message, "a file part named 'file'", received)]
         )
     upload.stream.flush()
+    return upload
+
+
+def _store_upload(dataset_id: str, upload: FileStorage) -> dict:
     return datasets.store_upload(
         data_dir(),
         dataset_id,
@@ -163,71 +177,25 @@ def _store_multipart(dataset_id: str) -> dict:
     )
 
 
-def _store_json(dataset_id: str) -> dict:
-    document = json_body()
-    body = request.get_data(cache=True)
-    return datasets.store_json(data_dir(), dataset_id, document, body, owner=owner())
+def _fingerprint(document: Any, upload: FileStorage | None) -> str:
+    """What makes two uploads the same: the JSON body, or the file's bytes, name and form."""
+    if upload is None:
+        return fingerprint(document)
+    with open(upload.stream.name, "rb") as handle:
+        content = hashlib.file_digest(handle, "sha256").hexdigest()
+    form = sorted(request.form.items(multi=True))
+    return fingerprint({"file": content, "filename": upload.filename, "form": form})
 
 
-@contextlib.contextmanager
-def _claim(key: str | None) -> Iterator[tuple[str, dict | None]]:
-    """Yield (new dataset id, None), or (id, manifest) when the key already made a dataset.
-
-    The key is claimed in Redis before anything is stored (SET NX), released if the upload fails,
-    and kept for a day once it succeeded, so a repeat never stores a second copy.
-    """
-    dataset_id = new_id()
-    if key is None:
-        yield dataset_id, None
-        return
-    name = dataset_idempotency_key(owner(), key)
-    client = redis_client()
-    with _redis_guard("nothing was stored"):
-        earlier = _claim_key(client, name, dataset_id)
-    if earlier is not None:
-        yield earlier["id"], earlier
-        return
+def _exists(dataset_id: str) -> bool:
     try:
-        yield dataset_id, None
-    except BaseException:
-        with contextlib.suppress(redis.RedisError):
-            client.delete(name)
-        raise
-    try:
-        client.set(name, dataset_id, xx=True, ex=IDEMPOTENCY_TTL)
-    except redis.RedisError as error:
-        # The dataset is stored, and the pending claim expires: log, don't fail the upload.
-        log.warning("idempotency_record_failed dataset=%s error=%s", dataset_id, error)
+        datasets.load_manifest(data_dir(), dataset_id)
+    except NotFound:
+        return False
+    return True
 
 
-def _claim_key(client: redis.Redis, name: str, dataset_id: str) -> dict | None:
-    """Claim `name` for `dataset_id`; return the manifest the key already made, if any.
-
-    A claim is `pending:<id>` until the upload succeeds; a key whose dataset has since been
-    deleted is claimed again.
-    """
-    if client.set(name, f"pending:{dataset_id}", nx=True, ex=CLAIM_TTL):
-        return None
-    earlier = (client.get(name) or b"").decode()
-    if earlier.startswith("pending:"):
-        raise Conflict(
-            "An upload with this Idempotency-Key is still in progress; retry when it has ended."
-        )
-    with contextlib.suppress(NotFound):
-        return datasets.load_manifest(data_dir(), earlier)
-    client.set(name, f"pending:{dataset_id}", ex=CLAIM_TTL)
-    return None
-
-
-@contextlib.contextmanager
-def _redis_guard(consequence: str) -> Iterator[None]:
-    try:
-        yield
-    except redis.RedisError as error:
-        raise Unavailable(f"Redis is unavailable ({error}); {consequence}.") from None
-
-
-def install(app: Flask) -> None:
+def register(app: Flask) -> None:
     """Stream uploads to disk, sweep leftovers of interrupted ones, and add the routes."""
     app.request_class = UploadRequest
     datasets.remove_stale(app.extensions["fitserve.data"])

@@ -11,6 +11,8 @@ gunicorn answers a request it cannot parse (a request line or header past its li
 HTTP) itself, as HTML; `write_problem` makes those answers problem+json like every other.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import shutil
@@ -18,8 +20,13 @@ import socket
 import tempfile
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gunicorn import util
+
+if TYPE_CHECKING:
+    from gunicorn.arbiter import Arbiter
+    from gunicorn.workers.base import Worker
 
 worker_class = "gthread"
 threads = 8
@@ -65,14 +72,14 @@ def write_problem(sock: socket.socket, status_int: int, reason: str, mesg: str) 
 util.write_error = write_problem
 
 
-def post_worker_init(worker) -> None:
+def post_worker_init(worker: Worker) -> None:
     """Import TensorFlow in each worker before it takes requests, so the first predict is fast."""
     import tensorflow  # noqa: F401
 
     worker.log.info("tensorflow imported pid=%s", worker.pid)
 
 
-def on_starting(server) -> None:
+def on_starting(server: Arbiter) -> None:
     """Point the workers (forked later, inheriting the environment) at an empty metrics folder."""
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_folder())
 
@@ -92,14 +99,14 @@ def metrics_folder() -> Path:
     return folder
 
 
-def child_exit(server, worker) -> None:
+def child_exit(server: Arbiter, worker: Worker) -> None:
     """A dead worker's live gauges (models loaded) stop counting; its counters stay summed."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
 
 
-def on_exit(server) -> None:
+def on_exit(server: Arbiter) -> None:
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
     if Path(folder).name.startswith("fitserve-metrics-"):
         shutil.rmtree(folder, ignore_errors=True)

@@ -6,7 +6,7 @@ import os
 import tempfile
 
 import redis
-from flask import Blueprint
+from flask import Blueprint, Flask, Response
 
 from core.workers import live_workers
 from service.http import json_response
@@ -17,13 +17,13 @@ bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
-def healthz():
+def healthz() -> Response:
     """The process answers."""
     return json_response({"status": "ok"})
 
 
 @bp.get("/readyz")
-def readyz():
+def readyz() -> Response:
     """Redis answers and the data folder is writable; lists the workers seen by heartbeat."""
     checks: dict[str, str] = {}
     workers: list[dict] = []
@@ -45,3 +45,7 @@ def readyz():
         failing = ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok")
         return problem(503, "not_ready", "Not ready", f"Not ready: {failing}.")
     return json_response({"status": "ready", "checks": checks, "workers": workers})
+
+
+def register(app: Flask) -> None:
+    app.register_blueprint(bp)

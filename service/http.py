@@ -1,4 +1,5 @@
-"""Request plumbing shared by every route: request ids, the JSON body, JSON answers, paging."""
+"""Request plumbing shared by every route: request ids, the JSON body, JSON answers, and the
+query parameters and headers several routes read (paging, integers, `Idempotency-Key`)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,15 @@ from core.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from core.integers import parse_int
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+# Below every later reader's limit: orjson writes at most 254 levels (the idempotency hash
+# re-serializes the body) and reads 1024, and Python's recursion stops near 1000. Real requests
+# nest about 15 levels (a Functional model's JSON); a predict body nests its tensor's rank + 2.
+MAX_JSON_DEPTH = 64
+_CONTAINERS = frozenset((list, dict))
 
 
 def assign_request_id() -> None:
@@ -33,9 +40,8 @@ def echo_request_id(response: Response) -> Response:
 
 
 def json_body(*, any_type: bool = False) -> Any:
-    """The request body parsed as strict JSON; the one place the API parses JSON.
+    """The request body parsed as strict JSON (see `parse_json`).
 
-    orjson refuses NaN/Infinity and nesting deeper than 1024, so such bodies are a 400 here.
     `any_type`: parse it whatever the Content-Type says (the prediction routes, as TF Serving
     and Triton do).
     """
@@ -50,13 +56,45 @@ def json_body(*, any_type: bool = False) -> Any:
     data = request.get_data(cache=True)
     if len(data) > limit:
         raise PayloadTooLarge(f"A JSON body may be at most {limit} bytes.")
+    return parse_json(data)
+
+
+def parse_json(data: bytes, what: str = "The body") -> Any:
+    """The one place the API parses a client's JSON: orjson, strict (no NaN or Infinity), and
+    at most MAX_JSON_DEPTH levels deep; anything else is a 400."""
+    too_deep = MalformedRequest(
+        f"{what} nests arrays and objects more than {MAX_JSON_DEPTH} levels deep; "
+        f"at most {MAX_JSON_DEPTH} are accepted."
+    )
     try:
-        return orjson.loads(data)
+        document = orjson.loads(data)
     except orjson.JSONDecodeError as error:
-        raise MalformedRequest(f"The body is not valid JSON: {error}.") from None
+        if error.msg == "depth limit exceeded":  # orjson's own limit, far past ours
+            raise too_deep from None
+        raise MalformedRequest(f"{what} is not valid JSON: {error}.") from None
+    if _deeper_than(document, MAX_JSON_DEPTH):
+        raise too_deep
+    return document
 
 
-def json_response(document: Any, status: int = 200, headers: dict[str, str] | None = None):
+def _deeper_than(document: Any, limit: int) -> bool:
+    """Whether the arrays and objects nest more than `limit` levels; level by level, no
+    recursion, each container visited once. orjson makes exact lists and dicts, and a set of
+    the child types (built in C) passes over a row of numbers without a Python step each."""
+    level = [document] if type(document) in _CONTAINERS else []
+    for _ in range(limit):
+        deeper: list[Any] = []
+        for node in level:
+            children = node.values() if type(node) is dict else node
+            if not _CONTAINERS.isdisjoint(set(map(type, children))):
+                deeper += [child for child in children if type(child) in _CONTAINERS]
+        level = deeper
+    return bool(level)
+
+
+def json_response(
+    document: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     response = Response(orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY), status=status)
     response.mimetype = "application/json"
     for name, value in (headers or {}).items():
@@ -65,16 +103,22 @@ def json_response(document: Any, status: int = 200, headers: dict[str, str] | No
 
 
 def page_args(default_limit: int = 50, max_limit: int = 500) -> tuple[int, str | None]:
-    """`?limit=&cursor=` checked: a bad limit is a 422 naming the parameter."""
-    raw = request.args.get("limit", str(default_limit))
-    if not raw.isdigit() or not 1 <= int(raw) <= max_limit:
-        raise InvalidRequest(
-            "Bad query parameter limit.",
-            errors=[
-                FieldError("/limit", "limit is out of range", f"an integer 1..{max_limit}", raw)
-            ],
-        )
-    return int(raw), request.args.get("cursor") or None
+    """`?limit=&cursor=`: the limit checked, the cursor as given (its list decodes it)."""
+    limit = query_int("limit", default_limit, 1, max_limit)
+    return limit, request.args.get("cursor") or None
+
+
+def query_int(name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter in `low..high`; a bad one is a 422 at `/<name>`."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    return parse_int(raw, at=f"/{name}", low=low, high=high, what=f"query parameter {name}")
+
+
+def path_int(name: str, segment: str, high: int) -> int:
+    """An integer path segment in `0..high`; a bad one is a 422 at `/path/<name>`."""
+    return parse_int(segment, at=f"/path/{name}", low=0, high=high, what=f"path segment {name}")
 
 
 def idempotency_key() -> str | None:
@@ -89,12 +133,12 @@ def idempotency_key() -> str | None:
                 "/headers/Idempotency-Key",
                 "the key is empty, too long or not printable ASCII",
                 "1 to 255 printable ASCII characters without spaces",
-                key[:300],
+                key,
             )
         ],
     )
 
 
-def install(app: Flask) -> None:
+def register(app: Flask) -> None:
     app.before_request(assign_request_id)
     app.after_request(echo_request_id)

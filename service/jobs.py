@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import deque
 
-import kombu.exceptions
 import orjson
 import redis
-from celery import Celery
-from flask import Blueprint, current_app, g, request
+from flask import Blueprint, Flask, Response, g, request
 
 from core import grammar
-from core.errors import Conflict, FieldError, InvalidRequest, NotFound, Unavailable
+from core.errors import FieldError, InvalidRequest, NotFound
+from core.idempotency import fingerprint
 from core.jobs import STATUSES, TERMINAL, Job, JobView, QueueState, provenance, view_job
-from core.queues import celery_config, send_training, train_queue
+from core.queues import send_training, train_queue
 from core.storage import check_id
 from core.workers import queue_workers, waiting_message
 from service.auth import can_see, owner
 from service.datasets import visible_manifest
-from service.http import idempotency_key, json_body, json_response, page_args
+from service.http import idempotency_key, json_body, json_response, page_args, query_int
 from service.limits import check_job_quota
-from service.state import job_store, redis_client, settings
+from service.state import idempotency_keys, job_store, producer, redis_client, settings
 
 bp = Blueprint("jobs", __name__)
 log = logging.getLogger("fitserve.service")
@@ -31,68 +29,41 @@ MAX_LOG_LINES = 10_000
 LOG_FILE = "train.log"
 
 
-def producer() -> Celery:
-    """A producer-only Celery app: it sends by task name and imports no task code."""
-    app = current_app.extensions.get("fitserve.celery")
-    if app is None:
-        app = Celery("fitserve-api", set_as_current=False)
-        app.conf.update(celery_config(settings()))
-        current_app.extensions["fitserve.celery"] = app
-    return app
-
-
-@bp.errorhandler(redis.RedisError)
-@bp.errorhandler(kombu.exceptions.OperationalError)
-def redis_unavailable(error: Exception):
-    from service.problems import handle_fitserve_error
-
-    log.warning("redis_unavailable request_id=%s error=%r", g.get("request_id"), error)
-    return handle_fitserve_error(
-        Unavailable("The job store (Redis) is unavailable; retry shortly.", retry_after=2)
-    )
+def register(app: Flask) -> None:
+    app.register_blueprint(bp)
 
 
 @bp.post("/v1/jobs")
-def submit_job():
+def submit_job() -> Response:
     """Validate against the dataset manifests, record, enqueue: 202 with the queued job."""
     body = json_body()
-    key = idempotency_key()
+    request_sha256 = fingerprint(body)
     store = job_store()
-    request_sha256 = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    if key is not None:
-        earlier = store.idempotent_job(owner(), key)
-        if earlier is not None:
-            return _replay(earlier, request_sha256)
-    check_job_quota(store, owner())
-    parsed = grammar.parse_job(body, settings=settings(), manifest_of=visible_manifest)
-    job = store.create(
-        parsed.spec,
-        owner=owner(),
-        request_id=g.get("request_id"),
-        request_sha256=request_sha256,
-        record=provenance(parsed.spec, parsed.manifests),
-    )
-    try:
-        if key is not None:
-            winner = store.claim_idempotency_key(owner(), key, job["id"])
-            if winner is not None:
-                store.discard(job)
-                return _replay(store.get(winner), request_sha256)
-        send_training(producer(), job)
-    except BaseException:
-        store.discard(job)
-        raise
+    claim = idempotency_keys("jobs").claim(owner(), idempotency_key(), request_sha256, store.exists)
+    with claim as held:
+        if held.earlier is not None:
+            return _replay(store.get(held.earlier))
+        check_job_quota(store, owner())
+        parsed = grammar.parse_job(body, settings=settings(), manifest_of=visible_manifest)
+        job = store.create(
+            parsed.spec,
+            owner=owner(),
+            request_id=g.get("request_id"),
+            request_sha256=request_sha256,
+            record=provenance(parsed.spec, parsed.manifests),
+        )
+        try:
+            held.bind(job["id"])
+            send_training(producer(), job)
+        except BaseException:
+            store.discard(job)
+            raise
     log.info("job_submitted job=%s request_id=%s", job["id"], g.get("request_id"))
     return json_response(view_job(job), 202, {"Location": f"/v1/jobs/{job['id']}"})
 
 
-def _replay(job: Job, request_sha256: str):
-    """200 with the job an earlier submit with the same key made (as datasets answer)."""
-    if job.get("request_sha256") != request_sha256:
-        raise Conflict(
-            f"This Idempotency-Key was used for job {job['id']} with a different request; "
-            "use a new key for a new job."
-        )
+def _replay(job: Job) -> Response:
+    """200 with the job an earlier submit with the same key and body made (as datasets answer)."""
     return json_response(
         view_job(job),
         200,
@@ -101,7 +72,7 @@ def _replay(job: Job, request_sha256: str):
 
 
 @bp.get("/v1/jobs")
-def list_jobs():
+def list_jobs() -> Response:
     """The caller's jobs (everyone's for admins), newest first, `?status=` to filter."""
     limit, cursor = page_args()
     status = request.args.get("status")
@@ -119,7 +90,7 @@ def list_jobs():
 
 
 @bp.get("/v1/jobs/<job_id>")
-def get_job(job_id: str):
+def get_job(job_id: str) -> Response:
     """The job; a queued one also says whether any live worker consumes its queue."""
     try:
         job = visible_job(job_id)
@@ -145,7 +116,7 @@ def _queue_state(gpus: int) -> QueueState:
 
 
 @bp.get("/v1/jobs/<job_id>/metrics")
-def get_metrics(job_id: str):
+def get_metrics(job_id: str) -> Response:
     """`{"epochs": [1, 2, ...], "history": {metric: [value per epoch]}}`."""
     visible_job(job_id)
     entries = job_store().history(job_id)
@@ -155,17 +126,12 @@ def get_metrics(job_id: str):
 
 
 @bp.get("/v1/jobs/<job_id>/logs")
-def get_logs(job_id: str):
+def get_logs(job_id: str) -> Response:
     """The last `?tail=` lines (default 1000) of the job's train.log as `{"lines": [...]}`."""
     visible_job(job_id)
-    raw = request.args.get("tail", "1000")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LOG_LINES:
-        raise InvalidRequest(
-            "Bad query parameter tail.",
-            errors=[FieldError("/tail", "tail is out of range", f"1..{MAX_LOG_LINES}", raw)],
-        )
+    tail = query_int("tail", 1000, 1, MAX_LOG_LINES)
     path = job_store().data.job(job_id) / LOG_FILE
-    lines: deque[str] = deque(maxlen=int(raw))
+    lines: deque[str] = deque(maxlen=tail)
     if path.is_file():
         with open(path, encoding="utf-8", errors="replace") as handle:
             lines.extend(line.rstrip("\n") for line in handle)
@@ -173,7 +139,7 @@ def get_logs(job_id: str):
 
 
 @bp.post("/v1/jobs/<job_id>:cancel")
-def cancel_job(job_id: str):
+def cancel_job(job_id: str) -> Response:
     """202 with the job `cancelling` (running) or `cancelled` (it had not started)."""
     visible_job(job_id)
     job = job_store().request_cancel(job_id)
@@ -182,7 +148,7 @@ def cancel_job(job_id: str):
 
 
 @bp.delete("/v1/jobs/<job_id>")
-def delete_job(job_id: str):
+def delete_job(job_id: str) -> tuple[str, int]:
     """Remove a finished job, its records and files (409 while it is live)."""
     visible_job(job_id)
     job_store().delete(job_id)

@@ -60,7 +60,7 @@ def count_response(response: Response) -> Response:
     return response
 
 
-def install(app: Flask) -> None:
+def register(app: Flask) -> None:
     app.before_request(start_timer)
     app.after_request(count_response)
     app.register_blueprint(bp)

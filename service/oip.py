@@ -12,23 +12,23 @@ import importlib.metadata
 import os
 from typing import Any
 
-import orjson
 from flask import Blueprint, Flask, Response, request
 
 from core.errors import (
     MalformedRequest,
-    NotFound,
     PayloadTooLarge,
     Unavailable,
     UnsupportedMediaType,
+    show,
 )
+from core.integers import read_int
 from core.jobs import describe_record
 from core.serving import catalog
 from core.serving.cache import LoadedModel
 from core.serving.oip import HEADER_LENGTH, datatype_of, parse_infer, render_infer
 from core.serving.signature import TensorInfo
 from service import servables
-from service.http import json_response
+from service.http import json_response, parse_json
 from service.servables import Found, answering, tagged
 from service.state import data_dir, settings
 
@@ -47,19 +47,19 @@ def server_version() -> str:
 
 
 @bp.get("/v2")
-def server_metadata():
+def server_metadata() -> Response:
     return json_response(
         {"name": "fitserve", "version": server_version(), "extensions": ["binary_tensor_data"]}
     )
 
 
 @bp.get("/v2/health/live")
-def live():
+def live() -> Response:
     return json_response({"live": True})
 
 
 @bp.get("/v2/health/ready")
-def ready():
+def ready() -> Response:
     """Ready when the data volume, where every model lives, can be read."""
     if not os.access(data_dir().jobs, os.R_OK | os.X_OK):
         raise Unavailable("The data folder cannot be read.", code="not_ready")
@@ -67,16 +67,10 @@ def ready():
 
 
 def find_segment(model: str, version: str | None) -> Found:
-    """A version segment: digits are a version number, else a label."""
-    if version is None:
-        return servables.find(model)
-    if version.isdigit():
-        return servables.find(model, version=int(version))
-    if version not in catalog.LABELS:
-        raise NotFound(
-            f"No version {version[:64]!r}: a version is a number or one of {catalog.LABELS}."
-        )
-    return servables.find(model, label=version)
+    """A version segment: a label (`best`, `latest`, `final`), else a version number."""
+    if version in catalog.LABELS:
+        return servables.find(model, label=version)
+    return servables.find(model, version=servables.version_number(version))
 
 
 def _tensor(info: TensorInfo) -> dict:
@@ -89,7 +83,7 @@ def _tensor(info: TensorInfo) -> dict:
 
 @bp.get("/v2/models/<model>")
 @bp.get("/v2/models/<model>/versions/<version>")
-def model_metadata(model: str, version: str | None = None):
+def model_metadata(model: str, version: str | None = None) -> Response:
     found = find_segment(model, version)
     loaded = servables.load(found)
     versions = catalog.version_entries(found.manifest)
@@ -106,7 +100,7 @@ def model_metadata(model: str, version: str | None = None):
 
 @bp.get("/v2/models/<model>/ready")
 @bp.get("/v2/models/<model>/versions/<version>/ready")
-def model_ready(model: str, version: str | None = None):
+def model_ready(model: str, version: str | None = None) -> Response:
     """Ready once the version is loaded in this process (this call loads it)."""
     loaded = servables.load(find_segment(model, version))
     document = {"name": model, "version": _version(loaded), "ready": True}
@@ -115,7 +109,7 @@ def model_ready(model: str, version: str | None = None):
 
 @bp.post("/v2/models/<model>/infer")
 @bp.post("/v2/models/<model>/versions/<version>/infer")
-def infer(model: str, version: str | None = None):
+def infer(model: str, version: str | None = None) -> Response:
     body, binary = infer_body()
     loaded = servables.load(find_segment(model, version))
     with answering(loaded.servable.version):
@@ -148,17 +142,13 @@ def infer_body() -> tuple[Any, bytes]:
     if (request.content_length or 0) > limit:
         raise PayloadTooLarge(f"An inference request may be at most {limit} bytes.")
     data = request.get_data()
-    if not length.isdigit() or int(length) > len(data):
+    header_bytes = read_int(length, 0, len(data))
+    if header_bytes is None:
         raise MalformedRequest(
             f"{HEADER_LENGTH} must be the JSON header's byte count, at most the body's "
-            f"{len(data)} bytes; got {length[:32]!r}."
+            f"{len(data)} bytes; got {show(length, 32)}."
         )
-    try:
-        # Parsed as service.http.json_body parses: orjson, strict (no NaN, bounded nesting).
-        body = orjson.loads(data[: int(length)])
-    except orjson.JSONDecodeError as error:
-        raise MalformedRequest(f"The JSON header is not valid JSON: {error}.") from None
-    return body, data[int(length) :]
+    return parse_json(data[:header_bytes], "The JSON header"), data[header_bytes:]
 
 
 def _version(loaded: LoadedModel) -> str:

@@ -8,12 +8,14 @@ its problem documents (RFC 9457) as the `default` response.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import swagger_ui_bundle
-from flask import Blueprint, Flask, current_app, send_from_directory
+from flask import Blueprint, Flask, Response, current_app, send_from_directory
 
 from core.jobs import STATUSES, JobView, ModelRecord
 from core.serving.catalog import LABELS
@@ -57,50 +59,49 @@ SEED_MODEL_REQUEST: dict[str, Any] = {
 
 
 def get_document() -> dict:
-    """The document, built once per app."""
-    document = current_app.extensions.get("fitserve.openapi")
-    if document is None:
-        document = build_document()
-        current_app.extensions["fitserve.openapi"] = document
-    return document
+    """The document, built once per app by `register`."""
+    return current_app.extensions["fitserve.openapi"]
 
 
 @bp.get("/openapi.json")
-def openapi_document():
+def openapi_document() -> Response:
     return json_response(get_document())
 
 
 @bp.get("/docs")
-def docs_page():
+def docs_page() -> Response:
     """Swagger UI over /openapi.json, every file served from this package and swagger-ui-bundle."""
     return send_from_directory(DOCS, "index.html", mimetype="text/html")
 
 
 @bp.get("/docs/init.js")
-def docs_script():
+def docs_script() -> Response:
     return send_from_directory(DOCS, "init.js", mimetype="text/javascript")
 
 
 @bp.get("/docs/assets/<path:name>")
-def docs_asset(name: str):
+def docs_asset(name: str) -> Response:
     return send_from_directory(swagger_ui_bundle.swagger_ui_path, name)
 
 
-def install(app: Flask) -> None:
+def register(app: Flask) -> None:
+    app.extensions["fitserve.openapi"] = build_document()
     app.register_blueprint(bp)
 
 
 # The document ---------------------------------------------------------------------------------
 
 
+@functools.cache
 def build_document() -> dict:
-    """OpenAPI 3.1: every API route, its parameters, bodies, answers and problems."""
+    """OpenAPI 3.1: every API route, its parameters, bodies, answers and problems (built once
+    per process: it depends on the code alone)."""
     from core.grammar import grammar_schema
 
     grammar = grammar_schema()
     definitions = grammar.pop("$defs", {})
     grammar.pop("$schema", None)
-    schemas = {name.capitalize(): schema for name, schema in definitions.items()}
+    schemas = {_component_name(name): schema for name, schema in definitions.items()}
     schemas["JobRequest"] = grammar
     schemas.update(_component_schemas())
     return {
@@ -145,12 +146,17 @@ def _version() -> str:
         return "0"
 
 
+def _component_name(definition: str) -> str:
+    """A grammar definition's name as a component's (`vector_initializer`: VectorInitializer)."""
+    return "".join(part.capitalize() for part in definition.split("_"))
+
+
 def _rebase(value: Any) -> Any:
     """The grammar's `#/$defs/x` references point into components once its $defs move there."""
     if isinstance(value, dict):
         return {
             key: (
-                "#/components/schemas/" + item.rsplit("/", 1)[1].capitalize()
+                "#/components/schemas/" + _component_name(item.rsplit("/", 1)[1])
                 if key == "$ref" and item.startswith("#/$defs/")
                 else _rebase(item)
             )
@@ -169,7 +175,7 @@ def _nullable(schema: dict) -> dict:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
-def _object(required: dict[str, Any], optional: dict[str, Any] | None = None, **extra) -> dict:
+def _object(required: dict[str, Any], optional: dict[str, Any] | None = None, **extra: Any) -> dict:
     return {
         "type": "object",
         "properties": {**required, **(optional or {})},
@@ -393,9 +399,9 @@ IDEMPOTENCY = {
 def _operation(
     summary: str,
     tag: str,
-    answers: dict[int, tuple[str, str | tuple[str, ...] | None, dict | None]],
+    answers: Mapping[int, tuple[str, str | tuple[str, ...] | None, dict | None]],
     *,
-    parameters: list[dict] = (),
+    parameters: Sequence[dict] = (),
     body: dict | None = None,
 ) -> dict:
     """One operation: `answers` maps a status to (description, media type(s), schema)."""
@@ -406,7 +412,7 @@ def _operation(
             kinds = (media,) if isinstance(media, str) else media
             responses[str(status)]["content"] = {kind: {"schema": schema or {}} for kind in kinds}
     responses["default"] = {"$ref": "#/components/responses/Problem"}
-    operation = {"summary": summary, "tags": [tag], "responses": responses}
+    operation: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
     if parameters:
         operation["parameters"] = list(parameters)
     if body is not None:

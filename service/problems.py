@@ -1,13 +1,19 @@
-"""Every error leaves as `application/problem+json` (RFC 9457), Flask's own included."""
+"""Every error leaves as `application/problem+json` (RFC 9457), Flask's own included.
+
+Redis errors (a lost connection, a timeout, a Redis refusing writes) and broker connection
+errors are mapped here, once, to 503 `unavailable`, whichever route met them.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+import kombu.exceptions
 import orjson
+import redis
 from flask import Flask, Response, g
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from core import errors
 
@@ -48,6 +54,7 @@ def problem(
     detail: str,
     *,
     field_errors: list[dict[str, Any]] | None = None,
+    errors_omitted: int = 0,
     headers: dict[str, str] | None = None,
 ) -> Response:
     """Build a problem document; `error` repeats `detail` for TF Serving and OIP clients."""
@@ -62,6 +69,8 @@ def problem(
     }
     if field_errors:
         body["errors"] = field_errors
+    if errors_omitted:
+        body["errors_omitted"] = errors_omitted
     response = Response(orjson.dumps(body), status=status, mimetype="application/problem+json")
     for name, value in (headers or {}).items():
         response.headers[name] = value
@@ -89,7 +98,16 @@ def handle_fitserve_error(error: errors.FitserveError) -> Response:
         error.title,
         error.detail,
         field_errors=[e.to_dict() for e in error.errors],
+        errors_omitted=error.errors_omitted,
         headers=headers,
+    )
+
+
+def handle_store_unavailable(error: Exception) -> Response:
+    """Redis (the job store and the broker) is away or timed out: 503, retry shortly."""
+    log.warning("redis_unavailable request_id=%s error=%r", g.get("request_id"), error)
+    return handle_fitserve_error(
+        errors.Unavailable("Redis (the job store) is unavailable; retry shortly.", retry_after=2)
     )
 
 
@@ -97,7 +115,7 @@ def handle_http_exception(error: HTTPException) -> Response:
     status = error.code or 500
     code = _HTTP_CODES.get(status, "http_error")
     headers = {}
-    if status == 405 and error.valid_methods:
+    if isinstance(error, MethodNotAllowed) and error.valid_methods:
         headers["Allow"] = ", ".join(sorted(error.valid_methods))
     return problem(status, code, error.name, error.description or error.name, headers=headers)
 
@@ -112,5 +130,7 @@ def handle_unexpected(error: Exception) -> Response:
 
 def register(app: Flask) -> None:
     app.register_error_handler(errors.FitserveError, handle_fitserve_error)
+    app.register_error_handler(redis.RedisError, handle_store_unavailable)
+    app.register_error_handler(kombu.exceptions.OperationalError, handle_store_unavailable)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(Exception, handle_unexpected)

@@ -72,7 +72,7 @@ class TrustedProxies:
         return str((untrusted or hops)[-1 if untrusted else 0])
 
 
-def install(app: Flask) -> None:
+def register(app: Flask) -> None:
     """Wrap the app, so every part of it (limits, logs) sees the client's address."""
     trusted = parse_trusted_proxies(app.config["FITSERVE"].trusted_proxies)
     app.wsgi_app = TrustedProxies(app.wsgi_app, trusted)  # type: ignore[method-assign]

@@ -19,13 +19,16 @@ from core.serving import catalog
 from core.serving.cache import LoadedModel, ModelCache
 from core.serving.catalog import Servable
 from service.auth import by_session, can_see, viewer
-from service.http import json_body
+from service.http import json_body, path_int
 from service.state import data_dir
 
 VERSION_HEADER = "X-Model-Version"
 # How long a lookup's answer is reused: a new checkpoint, or a new succeeded job of a name, is
 # served after at most this long (plus the new version's load, while the older one answers).
 LOOKUP_SECONDS = 0.25
+
+# Versions are epoch numbers; nine digits leave room for any epoch cap.
+MAX_VERSION = 999_999_999
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +41,7 @@ class Found:
     follows_latest: bool
 
 
-def install(app: Flask) -> None:
+def register(app: Flask) -> None:
     """Give the app its model cache, manifest reader and recent lookups (one each per process)."""
     app.extensions["fitserve.models"] = ModelCache(app.config["FITSERVE"])
     app.extensions["fitserve.manifests"] = catalog.Manifests(app.extensions["fitserve.data"])
@@ -57,6 +60,12 @@ def find_job(model: str) -> dict[str, Any]:
     """The manifest of the job `model` names (an id, or a name: its newest succeeded job) if this
     caller may see it, else 404."""
     return manifests().find_model(model, can_see)
+
+
+def version_number(segment: str | None) -> int | None:
+    """A path's version segment as its number (a 422 at `/path/version` unless ASCII digits in
+    range); None when the path names no version."""
+    return None if segment is None else path_int("version", segment, MAX_VERSION)
 
 
 def find(model: str, version: int | None = None, label: str | None = None) -> Found:

@@ -18,7 +18,8 @@ import secrets
 
 import orjson
 import redis
-from flask import Response, request
+from flask import request
+from werkzeug.wrappers import Response
 
 from core.errors import Unauthorized, Unavailable
 from core.keys import ApiKey

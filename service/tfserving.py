@@ -7,8 +7,9 @@ epoch number; `best`, `latest` and `final` are labels. Every answer about one ve
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, request, send_file
+from flask import Blueprint, Flask, Response, request, send_file
 
+from core.cursors import decode_cursor, encode_cursor
 from core.errors import FieldError, InvalidRequest
 from core.jobs import describe_record
 from core.serving import catalog, tfserving
@@ -17,8 +18,8 @@ from core.serving.export import export_savedmodel
 from core.serving.signature import TensorInfo
 from service import servables
 from service.auth import can_see
-from service.http import json_response, page_args
-from service.servables import answering, manifests, tagged
+from service.http import json_response, page_args, query_int
+from service.servables import MAX_VERSION, answering, manifests, tagged, version_number
 from service.state import settings
 
 bp = Blueprint("tfserving", __name__)
@@ -58,7 +59,7 @@ def model_record(manifest: dict) -> dict:
 
 
 @bp.get("/v1/models")
-def list_models():
+def list_models() -> Response:
     """Jobs with a servable version, newest first, `?limit=&cursor=`."""
     limit, cursor = page_args()
     visible = sorted(
@@ -67,13 +68,14 @@ def list_models():
         reverse=True,
     )
     if cursor is not None:
-        visible = [m for m in visible if _order(m) < tuple(cursor.split("~", 1))]
+        after = decode_cursor(cursor, str, str)
+        visible = [m for m in visible if _order(m) < after]
     page = visible[:limit]
     more = len(visible) > limit
     return json_response(
         {
             "items": [model_record(m) for m in page],
-            "next_cursor": "~".join(_order(page[-1])) if more else None,
+            "next_cursor": encode_cursor(*_order(page[-1])) if more else None,
         }
     )
 
@@ -91,7 +93,7 @@ def _version_status(version: int) -> dict:
 
 
 @bp.get("/v1/models/<model>")
-def model_status(model: str):
+def model_status(model: str) -> Response:
     """TF Serving's `model_version_status`: every servable version, newest first."""
     found = servables.find(model)
     versions = sorted(catalog.version_entries(found.manifest), reverse=True)
@@ -101,10 +103,10 @@ def model_status(model: str):
     )
 
 
-@bp.get("/v1/models/<model>/versions/<int:version>")
+@bp.get("/v1/models/<model>/versions/<version>")
 @bp.get("/v1/models/<model>/labels/<label>")
-def version_status(model: str, version: int | None = None, label: str | None = None):
-    servable = servables.find(model, version, label).servable
+def version_status(model: str, version: str | None = None, label: str | None = None) -> Response:
+    servable = servables.find(model, version_number(version), label).servable
     return tagged(
         json_response({"model_version_status": [_version_status(servable.version)]}),
         servable.version,
@@ -128,11 +130,11 @@ def describe(info: TensorInfo) -> dict:
 
 
 @bp.get("/v1/models/<model>/metadata")
-@bp.get("/v1/models/<model>/versions/<int:version>/metadata")
+@bp.get("/v1/models/<model>/versions/<version>/metadata")
 @bp.get("/v1/models/<model>/labels/<label>/metadata")
-def model_metadata(model: str, version: int | None = None, label: str | None = None):
+def model_metadata(model: str, version: str | None = None, label: str | None = None) -> Response:
     """TF Serving's signature_def metadata, plus `inputs`/`outputs` in plain form."""
-    found = servables.find(model, version, label)
+    found = servables.find(model, version_number(version), label)
     loaded = servables.load(found)
     signature = {
         "inputs": {i.name: _tensor_info(i, "serving_default_") for i in loaded.inputs},
@@ -150,12 +152,12 @@ def model_metadata(model: str, version: int | None = None, label: str | None = N
 
 
 @bp.post("/v1/models/<model>:predict")
-@bp.post("/v1/models/<model>/versions/<int:version>:predict")
+@bp.post("/v1/models/<model>/versions/<version>:predict")
 @bp.post("/v1/models/<model>/labels/<label>:predict")
-def predict(model: str, version: int | None = None, label: str | None = None):
+def predict(model: str, version: str | None = None, label: str | None = None) -> Response:
     """`{"instances": ...}` -> `{"predictions": ...}`, `{"inputs": ...}` -> `{"outputs": ...}`."""
     body = servables.prediction_body()
-    loaded = servables.load(servables.find(model, version, label))
+    loaded = servables.load(servables.find(model, version_number(version), label))
     with answering(loaded.servable.version):
         batch, layout = tfserving.parse_predict(body, loaded.inputs, settings().max_predict_rows)
         outputs = loaded.run(batch)
@@ -164,19 +166,17 @@ def predict(model: str, version: int | None = None, label: str | None = None):
 
 
 @bp.get("/v1/models/<model>/download")
-@bp.get("/v1/models/<model>/versions/<int:version>/download")
+@bp.get("/v1/models/<model>/versions/<version>/download")
 @bp.get("/v1/models/<model>/labels/<label>/download")
-def download(model: str, version: int | None = None, label: str | None = None):
+def download(model: str, version: str | None = None, label: str | None = None) -> Response:
     """`?format=keras` (the checked file as saved) or `savedmodel` (a `.tar.gz`)."""
     fmt = request.args.get("format", "keras")
     if fmt not in DOWNLOAD_FORMATS:
         raise _bad_query("format", f"one of {list(DOWNLOAD_FORMATS)}", fmt)
-    asked = request.args.get("version")
-    if asked is not None:
-        if not asked.isdigit():
-            raise _bad_query("version", "a version number", asked)
-        version, label = int(asked), None
-    found = servables.find(model, version, label)
+    number = version_number(version)
+    if "version" in request.args:
+        number, label = query_int("version", 0, 0, MAX_VERSION), None
+    found = servables.find(model, number, label)
     servable = found.servable
     name = f"{servable.job_id}-v{servable.version}"
     with answering(servable.version):
@@ -205,5 +205,5 @@ def _version(loaded: LoadedModel) -> str:
 def _bad_query(name: str, expected: str, received: str) -> InvalidRequest:
     return InvalidRequest(
         f"Bad query parameter {name}.",
-        errors=[FieldError(f"/{name}", f"{name} is not valid", expected, received[:64])],
+        errors=[FieldError(f"/{name}", f"{name} is not valid", expected, received)],
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, Flask, Response
 
 from core import grammar
 from service.datasets import visible_manifest
@@ -13,7 +13,11 @@ bp = Blueprint("validate", __name__)
 
 
 @bp.post("/v1/jobs:validate")
-def validate_job():
-    """200 with the model summary, or 422 with every error in the request at once."""
+def validate_job() -> Response:
+    """200 with the model summary and the cost estimate, or 422 with every error at once."""
     parsed = grammar.parse_job(json_body(), settings=settings(), manifest_of=visible_manifest)
-    return json_response(parsed.summary)
+    return json_response({**parsed.summary, "cost": parsed.cost})
+
+
+def register(app: Flask) -> None:
+    app.register_blueprint(bp)

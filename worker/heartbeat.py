@@ -19,7 +19,7 @@ import time
 import orjson
 
 from core.jobs import JobStore
-from core.reconciler import reconcile
+from core.reconciler import Send, reconcile
 from core.rediskeys import consumer_key, worker_key
 from core.runs import StoreControl, WorkerIdentity
 from core.storage import utc_now
@@ -60,7 +60,7 @@ class Heartbeat:
         *,
         queues: list[str],
         devices: list[str],
-        send,
+        send: Send,
         consumer_pid: int,
     ) -> None:
         self.store = store

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from celery import Task
+
 from core.errors import NotFound
 from core.queues import TRAIN_TASK, send_training
 from core.runs import run_job
@@ -13,7 +15,7 @@ log = logging.getLogger("fitserve.worker")
 
 
 @worker_app.app.task(name=TRAIN_TASK, bind=True, acks_late=True)
-def train(self, job_id: str) -> str:
+def train(self: Task, job_id: str) -> str:
     """Train `job_id`, or ack without work if it is unknown, finished or another worker's."""
     from core.devices import describe_devices
     from core.training import train_job

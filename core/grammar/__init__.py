@@ -11,18 +11,17 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from core.errors import FieldError, InvalidRequest
-from core.grammar.allowlist import REQUEST_KEYS, REQUEST_NAME, SEED, grammar_schema
+from core.errors import FieldError, FieldErrors, InvalidRequest
+from core.grammar.allowlist import PRIORITY, REQUEST_KEYS, REQUEST_NAME, SEED, resource_kinds
 from core.grammar.compile import parse_compile
-from core.grammar.fit import parse_fit
-from core.grammar.kinds import INVALID, Boolean, Integer, Place, check_arguments
+from core.grammar.fit import check_fit_with_compile, parse_fit
+from core.grammar.kinds import INVALID, Place, check_arguments
 from core.grammar.model import ParsedModel, parse_model
+from core.grammar.schema import grammar_schema
 from core.grammar.shapes import infer_model, summarize
 from core.settings import Settings
 
 __all__ = ["ParsedJob", "grammar_schema", "parse_job", "parse_job_request"]
-
-PRIORITY = Integer(0, 9)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +34,8 @@ class ParsedJob:
     """The manifest of each dataset it reads, by id, read once each."""
     summary: dict[str, Any]
     """The model as built (preprocessing layers in front): layers, shapes, parameter counts."""
+    cost: dict[str, Any]
+    """What it will cost a worker (core.cost), within the worker's budget."""
 
 
 def parse_job_request(
@@ -56,7 +57,7 @@ def parse_job(body: Any, *, settings: Settings, manifest_of: Callable[[str], dic
             manifests[dataset_id] = manifest_of(dataset_id)
         return manifests[dataset_id]
 
-    errors: list[FieldError] = []
+    errors = FieldErrors()
     place = Place(errors)
     if not isinstance(body, dict):
         place.refuse(body, "a JSON object with model, compile, fit and data")
@@ -70,17 +71,24 @@ def parse_job(body: Any, *, settings: Settings, manifest_of: Callable[[str], dic
     spec["model"] = parsed.model if parsed else INVALID
     spec["compile"] = _parse_compile_section(body, place, parsed, outputs)
     spec["fit"] = parse_fit(body.get("fit"), place.at("fit"), settings)
+    check_fit_with_compile(spec["fit"], spec["compile"], place.at("fit"))
     summary = _infer(parsed, settings, errors) if parsed is not None and not errors else None
-    _parse_data_sections(body, spec, settings, read_once, errors)
-    if errors or summary is None:
+    _parse_data_sections(body, spec, settings, read_once, errors, summary)
+    if errors or summary is None or parsed is None:
+        raise _invalid(errors)
+    from core.cost import cost_errors, estimate_cost  # core.cost reads core.grammar.shapes
+
+    cost = estimate_cost(spec, settings, read_once)
+    errors.extend(cost_errors(cost, parsed.paths))
+    if errors:
         raise _invalid(errors)
     if spec["data"]["preprocess"]["x"]:
         summary = summarize(spec)
-    return ParsedJob(spec, manifests, summary)
+    return ParsedJob(spec, manifests, summary, cost)
 
 
-def _invalid(errors: list[FieldError]) -> InvalidRequest:
-    count = len(errors)
+def _invalid(errors: FieldErrors) -> InvalidRequest:
+    count = len(errors) + errors.omitted
     return InvalidRequest(
         f"The job request is invalid: {count} error{'s' if count != 1 else ''}.", errors=errors
     )
@@ -91,7 +99,7 @@ def _parse_header(body: dict[str, Any], place: Place, settings: Settings) -> dic
     name = body.get("name")
     resources = check_arguments(
         body.get("resources"),
-        {"gpus": Integer(1, settings.max_gpus_per_job), "mixed_precision": Boolean()},
+        resource_kinds(settings.max_gpus_per_job),
         place.at("resources").inside("resources"),
         "resource",
     )
@@ -147,13 +155,15 @@ def _parse_data_sections(
     settings: Settings,
     manifest_of: Callable[[str], dict],
     errors: list[FieldError],
+    summary: dict[str, Any] | None,
 ) -> None:
-    """`data` and `checkpoint`, checked against the dataset manifests (core.grammar.data)."""
+    """`data` and `checkpoint`, checked against the dataset manifests (core.grammar.data);
+    `summary`: the model's, inferred already (None when it did not infer)."""
     from core.grammar.data import parse_checkpoint, parse_data
 
     try:
         spec["data"] = parse_data(
-            body.get("data"), spec, settings=settings, manifest_of=manifest_of
+            body.get("data"), spec, settings=settings, manifest_of=manifest_of, summary=summary
         )
     except InvalidRequest as error:
         spec["data"] = INVALID

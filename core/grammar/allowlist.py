@@ -1,15 +1,13 @@
 """The allowlist, written down: every layer, optimizer, loss, metric and callback a request may
 name, with each argument's kind of value.
 
-These tables are the grammar. The parsers in this package read them, `grammar_schema()` turns
+These tables are the grammar. The parsers in this package read them, `core.grammar.schema` turns
 them into a JSON Schema, and the tests check every argument name against the pinned Keras's
 constructors. Nothing here is read from Keras at run time: what Keras grows is not accepted until
 it is written down here.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from core.grammar.kinds import (
     FLOAT32_MAX,
@@ -29,7 +27,6 @@ from core.grammar.kinds import (
     Required,
     Shape,
     Text,
-    keras_object_schema,
 )
 
 # Per-layer caps: a single argument may not ask for more than these (the total parameter cap
@@ -41,17 +38,19 @@ MAX_VOCABULARY = 10_000_000
 MAX_REPEAT = 100_000
 
 SEED = Nullable(Integer(0, 2**32 - 1))
-FLOAT = Number()
-NON_NEGATIVE = Number(0)
-POSITIVE = Number(0, low_open=True)
+PRIORITY = Integer(0, 9)
+# Keras makes float32 constants of the numbers it is given (initializers, regularizers, layer
+# and optimizer arguments): past float32's range it raises or overflows to inf while building
+# or at the first step, so every number here stays within float32.
+FLOAT32 = Number(-FLOAT32_MAX, FLOAT32_MAX)
+POSITIVE32 = Number(0, FLOAT32_MAX, low_open=True)
+FLOAT = FLOAT32
+NON_NEGATIVE = Number(0, FLOAT32_MAX)
+POSITIVE = POSITIVE32
 RATE = Number(0, 1, high_open=True)
 FRACTION = Number(0, 1)
 BOOL = Boolean()
 NULL_ONLY = Choice((None,))
-# Keras makes float32 constants of initializer and regularizer numbers: past float32's range
-# it raises while building the layer, so such numbers are refused here.
-FLOAT32 = Number(-FLOAT32_MAX, FLOAT32_MAX)
-POSITIVE32 = Number(0, FLOAT32_MAX, low_open=True)
 
 ACTIVATION_NAMES = (
     "celu", "elu", "exponential", "gelu", "glu", "hard_shrink", "hard_sigmoid", "hard_silu",
@@ -233,18 +232,21 @@ _RNN_BASE: dict[str, Kind] = {
     "return_state": Choice((False,)),
     "stateful": Choice((False,)),
 }
+# `use_cudnn: true` fails on a worker without a GPU, and on a GPU wherever cuDNN's own limits
+# (activations, masks, dropout) are not met; "auto" uses it where it can.
+_CUDNN = Choice(("auto", False))
 RNN_LAYERS: dict[str, dict[str, Kind]] = {
     "LSTM": {
         **_RNN_BASE,
         "recurrent_activation": ACTIVATION,
         "unit_forget_bias": BOOL,
-        "use_cudnn": Choice(("auto", True, False)),
+        "use_cudnn": _CUDNN,
     },
     "GRU": {
         **_RNN_BASE,
         "recurrent_activation": ACTIVATION,
         "reset_after": BOOL,
-        "use_cudnn": Choice(("auto", True, False)),
+        "use_cudnn": _CUDNN,
     },
     "SimpleRNN": dict(_RNN_BASE),
 }
@@ -458,8 +460,9 @@ SCHEDULE_CLASSES: dict[str, dict[str, Kind]] = {
         "name": Dropped(Nullable(LAYER_NAME)),
     },
 }
+SCHEDULE = Catalog("learning-rate schedule", (), SCHEDULE_CLASSES)
 LEARNING_RATE = Either(
-    (POSITIVE, Catalog("learning-rate schedule", (), SCHEDULE_CLASSES)),
+    (POSITIVE, SCHEDULE),
     "a positive number or a learning-rate schedule {class_name, config} with class_name one of "
     + ", ".join(SCHEDULE_CLASSES),
 )
@@ -497,7 +500,7 @@ OPTIMIZER_CLASSES: dict[str, dict[str, Kind]] = {
     },
     "Nadam": dict(_BETAS),
     "Ftrl": {
-        "learning_rate_power": Number(high=0),
+        "learning_rate_power": Number(-FLOAT32_MAX, 0),
         "initial_accumulator_value": NON_NEGATIVE,
         "l1_regularization_strength": NON_NEGATIVE,
         "l2_regularization_strength": NON_NEGATIVE,
@@ -540,6 +543,8 @@ _LOSS_BASE: dict[str, Kind] = {
     "dtype": Dropped(Nullable(DTYPE_POLICY)),
 }
 _AXIS = Axes(single_only=True)
+# Keras's sparse crossentropy reads the class axis last only ("Only axis=-1 is supported").
+_LAST_AXIS = Choice((-1,))
 _CROSSENTROPY = {"from_logits": BOOL, "label_smoothing": FRACTION, "axis": _AXIS}
 LOSS_CLASSES: dict[str, dict[str, Kind]] = {
     "BinaryCrossentropy": dict(_CROSSENTROPY),
@@ -554,7 +559,7 @@ LOSS_CLASSES: dict[str, dict[str, Kind]] = {
     "SparseCategoricalCrossentropy": {
         "from_logits": BOOL,
         "ignore_class": Nullable(Integer()),
-        "axis": _AXIS,
+        "axis": _LAST_AXIS,
     },
     "MeanSquaredError": {},
     "MeanAbsoluteError": {},
@@ -631,7 +636,7 @@ METRIC_CLASSES: dict[str, dict[str, Kind]] = {
     "SparseCategoricalCrossentropy": {
         "from_logits": BOOL,
         "ignore_class": Nullable(Integer()),
-        "axis": _AXIS,
+        "axis": _LAST_AXIS,
     },
     "Hinge": {},
     "SquaredHinge": {},
@@ -660,6 +665,20 @@ METRIC = Catalog("metric", METRIC_NAMES, METRIC_CLASSES)
 
 MONITOR = Text(r"[A-Za-z0-9_./-]{1,100}", "a metric name such as 'val_loss'")
 _MODE = Choice(("auto", "min", "max"))
+# Keras's own `mode="auto"` rule, widened to the metrics that grow as a model improves.
+HIGHER_IS_BETTER = ("acc", "auc", "precision", "recall", "r2", "true_positives")
+
+
+def monitor_mode(monitor: str, mode: str) -> str:
+    """`min` or `max` for a monitored value: resolved here, because EarlyStopping's own "auto"
+    raises at the first epoch for any name it does not find among the model's metrics (an
+    output's metric, such as 'val_kind_accuracy', or a metric the job does not compute)."""
+    if mode != "auto":
+        return mode
+    name = monitor.removeprefix("val_")
+    return "max" if any(word in name for word in HIGHER_IS_BETTER) else "min"
+
+
 CALLBACK_CLASSES: dict[str, dict[str, Kind]] = {
     "EarlyStopping": {
         "monitor": MONITOR,
@@ -699,103 +718,6 @@ REQUEST_KEYS = (
 )  # fmt: skip
 
 
-def grammar_schema() -> dict[str, Any]:
-    """A JSON Schema (2020-12) of the job request, generated from the tables above.
-
-    `data` and `checkpoint` are described loosely: they are checked against dataset manifests.
-    """
-    layer_objects = [
-        keras_object_schema(
-            name,
-            arguments,
-            closed=False,
-            name=LAYER_NAME.schema(),
-            inbound={"type": "array", "items": LAYER_NAME.schema()},
-        )
-        for name, arguments in LAYERS.items()
-    ]
-    short_model = {
-        "type": "object",
-        "properties": {
-            "input_shape": Shape(variable=True).schema(),
-            "input_dtype": INPUT_DTYPE.schema(),
-            "input_name": LAYER_NAME.schema(),
-            "layers": {"type": "array", "items": {"$ref": "#/$defs/layer"}, "minItems": 1},
-        },
-        "required": ["layers"],
-        "additionalProperties": False,
-    }
-    keras_model = {
-        "type": "object",
-        "description": "The exact output of model.to_json() (Sequential or Functional).",
-        "properties": {
-            "class_name": {"enum": ["Sequential", "Functional"]},
-            "config": {"type": "object"},
-        },
-        "required": ["class_name", "config"],
-    }
-    keyed = {"anyOf": [{"type": "array"}, {"type": "object"}]}
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "fitserve job request",
-        "type": "object",
-        "$defs": {"layer": {"anyOf": layer_objects}},
-        "properties": {
-            "name": REQUEST_NAME.schema(),
-            "seed": SEED.schema(),
-            "priority": Integer(0, 9).schema(),
-            "resources": {
-                "type": "object",
-                "properties": {
-                    "gpus": {"type": "integer", "minimum": 1},
-                    "mixed_precision": BOOL.schema(),
-                },
-                "additionalProperties": False,
-            },
-            "model": {"anyOf": [short_model, keras_model]},
-            "compile": {
-                "type": "object",
-                "properties": {
-                    "optimizer": OPTIMIZER.schema(),
-                    "loss": {"anyOf": [LOSS.schema(), keyed]},
-                    "loss_weights": {"anyOf": [keyed, {"type": "null"}]},
-                    "metrics": {"anyOf": [keyed, {"type": "null"}]},
-                    "weighted_metrics": {"anyOf": [keyed, {"type": "null"}]},
-                    "jit_compile": {"enum": [True, False, "auto"]},
-                    "steps_per_execution": {"type": "integer", "minimum": 1},
-                },
-                "additionalProperties": False,
-            },
-            "fit": {
-                "type": "object",
-                "properties": {
-                    "batch_size": {"type": "integer", "minimum": 1},
-                    "epochs": {"type": "integer", "minimum": 1},
-                    "validation_split": RATE.schema(),
-                    "shuffle": BOOL.schema(),
-                    "class_weight": {"type": ["object", "null"]},
-                    "initial_epoch": {"type": "integer", "minimum": 0},
-                    "steps_per_epoch": {"type": ["integer", "null"], "minimum": 1},
-                    "validation_steps": {"type": ["integer", "null"], "minimum": 1},
-                    "validation_batch_size": {"type": ["integer", "null"], "minimum": 1},
-                    "validation_freq": {"type": "integer", "minimum": 1},
-                    "callbacks": {
-                        "type": "array",
-                        "items": Catalog("callback", (), CALLBACK_CLASSES).schema(),
-                    },
-                },
-                "additionalProperties": False,
-            },
-            "data": {"type": "object"},
-            "checkpoint": {
-                "type": "object",
-                "properties": {
-                    "monitor": MONITOR.schema(),
-                    "mode": {"enum": ["min", "max"]},
-                    "keep": {"type": "integer", "minimum": 1},
-                },
-            },
-        },
-        "required": ["model", "compile", "data"],
-        "additionalProperties": False,
-    }
+def resource_kinds(max_gpus: int) -> dict[str, Kind]:
+    """`resources`: how many GPUs a job trains on, and whether in mixed precision."""
+    return {"gpus": Integer(1, max_gpus), "mixed_precision": BOOL}

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.grammar.allowlist import LOSS, METRIC, OPTIMIZER, OPTIMIZER_CLASSES
+from core.grammar.allowlist import LOSS, METRIC, NON_NEGATIVE, OPTIMIZER, OPTIMIZER_CLASSES
 from core.grammar.kinds import (
     INVALID,
     Choice,
     Integer,
     Kind,
-    Number,
     Place,
 )
 
 JIT_COMPILE = Choice((True, False, "auto"))
 STEPS_PER_EXECUTION = Integer(1, 10_000)
-LOSS_WEIGHT = Number(0)
+LOSS_WEIGHT = NON_NEGATIVE
 COMPILE_KEYS = (
     "optimizer", "loss", "loss_weights", "metrics", "weighted_metrics", "jit_compile",
     "steps_per_execution",

@@ -7,41 +7,58 @@ a request that cannot train is refused before it is queued.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from core.errors import FieldError, InvalidRequest, NotFound
-from core.grammar.allowlist import MONITOR
-from core.grammar.kinds import INVALID, Choice, Integer, Number, Place, show
-from core.grammar.shapes import summarize_model
+from core.errors import FieldError, FieldErrors, InvalidRequest, NotFound, show
+from core.grammar.allowlist import FLOAT32, MONITOR, monitor_mode
+from core.grammar.kinds import INVALID, Choice, Integer, Place
+from core.grammar.shapes import summarize_model, value_ranges
 from core.settings import Settings
 
 DATA_KEYS = ("dataset", "x", "y", "sample_weight", "preprocess", "validation", "test")
 SPLIT_KEYS = ("dataset", "x", "y")
 X_STEPS = ("scale", "offset", "reshape")
-CHECKPOINT_KEYS = ("monitor", "mode", "keep")
-SCALE = Number()
+# preprocess.x becomes a Rescaling layer, whose scale and offset are float32 constants.
+SCALE = FLOAT32
 ONE_HOT = Integer(2, 1_000_000)
 RESHAPE_DIM = Integer(1, 1 << 24)
 KEEP = Integer(1, 100)
 MODE = Choice(("min", "max", "auto"))
+CHECKPOINT_KINDS = {"monitor": MONITOR, "mode": MODE, "keep": KEEP}
 SPARSE_LOSSES = {"sparse_categorical_crossentropy", "SparseCategoricalCrossentropy"}
-# Keras's own `mode="auto"` rule, widened to the metrics that grow as a model improves.
-HIGHER_IS_BETTER = ("acc", "auc", "precision", "recall", "r2", "true_positives")
+SPARSE_METRICS = {
+    *SPARSE_LOSSES, "sparse_categorical_accuracy", "SparseCategoricalAccuracy",
+    "sparse_top_k_categorical_accuracy", "SparseTopKCategoricalAccuracy",
+}  # fmt: skip
+# Keras picks the accuracy that fits the targets; every other metric reads the targets as
+# they come, without the loss's reshaping, so they need the output's shape. One exception:
+# 1-D labels for a one-unit output, which all but these (they read a class axis) take.
+ADAPTIVE_METRICS = {"accuracy", "acc"}
+CLASS_AXIS_METRICS = {
+    "categorical_crossentropy", "CategoricalCrossentropy", "binary_crossentropy",
+    "BinaryCrossentropy", "top_k_categorical_accuracy", "TopKCategoricalAccuracy",
+}  # fmt: skip
 
 Shape = list[int | None]
 ManifestOf = Callable[[str], dict]
 
 
 def parse_data(
-    raw: Any, spec: dict[str, Any], *, settings: Settings, manifest_of: ManifestOf
+    raw: Any,
+    spec: dict[str, Any],
+    *,
+    settings: Settings,
+    manifest_of: ManifestOf,
+    summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The normalized `data` of a request, or InvalidRequest with every mismatch found.
 
     `spec` holds the sections parsed so far (`model`, `compile`, `fit`, INVALID where they
     failed); checks that need a part that failed are skipped, its errors are already reported.
+    `summary` is the model's inferred summary when the caller has it (it is inferred otherwise).
     """
-    errors: list[FieldError] = []
+    errors = FieldErrors()
     place = Place(errors, "/data", "data")
     if not isinstance(raw, dict):
         place.refuse(raw, 'an object with "dataset", "x" and "y"')
@@ -49,14 +66,16 @@ def parse_data(
     for key in raw:
         if key not in DATA_KEYS:
             place.refuse_key(key, list(DATA_KEYS), "key")
-    model = _Model.of(spec)
+    model = _Model.of(spec, summary)
     main = _Split(raw, place, model, manifest_of, default_names=None)
     preprocess_x, one_hot = _parse_preprocess(raw.get("preprocess"), place.at("preprocess"), model)
     main.check_x(preprocess_x)
     main.check_y(one_hot)
     weights = main.array_of(raw.get("sample_weight"), place.at("sample_weight"), "sample weights")
+    main.check_weights(weights, place.at("sample_weight"))
     main.check_rows()
-    out = {
+    _check_fit_against_data(spec.get("fit"), main, weights, raw.get("validation") is not None)
+    out: dict[str, Any] = {
         "dataset": main.dataset_id,
         "x": main.x,
         "y": main.y,
@@ -87,12 +106,10 @@ class _Model:
         self.outputs = {o["name"]: o["shape"][1:] for o in summary["outputs"]}
         self.shapes = {i["name"]: i["shape"][1:] for i in summary["inputs"]}
         self.losses = _losses(spec.get("compile"), list(self.outputs))
-        # Token ids at or past an Embedding's input_dim fail on CPU and read zeros on GPU.
-        self.vocabulary = {
-            layer["inbound"][0]: (layer["name"], layer["config"]["input_dim"])
-            for layer in reversed(spec["model"]["layers"])
-            if layer["class_name"] == "Embedding" and layer["inbound"][0] in self.inputs
-        }
+        self.metrics = _metric_names(spec.get("compile"), list(self.outputs))
+        self.embeddings = [
+            layer for layer in spec["model"]["layers"] if layer["class_name"] == "Embedding"
+        ]
 
     def outputs_for(self, rows: dict[str, Shape]) -> dict[str, Shape]:
         """Output shapes once variable input dims take the arrays' sizes; InvalidRequest if the
@@ -104,12 +121,12 @@ class _Model:
         return {o["name"]: o["shape"][1:] for o in summary["outputs"]}
 
     @classmethod
-    def of(cls, spec: dict[str, Any]) -> _Model | None:
+    def of(cls, spec: dict[str, Any], summary: dict[str, Any] | None) -> _Model | None:
         """None when the model did not parse or infer: its errors are reported already."""
         if spec.get("model") in (None, INVALID):
             return None
         try:
-            return cls(spec, summarize_model(spec["model"]))
+            return cls(spec, summary or summarize_model(spec["model"]))
         except InvalidRequest:
             return None
 
@@ -120,6 +137,49 @@ def _losses(options: Any, outputs: list[str]) -> dict[str, str | None]:
     if isinstance(loss, dict) and "class_name" not in loss:
         return {o: _loss_name(loss.get(o)) for o in outputs}
     return dict.fromkeys(outputs, _loss_name(loss))
+
+
+def _metric_names(options: Any, outputs: list[str]) -> dict[str, list[str]]:
+    """Each output's metric names (class names for objects), metrics and weighted ones."""
+    out: dict[str, list[str]] = {name: [] for name in outputs}
+    if not isinstance(options, dict):
+        return out
+    for key in ("metrics", "weighted_metrics"):
+        given = options.get(key) or []
+        per_output = given if isinstance(given, dict) else dict.fromkeys(outputs, given)
+        for name, metrics in per_output.items():
+            out.setdefault(name, []).extend(filter(None, map(_loss_name, metrics)))
+    return out
+
+
+def _metric_problem(output: Shape, targets: Shape, metrics: list[str]) -> tuple[str, str] | None:
+    """(message, expected) when a metric cannot read the targets an output trains on: sparse
+    metrics read class ids against several units, the others targets of the output's shape."""
+    one_unit = output[-1:] == [1]
+    per_class = targets == output and not one_unit
+    labels_of_one_unit = one_unit and targets == output[:-1]
+    for metric in metrics:
+        if metric in SPARSE_METRICS and per_class:
+            return (
+                f"metric {metric} reads class ids, and the targets have one value per class "
+                f"(rows of shape {targets})",
+                "metrics without 'sparse' for one-hot targets",
+            )
+        if metric in SPARSE_LOSSES and one_unit:
+            return (
+                f"metric {metric} reads a score per class, and the output has one unit",
+                "a metric for one unit, such as binary_accuracy",
+            )
+        if metric in SPARSE_METRICS or metric in ADAPTIVE_METRICS or targets == output:
+            continue
+        if not labels_of_one_unit or metric in CLASS_AXIS_METRICS:
+            return (
+                f"metric {metric} compares the targets with the output value by value, and the "
+                f"targets have rows of shape {targets} where the output gives {output}",
+                "accuracy or a sparse_ metric for class ids, or targets of the output's shape "
+                "(data.preprocess.y.one_hot)",
+            )
+    return None
 
 
 def _loss_name(loss: Any) -> str | None:
@@ -157,8 +217,8 @@ class _Split:
                     place.refuse_key(key, list(SPLIT_KEYS), "key")
         self.dataset_id, self.manifest = self._load(raw.get("dataset"), manifest_of)
         names_of = default_names or self
-        self.x = self._mapping(raw, "x", model and list(model.inputs), names_of)
-        self.y = self._mapping(raw, "y", model and list(model.outputs), names_of)
+        self.x = self._mapping(raw, "x", None if model is None else list(model.inputs), names_of)
+        self.y = self._mapping(raw, "y", None if model is None else list(model.outputs), names_of)
 
     def _load(self, value: Any, manifest_of: ManifestOf) -> tuple[str | None, dict | None]:
         at = self.place.at("dataset")
@@ -260,7 +320,7 @@ class _Split:
         """Each input's declared shape against its array's shape (after any reshape)."""
         if self.model is None:
             return
-        before, rows = len(self.errors), {}
+        before, rows, ranges = len(self.errors), {}, {}
         for name, array in self.x.items():
             entry = self._array(array)
             if entry is None:
@@ -293,7 +353,8 @@ class _Split:
                     "Change the model's input shape, or reshape with data.preprocess.x.reshape.",
                 )
             stats = entry.get("stats") or {}
-            self._check_vocabulary(at, name, array, stats)
+            if stats.get("max") is not None and stats.get("min") is not None:
+                ranges[name] = (stats["min"], stats["max"])
             dtype = self.model.inputs[name]["dtype"]
             if dtype.startswith(("int", "uint")) and stats.get("integer_valued") is False:
                 at.refuse(
@@ -301,12 +362,13 @@ class _Split:
                     "an array of whole numbers",
                     f"Input {name!r} takes {dtype} values but array {array!r} holds fractions.",
                 )
+        self._check_token_ids(ranges, preprocess)
         if len(self.errors) == before and len(rows) == len(self.model.inputs):
-            self._check_with_rows(rows)
+            self._check_with_rows(self.model, rows)
 
-    def _check_with_rows(self, rows: dict[str, Shape]) -> None:
+    def _check_with_rows(self, model: _Model, rows: dict[str, Shape]) -> None:
         try:
-            self.outputs = self.model.outputs_for(rows)
+            self.outputs = model.outputs_for(rows)
         except InvalidRequest as error:
             first = error.errors[0]
             self.place.at("x").refuse(
@@ -316,17 +378,31 @@ class _Split:
                 f" in place of the model's variable sizes, {first.message}.",
             )
 
-    def _check_vocabulary(self, at: Place, name: str, array: str, stats: dict[str, Any]) -> None:
-        if name not in self.model.vocabulary or stats.get("max") is None:
+    def _check_token_ids(
+        self, ranges: dict[str, tuple[float, float]], preprocess: dict[str, dict[str, Any]]
+    ) -> None:
+        """Token ids at or past an Embedding's input_dim, or below 0, fail on CPU and read zeros
+        on GPU: the arrays' ranges, as preprocessing and Rescaling layers change them, must fit."""
+        model = self.model
+        if model is None or not model.embeddings:
             return
-        layer, size = self.model.vocabulary[name]
-        if stats["max"] >= size or (stats.get("min") or 0) < 0:
-            at.refuse(
-                array,
-                f"token ids from 0 to {size - 1}",
-                f"Array {array!r} holds ids from {stats.get('min')} to {stats['max']} but "
-                f"Embedding {layer!r} has input_dim={size} (ids 0 to {size - 1}).",
-            )
+        scaled = {name: _rescaled(r, preprocess.get(name) or {}) for name, r in ranges.items()}
+        found = value_ranges(model.model, scaled)
+        for layer in model.embeddings:
+            source = found.get(layer["inbound"][0])
+            size = layer["config"]["input_dim"]
+            if source is None or (source.low > -1 and source.high < size):
+                continue
+            for name in sorted(source.inputs):
+                array = self.x[name]
+                low, high = ranges[name]
+                self.paths[("x", name)].refuse(
+                    array,
+                    f"token ids from 0 to {size - 1}",
+                    f"Array {array!r} holds values from {low} to {high}, which reach Embedding "
+                    f"{layer['name']!r} as ids from {source.low:g} to {source.high:g}; its "
+                    f"input_dim={size} takes ids 0 to {size - 1}.",
+                )
 
     def check_y(self, one_hot: dict[str, int]) -> None:
         """Each output's units against its targets: shape, class count or one-hot count."""
@@ -344,9 +420,41 @@ class _Split:
                 one_hot.get(name),
                 (self.manifest or {}).get("classes", {}).get(array),
             )
+            if problem is None:
+                targets = [one_hot[name]] if name in one_hot else entry["shape"][1:]
+                problem = _metric_problem(
+                    self.outputs[name], targets, self.model.metrics.get(name, [])
+                )
             if problem:
                 message, expected = problem
                 at.refuse(array, expected, f"Output {name!r} and array {array!r}: {message}")
+
+    def check_weights(self, array: str | None, at: Place) -> None:
+        """Keras multiplies each output's loss per row, of the output's shape less its class
+        axis, by the row's weights: one value, or one per position of that shape."""
+        entry = None if array is None else self._array(array)
+        if entry is None or self.model is None:
+            return
+        given = _without_ones(entry["shape"][1:])
+        for name, output in self.outputs.items():
+            if given and not _fits(given, _without_ones(output[:-1])):
+                at.refuse(
+                    array,
+                    "an array of one weight per row (or per position of a sequence output)",
+                    f"Array {array!r} has rows of shape {entry['shape'][1:]}, and output "
+                    f"{name!r} has a loss per row of shape {output[:-1]}: a weight array needs "
+                    "one value per row"
+                    + (f" or rows of shape {output[:-1]}." if output[:-1] else "."),
+                )
+                return
+
+    def rows(self) -> int | None:
+        """The rows of this split's first array, None when none could be read."""
+        for array, _ in self.used:
+            entry = self._array(array)
+            if entry and entry["shape"]:
+                return entry["shape"][0]
+        return None
 
     def check_rows(self) -> None:
         """Every array this split uses has the same number of rows."""
@@ -364,7 +472,57 @@ class _Split:
             )
 
 
-def _fits(given: Shape, wanted: Shape) -> bool:
+def _check_fit_against_data(fit: Any, main: _Split, weights: str | None, validation: bool) -> None:
+    """`fit` arguments that Keras checks against the arrays only once training starts."""
+    if not isinstance(fit, dict):
+        return
+    at = Place(main.errors).at("fit").inside("fit")
+    class_weight = fit.get("class_weight")
+    if class_weight is not None and weights is not None:
+        at.at("class_weight").refuse(
+            class_weight,
+            "class_weight or data.sample_weight, not both",
+            "fit.class_weight and data.sample_weight both weigh the rows, and Keras takes only "
+            "one: drop one of them.",
+        )
+    elif class_weight is not None and main.model is not None:
+        shapes = list(main.model.outputs.values())
+        if len(shapes) > 1 or len(shapes[0]) > 1:
+            at.at("class_weight").refuse(
+                class_weight,
+                "class_weight for a model with one output of one class axis",
+                "fit.class_weight weighs rows by their class, which Keras reads only for a model "
+                "with a single output of shape (batch, classes); this model's outputs are "
+                + ", ".join(str([None, *shape]) for shape in shapes)
+                + ". Use data.sample_weight instead.",
+            )
+    rows, share = main.rows(), fit.get("validation_split") or 0.0
+    if rows is None or not share or validation:
+        return
+    # Keras's own split: the first floor(rows * (1 - split)) rows train, the rest validate.
+    train = math.floor(rows * (1.0 - share))
+    if train in (0, rows):
+        at.at("validation_split").refuse(
+            share,
+            f"a split leaving rows to train on and to validate with ({rows} rows)",
+            f"fit.validation_split={share} splits the {rows} rows into {train} to train on and "
+            f"{rows - train} to validate with; both need at least one row.",
+        )
+
+
+def _rescaled(found: tuple[float, float], steps: dict[str, Any]) -> tuple[float, float]:
+    """An array's range after `preprocess.x`'s scale and offset (a Rescaling layer)."""
+    scale = 1.0 if steps.get("scale") is None else steps["scale"]
+    ends = [value * scale + (steps.get("offset") or 0.0) for value in found]
+    return min(ends), max(ends)
+
+
+def _without_ones(shape: Shape) -> Shape:
+    """A shape less its axes of size 1, which Keras squeezes or broadcasts."""
+    return [size for size in shape if size != 1]
+
+
+def _fits(given: Sequence[int | None], wanted: Sequence[int | None]) -> bool:
     """Same rank, and equal where the model's dimension is known."""
     return len(given) == len(wanted) and all(
         w is None or g == w for g, w in zip(given, wanted, strict=True)
@@ -372,7 +530,7 @@ def _fits(given: Shape, wanted: Shape) -> bool:
 
 
 def _check_reshape(
-    at: Place, array: str, rows_shape: Shape, target: Shape, wanted: Shape, name: str
+    at: Place, array: str, rows_shape: list[int], target: list[int], wanted: Shape, name: str
 ) -> None:
     if math.prod(rows_shape) != math.prod(target):
         at.refuse(
@@ -458,9 +616,11 @@ def _parse_preprocess(
     for key in raw:
         if key not in ("x", "y"):
             place.refuse_key(key, ["x", "y"], "key")
-    steps = _per_name(raw.get("x"), place.at("x"), model and list(model.inputs), X_STEPS)
+    inputs = None if model is None else list(model.inputs)
+    steps = _per_name(raw.get("x"), place.at("x"), inputs, X_STEPS)
     x = {name: _parse_steps(value, at) for name, (value, at) in steps.items()}
-    targets = _per_name(raw.get("y"), place.at("y"), model and list(model.outputs), ("one_hot",))
+    outputs = None if model is None else list(model.outputs)
+    targets = _per_name(raw.get("y"), place.at("y"), outputs, ("one_hot",))
     one_hot = {}
     for name, (value, at) in targets.items():
         count = ONE_HOT.check(value.get("one_hot"), at.at("one_hot"))
@@ -523,15 +683,15 @@ def parse_checkpoint(raw: Any, spec: dict[str, Any], *, settings: Settings) -> d
     The monitor defaults to the EarlyStopping monitor, else `val_loss` when there is validation
     data, else `loss`; a `val_` monitor without validation data is refused.
     """
-    errors: list[FieldError] = []
+    errors = FieldErrors()
     place = Place(errors, "/checkpoint", "checkpoint")
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         place.refuse(raw, 'an object with "monitor", "mode" and "keep"')
         raise InvalidRequest("The checkpoint section is invalid.", errors=errors)
     for key in raw:
-        if key not in CHECKPOINT_KEYS:
-            place.refuse_key(key, list(CHECKPOINT_KEYS), "key")
+        if key not in CHECKPOINT_KINDS:
+            place.refuse_key(key, list(CHECKPOINT_KINDS), "key")
     validation = _has_validation(spec)
     monitor, at = _default_monitor(spec, validation, errors)
     if "monitor" in raw:
@@ -547,10 +707,7 @@ def parse_checkpoint(raw: Any, spec: dict[str, Any], *, settings: Settings) -> d
     keep = KEEP.check(raw.get("keep", settings.keep_checkpoints), place.at("keep"))
     if errors:
         raise InvalidRequest("The checkpoint section is invalid.", errors=errors)
-    if mode == "auto":
-        name = monitor.removeprefix("val_")
-        mode = "max" if any(word in name for word in HIGHER_IS_BETTER) else "min"
-    return {"monitor": monitor, "mode": mode, "keep": keep}
+    return {"monitor": monitor, "mode": monitor_mode(monitor, mode), "keep": keep}
 
 
 def _has_validation(spec: dict[str, Any]) -> bool | None:

@@ -4,34 +4,53 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.grammar.allowlist import CALLBACK_CLASSES, RATE, REFUSED_CALLBACKS
+from core.grammar.allowlist import (
+    CALLBACK_CLASSES,
+    NON_NEGATIVE,
+    RATE,
+    REFUSED_CALLBACKS,
+    monitor_mode,
+)
 from core.grammar.kinds import (
     INVALID,
     Boolean,
-    Catalog,
     Integer,
     Kind,
     Nullable,
-    Number,
     Place,
     check_arguments,
     check_class_name,
+    keras_object_schema,
 )
+from core.integers import read_int
 from core.settings import Settings
 
 MAX_CALLBACKS = 16
 MAX_STEPS = 100_000_000
 CALLBACK_KEYS = ("module", "class_name", "config", "registered_name")
-CLASS_WEIGHT = Number(0)
+CLASS_WEIGHT = NON_NEGATIVE
 MAX_CLASSES = 100_000
-# Model.fit arguments that name data: the request names arrays in `data` instead.
-MOVED = {
-    "x": "data.x",
-    "y": "data.y",
-    "sample_weight": "data.sample_weight",
-    "validation_data": "data.validation",
+# Class ids are written as 1 to 9 ASCII digits (the schema's key pattern says the same).
+MAX_CLASS_ID = 999_999_999
+# Model.fit arguments the request does not take here, each with what to use instead: data is
+# named in `data`, and a job's epochs always count from 1 (version N is the model after N
+# epochs), so warm start is how a job continues from another's weights.
+REFUSED = {
+    **{
+        key: (where, f"fit.{key} is not read here: {where} names it in the request.")
+        for key, where in {
+            "x": "data.x",
+            "y": "data.y",
+            "sample_weight": "data.sample_weight",
+            "validation_data": "data.validation",
+        }.items()
+    },
+    "initial_epoch": (
+        "warm_start",
+        "fit.initial_epoch is not accepted: a job's epochs count from 1. To start from an "
+        "earlier job's weights, use warm_start.",
+    ),
 }
-CALLBACK = Catalog("callback", (), CALLBACK_CLASSES)
 
 
 def fit_kinds(settings: Settings) -> dict[str, Kind]:
@@ -43,7 +62,6 @@ def fit_kinds(settings: Settings) -> dict[str, Kind]:
         "epochs": Integer(1, settings.max_epochs),
         "validation_split": RATE,
         "shuffle": Boolean(),
-        "initial_epoch": Integer(0, settings.max_epochs - 1),
         "steps_per_epoch": steps,
         "validation_steps": steps,
         "validation_batch_size": Nullable(batch),
@@ -53,13 +71,12 @@ def fit_kinds(settings: Settings) -> dict[str, Kind]:
     }
 
 
-DEFAULTS = {
+DEFAULTS: dict[str, Any] = {
     "batch_size": 32,
     "epochs": 1,
     "validation_split": 0.0,
     "shuffle": True,
     "class_weight": None,
-    "initial_epoch": 0,
     "steps_per_epoch": None,
     "validation_steps": None,
     "validation_batch_size": None,
@@ -71,24 +88,15 @@ DEFAULTS = {
 def parse_fit(value: Any, place: Place, settings: Settings) -> Any:
     """Normalize `fit` with Keras's defaults filled in; INVALID after recording every error."""
     place = place.inside("fit")
-    if isinstance(value, dict) and MOVED.keys() & value.keys():
-        for key in MOVED.keys() & value.keys():
-            where = MOVED[key]
-            place.at(key).refuse(
-                key, where, f"fit.{key} is not read here: {where} names it in the request."
-            )
-        value = {key: item for key, item in value.items() if key not in MOVED}
-        check_arguments(value, fit_kinds(settings), place)
-        return INVALID
+    refused = sorted(REFUSED.keys() & value.keys()) if isinstance(value, dict) else []
+    for key in refused:
+        place.at(key).refuse(key, *REFUSED[key])
+    if refused:
+        value = {key: item for key, item in value.items() if key not in REFUSED}
     result = check_arguments(value, fit_kinds(settings), place)
-    if result is INVALID:
+    if result is INVALID or refused:
         return INVALID
-    fit = {**DEFAULTS, **result}
-    if fit["initial_epoch"] >= fit["epochs"]:
-        return place.at("initial_epoch").refuse(
-            fit["initial_epoch"], f"an integer below epochs ({fit['epochs']})"
-        )
-    return fit
+    return {**DEFAULTS, **result}
 
 
 class ClassWeight(Kind):
@@ -103,10 +111,11 @@ class ClassWeight(Kind):
             return place.refuse(value, self.expected)
         out = {}
         for key, weight in value.items():
-            if not (key.isdigit() and len(key) <= 9):
+            label = read_int(key, 0, MAX_CLASS_ID)
+            if label is None:
                 out[key] = place.at(key).refuse(key, 'a class id written as digits, e.g. "0"')
                 continue
-            out[str(int(key))] = CLASS_WEIGHT.check(weight, place.at(key))
+            out[str(label)] = CLASS_WEIGHT.check(weight, place.at(key))
         return INVALID if INVALID in out.values() else out
 
     def schema(self) -> dict[str, Any]:
@@ -114,6 +123,8 @@ class ClassWeight(Kind):
             "type": ["object", "null"],
             "patternProperties": {"^[0-9]{1,9}$": CLASS_WEIGHT.schema()},
             "additionalProperties": False,
+            "minProperties": 1,
+            "maxProperties": MAX_CLASSES,
         }
 
 
@@ -143,7 +154,38 @@ class Callbacks(Kind):
             return INVALID
         at_config = place.at("config").inside(place.owner)
         config = check_arguments(item.get("config"), CALLBACK_CLASSES[name], at_config)
-        return INVALID if config is INVALID else {"class_name": name, "config": config}
+        if config is INVALID:
+            return INVALID
+        if "mode" in CALLBACK_CLASSES[name]:
+            monitor = config.get("monitor", "val_loss")  # both callbacks' default
+            config["mode"] = monitor_mode(monitor, config.get("mode", "auto"))
+        return {"class_name": name, "config": config}
 
     def schema(self) -> dict[str, Any]:
-        return {"type": "array", "items": CALLBACK.schema(), "maxItems": MAX_CALLBACKS}
+        objects = [
+            keras_object_schema(name, arguments, closed=True)
+            for name, arguments in CALLBACK_CLASSES.items()
+        ]
+        return {
+            "type": ["array", "null"],
+            "items": {"anyOf": objects},
+            "maxItems": MAX_CALLBACKS,
+        }
+
+
+def check_fit_with_compile(fit: Any, options: Any, place: Place) -> None:
+    """ReduceLROnPlateau sets the optimizer's learning rate, which Keras refuses for a
+    learning-rate schedule: the job would fail at the first plateau."""
+    if INVALID in (fit, options):
+        return
+    schedule = options["optimizer"]["config"].get("learning_rate")
+    if not isinstance(schedule, dict):
+        return
+    for index, callback in enumerate(fit["callbacks"]):
+        if callback["class_name"] == "ReduceLROnPlateau":
+            place.at("callbacks").at(index).refuse(
+                "ReduceLROnPlateau",
+                "no ReduceLROnPlateau with a learning-rate schedule",
+                "ReduceLROnPlateau changes the learning rate, and the optimizer's learning rate "
+                f"is the schedule {schedule['class_name']}: use one or the other.",
+            )

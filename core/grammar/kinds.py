@@ -15,9 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
-from core.errors import FieldError
+from core.errors import MAX_ERRORS, FieldError, escape_pointer, preview, show
 
 
 class _Invalid:
@@ -32,27 +30,6 @@ INVALID: Any = _Invalid()
 MAX_RANK = 8
 # The largest float32: Keras makes float32 constants of many arguments and raises past it.
 FLOAT32_MAX = 3.4028234663852886e38
-
-
-def escape_pointer(token: str | int) -> str:
-    """One JSON pointer token (RFC 6901)."""
-    return str(token).replace("~", "~0").replace("/", "~1")
-
-
-def show(value: Any, limit: int = 80) -> str:
-    """A received value as compact JSON, cut short so a huge value cannot flood a message."""
-    try:
-        text = orjson.dumps(value).decode()
-    except TypeError:
-        text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def clip(value: Any, limit: int = 200) -> Any:
-    """A received value small enough to echo back in an error document."""
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value if not isinstance(value, str) or len(value) <= limit else value[:limit] + "..."
-    return show(value, limit)
 
 
 @dataclasses.dataclass
@@ -71,12 +48,20 @@ class Place:
             key = f"{self.key}.{token}" if self.key else token
         return Place(self.errors, f"{self.path}/{escape_pointer(token)}", self.owner, key)
 
+    @property
+    def full(self) -> bool:
+        """As many errors are known as a document lists: later ones are only counted."""
+        return len(self.errors) >= MAX_ERRORS
+
     def inside(self, owner: str) -> Place:
         """The same place, now read as the start of another object (a layer, an optimizer)."""
         return Place(self.errors, self.path, owner, "")
 
     def refuse(self, value: Any, expected: str, message: str | None = None) -> Any:
         """Record a value that is not what this place accepts; returns INVALID."""
+        if self.full:
+            self.errors.append(FieldError(self.path or "/", "", expected))
+            return INVALID
         if message is None:
             if self.key:
                 message = (
@@ -85,11 +70,14 @@ class Place:
                 )
             else:
                 message = f"{self.owner} is {show(value)}. Expected {expected}."
-        self.errors.append(FieldError(self.path or "/", message, expected, clip(value)))
+        self.errors.append(FieldError(self.path or "/", message, expected, preview(value)))
         return INVALID
 
     def refuse_key(self, key: str, allowed: list[str], what: str = "argument") -> None:
         """Record an unknown key, naming the closest allowed ones."""
+        if self.full:
+            self.errors.append(FieldError(self.path or "/", "", what))
+            return
         close = difflib.get_close_matches(key, allowed, n=3, cutoff=0.6)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         expected = "one of " + ", ".join(sorted(allowed)) if allowed else "no arguments"
@@ -107,7 +95,9 @@ class Place:
 class Kind:
     """A kind of value: `check` normalizes or refuses, `expected` says what is accepted."""
 
-    expected = "a value"
+    @property
+    def expected(self) -> str:
+        return "a value"
 
     def check(self, value: Any, place: Place) -> Any:
         raise NotImplementedError
@@ -383,6 +373,8 @@ class Padding(Kind):
 
     @property
     def expected(self) -> str:
+        if self.rank == 1:
+            return f"an integer from 0 to {self.high}, or a [before, after] pair of them"
         return (
             f"an integer from 0 to {self.high}, a list of {self.rank} such integers, "
             f"or a list of {self.rank} [before, after] pairs"
@@ -392,35 +384,31 @@ class Padding(Kind):
         def small(v: Any) -> bool:
             return is_int(v) and 0 <= v <= self.high
 
+        def pair(v: Any) -> bool:
+            return isinstance(v, list) and len(v) == 2 and all(map(small, v))
+
         if small(value):
             return value
+        # One axis takes one [before, after] pair; several take a size or a pair per axis.
+        if self.rank == 1:
+            return list(value) if pair(value) else place.refuse(value, self.expected)
         if isinstance(value, list) and len(value) == self.rank:
             if all(small(v) for v in value):
                 return list(value)
-            if all(isinstance(v, list) and len(v) == 2 and all(map(small, v)) for v in value):
+            if all(pair(v) for v in value):
                 return [list(v) for v in value]
-        if (
-            self.rank == 1
-            and isinstance(value, list)
-            and len(value) == 2
-            and all(map(small, value))
-        ):
-            return list(value)
         return place.refuse(value, self.expected)
 
     def schema(self) -> dict[str, Any]:
         single = {"type": "integer", "minimum": 0, "maximum": self.high}
         pair = {"type": "array", "items": single, "minItems": 2, "maxItems": 2}
-        return {
-            "anyOf": [
-                single,
-                {
-                    "type": "array",
-                    "items": {"anyOf": [single, pair]},
-                    "maxItems": max(2, self.rank),
-                },
-            ]
-        }
+        if self.rank == 1:
+            return {"anyOf": [single, pair]}
+        per_axis = [
+            {"type": "array", "items": item, "minItems": self.rank, "maxItems": self.rank}
+            for item in (single, pair)
+        ]
+        return {"anyOf": [single, *per_axis]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -577,9 +565,9 @@ def keras_object_schema(
 
 
 def arguments_schema(arguments: Mapping[str, Kind]) -> dict[str, Any]:
-    """The JSON Schema of a `config` object read by `check_arguments`."""
+    """The JSON Schema of a `config` object read by `check_arguments` (null reads as {})."""
     return {
-        "type": "object",
+        "type": ["object", "null"],
         "properties": {key: kind.schema() for key, kind in arguments.items()},
         "required": [key for key, kind in arguments.items() if isinstance(kind, Required)],
         "additionalProperties": False,
@@ -663,13 +651,34 @@ class Catalog(Kind):
             )
         return f"an allowlisted {self.noun}: " + "; or ".join(parts)
 
+    @property
+    def bare_names(self) -> tuple[str, ...]:
+        """The names a string may give: Keras's names, and the classes that need no argument
+        (a class with a required argument, an RNN's units, must come as an object)."""
+        bare = [
+            name
+            for name, arguments in self.classes.items()
+            if not any(isinstance(kind, Required) for kind in arguments.values())
+        ]
+        return (*self.names, *bare)
+
     def check(self, value: Any, place: Place) -> Any:
         if isinstance(value, str):
-            if value in self.names or value in self.classes:
+            if value in self.bare_names:
                 return value
-            allowed = list(self.names) + list(self.classes)
-            close = difflib.get_close_matches(value, allowed, n=3)
+            if value in self.classes:
+                return place.refuse(
+                    value,
+                    f'{{"class_name": {show(value)}, "config": {{...}}}}',
+                    f"{place.owner} has {place.key or 'a value'}={show(value)}: {value} needs "
+                    f"arguments, so it comes as an object. Expected "
+                    f'{{"class_name": {show(value)}, "config": {{...}}}}.',
+                )
+            allowed = list(self.bare_names)
+            close = [] if place.full else difflib.get_close_matches(value, allowed, n=3)
             known = ", ".join(close or allowed)
+            if not allowed:
+                return place.refuse(value, self.expected)
             return place.refuse(value, f"a known {self.noun}, one of {known}")
         if not isinstance(value, dict):
             return place.refuse(value, self.expected)
@@ -693,5 +702,5 @@ class Catalog(Kind):
             keras_object_schema(name, arguments, closed=True)
             for name, arguments in self.classes.items()
         ]
-        names = {"enum": list(self.names) + list(self.classes)}
-        return {"anyOf": [names, *objects], "description": f"an allowlisted {self.noun}"}
+        names = [{"enum": list(self.bare_names)}] if self.bare_names else []
+        return {"anyOf": [*names, *objects], "description": f"an allowlisted {self.noun}"}

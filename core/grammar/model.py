@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
+from core.errors import show
 from core.grammar.allowlist import (
     INPUT_DTYPE,
     LAYER_NAME,
@@ -27,7 +28,6 @@ from core.grammar.kinds import (
     Shape,
     check_arguments,
     check_class_name,
-    show,
 )
 
 INPUT_SHAPE = Shape(variable=True)
@@ -73,7 +73,7 @@ def parse_model(value: Any, place: Place, max_layers: int) -> ParsedModel | None
     return None
 
 
-def _check_layer_count(layers: Any, place: Place, max_layers: int) -> bool:
+def _check_layer_count(layers: Any, place: Place, max_layers: int) -> TypeGuard[list[Any]]:
     """The count is checked before any layer is read, so 10,000 layers cost nothing."""
     if not isinstance(layers, list) or not layers:
         place.refuse(layers if not isinstance(layers, list) else [], "a non-empty list of layers")
@@ -105,6 +105,14 @@ class _Layer:
     name: str | None
     path: str
     input_shape: list[Any] | None = None
+
+    @property
+    def assigned_name(self) -> str:
+        """The name, once `_assign_names` gave one or the Functional reader (which requires one)
+        read it."""
+        if self.name is None:
+            raise RuntimeError(f"The layer at {self.path} was used before it was named.")
+        return self.name
 
 
 def _read_entry(entry: Any, place: Place, index: int, keys: tuple[str, ...]) -> _Layer | None:
@@ -279,14 +287,14 @@ def _sequential(
             )
             return None
         normalized.append(_normalized(layer, [previous]))
-        previous = layer.name
+        previous = layer.assigned_name
     model = {"inputs": inputs, "layers": normalized, "outputs": [previous]}
-    return ParsedModel(model, {layer.name: layer.path for layer in layers})
+    return ParsedModel(model, {layer.assigned_name: layer.path for layer in layers})
 
 
 def _normalized(layer: _Layer, inbound: list[str]) -> dict[str, Any]:
     return {
-        "name": layer.name,
+        "name": layer.assigned_name,
         "class_name": layer.class_name,
         "config": layer.config,
         "inbound": inbound,
@@ -451,7 +459,16 @@ def _link(
     layers: list[tuple[_Layer, list[str]]],
 ) -> ParsedModel | None:
     """Check every inbound name is an earlier layer or input, and read inputs and outputs."""
-    by_name = {i["name"]: i for i in inputs}
+    by_name: dict[str, Any] = {}
+    for given in inputs:
+        if given["name"] in by_name:
+            Place(place.errors, given["path"], "The model").at("config").at("name").refuse(
+                given["name"],
+                "a name no other layer or input has",
+                f"Two InputLayers are named {given['name']!r}.",
+            )
+            return None
+        by_name[given["name"]] = given
     for layer, _ in layers:
         if layer.name in by_name:
             Place(place.errors, layer.path, "The model").at("name").refuse(
@@ -460,7 +477,7 @@ def _link(
                 f"Two layers are named {layer.name!r}.",
             )
             return None
-        by_name[layer.name] = layer
+        by_name[layer.assigned_name] = layer
     seen = {i["name"] for i in inputs}
     normalized = []
     for layer, inbound in layers:
@@ -479,9 +496,14 @@ def _link(
         )
         return None
     outputs = _history_names(config.get("output_layers"))
-    if outputs is None or not all(o in seen and o not in order for o in outputs):
+    # An output listed twice has one name for two targets: Keras's loss then finds neither.
+    if (
+        outputs is None
+        or len(set(outputs)) != len(outputs)
+        or not all(o in seen and o not in order for o in outputs)
+    ):
         place.at("output_layers").refuse(
-            config.get("output_layers"), "[name, 0, 0] of layers of the model"
+            config.get("output_layers"), "[name, 0, 0] of layers of the model, each at most once"
         )
         return None
     output_keys = config["output_layers"]
@@ -493,4 +515,4 @@ def _link(
         return None
     ordered_inputs = [{k: v for k, v in by_name[n].items() if k != "path"} for n in order]
     model = {"inputs": ordered_inputs, "layers": normalized, "outputs": outputs}
-    return ParsedModel(model, {layer.name: layer.path for layer, _ in layers})
+    return ParsedModel(model, {layer.assigned_name: layer.path for layer, _ in layers})

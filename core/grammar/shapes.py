@@ -8,6 +8,7 @@ Shapes here leave out the batch axis; the summary puts it back as `None`, as Ker
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,12 +26,14 @@ Rule = Callable[[dict[str, Any], list[Shape]], Counted]
 
 
 class ShapeMismatch(ValueError):
-    """A layer cannot take the shapes it is given; carries what it expected."""
+    """A layer cannot take the shapes it is given; carries what it expected, and the argument
+    at fault when one is (a pointer below the layer's `config`)."""
 
-    def __init__(self, message: str, expected: str) -> None:
+    def __init__(self, message: str, expected: str, argument: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.expected = expected
+        self.argument = argument
 
 
 def show(shape: Shape) -> str:
@@ -66,6 +69,12 @@ def _known(dim: int | None, what: str, shape: Shape) -> int:
             f"an input whose {what} is known",
         )
     return dim
+
+
+def _size(shape: Shape) -> int | None:
+    """Values in one row; None while any dimension is unknown."""
+    known = [d for d in shape if d is not None]
+    return math.prod(known) if len(known) == len(shape) else None
 
 
 def _split(shape: Shape, cfg: dict[str, Any]) -> tuple[int | None, Shape]:
@@ -139,18 +148,16 @@ def dense(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
 
 
 def flatten(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
-    shape = _one(shapes)
-    size = None if None in shape else math.prod(shape)
-    return (size,), 0, 0
+    return (_size(_one(shapes)),), 0, 0
 
 
 def reshape(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
     shape = _one(shapes)
     target = tuple(cfg["target_shape"])
     known = math.prod(d for d in target if d != -1)
-    if None in shape:
+    size = _size(shape)
+    if size is None:
         return tuple(None if d == -1 else d for d in target), 0, 0
-    size = math.prod(shape)
     if -1 in target:
         if known == 0 or size % known:
             raise ShapeMismatch(
@@ -226,7 +233,9 @@ def up_sampling(rank: int) -> Rule:
     return rule
 
 
-def _conv_geometry(rank: int, cfg: dict[str, Any], shapes: list[Shape]):
+def _conv_geometry(
+    rank: int, cfg: dict[str, Any], shapes: list[Shape]
+) -> tuple[int, Shape, tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     shape = _rank(_one(shapes), rank + 1, "(batch, spatial..., channels)")
     channels, spatial = _split(shape, cfg)
     channels = _known(channels, "channels axis", shape)
@@ -269,7 +278,14 @@ def conv(rank: int) -> Rule:
     return rule
 
 
-def _transposed_length(length, size, stride, dilation, padding, output_padding):
+def _transposed_length(
+    length: int | None,
+    size: int,
+    stride: int,
+    dilation: int,
+    padding: str,
+    output_padding: int | None,
+) -> int | None:
     if length is None:
         return None
     size = (size - 1) * dilation + 1
@@ -294,8 +310,10 @@ def conv_transpose(rank: int) -> Rule:
                 "an output_padding smaller than the strides on every axis",
             )
         out = tuple(
-            _transposed_length(*args, padding, extra)
-            for *args, extra in zip(spatial, kernel, strides, dilation, extras, strict=False)
+            _transposed_length(length, size, stride, rate, padding, extra)
+            for length, size, stride, rate, extra in zip(
+                spatial, kernel, strides, dilation, extras, strict=False
+            )
         )
         filters = cfg["filters"]
         bias = filters if cfg.get("use_bias", True) else 0
@@ -412,8 +430,14 @@ def _recurrent_params(class_name: str, cfg: dict[str, Any], features: int) -> in
     return features * units + units * units + bias
 
 
-def _recurrent_input(shapes: list[Shape]) -> tuple[Shape, int]:
+def _recurrent_input(shapes: list[Shape], cfg: dict[str, Any]) -> tuple[Shape, int]:
     shape = _rank(_one(shapes), 2, "(batch, timesteps, features)")
+    if cfg.get("unroll") and shape[0] is None:
+        raise ShapeMismatch(
+            f"unroll needs a known number of timesteps, received {show(shape)}",
+            "a fixed number of timesteps, or unroll: false",
+            "unroll",
+        )
     return shape, _known(shape[1], "features axis", shape)
 
 
@@ -428,7 +452,7 @@ def _refuse_state(cfg: dict[str, Any]) -> None:
 def recurrent(class_name: str) -> Rule:
     def rule(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
         _refuse_state(cfg)
-        shape, features = _recurrent_input(shapes)
+        shape, features = _recurrent_input(shapes, cfg)
         out = (shape[0], cfg["units"]) if cfg.get("return_sequences") else (cfg["units"],)
         return out, _recurrent_params(class_name, cfg, features), 0
 
@@ -444,9 +468,9 @@ def bidirectional(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
             "the layer reads backwards and no backward_layer is given",
             "go_backwards false on the layer (Bidirectional adds the backward half)",
         )
-    shape, features = _recurrent_input(shapes)
     for inner in (forward, backward):
         _refuse_state(inner["config"])
+        shape, features = _recurrent_input(shapes, inner["config"])
     params = sum(
         _recurrent_params(inner["class_name"], inner["config"], features)
         for inner in (forward, backward)
@@ -621,6 +645,170 @@ RULES: dict[str, Rule] = {
 }
 
 
+# The rank of each weight a layer makes, by the prefix of its arguments (`kernel_regularizer`).
+WEIGHT_RANKS: dict[str, dict[str, int]] = {
+    "Dense": {"kernel": 2, "bias": 1},
+    "Conv1D": {"kernel": 3, "bias": 1},
+    "Conv2D": {"kernel": 4, "bias": 1},
+    "Conv3D": {"kernel": 5, "bias": 1},
+    "Conv2DTranspose": {"kernel": 4, "bias": 1},
+    "SeparableConv2D": {"depthwise": 4, "pointwise": 4, "bias": 1},
+    "DepthwiseConv2D": {"depthwise": 4, "bias": 1},
+    "Embedding": {"embeddings": 2},
+    "BatchNormalization": {"beta": 1, "gamma": 1},
+    "LSTM": {"kernel": 2, "recurrent": 2, "bias": 1},
+    "SimpleRNN": {"kernel": 2, "recurrent": 2, "bias": 1},
+    "GRU": {"kernel": 2, "recurrent": 2, "bias": 1},
+}
+ORTHOGONAL = ("orthogonal_regularizer", "OrthogonalRegularizer")
+
+
+def weight_ranks(class_name: str, cfg: dict[str, Any], shape: Shape) -> dict[str, int]:
+    """The rank of each weight of a layer given its config and input shape."""
+    if class_name == "LayerNormalization":
+        axes = cfg.get("axis", -1)
+        size = len(axes) if isinstance(axes, list) else 1
+        return {"beta": size, "gamma": size}
+    if class_name == "PReLU":
+        return {"alpha": len(shape)}
+    if class_name == "GRU" and cfg.get("reset_after", True):
+        # reset_after keeps the input and recurrent biases as the two rows of one weight.
+        return {**WEIGHT_RANKS["GRU"], "bias": 2}
+    return WEIGHT_RANKS.get(class_name, {})
+
+
+def _class_of(value: Any) -> Any:
+    return value.get("class_name") if isinstance(value, dict) else value
+
+
+def check_weight_arguments(class_name: str, cfg: dict[str, Any], shape: Shape, out: Shape) -> None:
+    """Arguments that act on a weight or an output must fit its rank: Keras raises only once
+    training runs. An orthogonal regularizer needs a matrix; a norm constraint's axes must exist."""
+    if _class_of(cfg.get("activity_regularizer")) in ORTHOGONAL and len(out) != 1:
+        raise ShapeMismatch(
+            f"an orthogonal activity regularizer needs outputs of rank 2, the layer gives "
+            f"{show(out)}",
+            "an activity regularizer other than orthogonal_regularizer on this layer",
+            "activity_regularizer",
+        )
+    for prefix, rank in weight_ranks(class_name, cfg, shape).items():
+        argument = f"{prefix}_regularizer"
+        if _class_of(cfg.get(argument)) in ORTHOGONAL and rank != 2:
+            raise ShapeMismatch(
+                f"orthogonal_regularizer needs a weight of two axes, and {prefix} has {rank}",
+                f"l1, l2 or l1_l2 for the {prefix}",
+                argument,
+            )
+        argument = f"{prefix}_constraint"
+        constraint = cfg.get(argument)
+        axes = (
+            (constraint.get("config") or {}).get("axis", 0) if isinstance(constraint, dict) else 0
+        )
+        named = axes if isinstance(axes, list) else [axes]
+        if not all(-rank <= axis < rank for axis in named) or len({a % rank for a in named}) < len(
+            named
+        ):
+            raise ShapeMismatch(
+                f"the constraint's axis {axes} is not an axis of the {prefix}, which has {rank}",
+                f"distinct axes from {-rank} to {rank - 1}",
+                f"{argument}/config/axis",
+            )
+    for key in ("layer", "backward_layer"):
+        inner = cfg.get(key)
+        if isinstance(inner, dict):
+            try:
+                check_weight_arguments(inner["class_name"], inner["config"], shape, out)
+            except ShapeMismatch as error:
+                error.argument = f"{key}/config/{error.argument}"
+                raise
+
+
+# Layers that only move, repeat or zero-pad values: token ids pass through them unchanged.
+VALUE_KEEPING = frozenset(
+    {"Reshape", "Flatten", "Permute", "RepeatVector", "Cropping1D", "Cropping2D", "Concatenate"}
+)
+ZERO_PADDING = frozenset({"ZeroPadding1D", "ZeroPadding2D"})
+
+
+@dataclasses.dataclass(frozen=True)
+class ValueRange:
+    """The values a tensor can hold, and the model inputs they come from."""
+
+    low: float
+    high: float
+    inputs: frozenset[str]
+
+
+def value_ranges(
+    model: dict[str, Any], inputs: Mapping[str, tuple[float, float]]
+) -> dict[str, ValueRange]:
+    """Each tensor's range of values where a layer passes its inputs' values on: through
+    value-keeping layers, zero padding and Rescaling. Tensors a layer computes have none."""
+    ranges = {
+        name: ValueRange(low, high, frozenset({name})) for name, (low, high) in inputs.items()
+    }
+    for layer in model["layers"]:
+        given = [ranges.get(source) for source in layer["inbound"]]
+        if not given or None in given:
+            continue
+        low = min(r.low for r in given if r is not None)
+        high = max(r.high for r in given if r is not None)
+        sources = frozenset().union(*(r.inputs for r in given if r is not None))
+        class_name, cfg = layer["class_name"], layer["config"]
+        if class_name in ZERO_PADDING:
+            low, high = min(low, 0.0), max(high, 0.0)
+        elif class_name == "Rescaling":
+            ends = [v * cfg["scale"] + cfg.get("offset", 0.0) for v in (low, high)]
+            low, high = min(ends), max(ends)
+        elif class_name not in VALUE_KEEPING:
+            continue
+        ranges[layer["name"]] = ValueRange(low, high, sources)
+    return ranges
+
+
+def _reads_ids(model: dict[str, Any]) -> set[str]:
+    """Tensors whose values are a model input's, through layers that keep or rescale them."""
+    names = {given["name"] for given in model["inputs"]}
+    passing = VALUE_KEEPING | ZERO_PADDING | {"Rescaling"}
+    for layer in model["layers"]:
+        if layer["class_name"] in passing and all(s in names for s in layer["inbound"]):
+            names.add(layer["name"])
+    return names
+
+
+# Layers whose output keeps the padding mask of their input (Keras's `compute_mask`), measured
+# on the pinned Keras; the others (reshaping, convolution, pooling) drop it.
+MASK_KEEPING = frozenset(
+    {
+        "InputLayer", "Dense", "Activation", "Dropout", "GaussianNoise", "SpatialDropout1D",
+        "SpatialDropout2D", "BatchNormalization", "LayerNormalization", "ReLU", "LeakyReLU",
+        "PReLU", "ELU", "Rescaling", "Softmax", "Concatenate",
+    }
+)  # fmt: skip
+RECURRENT = frozenset({"LSTM", "GRU", "SimpleRNN"})
+
+
+def _masked(model: dict[str, Any]) -> set[str]:
+    """Tensors carrying the padding mask of an Embedding with `mask_zero`."""
+    names: set[str] = set()
+    for layer in model["layers"]:
+        class_name, cfg, sources = layer["class_name"], layer["config"], layer["inbound"]
+        inner = cfg["layer"]["config"] if class_name == "Bidirectional" else cfg
+        if class_name == "Embedding":
+            keeps = bool(cfg.get("mask_zero"))
+        elif class_name in MASK_KEEPING:
+            keeps = any(source in names for source in sources)
+        elif class_name in ("Add", "Multiply", "Average", "Subtract"):
+            keeps = all(source in names for source in sources)
+        elif class_name in RECURRENT or class_name == "Bidirectional":
+            keeps = sources[0] in names and bool(inner.get("return_sequences"))
+        else:
+            keeps = False
+        if keeps:
+            names.add(layer["name"])
+    return names
+
+
 def infer_model(
     model: dict[str, Any], settings: Settings, *, paths: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
@@ -670,6 +858,7 @@ def summarize_model(
                 )
             )
     trainable = non_trainable = 0
+    id_tensors, masked = _reads_ids(model), _masked(model)
     for index, layer in enumerate(model["layers"]):
         name, class_name = layer["name"], layer["class_name"]
         given = [shapes.get(source) for source in layer["inbound"]]
@@ -677,10 +866,27 @@ def summarize_model(
         if any(shape is None for shape in given):
             continue  # an earlier layer's mismatch is already reported
         try:
+            if class_name == "Embedding" and layer["inbound"][0] not in id_tensors:
+                raise ShapeMismatch(
+                    f"Embedding reads token ids, and {layer['inbound'][0]!r} computes its values",
+                    "an Embedding reading a model input, through Reshape, Flatten, Permute, "
+                    "RepeatVector, Cropping, ZeroPadding, Rescaling or Concatenate only",
+                )
+            if class_name == "Softmax" and layer["inbound"][0] in masked:
+                # Keras's Softmax applies a mask to its input, and this one, made per step of
+                # the sequence, has one axis fewer: the call fails.
+                raise ShapeMismatch(
+                    "the layer receives the padding mask of an Embedding with mask_zero, "
+                    "which has one axis fewer than its input, and Softmax cannot apply it",
+                    "Activation('softmax') here, or mask_zero false",
+                )
             out, train, frozen = RULES[class_name](layer["config"], given)
+            check_weight_arguments(class_name, layer["config"], given[0], out)
             _bounded(out)
         except ShapeMismatch as error:
             path = (paths or {}).get(name, f"/model/layers/{index}")
+            if error.argument:
+                path = f"{path}/config/{error.argument}"
             received = ", ".join(show(shape) for shape in given)
             errors.append(
                 FieldError(

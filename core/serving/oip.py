@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from core.errors import PayloadTooLarge
+from core.errors import PayloadTooLarge, pointer, preview
 from core.serving.signature import Batch, TensorInfo
 from core.serving.tfserving import (
     NUMBERS,
@@ -26,8 +26,6 @@ from core.serving.tfserving import (
     fits,
     invalid,
     nesting_depth,
-    pointer,
-    preview,
 )
 
 # The protocol's datatypes and the numpy dtypes that carry them (BYTES is not served).

@@ -7,14 +7,14 @@ FieldError whose path is a JSON pointer into the request (`/instances/3`, `/inpu
 
 from __future__ import annotations
 
+import functools
 import itertools
-import reprlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from core.errors import FieldError, InvalidRequest, PayloadTooLarge
+from core.errors import FieldError, InvalidRequest, PayloadTooLarge, pointer, preview
 from core.serving.signature import Batch, TensorInfo
 
 NUMBERS = frozenset({int, float})
@@ -22,43 +22,9 @@ NUMBERS = frozenset({int, float})
 MAX_NESTING = 64
 
 
-def _preview_repr() -> reprlib.Repr:
-    """Previews of received values: a few levels, items and characters, however large."""
-    shown = reprlib.Repr()
-    shown.maxlevel, shown.maxlist, shown.maxdict = 3, 6, 6
-    shown.maxstring = shown.maxother = 60
-    return shown
-
-
-_PREVIEW = _preview_repr()
-
-
-def pointer(*parts: object) -> str:
-    """A JSON pointer from its reference tokens (RFC 6901 escapes `~` and `/`).
-
-    A token past 200 characters (a megabyte-long key) is cut, so an error cannot echo it whole.
-    """
-    tokens = (str(part)[:200] for part in parts)
-    return "".join("/" + token.replace("~", "~0").replace("/", "~1") for token in tokens)
-
-
 def invalid(path: str, message: str, expected: str, received: Any) -> InvalidRequest:
     """A 422 with one FieldError, its message also the detail; `received` is previewed."""
     return InvalidRequest(message, errors=[FieldError(path, message, expected, preview(received))])
-
-
-def preview(value: Any) -> Any:
-    """A short, JSON-safe rendering of a received value for an error message.
-
-    Small values come back as they are; a long string is cut; a large or deep structure is
-    shown by `reprlib`, whose walk stops a few levels and items in.
-    """
-    if isinstance(value, bool | int | float) or value is None:
-        return value
-    if isinstance(value, str):
-        return value[:77] + "..." if len(value) > 80 else value
-    text = _PREVIEW.repr(value)
-    return value if "..." not in text and len(text) <= 80 else text[:77] + "..."
 
 
 class NotNumbers(Exception):
@@ -323,7 +289,7 @@ def _checked(
             columns[info.name],
             info,
             locate(index, None),
-            lambda row, index=index: locate(index, row),
+            functools.partial(locate, index),
             max_rows,
         )
         for index, info in enumerate(inputs)

@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core import datasets, readers
-from core.errors import InvalidData, InvalidRequest, NotFound
+from core.errors import InvalidData, InvalidRequest, NotFound, PayloadTooLarge
 from core.settings import Settings
 from core.storage import DataDir, new_id
 
@@ -38,6 +39,14 @@ def store(data: DataDir, tmp_path: Path, content: bytes | np.ndarray, **options)
     )
 
 
+def npy_declaring(descr: object, shape: object, data: bytes = b"") -> bytes:
+    """A .npy file with a header written as given, whatever it declares, then `data`."""
+    buffer = io.BytesIO()
+    header = {"descr": descr, "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_2_0(buffer, header)
+    return buffer.getvalue() + data
+
+
 def refusal(call) -> dict:
     with pytest.raises(InvalidData) as caught:
         call()
@@ -46,19 +55,72 @@ def refusal(call) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("array", "received"),
+    ("descr", "received"),
     [
-        (np.array(["a", "b"]), "<U1"),
-        (np.array([1 + 2j]), "complex128"),
-        (np.zeros(2, dtype=[("a", "i4"), ("b", "f4")]), "[('a', '<i4'), ('b', '<f4')]"),
-        (np.array(["2020-01-01"], dtype="datetime64[D]"), "datetime64[D]"),
+        ("<U1", "<U1"),
+        ("|S4", "|S4"),
+        ("<c16", "complex128"),
+        ("<f16", "float128"),
+        ("<M8[D]", "datetime64[D]"),
+        ("<m8[s]", "timedelta64[s]"),
+        ("|V4", "|V4"),
+        ("(2,)<f4", "('<f4', (2,))"),
+        ([("a", "<i4"), ("b", "<f4")], "[('a', '<i4'), ('b', '<f4')]"),
+        (">f4", ">f4"),
+        (">i8", ">i8"),
     ],
 )
-def test_non_numeric_dtypes_are_refused(data, tmp_path, array, received):
-    error = refusal(lambda: store(data, tmp_path, array))
+def test_dtypes_outside_the_allowlist_are_refused(data, tmp_path, descr, received):
+    dtype = np.lib.format.descr_to_dtype(descr)
+    error = refusal(
+        lambda: store(data, tmp_path, npy_declaring(descr, (2,), bytes(2 * dtype.itemsize)))
+    )
     assert error["path"] == "/file"
     assert error["received"] == received
-    assert "bool, int, uint or float" in error["expected"]
+    assert error["message"].startswith(
+        f"The array at /file has {'the big-endian ' * (descr[0] == '>')}dtype"
+    )
+    assert "bool, int8-64, uint8-64 or float16/32/64" in error["expected"]
+
+
+def test_dtypes_of_the_allowlist_are_stored(data, tmp_path):
+    for name in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"):
+        assert store(data, tmp_path, np.ones(3, dtype=name))["arrays"]["x"]["dtype"] == name
+    for name in ("float16", "float32", "float64"):
+        assert store(data, tmp_path, np.ones(3, dtype=name))["arrays"]["x"]["dtype"] == name
+
+
+NO_ELEMENTS = "every dimension at least 1"
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected", "received"),
+    [
+        ((2**62, 0), NO_ELEMENTS, [2**62, 0]),
+        ((0, 2**62), NO_ELEMENTS, [0, 2**62]),
+        ((2**40, 2**40, 0), NO_ELEMENTS, [2**40, 2**40, 0]),
+        ((1, 0, 1), NO_ELEMENTS, [1, 0, 1]),
+        ((-(2**62), -2), NO_ELEMENTS, [-(2**62), -2]),
+        ((False,), "integer sizes", "(False,)"),
+        ((2**62, 2**62), f"{2**126} data bytes", 8),
+        ((2**64 + 1,), f"{4 * (2**64 + 1)} data bytes", 8),
+    ],
+)
+def test_header_shapes_are_judged_before_anything_is_allocated(
+    data, tmp_path, shape, expected, received
+):
+    """Zero bytes cannot back an absurd shape: a zero dimension is refused, and any other shape
+    must match the bytes that follow (its size computed without overflow)."""
+    error = refusal(lambda: store(data, tmp_path, npy_declaring("<f4", shape, bytes(8))))
+    assert (error["path"], error["expected"], error["received"]) == ("/file", expected, received)
+    assert list(data.datasets.iterdir()) == []
+
+
+def test_header_with_too_many_dimensions_is_refused(data, tmp_path):
+    error = refusal(lambda: store(data, tmp_path, npy_declaring("<f4", (1,) * 1000, bytes(4))))
+    assert (error["path"], error["received"]) == ("/file", 1000)
+    error = refusal(lambda: store(data, tmp_path, npy_declaring("<f4", (True, 2), bytes(8))))
+    assert (error["path"], error["received"]) == ("/file", "(True, 2)")
 
 
 def test_scalar_and_truncated_npy_are_refused(data, tmp_path):
@@ -79,7 +141,7 @@ def test_negative_shape_and_empty_arrays_are_refused(data, tmp_path):
     error = refusal(lambda: store(data, tmp_path, buffer.getvalue() + bytes(16)))
     assert (error["path"], error["received"]) == ("/file", [-1, -4])
     error = refusal(lambda: store(data, tmp_path, np.zeros((0, 3))))
-    assert (error["path"], error["received"]) == ("/file/arrays", 0)
+    assert (error["path"], error["received"]) == ("/file", [0, 3])
 
 
 def test_array_name_must_be_an_identifier(data, tmp_path):
@@ -125,8 +187,15 @@ def test_csv_numeric_labels_and_blank_lines(data, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["a0.npy", "a1.npy", "manifest.json"]
 
 
+def test_csv_whole_number_labels_past_int64_stay_floats(data, tmp_path):
+    manifest = store(data, tmp_path, b"a,label\n1,3\n2,1e30\n")
+    assert manifest["arrays"]["y"]["dtype"] == "float32"
+    y = datasets.open_array(data, manifest["id"], "y")
+    np.testing.assert_array_equal(y, np.array([3, 1e30], dtype=np.float32))
+
+
 def test_csv_labels_span_several_batches(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(readers, "_CSV_BATCH", 3)
+    monkeypatch.setattr(readers, "_CSV_BATCH_CELLS", 6)
     monkeypatch.setattr(readers, "CHUNK_BYTES", 16)
     numbers = "".join(f"{i},{i % 4}\n" for i in range(10))
     manifest = store(data, tmp_path, f"a,label\n{numbers}".encode())
@@ -154,6 +223,7 @@ def test_csv_labels_span_several_batches(data, tmp_path, monkeypatch):
         ("a,label\n", "/file", 0),
         ("a,label\n1,\n", "/file/rows/2/columns/label", ""),
         ('a,label\n"1,2\n', "/file/rows/2", 1),
+        ("a,label\n1," + "c" * 257 + "\n", "/file/rows/2/columns/label", "c" * 100),
     ],
 )
 def test_csv_refusals_name_the_place(data, tmp_path, text, path, received):
@@ -168,6 +238,79 @@ def test_csv_errors_are_listed_in_line_order_and_capped(data, tmp_path):
     paths = [error.path for error in caught.value.errors]
     assert len(paths) == readers.MAX_REPORTED_ERRORS
     assert paths[:3] == ["/file/rows/2/columns/a", "/file/rows/3", "/file/rows/4/columns/a"]
+    assert caught.value.errors_omitted == 60 - readers.MAX_REPORTED_ERRORS
+
+
+def test_csv_reading_stops_at_the_batch_where_errors_reach_the_cap(data, tmp_path, monkeypatch):
+    """Millions of bad cells build 50 errors, count the rest of one batch, and stop there."""
+    monkeypatch.setattr(readers, "_CSV_BATCH_CELLS", 300)
+    with pytest.raises(InvalidData) as caught:
+        store(data, tmp_path, b"a,b,label\n" + b"x,x,1\n" * 1_000_000)
+    assert len(caught.value.errors) == readers.MAX_REPORTED_ERRORS
+    # 100 rows a batch: the first batch's 200 bad cells are found, 150 of them counted.
+    assert caught.value.errors_omitted == 150
+    assert "stopped at line 101" in caught.value.detail
+
+
+def test_csv_header_checks_are_linear_and_capped(data, tmp_path):
+    """Repeated names are found with one count, however many; a header past the column cap is
+    refused unread, and so is a line past the line cap."""
+    started = time.process_time()
+    repeated = ",".join(f"c{i % 16_000}" for i in range(32_000)) + ",label\n1\n"
+    error = refusal(lambda: store(data, tmp_path, repeated.encode()))
+    assert (error["expected"], len(error["received"])) == ("unique names", 50)
+    wide = ",".join(["c"] * (readers.MAX_CSV_COLUMNS + 1)) + "\n"
+    error = refusal(lambda: store(data, tmp_path, wide.encode()))
+    assert error["received"] == readers.MAX_CSV_COLUMNS + 1
+    long = "a,label\n1,2\n" + "9" * (readers.MAX_CSV_LINE_CHARS + 1) + "\n"
+    error = refusal(lambda: store(data, tmp_path, long.encode()))
+    assert (error["path"], error["expected"]) == (
+        "/file/rows/3",
+        "lines of at most 4194304 characters",
+    )
+    assert time.process_time() - started < 2
+
+
+def test_npz_central_directory_is_bounded_before_it_is_parsed(data, tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for index in range(3_000):
+            archive.writestr(f"m{index}.npy", b"")
+    error = refusal(lambda: store(data, tmp_path, buffer.getvalue()))
+    assert error["path"] == "/file"
+    assert error["expected"] == f"at most {readers.MAX_CENTRAL_DIRECTORY_BYTES} bytes"
+    assert error["received"] > readers.MAX_CENTRAL_DIRECTORY_BYTES
+
+
+def npz_of(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [npy_declaring("<f8", (4, 3), bytes(96)), b"a,label\n1,2\n", npz_of(x=np.ones(3))],
+    ids=["npy", "csv", "npz"],
+)
+def test_every_format_is_held_to_the_cpu_budget(data, tmp_path, content):
+    source = tmp_path / "upload"
+    source.write_bytes(content)
+    with pytest.raises(PayloadTooLarge, match="CPU"):
+        datasets.store_upload(
+            data,
+            new_id(),
+            source,
+            settings=Settings(upload_cpu_seconds=0),
+            owner=None,
+            filename="f",
+        )
+    assert list(data.datasets.iterdir()) == []
+    document = {"arrays": {"x": [1, 2]}}
+    with pytest.raises(PayloadTooLarge, match="CPU"):
+        datasets.store_json(
+            data, new_id(), document, b"{}", settings=Settings(upload_cpu_seconds=0), owner=None
+        )
 
 
 def test_json_pointer_escapes_names():

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
+from core import cost
 from core.datasets import load_manifest, store_json
-from core.errors import Conflict, NotFound
-from core.grammar import parse_job
+from core.errors import Conflict, InvalidRequest, NotFound
+from core.grammar import data, parse_job, shapes
 from core.jobs import JobStore, JobView, provenance, view_job
 from core.rediskeys import dataset_jobs_key
 from core.settings import Settings
@@ -93,7 +96,7 @@ def test_list_is_newest_first_paginated_and_filtered(store: JobStore):
     assert [j["id"] for j in ann] == [ids[3], ids[1]]
     running, _ = store.list(owner=None, status="running", limit=10, cursor=None)
     assert [j["id"] for j in running] == [ids[0]]
-    with pytest.raises(NotFound):
+    with pytest.raises(InvalidRequest):
         store.list(owner=None, status=None, limit=2, cursor="nonsense")
 
 
@@ -136,15 +139,6 @@ def test_a_lease_has_one_holder(store: JobStore):
     assert store.lease_holder(job_id) == "w2/2"
     store.release_lease(job_id, "w2/2")
     assert store.lease_holder(job_id) is None
-
-
-def test_idempotency_key_binds_the_first_job(store: JobStore):
-    first = store.create(SPEC, owner="ann")["id"]
-    second = store.create(SPEC, owner="ann")["id"]
-    assert store.claim_idempotency_key("ann", "k1", first) is None
-    assert store.claim_idempotency_key("ann", "k1", second) == first
-    assert store.idempotent_job("ann", "k1")["id"] == first
-    assert store.idempotent_job("bob", "k1") is None
 
 
 def test_rebuild_restores_records_from_the_volume(store: JobStore):
@@ -251,10 +245,19 @@ def test_manifests_written_before_the_job_type_still_restore(store: JobStore):
         schema.validate(orjson.loads(orjson.dumps(view_job(job))))
 
 
-def test_the_parse_reads_each_manifest_once_and_provenance_uses_them(store: JobStore):
+def test_the_parse_reads_each_manifest_once_and_provenance_uses_them(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+):
     document = {"arrays": {"x": np.eye(4).tolist(), "y": [0, 1, 0, 1]}}
     dataset_id = new_id()
-    store_json(store.data, dataset_id, document, orjson.dumps(document), owner=None)
+    store_json(
+        store.data,
+        dataset_id,
+        document,
+        orjson.dumps(document),
+        settings=store.settings,
+        owner=None,
+    )
     reads: list[str] = []
 
     def manifest_of(wanted: str) -> dict:
@@ -268,9 +271,22 @@ def test_the_parse_reads_each_manifest_once_and_provenance_uses_them(store: JobS
         "fit": {"epochs": 1},
         "data": {"dataset": dataset_id, "x": "x", "y": "y", "validation": split, "test": split},
     }
+    inferred = []
+    summarize_model = shapes.summarize_model
+
+    def counted(model: dict, **options: Any) -> dict:
+        inferred.append(model)
+        return summarize_model(model, **options)
+
+    # The model's shapes: inferred once by the parse, once more by the cost model for the rows'
+    # own sizes (the data checks reuse the first).
+    monkeypatch.setattr(shapes, "summarize_model", counted)
+    monkeypatch.setattr(data, "summarize_model", counted)
+    monkeypatch.setattr(cost, "summarize_model", counted)
     parsed = parse_job(body, settings=Settings(), manifest_of=manifest_of)
 
     assert reads == [dataset_id]
+    assert len(inferred) == 2
     assert parsed.summary["total_params"] == 10
     record = provenance(parsed.spec, parsed.manifests)
     sha256 = load_manifest(store.data, dataset_id)["source"]["sha256"]

@@ -37,7 +37,8 @@ class Datasets:
     def store(self, **arrays: np.ndarray) -> str:
         document = {"arrays": {name: value.tolist() for name, value in arrays.items()}}
         dataset_id = new_id()
-        store_json(self.data, dataset_id, document, orjson.dumps(document), owner=None)
+        body = orjson.dumps(document)
+        store_json(self.data, dataset_id, document, body, settings=Settings(), owner=None)
         return dataset_id
 
     def parse(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -258,6 +260,64 @@ def test_shape_mismatch_names_the_shapes(trainer: Trainer, spec, data, settings,
     assert caught.value.message.startswith(
         "Input 'input' expects shape (None, 8) but array 'x' has shape (96, 5)."
     )
+
+
+def two_output_job(data: DataDir, settings: Settings, tmp_path: Path, **fit: Any) -> dict:
+    """The spec of a model with a regression output `score` and a classifier `kind`, weighted
+    rows, validation and test data."""
+    import keras
+
+    inputs = keras.Input((FEATURES,), name="input")
+    hidden = keras.layers.Dense(4, name="hidden")(inputs)
+    model = keras.Model(
+        inputs,
+        [
+            keras.layers.Dense(1, name="score")(hidden),
+            keras.layers.Dense(CLASSES, activation="softmax", name="kind")(hidden),
+        ],
+    )
+    arrays = blobs()
+    dataset = store(
+        data, settings, tmp_path, **arrays, score=arrays["y"][:, None], w=np.ones(ROWS, "float32")
+    )
+    request = {
+        "model": json.loads(model.to_json()),
+        "compile": {
+            "optimizer": "adam",
+            "loss": {"score": "mse", "kind": "sparse_categorical_crossentropy"},
+            "metrics": {"kind": ["accuracy"]},
+        },
+        "fit": {"batch_size": BATCH, "epochs": 1, "validation_split": 0.25, **fit},
+        "data": {
+            "dataset": dataset,
+            "x": "x",
+            "y": {"score": "score", "kind": "y"},
+            "sample_weight": "w",
+            "test": {"dataset": dataset},
+        },
+    }
+    return parse_job_request(
+        request, settings=settings, manifest_of=lambda found: load_manifest(data, found)
+    )
+
+
+def test_sample_weights_reach_every_output_of_a_two_output_model(
+    trainer: Trainer, data: DataDir, settings: Settings, tmp_path: Path
+) -> None:
+    result = trainer.run(two_output_job(data, settings, tmp_path), resume=None)
+    assert result["status"] == "succeeded"
+    assert {"score_loss", "kind_loss"} <= set(result["test_metrics"])
+
+
+def test_early_stopping_on_an_output_metric(
+    trainer: Trainer, data: DataDir, settings: Settings, tmp_path: Path
+) -> None:
+    # Keras's own mode "auto" finds no metric of this name among the model's (it is an output's)
+    # and raises at the first epoch; the parse settles min or max instead.
+    early = {"class_name": "EarlyStopping", "config": {"monitor": "val_kind_accuracy"}}
+    job = two_output_job(data, settings, tmp_path, epochs=2, callbacks=[early])
+    assert job["fit"]["callbacks"][0]["config"]["mode"] == "max"
+    assert trainer.run(job, resume=None)["status"] == "succeeded"
 
 
 def test_time_limit_fails_with_timeout_after_a_checkpoint(trainer: Trainer, spec) -> None:

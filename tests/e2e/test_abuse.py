@@ -49,30 +49,34 @@ def log_offset(stack: Stack) -> int:
     return (stack.logs / "api.log").stat().st_size
 
 
-def raw_request(stack: Stack, method: str, target: str) -> http.client.HTTPResponse:
+def raw_request(stack: Stack, method: str, target: str) -> tuple[int, str | None, str]:
+    """Send `target` as written (no client-side normalization): status, Content-Type, body."""
     address = urlsplit(stack.api)
     connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
-    connection.putrequest(method, target, skip_accept_encoding=True)
-    connection.endheaders()
-    return connection.getresponse()
+    try:
+        connection.putrequest(method, target, skip_accept_encoding=True)
+        connection.endheaders()
+        response = connection.getresponse()
+        body = response.read().decode(errors="replace")
+        return response.status, response.getheader("Content-Type"), body
+    finally:
+        connection.close()
 
 
 @pytest.mark.parametrize("target", FORMS)
 @pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
 def test_traversal_forms_are_refused_through_the_proxy(stack: Stack, method: str, target: str):
-    response = raw_request(stack, method, target)
-    body = response.read().decode(errors="replace")
+    status, content_type, body = raw_request(stack, method, target)
     # 400: nginx refuses a path that climbs above the root (it decodes %2f to see it) or a NUL.
-    assert response.status in (400, 404, 405, 422), (method, target, response.status, body[:200])
-    assert response.getheader("Content-Type") == "application/problem+json"
+    assert status in (400, 404, 405, 422), (method, target, status, body[:200])
+    assert content_type == "application/problem+json"
     assert "root:x:0:0" not in body
 
 
 def test_an_over_long_id_is_414(stack: Stack):
-    response = raw_request(stack, "GET", "/v1/jobs/" + "a" * 10_240)
-    assert response.status == 414
+    assert raw_request(stack, "GET", "/v1/jobs/" + "a" * 10_240)[0] == 414
     # Within gunicorn's limit the same id reaches Flask and is an unknown job.
-    assert raw_request(stack, "GET", "/v1/jobs/" + "a" * 3_000).status == 404
+    assert raw_request(stack, "GET", "/v1/jobs/" + "a" * 3_000)[0] == 404
 
 
 def test_a_raw_nul_in_the_request_line_is_refused(stack: Stack):

@@ -224,7 +224,7 @@ CASES = [
         "/model/layers/0",
         {"class_name": "Conv2D", "config": {"filters": 4, "kernel_size": [3, 3, 3]}},
         "/model/layers/0/config/kernel_size",
-        "[3,3,3]",
+        [3, 3, 3],
         "a list of 2 such integers",
     ),
     (

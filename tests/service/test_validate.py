@@ -277,3 +277,31 @@ def test_an_enormous_model_is_a_422_never_a_500(client, dataset):
     assert error["path"] == "/model"
     assert "(None, 16777216, 16777216)" in error["message"]
     assert error["expected"] == "at most 2,147,483,647 values per row"
+
+
+def test_the_cost_estimate_is_under_cost(client, dataset):
+    response = client.post("/v1/jobs:validate", json=request_for(dataset))
+    assert response.status_code == 200, response.get_json()
+    cost = response.get_json()["cost"]
+    # 195 parameters: weights, gradients and RMSprop's one slot, four bytes each.
+    assert cost["memory"]["weights"] == cost["memory"]["gradients"] == 195 * 4
+    assert cost["memory"]["optimizer"] == 195 * 4
+    assert cost["values_per_row"] == 8 + 16 + 3
+    assert cost["budget"]["memory_bytes"] == 16 << 30
+    assert [layer["name"] for layer in cost["layers"]] == ["dense", "output"]
+    # Three passes over 12 rows, and 3 steps of 4 rows each updating 195 parameters.
+    assert cost["flops_per_epoch"] == 3 * 12 * (2 * 144 + 2 * 51) + 3 * 195 * 10
+
+
+def test_a_job_over_the_workers_budget_is_refused(settings):
+    client = create_app(settings.with_overrides(worker_memory_bytes=1000)).test_client()
+    dataset = upload_npz(
+        client, {"x": RNG.random((12, 8), dtype=np.float32), "y": RNG.integers(0, 3, 12)}
+    )
+    problem = client.post("/v1/jobs:validate", json=request_for(dataset))
+    (error,) = errors_of(problem)
+    assert error["path"] == "/model"
+    assert "the weights, their gradients and optimizer state take 2.3 KB" in error["message"]
+    assert "FITSERVE_WORKER_MEMORY_BYTES" in error["message"]
+    submitted = client.post("/v1/jobs", json=request_for(dataset))
+    assert errors_of(submitted) == [error]

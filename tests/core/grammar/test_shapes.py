@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from typing import Any
 
 import hypothesis
@@ -501,7 +502,16 @@ def merge_cases(draw: st.DrawFn) -> tuple[str, dict[str, Any], list[list[int]]]:
 
 
 def keras_outcome(class_name: str, config: dict[str, Any], shapes: list[list[int]]):
-    """Keras's answer for one layer on a real batch: (output shape, params) or None if it fails."""
+    """Keras's answer for one layer on a real batch: (output shape, params) or None if it fails.
+
+    Keras's warnings (a softmax over an axis of size 1) are advice, not refusals: it runs.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return _keras_outcome(class_name, config, shapes)
+
+
+def _keras_outcome(class_name: str, config: dict[str, Any], shapes: list[list[int]]):
     try:
         layer = keras_layer(class_name, config)
         symbolic = [keras.Input(tuple(shape)) for shape in shapes]
