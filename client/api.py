@@ -143,7 +143,9 @@ class Client:
         Returns the dataset's manifest (its `id`, arrays with shapes, dtypes and statistics).
         """
         buffer = io.BytesIO()
-        np.savez(buffer, **{name: plain_array(name, value) for name, value in arrays.items()})
+        # Typed Any: numpy's stubs read a ** of arrays as if it could fill `allow_pickle`.
+        plain: dict[str, Any] = {name: plain_array(name, value) for name, value in arrays.items()}
+        np.savez(buffer, **plain)
         files = {"file": (filename, buffer.getvalue(), "application/octet-stream")}
         return self.request_json("POST", "/v1/datasets", files=files)
 

@@ -246,7 +246,10 @@ def check_sign_in_failures() -> None:
         return
     try:
         key = auth_failures_key(client_address())
-        failures, ttl_ms = redis_client().pipeline(transaction=False).get(key).pttl(key).execute()
+        pipe = redis_client().pipeline(transaction=False)
+        pipe.get(key)
+        pipe.pttl(key)
+        failures, ttl_ms = pipe.execute()
     except redis.RedisError:
         return  # counted as a fail-open by `count_sign_in_failure` if Redis stays away
     if int(failures or 0) >= limit:

@@ -31,7 +31,7 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 
 @bp.get(METRICS_PATH)
-def scrape():
+def scrape() -> Response:
     """The API processes' counters and histograms, then jobs, queues and workers from Redis
     (with keys on, for admin keys only: it shows every key's job counts)."""
     require_admin()
