@@ -4,7 +4,7 @@ A stack of its own (gunicorn with two workers, a Celery worker, Redis) with FITS
 and a quota of two live jobs, so the jobs that valid examples create train one epoch each. The
 document's examples point at placeholder ids; the test points them at a real dataset and a
 trained model, so they pass validation into jobs and reach real predictions. Each operation
-runs its examples, then MAX_EXAMPLES generated cases (about two minutes in all on two cores).
+runs its examples, then MAX_EXAMPLES generated cases (a few minutes in all on two cores).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from tests.support.stack import Stack, running_stack
 
 pytestmark = pytest.mark.e2e
 
-MAX_EXAMPLES = 25
-NEGATIVE_EXAMPLES = 10
+MAX_EXAMPLES = 150
+NEGATIVE_EXAMPLES = 60
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
