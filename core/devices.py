@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from core.errors import FitserveError
+from core.integers import read_int
 from core.queues import train_queue
 from core.settings import Settings
 
@@ -41,7 +42,7 @@ def visible_gpu_count(environ: Mapping[str, str]) -> int | None:
     count = 0
     for entry in raw.split(","):
         entry = entry.strip()
-        if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
+        if read_int(entry, 0, 1 << 31) is None and not entry.startswith(("GPU-", "MIG-")):
             break
         count += 1
     return count
