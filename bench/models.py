@@ -32,7 +32,8 @@ from bench.predict import WORKERS, start, write_job  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.storage import DataDir  # noqa: E402
 from scripts.stack import compose_command  # noqa: E402
-from tests.support.processes import free_port, redis_server, stop_tree, wait_for  # noqa: E402
+from tests.support.processes import free_port, redis_server, stop_tree  # noqa: E402
+from tests.support.stack import wait_ready  # noqa: E402
 
 ROW = {"instances": [[0.5] * 784]}
 
@@ -79,7 +80,7 @@ def serve_round_robin(
     turns = itertools.cycle(ids)
     lock = threading.Lock()
     try:
-        wait_for(lambda: requests.get(url + "/readyz", timeout=5).ok, 240, "gunicorn")
+        wait_ready(url, folder / "api.log")
         deadline = time.monotonic() + args.seconds
 
         def client() -> None:

@@ -24,8 +24,8 @@ import requests
 
 from scripts.stack import ROOT, compose_command
 from service.limits import WINDOW_SECONDS
-from tests.support.processes import free_port, stop_tree, wait_for
-from tests.support.stack import START_SECONDS, Stack, stack_environment
+from tests.support.processes import free_port, stop_tree
+from tests.support.stack import Stack, stack_environment, wait_ready
 
 RATE = 30
 
@@ -112,7 +112,7 @@ def limited_api(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
             start_new_session=True,
         )
     try:
-        wait_for(lambda: requests.get(url + "/readyz", timeout=2).ok, START_SECONDS, "gunicorn")
+        wait_ready(url, folder / "api.log")
         yield url
     finally:
         stop_tree(process)

@@ -32,6 +32,7 @@ from core.settings import Settings
 from core.storage import DataDir, read_json
 from core.training import TrainingFailed
 from scripts.stack import ROOT
+from tests.support.http import expect_status
 from tests.support.processes import free_port, stop_tree, wait_for
 from tests.support.stack import Stack, blobs, running_stack, tiny_request
 
@@ -159,8 +160,9 @@ def submit_when_back(stack: Stack, request: dict, timeout: float = 60) -> dict:
     answer: dict = {}
 
     def accepted() -> bool:
-        response = requests.post(stack.url("/v1/jobs"), json=request, timeout=30)
-        assert response.status_code in (202, 503), response.text
+        response = expect_status(
+            requests.post(stack.url("/v1/jobs"), json=request, timeout=30), 202, 503
+        )
         answer.update(response.json())
         return response.status_code == 202
 
