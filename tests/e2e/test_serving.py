@@ -19,6 +19,8 @@ import pytest
 import requests
 
 from core.storage import read_json
+from tests.support.http import expect_status
+from tests.support.processes import wait_for
 from tests.support.stack import Stack, tiny_request
 
 pytestmark = pytest.mark.e2e
@@ -93,6 +95,20 @@ def post(stack: Stack, path: str, body: dict) -> requests.Response:
     return requests.post(stack.url(path), json=body, timeout=60)
 
 
+def post_until_served_by(stack: Stack, path: str, body: dict, version: int) -> requests.Response:
+    """POST until `version` answers (bounded). Asked by a label that follows `latest`, each
+    gunicorn worker keeps answering with the older version it holds while the newer one loads
+    (DESIGN: a newer version replaces a loaded one only once fully loaded)."""
+    answer: list[requests.Response] = []
+
+    def served_by_version() -> bool:
+        answer[:] = [expect_status(post(stack, path, body), 200)]
+        return answer[0].headers["X-Model-Version"] == str(version)
+
+    wait_for(served_by_version, 30, f"{path} answered by version {version}", interval=0.2)
+    return answer[0]
+
+
 def versions_and_labels(stack: Stack, job_id: str) -> list[tuple[str, str, int]]:
     """(TF Serving suffix, OIP version segment, version served) for every way to name one."""
     record = manifest(stack, job_id)
@@ -111,16 +127,14 @@ def test_single_input_every_version_label_and_format_equals_keras(stack: Stack, 
     job_id = served["single"]
     for suffix, segment, version in versions_and_labels(stack, job_id):
         want = keras_model(stack, job_id, version)(X, training=False).numpy()
-        rows = post(stack, f"/v1/models/{job_id}{suffix}:predict", {"instances": X.tolist()})
-        assert rows.status_code == 200, rows.text
-        assert rows.headers["X-Model-Version"] == str(version)
+        path = f"/v1/models/{job_id}{suffix}:predict"
+        rows = post_until_served_by(stack, path, {"instances": X.tolist()}, version)
         assert np.allclose(rows.json()["predictions"], want, atol=1e-5)
-        columns = post(stack, f"/v1/models/{job_id}{suffix}:predict", {"inputs": X.tolist()})
+        columns = post_until_served_by(stack, path, {"inputs": X.tolist()}, version)
         assert np.allclose(columns.json()["outputs"], want, atol=1e-5)
         path = f"/v2/models/{job_id}" + (f"/versions/{segment}" if segment else "") + "/infer"
         tensor = {"name": "input", "shape": [6, 16], "datatype": "FP32", "data": X.ravel().tolist()}
-        infer = post(stack, path, {"inputs": [tensor]})
-        assert infer.status_code == 200, infer.text
+        infer = post_until_served_by(stack, path, {"inputs": [tensor]}, version)
         assert infer.json()["model_version"] == str(version)
         [out] = infer.json()["outputs"]
         assert np.allclose(np.reshape(out["data"], out["shape"]), want, atol=1e-5)
