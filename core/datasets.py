@@ -28,7 +28,9 @@ from core.errors import (
     NotFound,
     PayloadTooLarge,
     Unavailable,
+    format_bytes,
     pointer,
+    too_large_for_one_request,
 )
 from core.settings import Settings
 from core.storage import DataDir, check_id, new_id, read_json, sha256_file, utc_now, write_json
@@ -48,17 +50,23 @@ def store_upload(
     filename: str | None,
     label: str = "label",
     name: str = "x",
+    resumable: bool = False,
 ) -> dict:
     """Check and store an uploaded file (format read from its content); return the manifest.
 
-    Reading it may take `settings.upload_cpu_seconds` of CPU; past that it is a 413.
+    A plain upload may have `settings.max_upload_bytes`, a `resumable` one (tus)
+    `settings.max_dataset_bytes`. Reading it may take `settings.upload_cpu_seconds` of CPU;
+    past that it is a 413.
     """
     budget = readers.CpuBudget(settings.upload_cpu_seconds)
     size = source.stat().st_size
-    if size > settings.max_upload_bytes:
+    if resumable and size > settings.max_dataset_bytes:
         raise PayloadTooLarge(
-            f"The file has {size} bytes; an upload may have at most {settings.max_upload_bytes}."
+            f"The upload is {format_bytes(size)}; a dataset may hold at most "
+            f"{format_bytes(settings.max_dataset_bytes)} (FITSERVE_MAX_DATASET_BYTES)."
         )
+    if not resumable and size > settings.max_upload_bytes:
+        raise PayloadTooLarge(too_large_for_one_request(size, settings.max_upload_bytes))
     file_format = readers.detect_format(source)
     # A .npy upload becomes its array file unchanged, so its hash comes from describing it.
     digest = None if file_format == "npy" else sha256_file(source)

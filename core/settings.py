@@ -21,10 +21,12 @@ class Settings:
     max_upload_bytes: int = 1 << 30
     max_json_bytes: int = 16 << 20
     # Uncompressed bytes one dataset may hold (an .npz expands; its members are checked first).
-    max_dataset_bytes: int = 4 << 30
+    max_dataset_bytes: int = 64 << 30
     # CPU seconds one upload may spend being read and described (on its own thread); past it the
     # upload is refused with a 413, so no upload can hold an API thread for long.
     upload_cpu_seconds: int = 120
+    # A resumable (tus) upload not written to for this long expires and is removed.
+    upload_expiry_seconds: int = 24 * 3600
     max_params: int = 50_000_000
     max_layers: int = 512
     max_epochs: int = 1000

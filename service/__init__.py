@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         servables,
         state,
         tfserving,
+        uploads,
         validate,
     )
 
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         problems,
         health,
         datasets,
+        uploads,
         validate,
         jobs,
         servables,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import IO, Any
@@ -18,7 +19,7 @@ from flask import Blueprint, Flask, Request, Response, request
 from werkzeug.datastructures import FileStorage
 from werkzeug.formparser import FormDataParser
 
-from core import datasets
+from core import datasets, uploads
 from core.errors import (
     Conflict,
     FieldError,
@@ -26,6 +27,7 @@ from core.errors import (
     MalformedRequest,
     NotFound,
     UnsupportedMediaType,
+    pointer,
 )
 from core.idempotency import fingerprint
 from core.storage import new_id
@@ -33,11 +35,17 @@ from service.auth import can_see, owner
 from service.http import idempotency_key, json_body, json_response, page_args
 from service.limits import check_dataset_quota, keep_within_dataset_quota
 from service.state import data_dir, idempotency_keys, job_store, settings
+from service.uploads import visible_upload
 
 log = logging.getLogger("fitserve.service")
 bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
 
-ACCEPTED_TYPES = "multipart/form-data (field 'file') or application/json ({'arrays': {...}})"
+ACCEPTED_TYPES = (
+    "multipart/form-data (field 'file') or application/json ({'arrays': {...}} or "
+    "{'upload': '<resumable upload id>'})"
+)
+# What `{"upload": id}` may carry besides the id: the multipart form's fields.
+RESUMABLE_OPTIONS = ("upload", "label", "name")
 
 
 class UploadRequest(Request):
@@ -92,7 +100,9 @@ def create_dataset() -> Response:
         if held.earlier is not None:
             return _manifest_response(datasets.load_manifest(data_dir(), held.earlier), 200)
         dataset_id = new_id()
-        if upload is None:
+        if isinstance(document, dict) and "upload" in document:
+            manifest = _store_resumable(dataset_id, document)
+        elif upload is None:
             body = request.get_data(cache=True)
             manifest = datasets.store_json(
                 data_dir(), dataset_id, document, body, settings=settings(), owner=owner()
@@ -175,6 +185,54 @@ def _store_upload(dataset_id: str, upload: FileStorage) -> dict:
         label=request.form.get("label", "label"),
         name=request.form.get("name", "x"),
     )
+
+
+def _store_resumable(dataset_id: str, document: dict) -> dict:
+    """A finished resumable upload becomes the dataset; the upload is removed once it has.
+
+    The dataset is made from a hard link to the upload's bytes, so a refused file leaves the
+    upload as it was (fix the options and ask again)."""
+    options = _resumable_options(document)
+    upload = visible_upload(options["upload"])
+    source = uploads.data_path(data_dir(), upload)
+    link = data_dir().uploads / f"resumable-{dataset_id}"
+    data_dir().uploads.mkdir(parents=True, exist_ok=True)
+    os.link(source, link)
+    try:
+        manifest = datasets.store_upload(
+            data_dir(),
+            dataset_id,
+            link,
+            settings=settings(),
+            owner=owner(),
+            filename=upload.metadata.get("filename", "")[:255] or None,
+            label=options.get("label", "label"),
+            name=options.get("name", "x"),
+            resumable=True,
+        )
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+    with contextlib.suppress(NotFound):
+        uploads.delete_upload(data_dir(), upload.id)
+    return manifest
+
+
+def _resumable_options(document: dict) -> dict[str, str]:
+    """`{"upload": id, "label"?: str, "name"?: str}`: the multipart form's options, as JSON."""
+    problems = [
+        FieldError(pointer(key), f"Unknown option {key!r}.", f"one of {RESUMABLE_OPTIONS}")
+        for key in document
+        if key not in RESUMABLE_OPTIONS
+    ]
+    problems += [
+        FieldError(pointer(key), f"{key!r} must be a string.", "a string", document[key])
+        for key in RESUMABLE_OPTIONS
+        if key in document and not isinstance(document[key], str)
+    ]
+    if problems:
+        raise InvalidRequest("The options for a resumable upload are invalid.", errors=problems)
+    return document
 
 
 def _fingerprint(document: Any, upload: FileStorage | None) -> str:
