@@ -177,6 +177,7 @@ def append_chunk(
             _receive(stream, target, remaining)
         else:
             _receive_checked(folder / CHUNK, stream, target, remaining, checksum)
+        target.flush()
         return os.fstat(target.fileno()).st_size
 
 
@@ -311,6 +312,8 @@ def _receive_checked(
 
 
 def _copy(stream: IO[bytes], target: IO[bytes], limit: int) -> int:
+    """Copy up to `limit` bytes. A connection that breaks raises from `stream` (werkzeug's
+    ClientDisconnected, a 400); what arrived before it stays written."""
     copied = 0
     while copied < limit:
         block = stream.read(min(_COPY_BYTES, limit - copied))

@@ -105,13 +105,13 @@ def show_offset(upload_id: str) -> Response:
 def append_chunk(upload_id: str) -> Response:
     """Append the body at Upload-Offset (409 if it is not the upload's offset); 204 with the
     new offset. With Upload-Checksum a chunk whose digest differs is discarded (460)."""
+    upload = visible_upload(upload_id)
     if request.mimetype != PATCH_TYPE:
         raise UnsupportedMediaType(
             f"A PATCH carries Content-Type: {PATCH_TYPE}, not {request.mimetype or 'none'!r}."
         )
     offset = _header_int("Upload-Offset")
     checksum = _checksum()
-    upload = visible_upload(upload_id)
     new_offset = uploads.append_chunk(
         data_dir(),
         upload,
