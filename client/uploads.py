@@ -9,10 +9,11 @@ the server for the offset and sends only the rest.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -56,6 +57,7 @@ class MultipartBody(io.RawIOBase):
         self.size = path.stat().st_size
         self.file: IO[bytes] = open(path, "rb")  # noqa: SIM115  closed with the body
         self.parts: list[IO[bytes]] = [io.BytesIO(self.head), self.file, io.BytesIO(self.tail)]
+        self.position = 0
 
     @property
     def content_type(self) -> str:
@@ -67,11 +69,17 @@ class MultipartBody(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def tell(self) -> int:
+        # requests sizes a body as its length less its position; without one it would send it
+        # chunked, by lines, which reads a file without newlines whole.
+        return self.position
+
     def read(self, size: int | None = -1) -> bytes:
         wanted = _READ_BYTES if size is None or size < 0 else size
         while self.parts:
             block = self.parts[0].read(wanted)
             if block:
+                self.position += len(block)
                 return block
             self.parts.pop(0)
         return b""
@@ -128,8 +136,29 @@ def upload_resumable(
     store_path.parent.mkdir(parents=True, exist_ok=True)
     storage = FileStorage(str(store_path))
     identity = FileIdentity(path, server)
-    try:
-        uploader = _uploader(server, path, headers, chunk_bytes, checksum, storage, identity)
+    tus = tus_client.TusClient(f"{server}/v1/uploads", headers=headers)
+
+    def make(handle: IO[bytes]) -> FileUploader:
+        return FileUploader(
+            file_stream=handle,
+            client=tus,
+            chunk_size=chunk_bytes,
+            metadata={"filename": path.name},
+            store_url=True,
+            url_storage=storage,
+            fingerprinter=identity,
+            upload_checksum=checksum,
+            retries=2,
+            retry_delay=1,
+        )
+
+    with storage_closed(storage), open(path, "rb") as handle:
+        try:
+            uploader = make(handle)
+        except TusCommunicationError:
+            # The upload an earlier try began has expired or was removed: start over.
+            storage.remove_item(identity.key())
+            uploader = make(handle)
         size = uploader.get_file_size()
         if progress:
             progress(uploader.offset, size)
@@ -141,38 +170,21 @@ def upload_resumable(
                 progress(uploader.offset, size)
         storage.remove_item(identity.key())
         return str(uploader.url).rstrip("/").rsplit("/", 1)[1]
+
+
+class FileUploader(Uploader):
+    """tuspy's uploader over an open file, known by `FileIdentity`: tuspy's own fingerprint
+    closes the stream it reads, and with a path it opens the file again for every chunk."""
+
+    def _get_fingerprint(self) -> str:
+        if not isinstance(self.fingerprinter, FileIdentity):
+            raise TypeError("FileUploader needs a FileIdentity fingerprinter")
+        return self.fingerprinter.key()
+
+
+@contextlib.contextmanager
+def storage_closed(storage: FileStorage) -> Iterator[FileStorage]:
+    try:
+        yield storage
     finally:
         storage.close()
-
-
-def _uploader(
-    server: str,
-    path: Path,
-    headers: dict[str, str],
-    chunk_bytes: int,
-    checksum: bool,
-    storage: FileStorage,
-    identity: FileIdentity,
-) -> Uploader:
-    """tuspy's uploader, at the offset the server holds for an earlier try of this file (a
-    forgotten or expired one starts over)."""
-    tus = tus_client.TusClient(f"{server}/v1/uploads", headers=headers)
-
-    def make() -> Uploader:
-        return tus.uploader(
-            file_path=str(path),
-            chunk_size=chunk_bytes,
-            metadata={"filename": path.name},
-            store_url=True,
-            url_storage=storage,
-            fingerprinter=identity,
-            upload_checksum=checksum,
-            retries=2,
-            retry_delay=1,
-        )
-
-    try:
-        return make()
-    except TusCommunicationError:
-        storage.remove_item(identity.key())
-        return make()
