@@ -6,10 +6,12 @@ import contextlib
 import dataclasses
 import os
 from pathlib import Path
+from typing import TypedDict
 
 from core.checkpoints import CHECKPOINTS
 from core.datasets import MANIFEST
 from core.serving.export import EXPORTS
+from core.settings import Settings
 from core.storage import DataDir, read_json
 
 
@@ -39,11 +41,41 @@ class Usage:
         """Every stored byte, what FITSERVE_STORAGE_QUOTA_BYTES is counted against."""
         return sum(getattr(self, field.name).bytes for field in dataclasses.fields(self))
 
-    def as_dict(self) -> dict[str, dict[str, int]]:
-        return {
-            field.name: dataclasses.asdict(getattr(self, field.name))
-            for field in dataclasses.fields(self)
-        }
+
+class HoldingView(TypedDict):
+    count: int
+    bytes: int
+
+
+class UsageView(TypedDict):
+    """`GET /v1/usage`: what a key stores by kind, in all, and the limits that apply to it."""
+
+    owner: str | None
+    datasets: HoldingView
+    jobs: HoldingView
+    checkpoints: HoldingView
+    exports: HoldingView
+    bytes: int
+    quota_bytes: int | None
+    job_ttl_seconds: int | None
+
+
+def view_usage(usage: Usage, owner: str | None, settings: Settings) -> UsageView:
+    """The usage as the API shows it; a limit that is off (0) shows as null."""
+
+    def held(holding: Holding) -> HoldingView:
+        return HoldingView(count=holding.count, bytes=holding.bytes)
+
+    return UsageView(
+        owner=owner,
+        datasets=held(usage.datasets),
+        jobs=held(usage.jobs),
+        checkpoints=held(usage.checkpoints),
+        exports=held(usage.exports),
+        bytes=usage.bytes,
+        quota_bytes=settings.storage_quota_bytes or None,
+        job_ttl_seconds=settings.job_ttl_seconds or None,
+    )
 
 
 def storage_usage(data: DataDir, owner: str | None) -> Usage:

@@ -332,7 +332,10 @@ def _refuse_over_bytes(owner: str | None, *, adding: int = 1) -> None:
         return
     usage = storage_usage(data_dir(), owner)
     if quota < usage.bytes + adding:
-        held = ", ".join(f"{name} {holding['bytes']}" for name, holding in usage.as_dict().items())
+        held = (
+            f"datasets {usage.datasets.bytes}, jobs {usage.jobs.bytes}, checkpoints "
+            f"{usage.checkpoints.bytes}, exports {usage.exports.bytes}"
+        )
         raise InsufficientStorage(
             f"The storage quota of {quota} bytes per API key (FITSERVE_STORAGE_QUOTA_BYTES) is "
             f"used up: {usage.bytes} bytes are stored ({held}). Delete datasets or finished "

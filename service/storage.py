@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, Response
 
-from core.usage import storage_usage
+from core.usage import storage_usage, view_usage
 from service.auth import owner
 from service.http import json_response
 from service.jobs import job_view, visible_job
@@ -20,17 +20,7 @@ def register(app: Flask) -> None:
 @bp.get("/v1/usage")
 def get_usage() -> Response:
     """The caller's stored bytes and counts by kind, against its quota and the jobs' TTL."""
-    usage = storage_usage(data_dir(), owner())
-    config = settings()
-    return json_response(
-        {
-            "owner": owner(),
-            **usage.as_dict(),
-            "bytes": usage.bytes,
-            "quota_bytes": config.storage_quota_bytes or None,
-            "job_ttl_seconds": config.job_ttl_seconds or None,
-        }
-    )
+    return json_response(view_usage(storage_usage(data_dir(), owner()), owner(), settings()))
 
 
 @bp.post("/v1/jobs/<job_id>:pin")

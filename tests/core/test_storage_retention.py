@@ -45,7 +45,7 @@ def test_usage_counts_each_kind_of_file_per_owner(store: JobStore) -> None:
     assert (ann.checkpoints.count, ann.checkpoints.bytes) == (1, 1500)
     assert (ann.exports.count, ann.exports.bytes) == (1, 300)
     assert ann.jobs.bytes > 0
-    assert ann.bytes == sum(kind["bytes"] for kind in ann.as_dict().values())
+    assert ann.bytes == sum(h.bytes for h in (ann.datasets, ann.jobs, ann.checkpoints, ann.exports))
     assert storage_usage(store.data, "bob").jobs.count == 0
     assert storage_usage(store.data, None).datasets.count == 2
 
@@ -62,7 +62,8 @@ def test_finished_jobs_expire_unless_pinned_and_live_ones_never(store: JobStore)
     assert expire_jobs(store, finished + TTL + 1) == [expiring]
     assert not store.exists(expiring)
     assert not store.data.job(expiring).exists()
-    assert store.exists(pinned) and store.data.job(pinned).is_dir()
+    assert store.exists(pinned)
+    assert store.data.job(pinned).is_dir()
     assert store.get(live)["status"] == "running"
     assert store.manifest(pinned)["pinned"] is True
 
