@@ -30,14 +30,12 @@ from core.errors import (
     ChecksumMismatch,
     Conflict,
     FieldError,
-    InsufficientStorage,
     MalformedRequest,
     NotFound,
     PayloadTooLarge,
 )
 from core.settings import Settings
 from core.storage import DataDir, check_id, new_id, read_json, write_json
-from core.usage import dataset_usage
 
 INFO = "info.json"
 DATA = "data"
@@ -94,6 +92,15 @@ def parse_metadata(header: str) -> dict[str, str]:
     return metadata
 
 
+def check_length(length: int, settings: Settings) -> None:
+    """PayloadTooLarge when an upload of `length` bytes could not become a dataset."""
+    if length > settings.max_dataset_bytes:
+        raise PayloadTooLarge(
+            f"Upload-Length is {length} bytes; a dataset may hold at most "
+            f"{settings.max_dataset_bytes} bytes (FITSERVE_MAX_DATASET_BYTES)."
+        )
+
+
 def create_upload(
     data: DataDir,
     *,
@@ -102,14 +109,9 @@ def create_upload(
     owner: str | None,
     settings: Settings,
 ) -> Upload:
-    """A new, empty upload of `length` bytes for `owner`, after the size cap and the key's
-    storage quota (its datasets' bytes plus what its unfinished uploads will hold)."""
-    if length > settings.max_dataset_bytes:
-        raise PayloadTooLarge(
-            f"Upload-Length is {length} bytes; a dataset may hold at most "
-            f"{settings.max_dataset_bytes} bytes (FITSERVE_MAX_DATASET_BYTES)."
-        )
-    _check_quota(data, owner, length, settings.storage_quota_bytes)
+    """A new, empty upload of `length` bytes for `owner`, within the dataset size cap (the
+    caller checks the key's storage quota first)."""
+    check_length(length, settings)
     upload_id = new_id()
     folder = upload_folder(data, upload_id)
     staging = data.resumable_uploads / f".new-{upload_id}"
@@ -237,18 +239,6 @@ def data_path(data: DataDir, upload: Upload) -> Path:
             "(PATCH the rest) before making a dataset of it."
         )
     return upload_folder(data, upload.id) / DATA
-
-
-def _check_quota(data: DataDir, owner: str | None, length: int, quota: int) -> None:
-    if quota <= 0:
-        return
-    held = dataset_usage(data, owner).bytes + reserved_bytes(data, owner)
-    if held + length > quota:
-        raise InsufficientStorage(
-            f"The storage quota of {quota} bytes per API key (FITSERVE_STORAGE_QUOTA_BYTES) has "
-            f"no room for {length} more: datasets and unfinished uploads hold {held}. Delete "
-            "datasets or uploads to make room."
-        )
 
 
 @contextlib.contextmanager

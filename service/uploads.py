@@ -25,6 +25,7 @@ from core.errors import (
 )
 from core.integers import read_int
 from service.auth import can_see, owner
+from service.limits import check_upload_quota
 from service.state import data_dir, settings
 
 bp = Blueprint("uploads", __name__, url_prefix="/v1/uploads")
@@ -74,6 +75,8 @@ def create_upload() -> Response:
     uploads.remove_expired(data_dir(), settings())
     length = _header_int("Upload-Length")
     metadata = uploads.parse_metadata(request.headers.get("Upload-Metadata", ""))
+    uploads.check_length(length, settings())
+    check_upload_quota(owner(), length)
     upload = uploads.create_upload(
         data_dir(), length=length, metadata=metadata, owner=owner(), settings=settings()
     )
