@@ -11,6 +11,9 @@ from typing import Any, Protocol
 from core.settings import Settings
 
 TRAIN_TASK = "fitserve.train"
+# The CPU task worker's queues (worker.cpu): dataset ingest, and the sweep drivers.
+DATASETS_QUEUE = "datasets"
+SWEEPS_QUEUE = "sweeps"
 # Kombu's Redis transport keeps a list per priority step: `<queue>` for step 0, then
 # `<queue>:<step>`.
 PRIORITY_STEPS = tuple(range(10))
