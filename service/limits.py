@@ -29,7 +29,7 @@ from core import datasets
 from core.errors import InsufficientStorage, QuotaExceeded, RateLimited
 from core.jobs import JobStore
 from core.rediskeys import auth_failures_key, rate_limit_key
-from core.usage import dataset_usage
+from core.usage import refuse_over_quota
 from service.state import data_dir, redis_client, settings
 
 log = logging.getLogger("fitserve.service")
@@ -311,19 +311,4 @@ def keep_within_dataset_quota(manifest: dict) -> None:
 
 def _refuse_over_quota(owner: str | None, *, adding: int) -> None:
     """InsufficientStorage when `owner`'s datasets, `adding` more of each, are over a quota."""
-    config = settings()
-    count_quota, bytes_quota = config.max_datasets_per_key, config.storage_quota_bytes
-    if count_quota <= 0 and bytes_quota <= 0:
-        return
-    usage = dataset_usage(data_dir(), owner)
-    if 0 < count_quota < usage.datasets + adding:
-        raise InsufficientStorage(
-            f"The quota of {count_quota} datasets per API key (FITSERVE_MAX_DATASETS_PER_KEY) "
-            f"is reached: {usage.datasets} are stored. Delete datasets to make room."
-        )
-    if 0 < bytes_quota < usage.bytes + adding:
-        raise InsufficientStorage(
-            f"The storage quota of {bytes_quota} bytes per API key "
-            f"(FITSERVE_STORAGE_QUOTA_BYTES) is used up: datasets hold {usage.bytes} bytes. "
-            "Delete datasets to make room."
-        )
+    refuse_over_quota(data_dir(), settings(), owner, datasets=adding, stored_bytes=adding)

@@ -15,5 +15,5 @@ from core.settings import Settings
 
 settings = Settings.from_env()
 # Each task module registers its tasks on this app; they are sent by name from service/.
-app = Celery("fitserve-tasks", include=[])
+app = Celery("fitserve-tasks", include=["worker.datasets"])
 app.conf.update(celery_config(settings))
