@@ -36,6 +36,7 @@ from core.storage import DataDir, check_id, new_id, read_json, sha256_file, utc_
 
 MANIFEST = "manifest.json"
 PROCESSING, READY, FAILED = "processing", "ready", "failed"
+STATUSES = (PROCESSING, READY, FAILED)
 MAX_LABELS = 256
 STALE_SECONDS = 6 * 3600
 
