@@ -18,6 +18,7 @@ import dataclasses
 import io
 import os
 import stat
+import struct
 import tarfile
 import warnings
 import zipfile
@@ -41,6 +42,9 @@ GZIP_MAGIC = b"\x1f\x8b"
 # What a member that is itself an archive starts with (tar's magic sits at offset 257).
 NESTED_MAGICS = (*ZIP_MAGICS, GZIP_MAGIC, b"BZh", b"\xfd7zXZ\x00", b"7z\xbc\xaf\x27\x1c", b"Rar!")
 TAR_MAGIC_OFFSET = 257
+ZIP_LOCAL_HEADER_BYTES = 30
+# What detect_archive reads: a tar header's magic, or a zip's first local header and its name.
+HEAD_BYTES = 1024
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".npz")
 # macOS adds these to zips it makes; like dotfiles they are never images of a class.
 IGNORED_FOLDERS = ("__MACOSX",)
@@ -81,6 +85,12 @@ class ArchiveLimits:
     max_bytes: int
     max_image_pixels: int
     check_room: Callable[[int], None] = lambda expanded: None
+
+    @property
+    def max_member_bytes(self) -> int:
+        """The most bytes a member may declare: an uncompressed RGBA image of the most pixels,
+        plus room for its headers; each member is read whole, so this bounds memory too."""
+        return 4 * self.max_image_pixels + (1 << 20)
 
 
 def parse_image_options(raw: Mapping[str, Any]) -> ImageOptions:
@@ -139,14 +149,11 @@ def detect_archive(path: Path) -> str | None:
     """`zip`, `tar` or `tar.gz` from the content; None for anything else, an `.npz` included
     (a zip whose members are all `.npy` arrays)."""
     with open(path, "rb") as handle:
-        head = handle.read(TAR_MAGIC_OFFSET + 8)
+        head = handle.read(HEAD_BYTES)
     if head.startswith(ZIP_MAGICS):
-        with contextlib.suppress(zipfile.BadZipFile, OSError):
-            with zipfile.ZipFile(path) as archive:
-                names = [n for n in archive.namelist() if not n.endswith("/")]
-            if names and all(name.endswith(".npy") for name in names):
-                return None
-        return "zip"
+        # numpy.savez writes only `<name>.npy` members: the first one's name tells, read from
+        # its local header, without loading a directory that may list a million images.
+        return None if _first_zip_member(head).endswith(b".npy") else "zip"
     if _is_tar_header(head):
         return "tar"
     if head.startswith(GZIP_MAGIC):
@@ -156,6 +163,14 @@ def detect_archive(path: Path) -> str | None:
             if _is_tar_header(inner.read(TAR_MAGIC_OFFSET + 8)):
                 return "tar.gz"
     return None
+
+
+def _first_zip_member(head: bytes) -> bytes:
+    """The name in the zip's first local file header (empty if there is none)."""
+    if not head.startswith(b"PK\x03\x04") or len(head) < ZIP_LOCAL_HEADER_BYTES:
+        return b""
+    (name_length,) = struct.unpack_from("<H", head, 26)
+    return head[ZIP_LOCAL_HEADER_BYTES : ZIP_LOCAL_HEADER_BYTES + name_length]
 
 
 def _is_tar_header(head: bytes) -> bool:
@@ -396,6 +411,14 @@ def _list_members(
             # A file beside the class folders belongs to no class; Keras ignores it too.
             continue
         classes.add(parts[0])
+        if member.size > limits.max_member_bytes:
+            bad.add(
+                member.name,
+                f"The member declares {member.size} bytes, more than an image within "
+                "FITSERVE_MAX_IMAGE_PIXELS takes.",
+                f"at most {limits.max_member_bytes} bytes",
+            )
+            continue
         declared += member.size
         images.append((member, parts[0]))
     _check_counts(images, classes, declared, limits)

@@ -175,13 +175,16 @@ def test_links_devices_and_fifos_in_a_tar_are_refused(
     data: DataDir, tmp_path: Path, kind: bytes
 ) -> None:
     source = tar_with_special(tmp_path / "a.tar", class_images(CLASSES), "cat/special.png", kind)
-    refused(lambda: ingest(data, source), member="cat/special.png")
+    error = refused(lambda: ingest(data, source), member="cat/special.png")
+    # Refused for what it is, before anything is read through it.
+    assert "member is never an image" in error["message"]
     assert ingest(data, source, on_bad_image="skip")["skipped"]["count"] == 1
 
 
 def test_a_symlink_in_a_zip_is_refused(data: DataDir, tmp_path: Path) -> None:
     source = zip_with_symlink(tmp_path / "a.zip", class_images(CLASSES), "cat/link.png")
-    refused(lambda: ingest(data, source), member="cat/link.png")
+    error = refused(lambda: ingest(data, source), member="cat/link.png")
+    assert error["message"] == "A symlink member is never an image."
 
 
 def test_a_repeated_name_is_refused(data: DataDir, tmp_path: Path) -> None:
@@ -245,3 +248,13 @@ def test_a_damaged_archive_is_refused(data: DataDir, tmp_path: Path) -> None:
     source.write_bytes(source.read_bytes()[:200])
     with pytest.raises(InvalidData):
         ingest(data, source)
+
+
+def test_a_member_larger_than_any_allowed_image_is_never_read(
+    data: DataDir, tmp_path: Path
+) -> None:
+    settings = Settings(max_image_pixels=1000)
+    files = {**class_images(CLASSES), "cat/huge.png": bytes(4000 + (1 << 20) + 1)}
+    source = write_archive(tmp_path / "a.tar", files, "tar")
+    error = refused(lambda: ingest(data, source, settings), member="cat/huge.png")
+    assert "FITSERVE_MAX_IMAGE_PIXELS" in error["message"]
