@@ -27,7 +27,7 @@ from core.datasets import FAILED, MANIFEST, PROCESSING
 from core.errors import FieldError, FitserveError, Forbidden, InsufficientStorage, NotFound
 from core.settings import Settings
 from core.storage import DataDir, read_json, utc_now, write_json
-from core.usage import refuse_over_quota
+from core.usage import refuse_over_bytes
 
 log = logging.getLogger("fitserve.ingest")
 
@@ -266,7 +266,7 @@ def _size(path: Path) -> int:
 
 def _check_room(data: DataDir, settings: Settings, owner: str | None, expanded: int) -> None:
     """507 when the key's quota or the data volume's free space cannot take `expanded` bytes."""
-    refuse_over_quota(data, settings, owner, datasets=0, stored_bytes=expanded)
+    refuse_over_bytes(data, settings, owner, expanded)
     free = shutil.disk_usage(data.root).free
     if expanded > free:
         raise InsufficientStorage(
