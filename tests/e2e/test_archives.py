@@ -1,34 +1,23 @@
-"""An archive of PNGs in class folders, made here, uploaded through nginx: the CPU task worker
-ingests it (`processing` -> `ready`) and a small CNN trains on it to `succeeded`."""
+"""An archive of PNGs in class folders, made here, uploaded through nginx: the stack's CPU task
+worker ingests it (`processing` -> `ready`) and a small CNN trains on it to `succeeded`."""
 
 from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 import requests
 from PIL import Image
 
 from tests.support.http import expect_status
-from tests.support.processes import stop_tree, wait_for
+from tests.support.processes import wait_for
 from tests.support.stack import Stack, tiny_request
 
 CLASSES = ("circle", "cross", "plain")
 PER_CLASS = 100
 INGEST_SECONDS = 120
-
-
-@pytest.fixture(scope="module")
-def tasks(stack: Stack) -> Iterator[Stack]:
-    """The session stack with docker-compose.yml's CPU task worker beside it."""
-    process = stack.start_tasks("tasks-archives")
-    yield stack
-    stack.others.remove(process)
-    stop_tree(process, timeout=30)
 
 
 def drawn(kind: str, rng: np.random.Generator) -> bytes:
@@ -56,18 +45,18 @@ def image_archive(path: Path) -> Path:
     return path
 
 
-def test_an_image_archive_becomes_a_dataset_a_cnn_trains_on(tasks: Stack, tmp_path: Path) -> None:
+def test_an_image_archive_becomes_a_dataset_a_cnn_trains_on(stack: Stack, tmp_path: Path) -> None:
     archive = image_archive(tmp_path / "shapes.tar.gz")
     with open(archive, "rb") as handle:
         response = requests.post(
-            tasks.url("/v1/datasets"),
+            stack.url("/v1/datasets"),
             files={"file": ("shapes.tar.gz", handle)},
             data={"color_mode": "rgb"},
             timeout=60,
         )
     created = expect_status(response, 202).json()
     assert created["status"] == "processing"
-    url = tasks.url(f"/v1/datasets/{created['id']}")
+    url = stack.url(f"/v1/datasets/{created['id']}")
 
     seen: dict = {}
 
@@ -76,7 +65,7 @@ def test_an_image_archive_becomes_a_dataset_a_cnn_trains_on(tasks: Stack, tmp_pa
         return seen["status"] != "processing"
 
     wait_for(ingested, INGEST_SECONDS, f"dataset {created['id']} ingested", interval=0.2)
-    assert seen["status"] == "ready", seen.get("error") or tasks.log_tail("tasks-archives")
+    assert seen["status"] == "ready", seen.get("error") or stack.log_tail("tasks")
     assert seen["classes"] == {"y": list(CLASSES)}
     assert seen["rows"] == len(CLASSES) * PER_CLASS
     assert seen["arrays"]["x"]["shape"] == [len(CLASSES) * PER_CLASS, 16, 16, 3]
@@ -98,7 +87,7 @@ def test_an_image_archive_becomes_a_dataset_a_cnn_trains_on(tasks: Stack, tmp_pa
     }
     request["compile"]["optimizer"]["config"]["learning_rate"] = 0.01
     request["data"]["preprocess"] = {"x": {"scale": 1 / 255}}
-    job = tasks.wait_finished(tasks.submit(request)["id"])
+    job = stack.wait_finished(stack.submit(request)["id"])
     assert job["status"] == "succeeded", job
     # Three shapes a CNN tells apart at once: far above chance (1/3).
     assert job["metrics"]["last"]["accuracy"] > 0.6, job["metrics"]
