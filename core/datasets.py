@@ -32,11 +32,13 @@ from core.errors import (
     pointer,
 )
 from core.settings import Settings
-from core.storage import DataDir, check_id, new_id, read_json, sha256_file, utc_now, write_json
+from core.storage import DataDir, new_id, read_json, sha256_file, utc_now, write_json
 
 MANIFEST = "manifest.json"
 PROCESSING, READY, FAILED = "processing", "ready", "failed"
 STATUSES = (PROCESSING, READY, FAILED)
+# Inside a `processing` dataset's folder: where its arrays are written before they are published.
+STAGING = "staging"
 MAX_LABELS = 256
 STALE_SECONDS = 6 * 3600
 
@@ -190,9 +192,12 @@ def remove_stale(data: DataDir, older_than: float = STALE_SECONDS) -> None:
 @contextlib.contextmanager
 def staging(data: DataDir, dataset_id: str) -> Iterator[Path]:
     """A fresh staging folder for the dataset's arrays (what a killed attempt left is removed),
-    deleted on the way out; `finish` moves what it holds into place."""
-    check_id(dataset_id, "dataset")
-    folder = data.uploads / f"staging-{dataset_id}"
+    deleted on the way out; `finish` moves what it holds into place. A `processing` dataset
+    stages inside its own folder, which the sweep of stale uploads never touches however long
+    its ingest takes."""
+    processing = data.dataset(dataset_id)
+    uploads = data.uploads / f"staging-{dataset_id}"
+    folder = processing / STAGING if processing.is_dir() else uploads
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     try:

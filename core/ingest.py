@@ -295,6 +295,9 @@ def mark_failed(folder: Path, manifest: Mapping[str, Any], error: BaseException)
     if not folder.exists():
         return
     write_json(folder / MANIFEST, failed)
+    # What a killed attempt left: its half-written arrays and the source, never to be read.
+    shutil.rmtree(folder / datasets.STAGING, ignore_errors=True)
+    _remove_source(folder)
     log.info("dataset_failed dataset=%s code=%s member=%s", manifest["id"], code, member)
 
 

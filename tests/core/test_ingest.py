@@ -108,6 +108,9 @@ def test_a_stale_processing_dataset_reads_as_failed(data: DataDir, tmp_path: Pat
     settings = Settings(ingest_stall_seconds=60)
     manifest = datasets.load_manifest(data, dataset_id)
     assert ingest.settle_stale(data, manifest, settings, set)["status"] == "processing"
+    # What a worker killed midway leaves: half its arrays, and no sign of life since.
+    (data.dataset(dataset_id) / datasets.STAGING).mkdir()
+    (data.dataset(dataset_id) / datasets.STAGING / "a0.npy").write_bytes(b"half")
     old = time.time() - 120
     os.utime(data.dataset(dataset_id) / datasets.MANIFEST, (old, old))
     # Still waiting in its queue: a busy task worker, not a lost one.
@@ -117,6 +120,7 @@ def test_a_stale_processing_dataset_reads_as_failed(data: DataDir, tmp_path: Pat
     assert settled["status"] == "failed"
     assert settled["error"]["code"] == "worker_lost"
     assert datasets.load_manifest(data, dataset_id)["status"] == "failed"
+    assert [p.name for p in data.dataset(dataset_id).iterdir()] == ["manifest.json"]
     # Its task, delivered late, leaves it failed.
     assert ingest.run_ingest(data, dataset_id, Settings()) == "failed"
 
