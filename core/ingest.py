@@ -150,6 +150,14 @@ def run_ingest(data: DataDir, dataset_id: str, settings: Settings) -> str:
     status = datasets.status_of(manifest)
     if status != PROCESSING:
         return status
+    # A task redelivered after its worker died (killed for memory on one image, say) must not
+    # start over forever: past FITSERVE_MAX_ATTEMPTS it fails.
+    manifest["attempt"] = int(manifest.get("attempt", 0)) + 1
+    if manifest["attempt"] > settings.max_attempts:
+        lost = _lost(settings.max_attempts, "each attempt's worker was lost")
+        mark_failed(folder, manifest, lost)
+        return FAILED
+    write_json(folder / MANIFEST, manifest)
     try:
         source = _local_source(folder, manifest, settings)
         ingest_file(
@@ -306,6 +314,15 @@ def _remove_source(folder: Path) -> None:
         (folder / SOURCE).unlink()
 
 
+def _lost(attempts: int | None, why: str) -> FitserveError:
+    tried = "" if attempts is None else f" after {attempts} attempts"
+    return FitserveError(
+        f"The ingest stopped{tried} ({why}): delete the dataset and send it again, or, if it "
+        "holds huge images, with a smaller FITSERVE_MAX_IMAGE_PIXELS.",
+        code="worker_lost",
+    )
+
+
 def settle_stale(
     data: DataDir, manifest: dict, settings: Settings, waiting: Callable[[], set[str]]
 ) -> dict:
@@ -320,12 +337,7 @@ def settle_stale(
         return manifest
     if quiet < settings.ingest_stall_seconds or manifest["id"] in waiting():
         return manifest
-    error = FitserveError(
-        f"The ingest stopped (no sign of life for {int(quiet)} s, its worker was lost); "
-        "delete the dataset and send it again."
-    )
-    error.code = "worker_lost"
-    mark_failed(path.parent, manifest, error)
+    mark_failed(path.parent, manifest, _lost(None, f"no sign of life for {int(quiet)} s"))
     with contextlib.suppress(FileNotFoundError):
         return read_json(path)
     return manifest

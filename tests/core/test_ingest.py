@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from core import datasets, ingest
@@ -210,3 +211,18 @@ def test_a_link_that_stays_inside_is_followed(imports: Path) -> None:
 def test_imports_are_off_without_an_import_folder() -> None:
     with pytest.raises(Forbidden, match="FITSERVE_IMPORT_DIR"):
         ingest.resolve_import(Settings(), "anything.npy")
+
+
+def test_an_ingest_whose_workers_keep_dying_fails_after_the_attempts(
+    data: DataDir, tmp_path: Path
+) -> None:
+    dataset_id = begin_archive(data, tmp_path, class_images(CLASSES))
+    settings = Settings(max_attempts=2)
+    manifest_path = data.dataset(dataset_id) / datasets.MANIFEST
+    # Two deliveries already started (each counts itself) and their workers died mid-read.
+    manifest = datasets.load_manifest(data, dataset_id)
+    manifest_path.write_bytes(orjson.dumps({**manifest, "attempt": 2}))
+    assert ingest.run_ingest(data, dataset_id, settings) == "failed"
+    error = datasets.load_manifest(data, dataset_id)["error"]
+    assert error["code"] == "worker_lost"
+    assert "after 2 attempts" in error["message"]
