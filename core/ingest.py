@@ -24,7 +24,14 @@ from typing import Any
 from core import datasets, readers
 from core.archives import ArchiveLimits, ImageOptions, detect_archive, read_images
 from core.datasets import FAILED, MANIFEST, PROCESSING
-from core.errors import FieldError, FitserveError, Forbidden, InsufficientStorage, NotFound
+from core.errors import (
+    FieldError,
+    FitserveError,
+    Forbidden,
+    InsufficientStorage,
+    InvalidRequest,
+    NotFound,
+)
 from core.settings import Settings
 from core.storage import DataDir, read_json, utc_now, write_json
 from core.usage import refuse_over_bytes
@@ -131,8 +138,6 @@ def resolve_import(settings: Settings, relative: str) -> Path:
 
 
 def _bad_import(relative: Any, expected: str) -> FitserveError:
-    from core.errors import InvalidRequest
-
     message = "The import path leaves FITSERVE_IMPORT_DIR."
     return InvalidRequest(
         message, errors=[FieldError("/import", message, expected, str(relative)[:200])]
