@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import redis
 
+from core.ingest import run_ingest
 from core.keys import hash_key
 from core.queues import DATASETS_QUEUE
 from core.reconciler import waiting_task_ids
 from core.settings import Settings
+from core.storage import DataDir
 from service import create_app
 from tests.support.images import class_images, write_archive
 from tests.support.stack import tiny_request
@@ -130,3 +132,20 @@ def test_an_import_path_that_climbs_out_is_refused(settings, tmp_path):
     assert unknown.status_code == 422
     assert unknown.get_json()["errors"][0]["path"] == "/lable"
     assert list((settings.data_dir / "datasets").iterdir()) == []
+
+
+def test_a_failed_dataset_shows_its_error_and_refuses_jobs(client, settings, tmp_path):
+    files = {**class_images({"a": 2, "b": 2}), "b/notes.png": b"not an image"}
+    content = write_archive(tmp_path / "bad.zip", files, "zip").read_bytes()
+    dataset_id = post_archive(client, content).get_json()["id"]
+    # What the CPU task worker runs for the message just enqueued.
+    assert run_ingest(DataDir(settings.data_dir), dataset_id, settings) == "failed"
+    shown = client.get(f"/v1/datasets/{dataset_id}").get_json()
+    assert shown["status"] == "failed"
+    assert shown["error"]["member"] == "b/notes.png"
+    response = client.post("/v1/jobs", json=tiny_request(dataset_id, epochs=1))
+    assert response.status_code == 422
+    (error,) = response.get_json()["errors"]
+    assert error["path"] == "/data/dataset"
+    assert "failed" in error["message"]
+    assert "b/notes.png" in error["message"]
