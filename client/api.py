@@ -178,6 +178,7 @@ class Client:
         name: str | None = None,
         label: str | None = None,
         progress: Progress | None = None,
+        wait: bool = True,
     ) -> dict:
         """Upload a `.npz`, `.npy` or `.csv` file as a dataset; returns its manifest.
 
@@ -189,16 +190,40 @@ class Client:
             name: for a `.npy`, the array's name (the server's default is `x`).
             label: for a `.csv`, the label column (the server's default is `label`).
             progress: called with (bytes sent, file size) as a resumable upload goes.
+            wait: wait until a dataset the server reads after answering (a resumable upload,
+                an archive) is ready (see `wait_dataset`); else return it `processing`.
         """
         path = Path(path)
         form = {key: value for key, value in (("name", name), ("label", label)) if value}
         if path.stat().st_size > self.resumable_threshold:
             upload_id = self.upload_resumable(path, progress=progress)
-            return self.send_json("POST", "/v1/datasets", {"upload": upload_id, **form})
-        body = MultipartBody(path, form)
-        with body:
-            headers = {"Content-Type": body.content_type}
-            return self.request_json("POST", "/v1/datasets", data=body, headers=headers)
+            manifest = self.send_json("POST", "/v1/datasets", {"upload": upload_id, **form})
+        else:
+            body = MultipartBody(path, form)
+            with body:
+                headers = {"Content-Type": body.content_type}
+                manifest = self.request_json("POST", "/v1/datasets", data=body, headers=headers)
+        return self.wait_dataset(manifest["id"]) if wait else manifest
+
+    def wait_dataset(
+        self, dataset_id: str, *, timeout: float | None = None, interval: float = 1.0
+    ) -> dict:
+        """Wait until a `processing` dataset (an archive, a resumable upload, an import) is
+        `ready`; its manifest. A failed one raises FitserveError with the server's reason."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            manifest = self.get_dataset(dataset_id)
+            status = manifest.get("status", "ready")
+            if status == "failed":
+                error = manifest.get("error") or {}
+                member = f" (member {error['member']})" if error.get("member") else ""
+                detail = f"Dataset {dataset_id} failed{member}: {error.get('message')}"
+                raise FitserveError(0, {"code": "dataset_failed", "detail": detail})
+            if status != "processing":
+                return manifest
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"Dataset {dataset_id} is still processing after {timeout} s.")
+            time.sleep(interval)
 
     def upload_resumable(
         self, path: str | Path, *, checksum: bool = False, progress: Progress | None = None

@@ -1,8 +1,11 @@
-"""`/v1/datasets`: upload (multipart file or JSON arrays), list, show, delete.
+"""`/v1/datasets`: upload (multipart file or JSON arrays), import, list, show, delete.
 
 Uploads stream to disk: `UploadRequest` gives werkzeug's multipart parser a file in the data
 folder's uploads area, so a file part is never held in memory and is moved, not copied, into its
-dataset when it is a `.npy`.
+dataset when it is a `.npy`. A `.npy`, `.npz` or CSV upload is stored within the request (201
+`ready`); an image archive, a finished resumable upload (`{"upload": "<id>"}`, service/uploads.py)
+and an import (`{"import": "<relative path>"}`, admin keys only) are recorded `processing` and
+ingested by the CPU task worker (202; core.ingest).
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import IO, Any
@@ -19,7 +21,8 @@ from flask import Blueprint, Flask, Request, Response, request
 from werkzeug.datastructures import FileStorage
 from werkzeug.formparser import FormDataParser
 
-from core import datasets, uploads
+from core import datasets, ingest, uploads
+from core.archives import detect_archive, parse_image_options
 from core.errors import (
     Conflict,
     FieldError,
@@ -27,25 +30,31 @@ from core.errors import (
     MalformedRequest,
     NotFound,
     UnsupportedMediaType,
-    pointer,
 )
 from core.idempotency import fingerprint
+from core.queues import DATASETS_QUEUE, send_ingest
+from core.reconciler import waiting_task_ids
 from core.storage import new_id
-from service.auth import can_see, owner
+from service.auth import can_see, owner, require_admin
 from service.http import idempotency_key, json_body, json_response, page_args
 from service.limits import check_dataset_quota, keep_within_dataset_quota
-from service.state import data_dir, idempotency_keys, job_store, settings
+from service.state import data_dir, idempotency_keys, job_store, producer, redis_client, settings
 from service.uploads import visible_upload
 
 log = logging.getLogger("fitserve.service")
 bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
 
 ACCEPTED_TYPES = (
-    "multipart/form-data (field 'file') or application/json ({'arrays': {...}} or "
-    "{'upload': '<resumable upload id>'})"
+    "multipart/form-data (field 'file') or application/json ({'arrays': {...}}, "
+    "{'upload': '<resumable upload id>'} or {'import': '<relative path>'})"
 )
-# What `{"upload": id}` may carry besides the id: the multipart form's fields.
-RESUMABLE_OPTIONS = ("upload", "label", "name")
+# What an import request may say beside the path: the upload form's fields.
+IMPORT_KEYS = (
+    *("import", "label", "name"),
+    *("image_size", "color_mode", "crop_to_aspect_ratio", "on_bad_image"),
+)
+# What a finished resumable upload may say beside its id: the same fields.
+RESUMABLE_KEYS = ("upload", *IMPORT_KEYS[1:])
 
 
 class UploadRequest(Request):
@@ -82,8 +91,8 @@ class UploadRequest(Request):
 
 @bp.post("")
 def create_dataset() -> Response:
-    """Upload a dataset: 201 with its manifest, or 200 with the one an Idempotency-Key made for
-    the same upload (409 for a different one)."""
+    """Upload a dataset: 201 with its manifest (`ready`), 202 (`processing`) for an archive or an
+    import, or 200 with the one an Idempotency-Key made for the same upload (409 for another)."""
     is_json = request.mimetype == "application/json" or request.mimetype.endswith("+json")
     if request.mimetype != "multipart/form-data" and not is_json:
         raise UnsupportedMediaType(
@@ -93,6 +102,9 @@ def create_dataset() -> Response:
     check_dataset_quota(owner())
     key = idempotency_key()
     document = json_body() if is_json else None
+    import_request = document if isinstance(document, dict) and "import" in document else None
+    if import_request is not None:
+        require_admin()
     upload = None if is_json else _file_part()
     request_fingerprint = "" if key is None else _fingerprint(document, upload)
     claim = idempotency_keys("datasets").claim(owner(), key, request_fingerprint, _exists)
@@ -101,7 +113,9 @@ def create_dataset() -> Response:
             return _manifest_response(datasets.load_manifest(data_dir(), held.earlier), 200)
         dataset_id = new_id()
         if isinstance(document, dict) and "upload" in document:
-            manifest = _store_resumable(dataset_id, document)
+            manifest = _begin_resumable(dataset_id, document)
+        elif import_request is not None:
+            manifest = _begin_import(dataset_id, import_request)
         elif upload is None:
             body = request.get_data(cache=True)
             manifest = datasets.store_json(
@@ -109,9 +123,13 @@ def create_dataset() -> Response:
             )
         else:
             manifest = _store_upload(dataset_id, upload)
-        keep_within_dataset_quota(manifest)
+        if datasets.status_of(manifest) == datasets.PROCESSING:
+            send_ingest(producer(), dataset_id)
+        else:
+            keep_within_dataset_quota(manifest)
         held.bind(dataset_id)
-    return _manifest_response(manifest, 201)
+    status = 202 if datasets.status_of(manifest) == datasets.PROCESSING else 201
+    return _manifest_response(manifest, status)
 
 
 @bp.get("")
@@ -141,11 +159,16 @@ def delete_dataset(dataset_id: str) -> tuple[str, int]:
 
 
 def visible_manifest(dataset_id: str) -> dict:
-    """The manifest of a dataset this request may use; someone else's is as unknown as none."""
+    """The manifest of a dataset this request may use; someone else's is as unknown as none.
+    A `processing` one whose ingest was lost reads (and is recorded) as failed."""
     manifest = datasets.load_manifest(data_dir(), dataset_id)
     if not can_see(manifest.get("owner")):
         raise NotFound(f"No dataset with id {dataset_id!r}.")
-    return manifest
+    return ingest.settle_stale(data_dir(), manifest, settings(), _waiting_ingests)
+
+
+def _waiting_ingests() -> set[str]:
+    return waiting_task_ids(redis_client(), [DATASETS_QUEUE])
 
 
 def _manifest_response(manifest: dict, status: int) -> Response:
@@ -175,64 +198,94 @@ def _file_part() -> FileStorage:
 
 
 def _store_upload(dataset_id: str, upload: FileStorage) -> dict:
+    """A plain upload stored now; an image archive recorded `processing` for the task worker."""
+    path = Path(upload.stream.name)
+    filename = (upload.filename or None) and upload.filename[:255]
+    archive_format = detect_archive(path)
+    if archive_format is not None:
+        options = parse_image_options(request.form).to_json()
+        origin = {"filename": filename, "format": archive_format, "bytes": path.stat().st_size}
+        return ingest.begin_ingest(
+            data_dir(), dataset_id, path, owner=owner(), origin=origin, options=options
+        )
     return datasets.store_upload(
         data_dir(),
         dataset_id,
         Path(upload.stream.name),
         settings=settings(),
         owner=owner(),
-        filename=(upload.filename or None) and upload.filename[:255],
+        filename=filename,
         label=request.form.get("label", "label"),
         name=request.form.get("name", "x"),
     )
 
 
-def _store_resumable(dataset_id: str, document: dict) -> dict:
-    """A finished resumable upload becomes the dataset; the upload is removed once it has.
-
-    The dataset is made from a hard link to the upload's bytes, so a refused file leaves the
-    upload as it was (fix the options and ask again)."""
-    options = _resumable_options(document)
-    upload = visible_upload(options["upload"])
-    source = uploads.data_path(data_dir(), upload)
-    link = data_dir().uploads / f"resumable-{dataset_id}"
-    data_dir().uploads.mkdir(parents=True, exist_ok=True)
-    os.link(source, link)
-    try:
-        manifest = datasets.store_upload(
-            data_dir(),
-            dataset_id,
-            link,
-            settings=settings(),
-            owner=owner(),
-            filename=upload.metadata.get("filename", "")[:255] or None,
-            label=options.get("label", "label"),
-            name=options.get("name", "x"),
-            resumable=True,
+def _begin_import(dataset_id: str, document: dict) -> dict:
+    """Record an import `processing`: its path confined to FITSERVE_IMPORT_DIR, its options."""
+    _check_keys(document, IMPORT_KEYS, "an import request")
+    relative = document["import"]
+    if not isinstance(relative, str):
+        message = "import names a file or folder inside FITSERVE_IMPORT_DIR."
+        raise InvalidRequest(
+            message, errors=[FieldError("/import", message, "a relative path", str(relative))]
         )
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            link.unlink()
-    with contextlib.suppress(NotFound):
-        uploads.delete_upload(data_dir(), upload.id)
+    options = {
+        **parse_image_options(document).to_json(),
+        "label": str(document.get("label", "label")),
+        "name": str(document.get("name", "x")),
+    }
+    return ingest.begin_import(
+        data_dir(), dataset_id, relative, settings=settings(), owner=owner(), options=options
+    )
+
+
+def _begin_resumable(dataset_id: str, document: dict) -> dict:
+    """Record a finished resumable upload `processing`: its bytes move into the dataset's
+    folder for the ingest task, and the upload is gone."""
+    _check_keys(document, RESUMABLE_KEYS, "a dataset made of an upload")
+    upload_id = document["upload"]
+    if not isinstance(upload_id, str):
+        message = "upload is the id of a finished resumable upload (/v1/uploads)."
+        raise InvalidRequest(
+            message, errors=[FieldError("/upload", message, "an upload id", str(upload_id))]
+        )
+    upload = visible_upload(upload_id)
+    try:
+        source = uploads.data_path(data_dir(), upload)
+    except Conflict as error:
+        raise Conflict(
+            error.detail,
+            errors=[FieldError("/upload", error.detail, "a finished upload", upload.offset)],
+        ) from None
+    options = {
+        **parse_image_options(document).to_json(),
+        "label": str(document.get("label", "label")),
+        "name": str(document.get("name", "x")),
+    }
+    filename = upload.metadata.get("filename", "")[:255] or None
+    origin = {"filename": filename, "upload": upload.id, "bytes": upload.length}
+    manifest = ingest.begin_ingest(
+        data_dir(), dataset_id, source, owner=owner(), origin=origin, options=options
+    )
+    uploads.delete_upload(data_dir(), upload.id)
     return manifest
 
 
-def _resumable_options(document: dict) -> dict[str, str]:
-    """`{"upload": id, "label"?: str, "name"?: str}`: the multipart form's options, as JSON."""
-    problems = [
-        FieldError(pointer(key), f"Unknown option {key!r}.", f"one of {RESUMABLE_OPTIONS}")
-        for key in document
-        if key not in RESUMABLE_OPTIONS
-    ]
-    problems += [
-        FieldError(pointer(key), f"{key!r} must be a string.", "a string", document[key])
-        for key in RESUMABLE_OPTIONS
-        if key in document and not isinstance(document[key], str)
-    ]
-    if problems:
-        raise InvalidRequest("The options for a resumable upload are invalid.", errors=problems)
-    return document
+def _check_keys(document: dict, allowed: tuple[str, ...], what: str) -> None:
+    """InvalidRequest for a key the request may not have, or a `label` or `name` not text."""
+    unknown = sorted(set(document) - set(allowed))
+    if unknown:
+        message = f"Unknown key {unknown[0]!r} in {what}."
+        raise InvalidRequest(
+            message,
+            errors=[FieldError(f"/{unknown[0]}", message, " | ".join(allowed), unknown[0])],
+        )
+    for key in ("label", "name"):
+        if key in document and not isinstance(document[key], str):
+            message = f"{key} must be a string, as in the upload form."
+            raise InvalidRequest(
+                message, errors=[FieldError(f"/{key}", message, "a string", document[key])]
+            )
 
 
 def _fingerprint(document: Any, upload: FileStorage | None) -> str:

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from core.ingest import run_ingest
 from core.keys import hash_key
 from core.settings import Settings
 from core.storage import DataDir
@@ -59,8 +60,8 @@ def problem(response, status: int, code: str) -> dict:
     return body
 
 
-def upload_bytes(client, content: bytes, chunk: int = 7, headers=None) -> str:
-    upload_id = create(client, len(content), headers)
+def upload_bytes(client, content: bytes, chunk: int = 7, headers=None, metadata=None) -> str:
+    upload_id = create(client, len(content), headers, metadata)
     for start in range(0, len(content), chunk):
         response = patch(client, upload_id, start, content[start : start + chunk], headers)
         assert response.status_code == 204, response.get_data(as_text=True)
@@ -368,48 +369,59 @@ def test_another_keys_upload_is_unknown(keyed):
 # -- the dataset a finished upload becomes ----------------------------------------------
 
 
+def ingest_upload(client, settings: Settings, document: dict) -> dict:
+    """POST the upload as a dataset: 202 `processing`, the upload gone; then the ingest task's
+    work, and the dataset's manifest."""
+    response = client.post("/v1/datasets", json=document)
+    assert response.status_code == 202, response.get_json()
+    manifest = response.get_json()
+    assert manifest["status"] == "processing"
+    assert manifest["source"]["upload"] == document["upload"]
+    assert head(client, document["upload"]).status_code == 404
+    run_ingest(DataDir(settings.data_dir), manifest["id"], settings)
+    return client.get(f"/v1/datasets/{manifest['id']}").get_json()
+
+
 def test_a_finished_npz_upload_becomes_a_dataset(client, settings: Settings):
     x = np.arange(24, dtype=np.float32).reshape(6, 4)
     y = np.array([0, 1, 0, 1, 1, 0], dtype=np.int64)
     content = npz_bytes(x=x, y=y)
-    upload_id = upload_bytes(client, content, chunk=100, headers=None)
-    response = client.post("/v1/datasets", json={"upload": upload_id})
-    assert response.status_code == 201, response.get_json()
-    manifest = response.get_json()
+    upload_id = upload_bytes(client, content, chunk=100, metadata=f"filename {b64('b.npz')}")
+    manifest = ingest_upload(client, settings, {"upload": upload_id})
+    assert manifest["status"] == "ready"
     assert manifest["rows"] == 6
     assert set(manifest["arrays"]) == {"x", "y"}
+    assert manifest["source"]["filename"] == "b.npz"
     assert manifest["source"]["bytes"] == len(content)
-    assert manifest["source"]["sha256"] == hashlib.sha256(content).hexdigest()
-    # The upload is gone once it became the dataset, and nothing is left in the temp folder.
-    assert head(client, upload_id).status_code == 404
+    # Nothing of the upload is left, in its folder or the temp folder.
+    assert list((settings.data_dir / "uploads").iterdir()) == []
     assert list((settings.data_dir / "tmp").iterdir()) == []
 
 
-def test_npy_and_csv_uploads_take_the_forms_options(client):
+def test_npy_and_csv_uploads_take_the_forms_options(client, settings: Settings):
     npy_id = upload_bytes(client, npy_bytes(np.ones((3, 2), np.float32)), chunk=50)
-    response = client.post("/v1/datasets", json={"upload": npy_id, "name": "features"})
-    assert response.status_code == 201, response.get_json()
-    assert set(response.get_json()["arrays"]) == {"features"}
+    manifest = ingest_upload(client, settings, {"upload": npy_id, "name": "features"})
+    assert set(manifest["arrays"]) == {"features"}
     csv_id = upload_bytes(client, b"a,b,species\n1,2,cat\n3,4,dog\n", chunk=9)
-    response = client.post("/v1/datasets", json={"upload": csv_id, "label": "species"})
-    assert response.status_code == 201, response.get_json()
-    assert response.get_json()["classes"] == {"y": ["cat", "dog"]}
+    manifest = ingest_upload(client, settings, {"upload": csv_id, "label": "species"})
+    assert manifest["classes"] == {"y": ["cat", "dog"]}
 
 
-def test_an_unfinished_upload_is_a_conflict_at_upload(client):
+def test_an_unfinished_upload_is_a_conflict_at_upload(client, settings: Settings):
     upload_id = create(client, 10)
     patch(client, upload_id, 0, b"abc")
     body = problem_plain(client.post("/v1/datasets", json={"upload": upload_id}), 409)
     assert "3 of its 10 bytes" in body["detail"]
+    assert body["errors"][0]["path"] == "/upload"
+    assert head(client, upload_id).headers["Upload-Offset"] == "3"
+    assert list((settings.data_dir / "datasets").iterdir()) == []
 
 
-def test_a_refused_file_leaves_the_upload_to_try_again(client):
+def test_a_file_that_cannot_be_read_fails_its_dataset_with_the_reason(client, settings: Settings):
     upload_id = upload_bytes(client, b"a,b\n1,2\n")
-    response = client.post("/v1/datasets", json={"upload": upload_id})
-    assert response.status_code == 422
-    assert head(client, upload_id).headers["Upload-Offset"] == "8"
-    response = client.post("/v1/datasets", json={"upload": upload_id, "label": "b"})
-    assert response.status_code == 201, response.get_json()
+    manifest = ingest_upload(client, settings, {"upload": upload_id})
+    assert manifest["status"] == "failed"
+    assert "label" in manifest["error"]["message"]
 
 
 @pytest.mark.parametrize(
