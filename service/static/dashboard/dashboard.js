@@ -73,6 +73,21 @@
     });
   }
 
+  // A dataset the server reads after answering (`processing`) once it is ready; a failed one
+  // is thrown as its problem (the reason, and the archive member at fault if any).
+  async function settledDataset(manifest) {
+    while (manifest.status === "processing") {
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      manifest = (await api("GET", `/v1/datasets/${manifest.id}`)).data;
+    }
+    if (manifest.status === "failed") {
+      const error = manifest.error || {};
+      const member = error.member ? ` (${error.member})` : "";
+      throw new ApiError(422, { detail: `The dataset failed${member}: ${error.message}` });
+    }
+    return manifest;
+  }
+
   // tus-js-client's error as the API's: the problem document the server answered, if any.
   function uploadError(error) {
     const response = error.originalResponse;
@@ -230,7 +245,8 @@
             `(${Math.floor((100 * sent) / Math.max(total, 1))}%)`;
         });
         result.textContent = "Reading the dataset…";
-        const { data } = await api("POST", "/v1/datasets", { upload: uploadId, ...options });
+        const created = await api("POST", "/v1/datasets", { upload: uploadId, ...options });
+        const data = await settledDataset(created.data);
         const arrays = Object.entries(data.arrays)
           .map(([name, array]) => `${name} [${array.shape.join(", ")}] ${array.dtype}`).join("; ");
         result.replaceChildren(element("p", `Dataset ${data.id}: ${arrays}`, { id: "dataset-id", "data-id": data.id }));
