@@ -264,36 +264,28 @@ def _component_schemas() -> dict[str, dict]:
             {"label": {"type": "string"}, "name": {"type": "string"}, **_image_options()},
             additionalProperties=False,
         ),
+        "UploadDataset": _object(
+            {
+                "upload": {
+                    "type": "string",
+                    "pattern": ID_PATTERN,
+                    "description": "A finished resumable upload (/v1/uploads).",
+                }
+            },
+            {"label": {"type": "string"}, "name": {"type": "string"}, **_image_options()},
+            additionalProperties=False,
+        ),
         "JsonDataset": {
-            "oneOf": [
-                {
+            "type": "object",
+            "properties": {
+                "arrays": {
                     "type": "object",
-                    "properties": {
-                        "arrays": {
-                            "type": "object",
-                            "description": "Array name -> nested lists of numbers (or label "
-                            "strings).",
-                            "additionalProperties": {"type": "array"},
-                        }
-                    },
-                    "required": ["arrays"],
-                    "additionalProperties": False,
-                },
-                _object(
-                    {
-                        "upload": {
-                            "type": "string",
-                            "pattern": ID_PATTERN,
-                            "description": "A finished resumable upload (/v1/uploads).",
-                        }
-                    },
-                    {
-                        "label": {"type": "string", "description": "CSV: the label column."},
-                        "name": {"type": "string", "description": ".npy: the array's name."},
-                    },
-                    additionalProperties=False,
-                ),
-            ],
+                    "description": "Array name -> nested lists of numbers (or label strings).",
+                    "additionalProperties": {"type": "array"},
+                }
+            },
+            "required": ["arrays"],
+            "additionalProperties": False,
             "example": {"arrays": {"x": [[0.1, 0.2], [0.3, 0.4]], "y": [0, 1]}},
         },
         "Job": json_schema(JobView),
@@ -690,7 +682,15 @@ def _paths() -> dict[str, dict]:
                             },
                         )
                     },
-                    JSON: {"schema": {"oneOf": [_ref("JsonDataset"), _ref("ImportDataset")]}},
+                    JSON: {
+                        "schema": {
+                            "oneOf": [
+                                _ref("JsonDataset"),
+                                _ref("UploadDataset"),
+                                _ref("ImportDataset"),
+                            ]
+                        }
+                    },
                 },
             ),
             "get": _operation(
