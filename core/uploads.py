@@ -58,7 +58,6 @@ class Upload:
     length: int
     offset: int
     metadata: dict[str, str]
-    created_at: float
     expires_at: float
 
     @property
@@ -138,7 +137,6 @@ def load_upload(data: DataDir, upload_id: str, settings: Settings) -> Upload:
         length=info["length"],
         offset=written.st_size,
         metadata=info["metadata"],
-        created_at=created,
         expires_at=max(created, written.st_mtime) + settings.upload_expiry_seconds,
     )
     if upload.expires_at <= time.time():

@@ -98,7 +98,7 @@ def show_offset(upload_id: str) -> Response:
     }
     if upload.metadata:
         headers["Upload-Metadata"] = ",".join(
-            f"{key} {base64.b64encode(value.encode()).decode()}"
+            f"{key} {base64.b64encode(value.encode()).decode()}" if value else key
             for key, value in upload.metadata.items()
         )
     return _empty(200, headers)
