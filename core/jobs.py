@@ -30,6 +30,7 @@ from core.rediskeys import (
     ALL_JOBS,
     EPOCHS_DONE,
     REBUILT_GRACE,
+    RECENT_DURATIONS,
     RECORDS_MARKER,
     dataset_jobs_key,
     events_key,
@@ -39,6 +40,7 @@ from core.rediskeys import (
     owner_index,
     status_index,
     stop_key,
+    tag_index,
 )
 from core.settings import Settings
 from core.storage import DataDir, check_id, new_id, read_json, utc_now, write_json
@@ -57,6 +59,9 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     "cancelled": (),
 }
 EVENTS_MAX = 10_000
+# Succeeded jobs whose running time the queue's expected start is estimated from.
+DURATIONS_KEPT = 20
+REQUEST_FILE = "request.json"
 
 Metrics = dict[str, Any]
 
@@ -74,7 +79,10 @@ class Job(TypedDict):
     """A job's record: the Redis hash (each field JSON-encoded) and, less LIVE_ONLY, its manifest.
 
     Epochs count from 1; `checkpoints` are `{"version", "file", "sha256", "bytes", ...}` entries,
-    `best` is `{"version", "monitor", "value"}`, `final` the final model's entry.
+    `best` is `{"version", "monitor", "value"}`, `final` the final model's entry. `tags` are the
+    request's; `cloned_from` the job this one was cloned from; `warm_start` the source the
+    weights came from, `{"job", "version", "strict", "loaded", "skipped"}` (layer names, null
+    until the worker loaded them).
     """
 
     id: str
@@ -104,6 +112,9 @@ class Job(TypedDict):
     record: Provenance | None
     progress: dict[str, Any] | None
     metrics: Metrics | None
+    tags: dict[str, str]
+    cloned_from: str | None
+    warm_start: dict[str, Any] | None
 
 
 JOB_FIELDS = tuple(Job.__annotations__)
@@ -120,8 +131,10 @@ def queued_job(
     request_id: str | None = None,
     request_sha256: str | None = None,
     record: Provenance | None = None,
+    cloned_from: str | None = None,
 ) -> Job:
     """The record of a job just submitted with the normalized request `spec`."""
+    warm_start = spec.get("warm_start")
     return Job(
         id=job_id,
         name=spec.get("name"),
@@ -150,6 +163,9 @@ def queued_job(
         record=record,
         progress=None,
         metrics=None,
+        tags=spec.get("tags") or {},
+        cloned_from=cloned_from,
+        warm_start=None if not warm_start else {**warm_start, "loaded": None, "skipped": None},
     )
 
 
@@ -268,11 +284,18 @@ class JobLinks(TypedDict):
 
 
 class QueueState(TypedDict, total=False):
-    """A queued job's queue and the live workers consuming it; `message` when none does."""
+    """A queued job's queue and the live workers consuming it; `message` when none does.
+
+    `position` counts from 1 in the order workers take the queue (priority, then submit time),
+    `ahead` the queued jobs before it, `expected_start` an RFC 3339 estimate (null when unknown).
+    """
 
     name: str
     workers: int
     message: str
+    position: int
+    ahead: int
+    expected_start: str | None
 
 
 class _JobViewFields(TypedDict):
@@ -296,6 +319,9 @@ class _JobViewFields(TypedDict):
     checkpoints: list[dict[str, Any]]
     final: dict[str, Any] | None
     error: JobError | None
+    tags: dict[str, str]
+    cloned_from: str | None
+    warm_start: dict[str, Any] | None
     links: JobLinks
 
 
@@ -342,6 +368,9 @@ def view_job(job: Job, *, now: float | None = None) -> JobView:
             if job["status"] == "failed"
             else None
         ),
+        tags=job.get("tags") or {},
+        cloned_from=job.get("cloned_from"),
+        warm_start=job.get("warm_start"),
         links=JobLinks(
             self=f"/v1/jobs/{job_id}",
             metrics=f"/v1/jobs/{job_id}/metrics",
@@ -449,11 +478,15 @@ class JobStore:
         request_id: str | None = None,
         request_sha256: str | None = None,
         record: Provenance | None = None,
+        request: Any = None,
+        cloned_from: str | None = None,
     ) -> Job:
-        """Record a new queued job: Redis first, then `job.json` and `manifest.json`.
+        """Record a new queued job: Redis first, then `request.json`, `job.json` and
+        `manifest.json`.
 
-        `record` is the job's provenance (`provenance`). If the files cannot be written the
-        Redis records are removed again, so a failure leaves nothing half recorded.
+        `record` is the job's provenance (`provenance`); `request` what the client sent (kept
+        for clones); `cloned_from` the job it was cloned from. If the files cannot be written
+        the Redis records are removed again, so a failure leaves nothing half recorded.
         """
         now = utc_now()
         job = queued_job(
@@ -464,10 +497,12 @@ class JobStore:
             request_id=request_id,
             request_sha256=request_sha256,
             record=record,
+            cloned_from=cloned_from,
         )
         self._insert(job, score=time.time())
         job_dir = self.data.job(job["id"])
         try:
+            write_json(job_dir / REQUEST_FILE, spec if request is None else request)
             write_json(
                 job_dir / "job.json",
                 {"id": job["id"], "owner": owner, "created_at": now, "spec": spec},
@@ -487,6 +522,8 @@ class JobStore:
         pipe.zadd(status_index(job["status"]), {job["id"]: score})
         if job["owner"]:
             pipe.zadd(owner_index(job["owner"]), {job["id"]: score})
+        for key, value in (job.get("tags") or {}).items():
+            pipe.zadd(tag_index(key, value), {job["id"]: score})
         if job["status"] in LIVE:
             for dataset in job["datasets"]:
                 pipe.sadd(dataset_jobs_key(dataset), job["id"])
@@ -535,6 +572,25 @@ class JobStore:
         `job.json`)."""
         return read_json(self.data.job(job_id) / "job.json")["spec"]
 
+    def raw_request(self, job_id: str) -> Any:
+        """What the client sent for the job (`request.json`); a job stored before requests were
+        kept answers its normalized request, which parses to the same job."""
+        folder = self.data.job(job_id)
+        if (folder / REQUEST_FILE).is_file():
+            return read_json(folder / REQUEST_FILE)
+        return self.normalized_request(job_id)
+
+    def records(self, job_ids: builtins.list[str]) -> builtins.list[Job]:
+        """The records of `job_ids` in one round trip; jobs gone meanwhile are left out."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(job_key(job_id))
+        return [_decode(raw) for raw in pipe.execute() if raw]
+
+    def recent_durations(self) -> builtins.list[float]:
+        """Running seconds of the last succeeded jobs, newest first."""
+        return [float(value) for value in self.redis.lrange(RECENT_DURATIONS, 0, -1)]
+
     def list(
         self,
         *,
@@ -542,9 +598,16 @@ class JobStore:
         status: str | None,
         limit: int,
         cursor: str | None,
+        tags: Mapping[str, str] | None = None,
     ) -> tuple[builtins.list[Job], str | None]:
-        """Jobs newest first; `owner=None` lists everyone's. Returns (items, next cursor)."""
-        if owner is not None:
+        """Jobs newest first; `owner=None` lists everyone's, `tags` keeps those carrying every
+        one of them. Returns (items, next cursor)."""
+        tags = tags or {}
+        if tags:
+            # One tag's index holds every match; the others, the owner and the status are
+            # checked on each record, which the page reads anyway.
+            index = tag_index(*next(iter(tags.items())))
+        elif owner is not None:
             index = owner_index(owner)
         elif status is not None:
             index = status_index(status)
@@ -558,7 +621,7 @@ class JobStore:
             if not raw:
                 continue
             job = _decode(raw)
-            if status is not None and job["status"] != status:
+            if not _matches(job, owner, status, tags):
                 continue
             if len(items) == limit:
                 return items, encode_cursor(*last) if last else None
@@ -631,6 +694,11 @@ class JobStore:
                 for dataset in job["datasets"]:
                     pipe.srem(dataset_jobs_key(dataset), job_id)
                 pipe.delete(stop_key(job_id))
+            started = job.get("started_at")
+            if status == "succeeded" and started:
+                ran = parse_time(changes["finished_at"]) - parse_time(started)
+                pipe.lpush(RECENT_DURATIONS, round(max(ran, 0.0), 3))
+                pipe.ltrim(RECENT_DURATIONS, 0, DURATIONS_KEPT - 1)
             # In the same transaction, so an event stream reader sees every change in order.
             pipe.xadd(
                 events_key(job_id),
@@ -714,6 +782,8 @@ class JobStore:
         owner = job.get("owner")
         if owner:
             pipe.zrem(owner_index(owner), job_id)
+        for key, value in (job.get("tags") or {}).items():
+            pipe.zrem(tag_index(key, value), job_id)
         for dataset in job.get("datasets") or []:
             pipe.srem(dataset_jobs_key(dataset), job_id)
         pipe.execute()
@@ -867,6 +937,16 @@ class JobStore:
 
 
 _CANCEL = "Cancelled by request before it started."
+
+
+def _matches(job: Job, owner: str | None, status: str | None, tags: Mapping[str, str]) -> bool:
+    """The job is `owner`'s (anyone's for None), in `status` (any for None), with every tag."""
+    if owner is not None and job.get("owner") != owner:
+        return False
+    if status is not None and job["status"] != status:
+        return False
+    carried = job.get("tags") or {}
+    return all(carried.get(key) == value for key, value in tags.items())
 
 
 def _event_entry(kind: str, **fields: object) -> dict[FieldT, EncodableT]:

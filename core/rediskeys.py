@@ -6,6 +6,8 @@ Jobs (written by `core.jobs.JobStore`, the only reader and writer of these):
 - `job:<id>:history` one JSON entry per completed epoch, `job:<id>:events` a stream;
 - `job:<id>:stop` a stop request ("cancel"), `job:<id>:lease` the worker training it (with a TTL);
 - `dataset:<id>:jobs` the live (not finished) jobs using a dataset;
+- `jobs:tag:<sha256 of key and value>` the jobs carrying one tag (a sorted set like the others),
+  `jobs:durations` the running seconds of the last succeeded jobs (queue position estimates);
 - `records` set once the records were (re)built, `records:grace` one lease after a rebuild,
   `epochs` the epochs completed by every worker, ever.
 
@@ -57,6 +59,17 @@ def status_index(status: str) -> str:
 
 def owner_index(owner: str) -> str:
     return f"{PREFIX}jobs:owner:{owner}"
+
+
+# The running seconds of recently succeeded jobs, newest first: the queue's expected waits.
+RECENT_DURATIONS = PREFIX + "jobs:durations"
+
+
+def tag_index(key: str, value: str) -> str:
+    """The jobs carrying the tag `key: value`, by creation time (the tag hashed: it is user
+    text)."""
+    digest = hashlib.sha256(f"{key}\x00{value}".encode()).hexdigest()
+    return f"{PREFIX}jobs:tag:{digest}"
 
 
 def dataset_jobs_key(dataset_id: str) -> str:

@@ -253,9 +253,9 @@ def _train_and_record(
             message=f"Unexpected error: {type(error).__name__}: {error}",
         )
         raise
-    fields = {name: outcome.get(name) for name in ("epoch", "metrics", "final", "test_metrics")} | (
-        {"device": outcome["device"]} if outcome.get("device") else {}
-    )
+    fields = {name: outcome.get(name) for name in ("epoch", "metrics", "final", "test_metrics")} | {
+        name: outcome[name] for name in ("device", "warm_start") if outcome.get(name)
+    }
     if outcome["status"] == "succeeded":
         _finish(store, job_id, "succeeded", **fields)
     elif outcome["status"] == "cancelled":

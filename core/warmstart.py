@@ -119,8 +119,8 @@ def warm_start_model(
     """Copy the source's weights into `model` (built and compiled, nothing trained yet).
 
     Returns the record's `warm_start` (`{"job", "version", "strict", "loaded", "skipped"}`), or
-    None for a request without one. Raises `TrainingFailed` (reason `warm_start`) when the source is gone or a
-    strict warm start finds a layer that does not match.
+    None for a request without one. Raises `TrainingFailed` (reason `warm_start`) when the
+    source is gone or a strict warm start finds a layer that does not match.
     """
     request = spec.get("warm_start")
     if not request:
@@ -131,7 +131,7 @@ def warm_start_model(
         raise TrainingFailed(
             "warm_start",
             f"A strict warm start from job {request['job']} version {request['version']} "
-            f"found layers whose names or weight shapes do not match: {', '.join(skipped)}."
+            f"found layers whose names or weight shapes do not match: {', '.join(skipped)}.",
         )
     return {**request, "loaded": loaded, "skipped": skipped}
 
@@ -149,7 +149,7 @@ def load_source(data: DataDir, job_id: str, version: int) -> keras.Model:
         raise TrainingFailed(
             "warm_start",
             f"Cannot load version {version} of job {job_id} to warm start from: {detail} "
-            "Submit again from a version that exists."
+            "Submit again from a version that exists.",
         ) from error
     return keras.saving.load_model(path, compile=False, safe_mode=True)
 
@@ -173,4 +173,3 @@ def copy_weights(source: keras.Model, model: keras.Model) -> tuple[list[str], li
 
 def _shapes(layer: Any) -> list[tuple[int, ...]]:
     return [tuple(weight.shape) for weight in layer.weights]
-

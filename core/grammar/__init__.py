@@ -57,9 +57,7 @@ def parse_job_request(
     find_source: FindSource | None = None,
 ) -> dict[str, Any]:
     """The normalized spec of a job request (`parse_job(...).spec`)."""
-    return parse_job(
-        body, settings=settings, manifest_of=manifest_of, find_source=find_source
-    ).spec
+    return parse_job(body, settings=settings, manifest_of=manifest_of, find_source=find_source).spec
 
 
 def parse_job(
@@ -139,9 +137,7 @@ def _parse_header(body: dict[str, Any], place: Place, settings: Settings) -> dic
         "resources": resources
         if resources is INVALID
         else {"gpus": 1, "mixed_precision": False, **resources},
-        "tags": TAGS.check(
-            {} if body.get("tags") is None else body["tags"], place.at("tags")
-        ),
+        "tags": TAGS.check({} if body.get("tags") is None else body["tags"], place.at("tags")),
         "warm_start": _parse_warm_start(body.get("warm_start"), place.at("warm_start")),
     }
 
