@@ -26,6 +26,7 @@ from redis.typing import EncodableT, FieldT, StreamRangeResponse, ZSetRangeRespo
 
 from core.cursors import decode_cursor, encode_cursor
 from core.errors import Conflict, NotFound
+from core.grammar.requests import request_from_spec
 from core.rediskeys import (
     ALL_JOBS,
     EPOCHS_DONE,
@@ -574,11 +575,11 @@ class JobStore:
 
     def raw_request(self, job_id: str) -> Any:
         """What the client sent for the job (`request.json`); a job stored before requests were
-        kept answers its normalized request, which parses to the same job."""
+        kept answers a request rebuilt from its normalized one, which parses to the same job."""
         folder = self.data.job(job_id)
         if (folder / REQUEST_FILE).is_file():
             return read_json(folder / REQUEST_FILE)
-        return self.normalized_request(job_id)
+        return request_from_spec(self.normalized_request(job_id))
 
     def records(self, job_ids: builtins.list[str]) -> builtins.list[Job]:
         """The records of `job_ids` in one round trip; jobs gone meanwhile are left out."""

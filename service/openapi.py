@@ -435,6 +435,53 @@ def _job_body() -> dict:
     }
 
 
+def _clone_operation() -> dict:
+    """`:clone`: a merge patch over the job's raw request, or the `{"patch", "set"}` envelope."""
+    patch = {
+        "type": "object",
+        "description": "A JSON Merge Patch (RFC 7396) over the job's request: null removes a "
+        "key, an object merges, anything else replaces.",
+    }
+    envelope = _object(
+        {},
+        {
+            "patch": patch,
+            "set": {
+                "type": "object",
+                "description": "JSON pointers into the request (after the patch) and the value "
+                "each sets; they reach array elements, which a merge patch replaces whole.",
+                "propertyNames": {"pattern": "^/"},
+            },
+        },
+        additionalProperties=False,
+    )
+    operation = _operation(
+        "Submit a new job from this job's request with changes; the new job has cloned_from.",
+        "jobs",
+        {
+            202: _json("Job", "Queued"),
+            200: _json("Job", "Cloned earlier (Idempotency-Key)"),
+        },
+        parameters=[JOB_ID, IDEMPOTENCY],
+        body={
+            "application/merge-patch+json": {"schema": patch},
+            JSON: {
+                "schema": {
+                    "anyOf": [envelope, patch],
+                    "description": "With a top-level patch or set key, the envelope; "
+                    "otherwise a merge patch.",
+                },
+                "examples": {
+                    "patch": {"value": {"fit": {"epochs": 20}}},
+                    "set": {"value": {"set": {"/model/layers/0/config/units": 64}}},
+                },
+            },
+        },
+    )
+    operation["requestBody"]["required"] = False
+    return operation
+
+
 def _paths() -> dict[str, dict]:
     predict_body = {JSON: {"schema": _ref("PredictRequest")}}
     infer_body = {
@@ -553,6 +600,16 @@ def _paths() -> dict[str, dict]:
                 parameters=[
                     *PAGE,
                     _query("status", {"enum": list(STATUSES)}, "Only jobs in this status."),
+                    {
+                        **_query(
+                            "tag",
+                            {"type": "array", "items": {"type": "string", "pattern": "^[^:]+:"}},
+                            "Only jobs carrying this tag, as key:value; repeat it for several "
+                            "(every one must match).",
+                        ),
+                        "style": "form",
+                        "explode": True,
+                    },
                 ],
             ),
         },
@@ -607,6 +664,7 @@ def _paths() -> dict[str, dict]:
                 ],
             ),
         },
+        "/v1/jobs/{job_id}:clone": {"post": _clone_operation()},
         "/v1/jobs/{job_id}:cancel": {
             "post": _operation(
                 "Cancel a job.",
