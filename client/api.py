@@ -212,9 +212,38 @@ class Client:
         """The job's record: status, progress, metrics, checkpoints, timings, error."""
         return self.request_json("GET", f"/v1/jobs/{segment(job_id)}")
 
-    def list_jobs(self, limit: int | None = None, *, status: str | None = None) -> list[dict]:
-        """The jobs this key may see, newest first; `status` filters on the server."""
-        return self.list_all("/v1/jobs", limit, {"status": status} if status else {})
+    def list_jobs(
+        self,
+        limit: int | None = None,
+        *,
+        status: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> list[dict]:
+        """The jobs this key may see, newest first; `status` and `tags` (every one must match)
+        filter on the server."""
+        params: dict[str, Any] = {"status": status} if status else {}
+        if tags:
+            params["tag"] = [f"{key}:{value}" for key, value in tags.items()]
+        return self.list_all("/v1/jobs", limit, params)
+
+    def clone(
+        self,
+        job_id: str,
+        patch: Mapping[str, Any] | None = None,
+        set: Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> dict:
+        """Submit a new job from `job_id`'s request with changes; returns the new job
+        (`cloned_from` names the original).
+
+        `patch` is a JSON Merge Patch over the request (`{"fit": {"epochs": 20}}`; null removes
+        a key); `set` maps JSON pointers to values and applies after it, reaching into arrays
+        (`{"/model/layers/0/config/units": 64}`).
+        """
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body = {"patch": dict(patch or {}), "set": dict(set or {})}
+        return self.send_json("POST", f"/v1/jobs/{segment(job_id)}:clone", body, headers=headers)
 
     def cancel_job(self, job_id: str) -> dict:
         """Ask a job to stop; returns it `cancelling` (or already `cancelled`)."""
