@@ -107,7 +107,7 @@ def _submit(
         cloned_from,
         g.get("request_id"),
     )
-    return json_response(view_job(job), 202, {"Location": f"/v1/jobs/{job['id']}"})
+    return json_response(job_view(job), 202, {"Location": f"/v1/jobs/{job['id']}"})
 
 
 @bp.post("/v1/jobs/<job_id>:clone")
@@ -204,7 +204,7 @@ def _unescape(token: str) -> str:
 def _replay(job: Job) -> Response:
     """200 with the job an earlier submit with the same key and body made (as datasets answer)."""
     return json_response(
-        view_job(job),
+        job_view(job),
         200,
         {"Location": f"/v1/jobs/{job['id']}", "Idempotent-Replayed": "true"},
     )
@@ -229,7 +229,7 @@ def list_jobs() -> Response:
     items, next_cursor = job_store().list(
         owner=scope, status=status, limit=limit, cursor=cursor, tags=tags
     )
-    views = [view_job(job) for job in items]
+    views = [job_view(job) for job in items]
     states = _queue_states([job for job in items if job["status"] == "queued"])
     for view in views:
         if view["id"] in states:
@@ -293,7 +293,7 @@ def get_job(job_id: str) -> Response:
         if finished is None:
             raise
         job = finished
-    view: JobView = view_job(job)
+    view: JobView = job_view(job)
     if job["status"] == "queued":
         view["queue"] = _queue_states([job])[job_id]
     return json_response(view)
@@ -328,7 +328,7 @@ def cancel_job(job_id: str) -> Response:
     visible_job(job_id)
     job = job_store().request_cancel(job_id)
     log.info("job_cancel job=%s status=%s request_id=%s", job_id, job["status"], g.request_id)
-    return json_response(view_job(job), 202)
+    return json_response(job_view(job), 202)
 
 
 @bp.delete("/v1/jobs/<job_id>")
@@ -337,6 +337,11 @@ def delete_job(job_id: str) -> tuple[str, int]:
     visible_job(job_id)
     job_store().delete(job_id)
     return "", 204
+
+
+def job_view(job: Job) -> JobView:
+    """The job as the API shows it, its removal dated by FITSERVE_JOB_TTL_SECONDS."""
+    return view_job(job, ttl_seconds=settings().job_ttl_seconds)
 
 
 def visible_job(job_id: str) -> Job:
