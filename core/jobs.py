@@ -590,18 +590,31 @@ class JobStore:
 
     def raw_request(self, job_id: str) -> Any:
         """What the client sent for the job (`request.json`); a job stored before requests were
-        kept answers a request rebuilt from its normalized one, which parses to the same job."""
+        kept answers a request rebuilt from its normalized one, which parses to the same job.
+        Conflict when the job's files cannot be read."""
         folder = self.data.job(job_id)
-        if (folder / REQUEST_FILE).is_file():
-            return read_json(folder / REQUEST_FILE)
-        return request_from_spec(self.normalized_request(job_id))
+        try:
+            if (folder / REQUEST_FILE).is_file():
+                return read_json(folder / REQUEST_FILE)
+            return request_from_spec(self.normalized_request(job_id))
+        except (OSError, orjson.JSONDecodeError):
+            raise Conflict(
+                f"Job {job_id}'s request is no longer readable on the data volume."
+            ) from None
 
-    def records(self, job_ids: builtins.list[str]) -> builtins.list[Job]:
-        """The records of `job_ids` in one round trip; jobs gone meanwhile are left out."""
+    def records(self, job_ids: builtins.list[str], fields: tuple[str, ...]) -> builtins.list[Job]:
+        """These `fields` of each job's record, in one round trip; jobs gone meanwhile are left
+        out (the others' missing fields too)."""
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.hgetall(job_key(job_id))
-        return [_decode(raw) for raw in pipe.execute() if raw]
+            pipe.hmget(job_key(job_id), fields)
+        found = []
+        for values in pipe.execute():
+            if values[0] is None:
+                continue
+            pairs = zip(fields, values, strict=True)
+            found.append({name: orjson.loads(raw) for name, raw in pairs if raw is not None})
+        return cast(builtins.list[Job], found)
 
     def recent_durations(self) -> builtins.list[float]:
         """Running seconds of the last succeeded jobs, newest first."""

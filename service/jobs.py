@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -16,8 +17,8 @@ from core import grammar
 from core.errors import FieldError, InvalidRequest, NotFound, escape_pointer
 from core.grammar.allowlist import MAX_TAGS
 from core.idempotency import fingerprint
-from core.jobs import LIVE, STATUSES, TERMINAL, Job, JobView, QueueState, provenance, view_job
-from core.patches import PatchError, merge_patch, set_pointer
+from core.jobs import STATUSES, TERMINAL, Job, JobView, QueueState, provenance, view_job
+from core.patches import PatchError, get_pointer, merge_patch, set_pointer
 from core.queue_position import queue_places
 from core.queues import send_training, train_queue
 from core.storage import check_id
@@ -64,7 +65,7 @@ def _submit(
     request_fingerprint: str,
     *,
     cloned_from: str | None = None,
-    locate: Any = None,
+    locate: Callable[[str], str] | None = None,
 ) -> Response:
     """Submit the raw request `body`: 202 with the queued job, or the job an earlier request
     with the same Idempotency-Key and `request_fingerprint` made.
@@ -189,16 +190,11 @@ def _patch_path(path: str, patch: Any, setters: dict[str, Any], envelope: bool) 
     for pointer in reversed(list(setters)):
         if path == pointer or path.startswith(pointer.rstrip("/") + "/"):
             return _setter_path(pointer) + path[len(pointer) :]
-    node = patch
-    for token in [part for part in path.split("/")[1:]]:
-        if not isinstance(node, dict) or _unescape(token) not in node:
-            return path
-        node = node[_unescape(token)]
+    try:
+        get_pointer(patch, path)
+    except PatchError:
+        return path
     return f"/patch{path}" if envelope else path
-
-
-def _unescape(token: str) -> str:
-    return token.replace("~1", "/").replace("~0", "~")
 
 
 def _replay(job: Job) -> Response:
@@ -257,14 +253,19 @@ def _bad_tag(value: str, expected: str) -> InvalidRequest:
     return InvalidRequest("Bad query parameter tag.", errors=[error])
 
 
+# What a queue place is worked out from: one small read per live job, no manifest.
+QUEUE_FIELDS = ("id", "priority", "gpus", "created_at", "started_at", "progress")
+
+
 def _queue_states(jobs: list[Job]) -> dict[str, QueueState]:
     """How the queue stands for each of these queued jobs: its queue, the live workers that
     consume it (or why none does), and the job's place in it."""
     if not jobs:
         return {}
     store = job_store()
-    queued = store.records(store.job_ids("queued"))
-    running = store.records([i for status in LIVE[1:] for i in store.job_ids(status)])
+    queued = store.records(store.job_ids("queued"), QUEUE_FIELDS)
+    holding = [job_id for status in ("running", "cancelling") for job_id in store.job_ids(status)]
+    running = store.records(holding, QUEUE_FIELDS)
     sizes = {job.get("gpus") or 1 for job in [*jobs, *queued]}
     queues = {train_queue(gpus) for gpus in sizes}
     counts = {queue: len(queue_workers(redis_client(), queue)) for queue in queues}
