@@ -30,11 +30,12 @@ FindManifest = Callable[[str], dict[str, Any]]
 
 @dataclasses.dataclass(frozen=True)
 class WarmSource:
-    """The resolved source of a warm start: a job, one of its versions, and its request."""
+    """The resolved source of a warm start: a job, one of its versions, and its normalized
+    request (None when it cannot be read: the worker's check of the weights still holds)."""
 
     job_id: str
     version: int
-    spec: dict[str, Any]
+    spec: dict[str, Any] | None
 
 
 class FindSource(Protocol):
@@ -62,7 +63,10 @@ def source_finder(find_manifest: FindManifest, data: DataDir) -> FindSource:
             servable = resolve_version(data, manifest, version=number, label=label)
         except (NotFound, Conflict) as error:
             raise VersionMissing(error.detail) from None
-        spec = read_json(data.job(manifest["id"]) / "job.json")["spec"]
+        try:
+            spec = read_json(data.job(manifest["id"]) / "job.json")["spec"]
+        except (OSError, ValueError, KeyError, TypeError):
+            spec = None
         return WarmSource(manifest["id"], servable.version, spec)
 
     return find
@@ -84,7 +88,7 @@ def check_warm_start(spec: dict[str, Any], find_source: FindSource, place: Place
         )
     resolved = {"job": source.job_id, "version": source.version, "strict": request["strict"]}
     # Shapes are compared only for a request valid otherwise: its model must infer.
-    if request["strict"] and not place.errors:
+    if request["strict"] and not place.errors and source.spec is not None:
         mismatched = mismatched_layers(spec, source.spec)
         if mismatched:
             return place.at("strict").refuse(
