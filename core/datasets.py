@@ -95,6 +95,28 @@ def store_json(
         return _finish(data, folder, dataset_id, arrays, origin, owner, "/arrays", budget)
 
 
+def store_files(
+    data: DataDir,
+    dataset_id: str,
+    files: dict[str, Path],
+    *,
+    origin: dict,
+    owner: str | None,
+    classes: dict[str, list[str]] | None = None,
+) -> dict:
+    """Make a dataset of `.npy` files the server wrote itself (a batch prediction's outputs):
+    hard-linked into the staging folder, so the originals stay until the dataset exists, then
+    described like an upload; return the manifest."""
+    with _staging(data, dataset_id) as folder:
+        arrays = readers.Arrays(classes=dict(classes or {}))
+        for index, (name, path) in enumerate(files.items()):
+            arrays.files[name] = folder / f"a{index}.npy"
+            os.link(path, arrays.files[name])
+        origin = {**origin, "bytes": sum(path.stat().st_size for path in files.values())}
+        budget = readers.CpuBudget(float("inf"))
+        return _finish(data, folder, dataset_id, arrays, origin, owner, "/arrays", budget)
+
+
 def load_manifest(data: DataDir, dataset_id: str) -> dict:
     """The manifest of a stored dataset; NotFound for an unknown or malformed id."""
     path = data.dataset(dataset_id) / MANIFEST

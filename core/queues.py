@@ -11,6 +11,8 @@ from typing import Any, Protocol
 from core.settings import Settings
 
 TRAIN_TASK = "fitserve.train"
+# Batch predictions run on the training workers, queued like a one-device job.
+BATCH_TASK = "fitserve.batch_predict"
 # Kombu's Redis transport keeps a list per priority step: `<queue>` for step 0, then
 # `<queue>:<step>`.
 PRIORITY_STEPS = tuple(range(10))
@@ -41,6 +43,11 @@ def send_training(producer: Producer, job: Mapping[str, Any]) -> None:
         queue=train_queue(job.get("gpus") or 1),
         priority=9 - int(job.get("priority", 5)),
     )
+
+
+def send_batch(producer: Producer, batch: Mapping[str, Any]) -> None:
+    """Enqueue a batch prediction by task name, its id as task id, on the one-device queue."""
+    producer.send_task(BATCH_TASK, args=[batch["id"]], task_id=batch["id"], queue=train_queue(1))
 
 
 def broker_lists(queue: str) -> list[str]:

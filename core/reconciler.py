@@ -17,10 +17,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import cast
 
 import orjson
 import redis
 
+from core.batch import CANCELLED as BATCH_CANCELLED
+from core.batch import BatchPrediction, BatchStore
 from core.errors import Conflict, NotFound
 from core.jobs import Job, JobStore, parse_time
 from core.queues import broker_lists, train_queue
@@ -31,15 +34,30 @@ log = logging.getLogger("fitserve.reconciler")
 
 ORPHAN_PERIOD = 30
 Send = Callable[[Job], None]
+BatchSend = Callable[[BatchPrediction], None]
 
 
-def reconcile(store: JobStore, send: Send, holder: str) -> list[str]:
-    """One pass; returns the ids of the jobs it changed. Does nothing if another holds the lock."""
+def reconcile(
+    store: JobStore,
+    send: Send,
+    holder: str,
+    *,
+    batches: BatchStore | None = None,
+    send_batch: BatchSend | None = None,
+) -> list[str]:
+    """One pass; returns the ids of the jobs (and batch predictions) it changed. Does nothing if
+    another holds the lock."""
     period = max(1, store.settings.heartbeat_seconds)
     if not store.redis.set(RECONCILER_LOCK, holder, nx=True, ex=period):
         return []
     changed = []
     if store.records_lost():
+        # Batch predictions first: the jobs' rebuild sets the marker both share.
+        if batches is not None and send_batch is not None:
+            for batch in batches.rebuild_records():
+                log.info("batch_resent batch=%s after=rebuild", batch["id"])
+                send_batch(batch)
+                changed.append(batch["id"])
         for job in store.rebuild_records():
             log.info("job_resent job=%s after=rebuild", job["id"])
             send(job)
@@ -50,6 +68,8 @@ def reconcile(store: JobStore, send: Send, holder: str) -> list[str]:
         for job_id in store.job_ids(status):
             if store.lease_holder(job_id) is None and _recover(store, job_id, send):
                 changed.append(job_id)
+    if batches is not None and send_batch is not None:
+        changed += _recover_batches(batches, send_batch)
     if store.redis.set(ORPHAN_LOCK, holder, nx=True, ex=ORPHAN_PERIOD):
         changed += _resend_orphans(store, send)
     return changed
@@ -110,6 +130,31 @@ def _recover(store: JobStore, job_id: str, send: Send) -> bool:
         return False
     log.info("job_recovered job=%s was=%s attempt=%s", job_id, was, job["attempt"])
     return True
+
+
+def _recover_batches(batches: BatchStore, send: BatchSend) -> list[str]:
+    """Batch predictions whose worker vanished: requeued to resume from their committed offset
+    (same rules as jobs: the attempt limit, a cancelling one ends cancelled)."""
+    changed = []
+    for status in ("running", "cancelling"):
+        for batch_id in batches.ids(status):
+            if batches.leases.holder(batch_id) is not None:
+                continue
+            with contextlib.suppress(Conflict, NotFound):
+                batch = batches.get(batch_id)
+                if batch["status"] == "cancelling":
+                    batches.transition(
+                        batch_id, "cancelled", reason="cancelled", message=BATCH_CANCELLED
+                    )
+                elif batch["attempt"] >= batches.settings.max_attempts:
+                    limit = batches.settings.max_attempts
+                    message = worker_lost_message(cast(Job, batch), limit)
+                    batches.transition(batch_id, "failed", reason="worker_lost", message=message)
+                else:
+                    send(batches.transition(batch_id, "queued"))
+                log.info("batch_recovered batch=%s was=%s", batch_id, batch["status"])
+                changed.append(batch_id)
+    return changed
 
 
 def _unleased(store: JobStore) -> Callable[[Job], str | None]:
