@@ -27,6 +27,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     from service import (
         auth,
+        batches,
         dashboard,
         datasets,
         events,
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         datasets,
         validate,
         jobs,
+        batches,
         servables,
         tfserving,
         oip,
