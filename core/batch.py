@@ -893,11 +893,8 @@ def _outputs(folder: Path, loaded: Any, batch: BatchPrediction, fresh: bool) -> 
 
 
 def unicode_dtype(names: builtins.list[str]) -> np.dtype:
-    """A fixed-width unicode dtype for `names`, its width a power of two: the dataset reader
-    hashes and describes arrays in chunks of a power-of-two bytes, which whole items then fill
-    (np.load reads `<U..` with allow_pickle=False)."""
-    longest = max((len(name) for name in names), default=1)
-    return np.dtype(f"<U{1 << max(0, longest - 1).bit_length()}")
+    """A fixed-width unicode dtype for `names` (np.load reads it with allow_pickle=False)."""
+    return np.dtype(f"<U{max((len(name) for name in names), default=1)}")
 
 
 def finish(store: BatchStore, batch: BatchPrediction) -> str:

@@ -114,7 +114,33 @@ def store_files(
             os.link(path, arrays.files[name])
         origin = {**origin, "bytes": sum(path.stat().st_size for path in files.values())}
         budget = readers.CpuBudget(float("inf"))
-        return _finish(data, folder, dataset_id, arrays, origin, owner, "/arrays", budget)
+        return _finish(
+            data, folder, dataset_id, arrays, origin, owner, "/arrays", budget, _describe_written
+        )
+
+
+def _describe_written(path: Path, budget: readers.CpuBudget) -> dict:
+    """A server-written array's manifest entry: text (class names, fixed-width unicode, which
+    no upload may hold) gets its hash and labels; numbers are described as uploads are."""
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    if array.dtype.kind != "U":
+        return _describe(path, budget)
+    labels = np.unique(array)
+    return {
+        "file": path.name,
+        "shape": list(array.shape),
+        "dtype": array.dtype.str,
+        "bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+        "stats": {
+            "min": None,
+            "max": None,
+            "integer_valued": False,
+            "nan": 0,
+            "inf": 0,
+            "labels": labels.tolist() if len(labels) <= MAX_LABELS else None,
+        },
+    }
 
 
 def load_manifest(data: DataDir, dataset_id: str) -> dict:
@@ -211,9 +237,11 @@ def _finish(
     owner: str | None,
     where: str,
     budget: readers.CpuBudget,
+    describe: Callable[[Path, readers.CpuBudget], dict] | None = None,
 ) -> dict:
     """Describe every array, check they share their rows, write the manifest, move into place."""
-    described = {name: _describe(path, budget) for name, path in arrays.files.items()}
+    describe = describe or _describe
+    described = {name: describe(path, budget) for name, path in arrays.files.items()}
     rows = _common_rows(described, where)
     if origin["sha256"] is None:
         origin["sha256"] = next(iter(described.values()))["sha256"]
