@@ -161,14 +161,14 @@ def test_a_batch_prediction_scores_every_row_as_keras_does_and_makes_a_dataset(
     assert done["attempts"] == [{"attempt": 1, "start": 0, "stop": ROWS}]
     assert counted[0].rows == ROWS
     result = datasets.load_manifest(data, done["result_dataset"])
-    assert sorted(result["arrays"]) == ["class", "class_name", "dense_1"]
+    assert sorted(result["arrays"]) == ["class", "class_name", "output"]
     assert result["rows"] == ROWS
     expected = model.predict(x, verbose=0)
     arrays = {
         name: datasets.open_array(data, result["id"], name, verify=True)
         for name in result["arrays"]
     }
-    np.testing.assert_allclose(arrays["dense_1"], expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(arrays["output"], expected, rtol=0, atol=1e-5)
     np.testing.assert_array_equal(arrays["class"], expected.argmax(axis=1))
     np.testing.assert_array_equal(arrays["class_name"], np.array(CLASSES)[expected.argmax(axis=1)])
     assert not (batches.folder(batch["id"]) / "outputs").exists()
@@ -218,7 +218,7 @@ def test_a_stopped_batch_prediction_resumes_from_its_offset_without_scoring_a_ro
         {"attempt": 2, "start": 384, "stop": ROWS},
     ]
     assert [counting.rows for counting in counted] == [384, ROWS - 384]
-    result = datasets.open_array(data, done["result_dataset"], "dense_1")
+    result = datasets.open_array(data, done["result_dataset"], "output")
     np.testing.assert_allclose(result, model.predict(x, verbose=0), rtol=0, atol=1e-5)
 
 
