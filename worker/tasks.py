@@ -45,7 +45,7 @@ def train(self: Task, job_id: str) -> str:
 def batch_predict(self: Task, batch_id: str) -> str:
     """Score `batch_id` from its committed offset, or ack without work if it is unknown,
     finished or another worker's."""
-    from core.batch import run_batch
+    from core.scoring import run_batch
 
     child = worker_app.child()
     store = child.batches

@@ -9,11 +9,12 @@ import pytest
 import redis
 
 from core import datasets, grammar
-from core.batch import BatchStore, parse_batch_request, read_progress, run_batch, view_batch
+from core.batch import BatchStore, parse_batch_request, read_progress, view_batch
 from core.checkpoints import save_model_file
 from core.errors import InvalidRequest
 from core.modeling import build_model
 from core.runs import WorkerIdentity
+from core.scoring import run_batch
 from core.serving import catalog
 from core.serving.cache import load_servable
 from core.settings import Settings
