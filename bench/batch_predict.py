@@ -115,7 +115,10 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=4096)
     args = parser.parse_args()
 
-    settings = {"FITSERVE_MAX_DATASET_BYTES": str(64 << 30)}
+    settings = {
+        "FITSERVE_MAX_DATASET_BYTES": str(64 << 30),
+        "FITSERVE_MAX_UPLOAD_BYTES": str(64 << 30),
+    }
     with tempfile.TemporaryDirectory(prefix="fitserve-bench-") as tmp:
         folder = Path(tmp)
         rows = write_rows(folder / "rows.npy", args.rows)

@@ -4,9 +4,9 @@ A batch prediction's record is a Redis hash (keys in core.rediskeys) mirrored in
 `batches/<id>/manifest.json` at every status change, like a job's. A worker (core.scoring)
 scores the dataset's memory-mapped arrays in batches with the compiled forward function serving
 uses, writing each output into a preallocated `.npy` (`batches/<id>/outputs/`); after every
-chunk of batches the outputs are flushed, then `progress.json` records the rows done. That offset is the truth: a
-worker that dies resumes from it, so a committed row is never scored again, and each attempt's
-committed range is kept (`attempts`) to show it. Finished, the outputs (plus `class` and
+chunk of batches the outputs are flushed, then `progress.json` records the rows done. That
+offset is the truth: a worker that dies resumes from it, so a committed row is never scored
+again, and each attempt's committed range is kept (`attempts`) to show it. Finished, the outputs (plus `class` and
 `class_name` for a classifier) become a new dataset owned by the same key.
 """
 
