@@ -6,8 +6,8 @@ scores the dataset's memory-mapped arrays in batches with the compiled forward f
 uses, writing each output into a preallocated `.npy` (`batches/<id>/outputs/`); after every
 chunk of batches the outputs are flushed, then `progress.json` records the rows done. That
 offset is the truth: a worker that dies resumes from it, so a committed row is never scored
-again, and each attempt's committed range is kept (`attempts`) to show it. Finished, the outputs (plus `class` and
-`class_name` for a classifier) become a new dataset owned by the same key.
+again, and each attempt's committed range is kept (`attempts`) to show it. Finished, the
+outputs (plus `class` and `class_name` for a classifier) become a new dataset of the same key.
 """
 
 from __future__ import annotations
