@@ -513,9 +513,12 @@ class BatchStore:
     def _score(self, batch_id: str) -> float:
         return float(self.redis.zscore(ALL_BATCHES, batch_id) or 0.0)
 
-    def transition(self, batch_id: str, status: Status, **fields: Any) -> BatchPrediction:
-        """Move to `status` atomically with `fields` (Conflict if not allowed), then rewrite the
-        manifest; a finished one leaves its dataset's live set."""
+    def transition(
+        self, batch_id: str, status: Status, *, unleased: bool = False, **fields: Any
+    ) -> BatchPrediction:
+        """Move to `status` atomically with `fields` (Conflict if not allowed, or with
+        `unleased` if a worker holds its lease), then rewrite the manifest; a finished one
+        leaves its dataset's live set."""
         key = batch_key(batch_id)
         result: dict[str, Any] = {}
 
@@ -527,6 +530,8 @@ class BatchStore:
             current = batch["status"]
             if status not in TRANSITIONS[current]:
                 raise Conflict(f"Batch prediction {batch_id} is {current}; it cannot be {status}.")
+            if unleased and pipe.get(batch_lease_key(batch_id)) is not None:
+                raise Conflict(f"Batch prediction {batch_id} was leased again.")
             changes: dict[str, Any] = {"status": status, "updated_at": utc_now(), **fields}
             if status in TERMINAL:
                 changes.setdefault("finished_at", changes["updated_at"])

@@ -144,14 +144,20 @@ def _recover_batches(batches: BatchStore, send: BatchSend) -> list[str]:
                 batch = batches.get(batch_id)
                 if batch["status"] == "cancelling":
                     batches.transition(
-                        batch_id, "cancelled", reason="cancelled", message=BATCH_CANCELLED
+                        batch_id,
+                        "cancelled",
+                        unleased=True,
+                        reason="cancelled",
+                        message=BATCH_CANCELLED,
                     )
                 elif batch["attempt"] >= batches.settings.max_attempts:
                     limit = batches.settings.max_attempts
                     message = worker_lost_message(cast(Job, batch), limit)
-                    batches.transition(batch_id, "failed", reason="worker_lost", message=message)
+                    batches.transition(
+                        batch_id, "failed", unleased=True, reason="worker_lost", message=message
+                    )
                 else:
-                    send(batches.transition(batch_id, "queued"))
+                    send(batches.transition(batch_id, "queued", unleased=True))
                 log.info("batch_recovered batch=%s was=%s", batch_id, batch["status"])
                 changed.append(batch_id)
     return changed

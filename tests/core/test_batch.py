@@ -236,3 +236,29 @@ def test_a_cancel_stops_it_and_makes_no_dataset(data, batch_settings, batches, c
     )
     assert batches.get(batch["id"])["result_dataset"] is None
     assert len(list(data.datasets.iterdir())) == 2  # the training data and the scored data
+
+
+def test_the_reconciler_requeues_a_batch_prediction_whose_worker_vanished(
+    data, batch_settings, batches, store, classifier, scored
+):
+    from core.reconciler import reconcile
+
+    job_id, _ = classifier
+    dataset, _ = scored
+    parsed = parse({"model": job_id, "dataset": dataset, "x": "features"}, data, batch_settings)
+    batch = batches.create(parsed, owner=None, request_id=None)
+    batches.transition(batch["id"], "running", attempt=1)
+    leased = batches.create(parsed, owner=None, request_id=None)
+    batches.transition(leased["id"], "running", attempt=1)
+    assert batches.leases.acquire(leased["id"], "elsewhere/1/w2")
+    sent: list = []
+
+    reconcile(store, [].append, "w1", batches=batches, send_batch=sent.append)
+
+    assert [resent["id"] for resent in sent] == [batch["id"]]
+    assert batches.get(batch["id"])["status"] == "queued"
+    assert batches.get(leased["id"])["status"] == "running"
+    assert (
+        orjson.loads((batches.folder(batch["id"]) / "manifest.json").read_bytes())["status"]
+        == "queued"
+    )
