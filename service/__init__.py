@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         proxies,
         servables,
         state,
+        storage,
         tfserving,
         validate,
     )
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         validate,
         jobs,
         batches,
+        storage,
         servables,
         tfserving,
         oip,

@@ -16,6 +16,7 @@ from core.queues import send_batch
 from service.auth import can_see, owner
 from service.datasets import visible_manifest
 from service.http import json_body, json_response, page_args
+from service.limits import check_dataset_quota
 from service.servables import find_job
 from service.state import data_dir, producer, redis_client, settings
 
@@ -37,7 +38,9 @@ def batch_store() -> BatchStore:
 
 @bp.post("")
 def submit_batch() -> Response:
-    """Validate, record, enqueue: 202 with the queued batch prediction."""
+    """Validate, record, enqueue: 202 with the queued batch prediction (507 when the key has
+    no room for its result dataset)."""
+    check_dataset_quota(owner())
     parsed = parse_batch_request(
         json_body(),
         data=data_dir(),
