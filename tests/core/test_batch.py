@@ -262,3 +262,42 @@ def test_the_reconciler_requeues_a_batch_prediction_whose_worker_vanished(
         orjson.loads((batches.folder(batch["id"]) / "manifest.json").read_bytes())["status"]
         == "queued"
     )
+
+
+def test_a_cancel_while_it_runs_stops_it_at_the_next_chunk(
+    data, batch_settings, batches, classifier, scored
+):
+    job_id, _ = classifier
+    dataset, _ = scored
+    parsed = parse(
+        {"model": job_id, "dataset": dataset, "x": "features", "batch_size": 128},
+        data,
+        batch_settings,
+    )
+    batch = batches.create(parsed, owner=None, request_id=None)
+    counted: list[Counting] = []
+    load = loader(batches, counted)
+
+    def load_and_cancel_on_first_pass(record):
+        counting = load(record)
+        forward = counting.tensorflow_forward
+
+        def cancel_then_forward(inputs):
+            if counting.rows == 0:
+                assert batches.request_cancel(record["id"])["status"] == "cancelling"
+            return forward(inputs)
+
+        counting.tensorflow_forward = cancel_then_forward
+        return counting
+
+    outcome = run_batch(batches, batch, ME, load=load_and_cancel_on_first_pass, send=[].append)
+
+    assert outcome == "cancelled"
+    done = batches.get(batch["id"])
+    assert (done["status"], done["reason"], done["result_dataset"]) == (
+        "cancelled",
+        "cancelled",
+        None,
+    )
+    assert counted[0].rows == 384  # the chunk under way was finished and committed, no more
+    assert not (batches.folder(batch["id"]) / "outputs").exists()
