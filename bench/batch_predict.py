@@ -118,6 +118,8 @@ def main() -> int:
     settings = {
         "FITSERVE_MAX_DATASET_BYTES": str(64 << 30),
         "FITSERVE_MAX_UPLOAD_BYTES": str(64 << 30),
+        # The default commit interval, not the small one the fault tests run with.
+        "FITSERVE_BATCH_PREDICT_CHUNK_ROWS": "65536",
     }
     with tempfile.TemporaryDirectory(prefix="fitserve-bench-") as tmp:
         folder = Path(tmp)
