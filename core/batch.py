@@ -140,6 +140,15 @@ class BatchView(TypedDict):
     links: BatchLinks
 
 
+def batch_lost_message(attempts: int, limit: int) -> str:
+    """What a person reads when a batch prediction ran out of attempts."""
+    return (
+        f"The worker scoring this batch prediction was lost {attempts} times "
+        f"(FITSERVE_MAX_ATTEMPTS={limit}): it was killed or crashed, often by the out-of-memory "
+        "killer. Lower batch_size, check the worker's log, and submit it again."
+    )
+
+
 def view_batch(batch: BatchPrediction) -> BatchView:
     """The record as the API shows it: progress as rows done of rows, the links."""
     batch_id, rows = batch["id"], batch["rows"]

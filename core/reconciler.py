@@ -19,13 +19,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import cast
 
 import orjson
 import redis
 
 from core.batch import CANCELLED as BATCH_CANCELLED
-from core.batch import BatchPrediction, BatchStore
+from core.batch import BatchPrediction, BatchStore, batch_lost_message
 from core.errors import Conflict, NotFound
 from core.jobs import TERMINAL, Job, JobStore, expires_after, parse_time
 from core.queues import broker_lists, train_queue
@@ -176,8 +175,7 @@ def _recover_batches(batches: BatchStore, send: BatchSend) -> list[str]:
                         message=BATCH_CANCELLED,
                     )
                 elif batch["attempt"] >= batches.settings.max_attempts:
-                    limit = batches.settings.max_attempts
-                    message = worker_lost_message(cast(Job, batch), limit)
+                    message = batch_lost_message(batch["attempt"], batches.settings.max_attempts)
                     batches.transition(
                         batch_id, "failed", unleased=True, reason="worker_lost", message=message
                     )

@@ -27,12 +27,13 @@ from core.batch import (
     Attempt,
     BatchPrediction,
     BatchStore,
+    batch_lost_message,
     read_progress,
 )
 from core.errors import Conflict, FitserveError, NotFound
 from core.jobs import TERMINAL
 from core.rediskeys import batch_stop_key, shutdown_key
-from core.runs import WorkerIdentity, take_lease, worker_lost_message
+from core.runs import WorkerIdentity, take_lease
 from core.settings import Settings
 from core.storage import new_id, read_json, utc_now, write_json
 
@@ -112,7 +113,7 @@ def _start_attempt(
         return store.transition(batch_id, "cancelled", reason="cancelled", message=CANCELLED)
     attempt = batch["attempt"] + 1
     if attempt > store.settings.max_attempts:
-        message = worker_lost_message(cast(Any, batch), store.settings.max_attempts)
+        message = batch_lost_message(batch["attempt"], store.settings.max_attempts)
         return store.transition(batch_id, "failed", reason="worker_lost", message=message)
     done = read_progress(store.folder(batch_id))
     return store.transition(
