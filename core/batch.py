@@ -27,6 +27,7 @@ import numpy as np
 import orjson
 import redis
 
+from core import datasets
 from core.cursors import decode_cursor, encode_cursor
 from core.errors import Conflict, FieldError, InvalidRequest, NotFound, pointer
 from core.jobs import LIVE, STATUSES, TERMINAL, TRANSITIONS, Status, parse_time
@@ -309,8 +310,8 @@ def _dataset(
     except NotFound as error:
         errors.append(FieldError("/dataset", error.detail, "the id of one of your datasets"))
         return None
-    status = manifest.get("status", "ready")
-    if status != "ready":
+    status = datasets.status_of(manifest)
+    if status != datasets.READY:
         errors.append(
             FieldError("/dataset", f"Dataset {dataset_id} is {status}.", "a ready dataset", status)
         )
