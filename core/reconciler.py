@@ -75,6 +75,8 @@ def reconcile(
         changed += _recover_batches(batches, send_batch)
     if store.redis.set(ORPHAN_LOCK, holder, nx=True, ex=ORPHAN_PERIOD):
         changed += _resend_orphans(store, send)
+        if batches is not None and send_batch is not None:
+            changed += _resend_orphan_batches(batches, send_batch)
     ttl = store.settings.job_ttl_seconds
     if ttl > 0 and store.redis.set(EXPIRY_LOCK, holder, nx=True, ex=_expiry_period(ttl)):
         changed += expire_jobs(store, time.time())
@@ -117,6 +119,28 @@ def _resend_orphans(store: JobStore, send: Send) -> list[str]:
             log.info("job_resent job=%s after=message_lost", job["id"])
             send(job)
             resent.append(job["id"])
+    return resent
+
+
+def _resend_orphan_batches(batches: BatchStore, send: BatchSend) -> list[str]:
+    """Send again the queued batch predictions, waiting for two leases already, whose message
+    is gone (as `_resend_orphans` does for jobs)."""
+    stale = time.time() - 2 * batches.settings.lease_seconds
+    found = []
+    for batch_id in batches.ids("queued"):
+        with contextlib.suppress(NotFound):
+            batch = batches.get(batch_id)
+            if parse_time(batch["updated_at"]) < stale and not batches.leases.holder(batch_id):
+                found.append(batch)
+    if not found:
+        return []
+    waiting = waiting_task_ids(batches.redis, {train_queue(1)})
+    resent = []
+    for batch in found:
+        if batch["id"] not in waiting:
+            log.info("batch_resent batch=%s after=message_lost", batch["id"])
+            send(batch)
+            resent.append(batch["id"])
     return resent
 
 

@@ -301,3 +301,22 @@ def test_a_cancel_while_it_runs_stops_it_at_the_next_chunk(
     )
     assert counted[0].rows == 384  # the chunk under way was finished and committed, no more
     assert not (batches.folder(batch["id"]) / "outputs").exists()
+
+
+def test_the_reconciler_resends_a_queued_batch_prediction_whose_message_was_lost(
+    data, batch_settings, batches, store, classifier, scored
+):
+    from core.reconciler import reconcile
+    from core.rediskeys import batch_key
+
+    job_id, _ = classifier
+    dataset, _ = scored
+    parsed = parse({"model": job_id, "dataset": dataset, "x": "features"}, data, batch_settings)
+    batch = batches.create(parsed, owner=None, request_id=None)
+    long_ago = "2020-01-01T00:00:00.000Z"
+    batches.redis.hset(batch_key(batch["id"]), "updated_at", orjson.dumps(long_ago))
+    sent: list = []
+
+    reconcile(store, [].append, "w1", batches=batches, send_batch=sent.append)
+
+    assert [resent["id"] for resent in sent] == [batch["id"]]
