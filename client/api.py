@@ -336,6 +336,79 @@ class Client:
             raise JobFailed(job)
         return job
 
+    # -- batch predictions ----------------------------------------------------------------
+
+    def submit_batch(
+        self,
+        model: str,
+        dataset: str,
+        *,
+        version: int | str | None = None,
+        x: str | Mapping[str, str] | None = None,
+        batch_size: int | None = None,
+    ) -> dict:
+        """Queue a batch prediction of `model` (a job id or name; `version` a number or a
+        label) over a stored dataset; returns its record (`id`, `status`...)."""
+        request: dict[str, Any] = {"model": model, "dataset": dataset}
+        optional = {"version": version, "x": x, "batch_size": batch_size}
+        request.update({key: value for key, value in optional.items() if value is not None})
+        return self.send_json("POST", "/v1/batch-predictions", request)
+
+    def get_batch(self, batch_id: str) -> dict:
+        return self.request_json("GET", f"/v1/batch-predictions/{segment(batch_id)}")
+
+    def wait_batch(
+        self, batch_id: str, *, interval: float = 0.5, timeout: float | None = None
+    ) -> dict:
+        """Poll until the batch prediction ends; JobFailed unless it succeeded."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            batch = self.get_batch(batch_id)
+            if batch["status"] in TERMINAL:
+                if batch["status"] != "succeeded":
+                    raise JobFailed(batch)
+                return batch
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"Batch prediction {batch_id} is still {batch['status']} after {timeout} s."
+                )
+            time.sleep(interval)
+
+    def batch_predict(
+        self,
+        model: str,
+        dataset: str,
+        *,
+        version: int | str | None = None,
+        x: str | Mapping[str, str] | None = None,
+        batch_size: int | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> dict[str, np.ndarray] | dict:
+        """Score a stored dataset with a model on the workers. With `wait` (the default) the
+        result dataset's arrays as numpy (one per output, plus `class` and `class_name` for a
+        classifier); else the queued record."""
+        batch = self.submit_batch(model, dataset, version=version, x=x, batch_size=batch_size)
+        if not wait:
+            return batch
+        done = self.wait_batch(batch["id"], timeout=timeout)
+        return self.dataset_arrays(done["result_dataset"])
+
+    def dataset_arrays(self, dataset_id: str) -> dict[str, np.ndarray]:
+        """A dataset's arrays, downloaded as .npz and read with allow_pickle=False."""
+        with tempfile.TemporaryDirectory(prefix="fitserve-") as folder:
+            path = self.download_dataset(dataset_id, Path(folder) / "data.npz")
+            with np.load(path, allow_pickle=False) as arrays:
+                return {name: arrays[name] for name in arrays.files}
+
+    def download_dataset(
+        self, dataset_id: str, path: str | Path, *, format: str = "npz", array: str | None = None
+    ) -> Path:
+        """Stream a dataset into `path` as `npz`, `npy` (one `array`) or `csv`; returns it."""
+        params = {"format": format, **({"array": array} if array else {})}
+        url = f"/v1/datasets/{segment(dataset_id)}/download"
+        return self.stream_to(url, Path(path), params)
+
     # -- models ---------------------------------------------------------------------------
 
     def model_path(self, model: str, version: int | None, label: str | None) -> str:
@@ -465,7 +538,14 @@ class Client:
         An interrupted download leaves neither a partial file nor a damaged earlier one.
         """
         url = self.model_path(model, version, label) + "/download"
-        response = self.request("GET", url, params={"format": format}, stream=True)
+        return self.stream_to(url, path, {"format": format})
+
+    def stream_to(self, url: str, path: Path, params: dict[str, str]) -> Path:
+        """Stream a GET into `path` through a temp file beside it; returns `path`.
+
+        An interrupted download leaves neither a partial file nor a damaged earlier one.
+        """
+        response = self.request("GET", url, params=params, stream=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         try:

@@ -415,6 +415,32 @@ def predict(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def batch_predict(client: Client, args: argparse.Namespace) -> int:
+    """Queue a batch prediction; with --wait (or --output) wait for it and report the result."""
+    version: int | str | None = args.version if args.version is not None else args.label
+    batch = client.submit_batch(
+        args.model, args.dataset, version=version, x=args.x, batch_size=args.batch_size
+    )
+    if not (args.wait or args.output):
+        show(args, batch, lambda b: print(f"queued batch prediction {b['id']}"))
+        return 0
+    done = client.wait_batch(batch["id"], timeout=args.wait_timeout)
+    result = done["result_dataset"]
+    if args.output:
+        client.download_dataset(result, args.output, format=args.format)
+    rows = done["progress"]["rows"]
+    saved = f", saved to {args.output}" if args.output else ""
+    show(args, done, lambda b: print(f"scored {rows} rows: dataset {result}{saved}"))
+    return 0
+
+
+def datasets_download(client: Client, args: argparse.Namespace) -> int:
+    path = args.path or f"{args.id}.{args.format}"
+    saved = client.download_dataset(args.id, path, format=args.format, array=args.array)
+    show(args, {"path": str(saved)}, lambda d: print(f"saved {d['path']}"))
+    return 0
+
+
 def models_list(client: Client, args: argparse.Namespace) -> int:
     items = client.list_models(args.limit)
     show(args, {"items": items}, lambda d: print_models(d["items"]))
@@ -518,6 +544,11 @@ def build_parser() -> argparse.ArgumentParser:
     command(sub, "list", datasets_list, "list datasets").add_argument("--limit", type=int)
     command(sub, "show", datasets_show, "show a dataset's manifest").add_argument("id")
     command(sub, "rm", datasets_rm, "delete a dataset").add_argument("id")
+    fetch = command(sub, "download", datasets_download, "download a dataset")
+    fetch.add_argument("id")
+    fetch.add_argument("path", nargs="?", help="where to save it (default: <id>.<format>)")
+    fetch.add_argument("--format", choices=["npz", "npy", "csv"], default="npz")
+    fetch.add_argument("--array", help="the array of a .npy download")
 
     jobs = groups.add_parser("jobs", help="submit, follow, cancel and inspect training jobs")
     sub = jobs.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -569,6 +600,17 @@ def build_parser() -> argparse.ArgumentParser:
     predicting.add_argument("inputs", help="a .npy, .npz or .json file of inputs")
     predicting.add_argument("--output", help="save predictions to a .npy (.npz: named outputs)")
     add_version_options(predicting)
+
+    batch = command(groups, "batch-predict", batch_predict, "score a stored dataset on the workers")
+    batch.add_argument("--dataset", required=True, help="the dataset id")
+    batch.add_argument("--model", required=True, help="a job id, or a job name")
+    batch.add_argument("--x", help="the array the model reads (server default: x)")
+    batch.add_argument("--batch-size", type=int, help="rows per forward pass")
+    batch.add_argument("--wait", action="store_true", help="wait until it ends")
+    batch.add_argument("--wait-timeout", type=float, default=None, help="give up after N s")
+    batch.add_argument("--output", help="save the result dataset here (waits)")
+    batch.add_argument("--format", choices=["npz", "csv"], default="npz", help="of --output")
+    add_version_options(batch)
 
     models = groups.add_parser("models", help="list trained models, show and download them")
     sub = models.add_subparsers(dest="command", required=True, metavar="COMMAND")

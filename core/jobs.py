@@ -27,6 +27,7 @@ from redis.typing import EncodableT, FieldT, StreamRangeResponse, ZSetRangeRespo
 from core.cursors import decode_cursor, encode_cursor
 from core.errors import Conflict, NotFound
 from core.grammar.requests import request_from_spec
+from core.leases import Leases
 from core.rediskeys import (
     ALL_JOBS,
     EPOCHS_DONE,
@@ -433,38 +434,11 @@ def describe_record(job: Mapping[str, Any]) -> ModelRecord:
     )
 
 
-_RENEW_LEASE = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  return 1
-elseif not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-  return 2
-end
-return 0
-"""
-
-_RELEASE_LEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
 # Fields go only into a record that exists: after Redis lost its data, a worker's progress write
 # would otherwise leave a record without a status, which the rebuild then takes for a live one.
 _UPDATE_EXISTING = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HSET', KEYS[1], unpack(ARGV))
-  return 1
-end
-return 0
-"""
-
-_STEAL_LEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
   return 1
 end
 return 0
@@ -479,9 +453,7 @@ class JobStore:
         self.redis = client
         self.data = data
         self.settings = settings
-        self._renew = client.register_script(_RENEW_LEASE)
-        self._release = client.register_script(_RELEASE_LEASE)
-        self._steal = client.register_script(_STEAL_LEASE)
+        self.leases = Leases(client, settings.lease_seconds, lease_key)
         self._update = client.register_script(_UPDATE_EXISTING)
 
     # Creating, reading, listing -----------------------------------------------------------
@@ -866,32 +838,23 @@ class JobStore:
 
     def acquire_lease(self, job_id: str, holder: str) -> bool:
         """Take the job's lease for `holder` if nobody holds it."""
-        return bool(
-            self.redis.set(lease_key(job_id), holder, nx=True, ex=self.settings.lease_seconds)
-        )
+        return self.leases.acquire(job_id, holder)
 
     def steal_lease(self, job_id: str, dead_holder: str, holder: str) -> bool:
         """Take over a lease from a holder known to be dead (same host, process gone)."""
-        return bool(
-            self._steal(
-                keys=[lease_key(job_id)], args=[dead_holder, holder, self.settings.lease_seconds]
-            )
-        )
+        return self.leases.steal(job_id, dead_holder, holder)
 
     def renew_lease(self, job_id: str, holder: str) -> bool:
         """Extend our lease (taking it again if it vanished); False if someone else holds it."""
-        return bool(
-            self._renew(keys=[lease_key(job_id)], args=[holder, self.settings.lease_seconds])
-        )
+        return self.leases.renew(job_id, holder)
 
     def release_lease(self, job_id: str, holder: str) -> None:
         """Let go of the lease if `holder` still holds it (never someone else's)."""
-        self._release(keys=[lease_key(job_id)], args=[holder])
+        self.leases.release(job_id, holder)
 
     def lease_holder(self, job_id: str) -> str | None:
         """`<host>/<pid>/<worker name>` of the process training the job, or None."""
-        value = self.redis.get(lease_key(job_id))
-        return _text(value) if value else None
+        return self.leases.holder(job_id)
 
     # The volume ---------------------------------------------------------------------------
 

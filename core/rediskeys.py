@@ -11,6 +11,10 @@ Jobs (written by `core.jobs.JobStore`, the only reader and writer of these):
 - `records` set once the records were (re)built, `records:grace` one lease after a rebuild,
   `epochs` the epochs completed by every worker, ever.
 
+Batch predictions (written by `core.batch.BatchStore`): `batch:<id>` a hash like a job's,
+`batches` and `batches:status:<s>`, `batches:owner:<name>` sorted-set indexes, `batch:<id>:stop`
+and `batch:<id>:lease`; a live one is in `dataset:<id>:jobs` too, so its dataset is kept.
+
 Workers: `worker:<name>` a heartbeat, `consumer:<name>` a consumer beat, `shutdown:<name>` a
 SIGTERM flag, and the reconciler's locks. The API: `session:<sha256>`, `ratelimit:<who>:<window>`,
 `authfail:<address>`, `idempotency:<kind>:<owner>:<sha256 of the key>` what a request with that
@@ -74,7 +78,8 @@ def tag_index(key: str, value: str) -> str:
 
 
 def dataset_jobs_key(dataset_id: str) -> str:
-    """The set of live job ids using a dataset (a dataset in this set cannot be deleted)."""
+    """The set of live job and batch prediction ids using a dataset (a dataset in this set
+    cannot be deleted)."""
     return f"{PREFIX}dataset:{dataset_id}:jobs"
 
 
@@ -118,3 +123,27 @@ def rate_limit_key(identity: str, window: int) -> str:
 def auth_failures_key(address: str) -> str:
     """The wrong API keys one client address sent in the last minute."""
     return f"{PREFIX}authfail:{address}"
+
+
+ALL_BATCHES = PREFIX + "batches"
+
+
+def batch_key(batch_id: str) -> str:
+    """A batch prediction's record: a hash, every field JSON-encoded."""
+    return f"{PREFIX}batch:{batch_id}"
+
+
+def batch_stop_key(batch_id: str) -> str:
+    return f"{PREFIX}batch:{batch_id}:stop"
+
+
+def batch_lease_key(batch_id: str) -> str:
+    return f"{PREFIX}batch:{batch_id}:lease"
+
+
+def batch_status_index(status: str) -> str:
+    return f"{PREFIX}batches:status:{status}"
+
+
+def batch_owner_index(owner: str) -> str:
+    return f"{PREFIX}batches:owner:{owner}"
