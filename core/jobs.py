@@ -104,6 +104,9 @@ class Job(TypedDict):
     record: Provenance | None
     progress: dict[str, Any] | None
     metrics: Metrics | None
+    # A sweep's trial: the sweep's id and the trial's number in it (0 is the sweep's base).
+    sweep: str | None
+    trial: int | None
 
 
 JOB_FIELDS = tuple(Job.__annotations__)
@@ -120,8 +123,11 @@ def queued_job(
     request_id: str | None = None,
     request_sha256: str | None = None,
     record: Provenance | None = None,
+    sweep: str | None = None,
+    trial: int | None = None,
 ) -> Job:
-    """The record of a job just submitted with the normalized request `spec`."""
+    """The record of a job just submitted with the normalized request `spec` (`sweep` and
+    `trial` for a sweep's trial)."""
     return Job(
         id=job_id,
         name=spec.get("name"),
@@ -150,6 +156,8 @@ def queued_job(
         record=record,
         progress=None,
         metrics=None,
+        sweep=sweep,
+        trial=trial,
     )
 
 
@@ -296,6 +304,8 @@ class _JobViewFields(TypedDict):
     checkpoints: list[dict[str, Any]]
     final: dict[str, Any] | None
     error: JobError | None
+    sweep: str | None
+    trial: int | None
     links: JobLinks
 
 
@@ -342,6 +352,8 @@ def view_job(job: Job, *, now: float | None = None) -> JobView:
             if job["status"] == "failed"
             else None
         ),
+        sweep=job.get("sweep"),
+        trial=job.get("trial"),
         links=JobLinks(
             self=f"/v1/jobs/{job_id}",
             metrics=f"/v1/jobs/{job_id}/metrics",
@@ -449,10 +461,13 @@ class JobStore:
         request_id: str | None = None,
         request_sha256: str | None = None,
         record: Provenance | None = None,
+        sweep: str | None = None,
+        trial: int | None = None,
     ) -> Job:
         """Record a new queued job: Redis first, then `job.json` and `manifest.json`.
 
-        `record` is the job's provenance (`provenance`). If the files cannot be written the
+        `record` is the job's provenance (`provenance`); `sweep` and `trial` mark a sweep's
+        trial. If the files cannot be written the
         Redis records are removed again, so a failure leaves nothing half recorded.
         """
         now = utc_now()
@@ -464,6 +479,8 @@ class JobStore:
             request_id=request_id,
             request_sha256=request_sha256,
             record=record,
+            sweep=sweep,
+            trial=trial,
         )
         self._insert(job, score=time.time())
         job_dir = self.data.job(job["id"])

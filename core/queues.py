@@ -11,6 +11,9 @@ from typing import Any, Protocol
 from core.settings import Settings
 
 TRAIN_TASK = "fitserve.train"
+# One step of a sweep's driver, on the CPU task worker (worker.cpu).
+SWEEP_TASK = "fitserve.sweep"
+SWEEP_QUEUE = "sweeps"
 # Kombu's Redis transport keeps a list per priority step: `<queue>` for step 0, then
 # `<queue>:<step>`.
 PRIORITY_STEPS = tuple(range(10))
@@ -40,6 +43,16 @@ def send_training(producer: Producer, job: Mapping[str, Any]) -> None:
         task_id=job["id"],
         queue=train_queue(job.get("gpus") or 1),
         priority=9 - int(job.get("priority", 5)),
+    )
+
+
+def send_sweep_step(
+    producer: Producer, sweep_id: str, task_id: str, *, countdown: float = 0.0
+) -> None:
+    """Enqueue one step of a sweep's driver; `task_id` is the step `core.sweeps.claim_driver`
+    lets act (any other is a stale duplicate and does nothing)."""
+    producer.send_task(
+        SWEEP_TASK, args=[sweep_id], task_id=task_id, queue=SWEEP_QUEUE, countdown=countdown
     )
 
 

@@ -31,14 +31,20 @@ log = logging.getLogger("fitserve.reconciler")
 
 ORPHAN_PERIOD = 30
 Send = Callable[[Job], None]
+# Enqueue a sweep driver step: (sweep id, task id).
+SendSweep = Callable[[str, str], None]
 
 
-def reconcile(store: JobStore, send: Send, holder: str) -> list[str]:
+def reconcile(
+    store: JobStore, send: Send, holder: str, send_sweep: SendSweep | None = None
+) -> list[str]:
     """One pass; returns the ids of the jobs it changed. Does nothing if another holds the lock."""
     period = max(1, store.settings.heartbeat_seconds)
     if not store.redis.set(RECONCILER_LOCK, holder, nx=True, ex=period):
         return []
     changed = []
+    if send_sweep is not None:
+        restart_sweep_drivers(store, send_sweep, rebuild=store.records_lost())
     if store.records_lost():
         for job in store.rebuild_records():
             log.info("job_resent job=%s after=rebuild", job["id"])
@@ -121,3 +127,21 @@ def _unleased(store: JobStore) -> Callable[[Job], str | None]:
         return None
 
     return check
+
+
+def restart_sweep_drivers(store: JobStore, send_sweep: SendSweep, *, rebuild: bool) -> list[str]:
+    """Start a driver chain for each live sweep without one; `rebuild` first restores the sweep
+    records from the volume (Redis lost its data). Returns the sweeps restarted."""
+    from core.sweeps import SweepStore, start_driver
+
+    sweeps = SweepStore(store.redis, store.data, store.settings)
+    if rebuild:
+        sweeps.rebuild_records()
+    restarted = []
+    for sweep_id in sweeps.live_ids():
+        task_id = start_driver(store.redis, sweep_id)
+        if task_id is not None:
+            log.info("sweep_driver_started sweep=%s task=%s", sweep_id, task_id)
+            send_sweep(sweep_id, task_id)
+            restarted.append(sweep_id)
+    return restarted

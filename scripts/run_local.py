@@ -106,6 +106,7 @@ def main() -> int:
             time.sleep(0.1)
     print(describe_redis(url), flush=True)
     processes.append(_start(compose_command("worker"), env))
+    processes.append(_start(compose_command("tasks"), env))
     processes.append(_start(compose_command("api", bind=upstream), env))
     run_dir = Path(env["FITSERVE_DATA_DIR"]) / "proxy"
     config = write_config(run_dir, Settings.from_env(env), listen=bind, upstream=upstream)

@@ -45,8 +45,9 @@ APP_SERVICES = {
     for name, service in SERVICES.items()
     if service.get("build", {}).get("target") in {"api", "worker"}
 }
+# The training workers (the CPU task worker, `tasks`, runs worker.cpu).
 WORKERS = {
-    name: service for name, service in APP_SERVICES.items() if "worker" in service["command"]
+    name: service for name, service in APP_SERVICES.items() if "worker.app" in service["command"]
 }
 GPU_WORKERS = {
     name: service for name, service in WORKERS.items() if service["build"]["target"] == "worker"

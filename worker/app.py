@@ -152,7 +152,7 @@ def import_tensorflow(**_: object) -> None:
 def start_heartbeat(devices: list[str]) -> None:
     """The child's store, identity and heartbeat thread; a stale shutdown flag is cleared."""
     from core.jobs import JobStore
-    from core.queues import send_training
+    from core.queues import send_sweep_step, send_training
     from core.rediskeys import shutdown_key
     from core.runs import WorkerIdentity
     from core.storage import DataDir
@@ -180,6 +180,7 @@ def start_heartbeat(devices: list[str]) -> None:
         devices=devices,
         send=lambda job: send_training(app, job),
         consumer_pid=os.getppid(),
+        send_sweep=lambda sweep_id, task_id: send_sweep_step(app, sweep_id, task_id),
     )
     heartbeat.start()
     _child["state"] = ChildState(store, worker, heartbeat)

@@ -19,7 +19,7 @@ import time
 import orjson
 
 from core.jobs import JobStore
-from core.reconciler import Send, reconcile
+from core.reconciler import Send, SendSweep, reconcile
 from core.rediskeys import consumer_key, worker_key
 from core.runs import StoreControl, WorkerIdentity
 from core.storage import utc_now
@@ -62,12 +62,14 @@ class Heartbeat:
         devices: list[str],
         send: Send,
         consumer_pid: int,
+        send_sweep: SendSweep | None = None,
     ) -> None:
         self.store = store
         self.worker = worker
         self.queues = queues
         self.devices = devices
         self.send = send
+        self.send_sweep = send_sweep
         self.consumer_pid = consumer_pid
         self.consumer = ConsumerWatch(since=time.monotonic())
         self.control: StoreControl | None = None
@@ -106,7 +108,7 @@ class Heartbeat:
         if control is not None and not self.store.renew_lease(control.job_id, self.worker.holder):
             log.warning("lease_lost job=%s holder=%s", control.job_id, self.worker.holder)
             control.lease_lost = True
-        reconcile(self.store, self.send, self.worker.holder)
+        reconcile(self.store, self.send, self.worker.holder, self.send_sweep)
         if self.consumer.stalled(consumer_age, settings.consumer_stall_seconds):
             self.end_consumer(consumer_age)
 

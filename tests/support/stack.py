@@ -249,11 +249,13 @@ def running_stack(
     settings: dict[str, str] | None = None,
     *,
     redis_url: str | None = None,
+    tasks: bool = False,
 ) -> Iterator[Stack]:
     """redis-server, a worker named `worker`, gunicorn and nginx in front of it, with
     docker-compose.yml's command lines and proxy config, in `folder`; ready (the worker's
     heartbeat seen, /readyz answering through nginx). `settings` go over STACK_SETTINGS;
-    `redis_url`: a Redis the caller runs (the fault tests restart theirs) instead of a new one.
+    `redis_url`: a Redis the caller runs (the fault tests restart theirs) instead of a new one;
+    `tasks`: the CPU task worker too (compose service `tasks`, in `others`).
     The tests' stacks and bench/train.py start this way."""
     logs = folder / "logs"
     logs.mkdir(parents=True)
@@ -281,6 +283,9 @@ def running_stack(
             )
             running.others.append(running.spawn(local_proxy_command(config), "proxy"))
             running.start_worker(worker)
+            if tasks:
+                argv = [*compose_command("tasks"), "--hostname", "tasks@%h"]
+                running.others.append(running.spawn(argv, "tasks"))
             wait_ready(running.api, logs / "api.log")
             yield running
         finally:
