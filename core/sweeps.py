@@ -27,6 +27,7 @@ import math
 import shutil
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast, get_args
 
@@ -43,7 +44,7 @@ from core.errors import (
     escape_pointer,
     show,
 )
-from core.jobs import LIVE, TERMINAL, Job, JobStore, provenance
+from core.jobs import TERMINAL, Job, JobStore, provenance
 from core.patches import PatchError, get_pointer, set_pointer
 from core.rediskeys import (
     ALL_SWEEPS,
@@ -560,8 +561,9 @@ def make_sampler(sweep: SweepSettings, trial_number: int) -> optuna.samplers.Bas
     if sweep["sampler"] == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if sweep["sampler"] == "grid":
+        # Its seed orders the grid its trials index into: the sweep's own, for every trial.
         grid = {p: _grid_values(spec) for p, spec in sweep["space"].items()}
-        return optuna.samplers.GridSampler(grid, seed=seed)
+        return optuna.samplers.GridSampler(grid, seed=sweep["seed"])
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
 
 
@@ -599,7 +601,11 @@ def open_study(
     from optuna.storages.journal import JournalRedisBackend, JournalStorage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = JournalStorage(JournalRedisBackend(redis_url, prefix=study_prefix(sweep_id)))
+    with warnings.catch_warnings():
+        # The journal's Redis backend is marked experimental; its log format is what we keep.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        backend = JournalRedisBackend(redis_url, prefix=study_prefix(sweep_id))
+    storage = JournalStorage(backend)
     direction = "minimize" if sweep["objective"]["mode"] == "min" else "maximize"
     return optuna.create_study(
         storage=storage,
@@ -618,7 +624,6 @@ def _study_trials(study: optuna.Study) -> dict[int, optuna.trial.FrozenTrial]:
 def rebuild_study(study: optuna.Study, sweep: SweepSettings, trials: list[TrialRow]) -> None:
     """Put back the trials of the table into an empty study (Redis lost the journal): in
     number order, so each keeps its number, with its state, objective and epoch values."""
-    import optuna
     from optuna.trial import TrialState, create_trial
 
     dists = distributions(sweep["space"])
@@ -635,7 +640,6 @@ def rebuild_study(study: optuna.Study, sweep: SweepSettings, trials: list[TrialR
                 },
             )
         )
-    del optuna  # imported for its registrations only
     log.info("study_rebuilt trials=%d", len(trials))
 
 
@@ -861,17 +865,16 @@ def drive_sweep(context: DriverContext, sweep_id: str) -> bool:
     if sweep["status"] not in LIVE_SWEEP:
         return False
     study = _study_for(sweeps, sweep)
+    cancelled = sweeps.cancel_requested(sweep_id)
+    if cancelled:
+        _cancel_trials(context.jobs, sweep)
     for row in sweep["trials"]:
         if row["optuna"] is None and row["job"] is not None:
             _settle(context.jobs, study, sweep, row)
-    if sweeps.cancel_requested(sweep_id):
-        _cancel_trials(context.jobs, sweep)
-    else:
+    if not cancelled:
         _start_trials(context, study, sweep)
     settled = all(row["optuna"] is not None for row in sweep["trials"])
-    if settled and (sweep["status"] == "cancelling" or len(sweep["trials"]) >= trial_limit(
-        sweep["settings"]
-    )):
+    if settled and (cancelled or len(sweep["trials"]) >= trial_limit(sweep["settings"])):
         _finish(sweep)
     _rank(sweep)
     sweeps.save(sweep)
@@ -1064,11 +1067,6 @@ def report_trial_epoch(
     return pruned
 
 
-PRUNED = (
-    "Pruned by its sweep: its objective at this epoch was worse than the sweep's other trials "
-    "at the same epoch. Its checkpoints are kept."
-)
-
 
 # The API view -------------------------------------------------------------------------------
 
@@ -1169,5 +1167,3 @@ def live_trial_jobs(sweep: Sweep) -> Iterator[str]:
         if row["optuna"] is None and row["job"] is not None:
             yield row["job"]
 
-
-__all__ = ["LIVE", "SweepStore", "drive_sweep", "parse_sweep", "report_trial_epoch"]
