@@ -247,9 +247,7 @@ class Client:
         504) is asked again, up to `retries` times in a row with growing pauses, so a long
         wait survives a deploy. Raises TimeoutError when `timeout` seconds pass first.
         """
-        return self._poll(
-            lambda: self.get_job(job_id), f"Job {job_id}", interval, timeout, retries
-        )
+        return self._poll(lambda: self.get_job(job_id), f"Job {job_id}", interval, timeout, retries)
 
     def _poll(
         self,
@@ -276,7 +274,9 @@ class Client:
                 if record.get("status") in TERMINAL:
                     return
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"{what} is still {record.get('status')} after {timeout} seconds.")
+                raise TimeoutError(
+                    f"{what} is still {record.get('status')} after {timeout} seconds."
+                )
             time.sleep(min(interval * 2**failures, 30.0))
 
     def wait(

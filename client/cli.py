@@ -329,7 +329,8 @@ def sweep_table(sweep: dict) -> str:
     """The sweep's status line and one row per trial: its params, state and objective."""
     pointers = list(sweep["space"])
     rows = [
-        [t["number"], t["state"], t["epochs"], t["objective"], *(t["params"].get(p) for p in pointers)]
+        [t["number"], t["state"], t["epochs"], t["objective"]]
+        + [t["params"].get(pointer) for pointer in pointers]
         + [t["job"] or ""]
         for t in sweep["trials"]
     ]

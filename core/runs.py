@@ -87,18 +87,16 @@ class StoreControl:
     def report_epoch(self, epoch: int, metrics: dict) -> None:
         self.store.record_epoch(self.job_id, epoch, metrics)
         self.event("epoch", epoch=epoch, metrics=metrics)
-        if self.trial is not None and self._pruned(epoch, metrics):
+        if self.trial is not None and self._pruned(self.trial, epoch, metrics):
             # Asked for at this epoch's end (core.training's epoch-end stop check).
             self.stop_reason = "prune"
 
-    def _pruned(self, epoch: int, metrics: dict) -> bool:
+    def _pruned(self, trial: Mapping[str, Any], epoch: int, metrics: dict) -> bool:
         """Whether the trial's sweep prunes it after `epoch`; a Redis blip prunes nothing."""
         from core.sweeps import report_trial_epoch
 
         with _tolerated("sweep report"):
-            return report_trial_epoch(
-                self.store.redis, self.store.settings, self.trial, epoch, metrics
-            )
+            return report_trial_epoch(self.store.redis, self.store.settings, trial, epoch, metrics)
         return False
 
     def record_checkpoints(self, checkpoints: list[dict], best: dict | None) -> None:

@@ -324,7 +324,7 @@ def _dimension(pointer: str, spec: Any, errors: FieldErrors) -> Dimension | None
         return None
     if kind == "choice":
         return _choice(pointer, spec["choice"], at, errors)
-    return _range(pointer, kind, spec, at, errors)
+    return _range(pointer, "int" if kind == "int" else "float", spec, at, errors)
 
 
 def _choice(pointer: str, values: Any, at: str, errors: FieldErrors) -> Dimension | None:
@@ -376,7 +376,8 @@ def _parse_base(base: dict, settings: Settings, manifest_of: Callable[[str], dic
         return parse_job(base, settings=settings, manifest_of=manifest_of)
     except InvalidRequest as error:
         moved = [dataclasses.replace(e, path="/base" + e.path) for e in error.errors]
-        raise InvalidRequest(f"The base job request is invalid: {error.detail}", errors=moved)
+        detail = f"The base job request is invalid: {error.detail}"
+        raise InvalidRequest(detail, errors=moved) from None
 
 
 def _objective(raw: Any, spec: dict, errors: FieldErrors) -> dict[str, str]:
@@ -606,7 +607,9 @@ def open_study(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         backend = JournalRedisBackend(redis_url, prefix=study_prefix(sweep_id))
     storage = JournalStorage(backend)
-    direction = "minimize" if sweep["objective"]["mode"] == "min" else "maximize"
+    direction = optuna.study.StudyDirection[
+        "MINIMIZE" if sweep["objective"]["mode"] == "min" else "MAXIMIZE"
+    ]
     return optuna.create_study(
         storage=storage,
         study_name=sweep_id,
@@ -704,7 +707,7 @@ class SweepStore:
             settings=parsed.settings,
             trials=[],
             best_trial=None,
-            )
+        )
         folder = self.folder(sweep["id"])
         folder.mkdir(parents=True)
         write_json(folder / "sweep.json", {"id": sweep["id"], "owner": owner, "request": request})
@@ -888,7 +891,9 @@ def drive_sweep(context: DriverContext, sweep_id: str) -> bool:
 def _study_for(sweeps: SweepStore, sweep: Sweep) -> optuna.Study:
     """The study, rebuilt from the trials table when Redis lost its journal."""
     number = len(sweep["trials"])
-    study = open_study(sweeps.settings.redis_url, sweep["id"], sweep["settings"], trial_number=number)
+    study = open_study(
+        sweeps.settings.redis_url, sweep["id"], sweep["settings"], trial_number=number
+    )
     if sweep["trials"] and not study.get_trials(deepcopy=False):
         rebuild_study(study, sweep["settings"], sweep["trials"])
     return study
@@ -958,11 +963,11 @@ def _start_trials(context: DriverContext, study: optuna.Study, sweep: Sweep) -> 
         and sum(row["optuna"] is None for row in sweep["trials"]) < settings["max_concurrent"]
     ):
         study.sampler = make_sampler(settings, len(study.get_trials(deepcopy=False)))
-        trial = study.ask(dists)
+        asked = study.ask(dists)
         row = TrialRow(
-            number=trial.number,
+            number=asked.number,
             job=None,
-            params=dict(trial.params),
+            params=dict(asked.params),
             optuna=None,
             objective=None,
             values=[],
@@ -973,9 +978,7 @@ def _start_trials(context: DriverContext, study: optuna.Study, sweep: Sweep) -> 
         _submit_trial(context, study, sweep, row)
 
 
-def _submit_trial(
-    context: DriverContext, study: optuna.Study, sweep: Sweep, row: TrialRow
-) -> None:
+def _submit_trial(context: DriverContext, study: optuna.Study, sweep: Sweep, row: TrialRow) -> None:
     """Parse the point like any job; record its job in the table before it is sent."""
     from optuna.trial import TrialState
 
@@ -1019,9 +1022,13 @@ def _rank(sweep: Sweep) -> None:
     """The best completed trial by the objective (ties: the earlier trial)."""
     sign = 1 if sweep["settings"]["objective"]["mode"] == "min" else -1
     done = [
-        row for row in sweep["trials"] if row["optuna"] == "COMPLETE" and row["objective"] is not None
+        row
+        for row in sweep["trials"]
+        if row["optuna"] == "COMPLETE" and row["objective"] is not None
     ]
-    best = min(done, key=lambda row: (sign * cast(float, row["objective"]), row["number"]), default=None)
+    best = min(
+        done, key=lambda row: (sign * cast(float, row["objective"]), row["number"]), default=None
+    )
     sweep["best_trial"] = best["number"] if best else None
 
 
@@ -1060,12 +1067,11 @@ def report_trial_epoch(
         return False
     live = optuna.trial.Trial(study, trial._trial_id)
     if epoch not in trial.intermediate_values:
-        live.report(float(value), epoch)
+        live.report(float(cast(float, value)), epoch)
     pruned = sweep["settings"]["pruner"] != "none" and live.should_prune()
     if pruned:
         log.info("trial_pruned sweep=%s trial=%d epoch=%d value=%s", sweep_id, number, epoch, value)
     return pruned
-
 
 
 # The API view -------------------------------------------------------------------------------
@@ -1166,4 +1172,3 @@ def live_trial_jobs(sweep: Sweep) -> Iterator[str]:
     for row in sweep["trials"]:
         if row["optuna"] is None and row["job"] is not None:
             yield row["job"]
-

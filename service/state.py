@@ -9,11 +9,11 @@ from flask import Flask, current_app
 
 from core.idempotency import IdempotencyKeys
 from core.jobs import JobStore
-from core.sweeps import SweepStore
 from core.keys import ApiKey, parse_api_keys
 from core.queues import celery_config
 from core.settings import Settings
 from core.storage import DataDir
+from core.sweeps import SweepStore
 
 
 def build(app: Flask, settings: Settings) -> None:

@@ -88,9 +88,18 @@ def test_a_pointer_that_does_not_resolve_in_the_base_is_refused_at_its_dimension
 @pytest.mark.parametrize(
     ("change", "path"),
     [
-        ({"space": {LR: {"float": [0.1, 0.01]}}}, "/space/~1compile~1optimizer~1config~1learning_rate/float"),
-        ({"space": {LR: {"float": [0.0, 0.1], "log": True}}}, "/space/~1compile~1optimizer~1config~1learning_rate/float"),
-        ({"space": {UNITS: {"int": [8, 64], "step": 0}}}, "/space/~1model~1layers~10~1config~1units/step"),
+        (
+            {"space": {LR: {"float": [0.1, 0.01]}}},
+            "/space/~1compile~1optimizer~1config~1learning_rate/float",
+        ),
+        (
+            {"space": {LR: {"float": [0.0, 0.1], "log": True}}},
+            "/space/~1compile~1optimizer~1config~1learning_rate/float",
+        ),
+        (
+            {"space": {UNITS: {"int": [8, 64], "step": 0}}},
+            "/space/~1model~1layers~10~1config~1units/step",
+        ),
         ({"space": {UNITS: {"choice": []}}}, "/space/~1model~1layers~10~1config~1units/choice"),
         ({"space": {UNITS: {"range": [1, 2]}}}, "/space/~1model~1layers~10~1config~1units"),
         ({"space": {}}, "/space"),

@@ -140,7 +140,8 @@ def test_a_sweep_prunes_survives_kills_and_restarts_and_serves_its_best(
     # Trial 0 is the base request itself.
     assert trials[0]["params"] == {LR: 0.001, UNITS: 32}
     # The killed trial resumed on a second attempt, never two at once.
-    assert killed and jobs[killed[0]]["attempt"] == 2
+    assert killed
+    assert jobs[killed[0]]["attempt"] == 2
     _assert_one_attempt_at_a_time(stack, killed[0])
     # At least one trial was pruned at an epoch boundary, its checkpoint kept.
     pruned = [t for t in trials if t["state"] == "pruned"]
@@ -149,7 +150,8 @@ def test_a_sweep_prunes_survives_kills_and_restarts_and_serves_its_best(
         job = jobs[trial["job"]]
         assert job["status"] == "cancelled"
         assert job["progress"]["epoch"] < 3
-        assert job["checkpoints"] and not job["checkpoints"][-1].get("partial")
+        assert job["checkpoints"]
+        assert not job["checkpoints"][-1].get("partial")
     # The best trial is at least as good as the base request's own job (trial 0).
     assert sweep["best_objective"] <= trials[0]["objective"]
     best = next(t for t in trials if t["job"] == sweep["best_job"])
@@ -188,9 +190,7 @@ def test_cancel_stops_a_sweep_and_its_live_trials(stack: Stack, dataset: str) ->
     sweep_id = expect_status(
         requests.post(stack.url("/v1/sweeps"), json=body, timeout=120), 202
     ).json()["id"]
-    wait_for(
-        lambda: get_sweep(stack, sweep_id)["trials"], 120, "the first trials", interval=0.2
-    )
+    wait_for(lambda: get_sweep(stack, sweep_id)["trials"], 120, "the first trials", interval=0.2)
     cancel = requests.post(stack.url(f"/v1/sweeps/{sweep_id}:cancel"), timeout=30)
     assert cancel.status_code == 202, cancel.text
     wait_for(
@@ -204,4 +204,3 @@ def test_cancel_stops_a_sweep_and_its_live_trials(stack: Stack, dataset: str) ->
     assert {stack.job(t["job"])["status"] for t in sweep["trials"]} == {"cancelled"}
     again = requests.post(stack.url(f"/v1/sweeps/{sweep_id}:cancel"), timeout=30)
     assert again.status_code == 409
-
