@@ -37,6 +37,7 @@ RECONCILER_LOCK = PREFIX + "reconciler:lock"
 ORPHAN_LOCK = PREFIX + "reconciler:orphans"
 ALL_SWEEPS = PREFIX + "sweeps"
 LIVE_SWEEPS = PREFIX + "sweeps:live"
+EXPIRY_LOCK = PREFIX + "reconciler:expiry"
 
 
 def job_key(job_id: str) -> str:
