@@ -94,7 +94,7 @@ MAX_SEED = 2**32 - 1
 MEDIAN_STARTUP_TRIALS = 2
 # How long the driver's chain may go quiet before the reconciler starts another: several of its
 # periods, so a busy worker is not taken for a lost one.
-DRIVER_PERIOD_SECONDS = 1.0
+DRIVER_PERIOD_SECONDS = 0.25
 DRIVER_TTL_SECONDS = 15
 
 
@@ -867,6 +867,8 @@ def drive_sweep(context: DriverContext, sweep_id: str) -> bool:
     sweep = sweeps.get(sweep_id)
     if sweep["status"] not in LIVE_SWEEP:
         return False
+    if not _has_work(context, sweep):
+        return True
     study = _study_for(sweeps, sweep)
     cancelled = sweeps.cancel_requested(sweep_id)
     if cancelled:
@@ -886,6 +888,25 @@ def drive_sweep(context: DriverContext, sweep_id: str) -> bool:
         log.info("sweep_finished sweep=%s status=%s", sweep_id, sweep["status"])
         return False
     return True
+
+
+def _has_work(context: DriverContext, sweep: Sweep) -> bool:
+    """Whether a step has anything to do: a cancel, a trial whose job ended, a free slot. Most
+    steps find none, and then cost a few Redis reads, not a study (the driver shares the CPU
+    with training)."""
+    if context.sweeps.cancel_requested(sweep["id"]):
+        return True
+    live = [row for row in sweep["trials"] if row["optuna"] is None]
+    more = len(sweep["trials"]) < trial_limit(sweep["settings"])
+    if more and len(live) < sweep["settings"]["max_concurrent"]:
+        return True
+    for row in live:
+        try:
+            if row["job"] is None or context.jobs.get(row["job"])["status"] in TERMINAL:
+                return True
+        except NotFound:
+            return True
+    return False
 
 
 def _study_for(sweeps: SweepStore, sweep: Sweep) -> optuna.Study:
