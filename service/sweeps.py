@@ -88,6 +88,10 @@ def visible_sweep(sweep_id: str) -> Sweep:
 
 
 def _view(sweep: Sweep) -> dict:
+    if sweep["status"] == "running" and sweep_store().cancel_requested(sweep["id"]):
+        # Asked to stop; its driver says so at its next step.
+        sweep["status"] = "cancelling"
+
     def read_job(job_id: str) -> Job | None:
         try:
             return job_store().get(job_id)

@@ -236,7 +236,7 @@ def test_the_same_seed_draws_the_same_points_and_another_seed_others(
     sweeps: SweepStore, store: JobStore, sampler: str
 ) -> None:
     def points(seed: int) -> list[dict]:
-        sweep = submit(sweeps, sampler=sampler, pruner="none", seed=seed)
+        sweep = submit(sweeps, sampler=sampler, pruner="none", seed=seed, max_trials=4)
         done = Trials(sweeps, store).run(sweep["id"], by_learning_rate)
         return [row["params"] for row in done["trials"]]
 
