@@ -858,11 +858,24 @@ class DriverContext:
     jobs: JobStore
     manifest_of: Callable[[str], dict]
     send: Callable[[Job], None]
+    # Whether this step still holds the driver's claim (renewing it): a step that took longer
+    # than the claim (a first parse loading TensorFlow) may have been replaced meanwhile.
+    still_driving: Callable[[], bool] = lambda: True
+
+
+class DriverReplaced(Exception):
+    """Another driver step took over the sweep while this one ran: it writes nothing more."""
+
+
+def _check_driving(context: DriverContext) -> None:
+    if not context.still_driving():
+        raise DriverReplaced("another driver step took over the sweep")
 
 
 def drive_sweep(context: DriverContext, sweep_id: str) -> bool:
     """One driver step: settle finished trials, start new ones into free slots, finish the
-    sweep once every trial is settled. Returns whether the sweep is still live."""
+    sweep once every trial is settled. Returns whether the sweep is still live; raises
+    DriverReplaced (having created and saved nothing more) once it no longer holds the claim."""
     sweeps = context.sweeps
     sweep = sweeps.get(sweep_id)
     if sweep["status"] not in LIVE_SWEEP:
@@ -882,6 +895,7 @@ def drive_sweep(context: DriverContext, sweep_id: str) -> bool:
     if settled and (cancelled or len(sweep["trials"]) >= trial_limit(sweep["settings"])):
         _finish(sweep)
     _rank(sweep)
+    _check_driving(context)
     sweeps.save(sweep)
     if sweep["status"] not in LIVE_SWEEP:
         sweeps.redis.srem(LIVE_SWEEPS, sweep_id)
@@ -1017,6 +1031,7 @@ def _submit_trial(context: DriverContext, study: optuna.Study, sweep: Sweep, row
             study.tell(row["number"], state=TrialState.FAIL)
         log.warning("trial_refused sweep=%s trial=%d %s", sweep["id"], row["number"], row["error"])
         return
+    _check_driving(context)
     job = context.jobs.create(
         parsed.spec,
         owner=sweep["owner"],

@@ -17,6 +17,7 @@ from core.settings import Settings
 from core.storage import DataDir
 from core.sweeps import (
     DriverContext,
+    DriverReplaced,
     SweepStore,
     claim_driver,
     drive_sweep,
@@ -329,3 +330,16 @@ def test_one_driver_chain_acts_at_a_time(sweeps: SweepStore) -> None:
     # The step that went before, redelivered, finds another expected next: it does nothing.
     assert not claim_driver(client, "a" * 32, first, "other")
     assert claim_driver(client, "a" * 32, "next", "after")
+
+
+def test_a_step_that_lost_its_claim_creates_and_saves_nothing(
+    sweeps: SweepStore, store: JobStore
+) -> None:
+    sweep = submit(sweeps, pruner="none")
+    trials = Trials(sweeps, store)
+    trials.context.still_driving = lambda: False
+    with pytest.raises(DriverReplaced):
+        drive_sweep(trials.context, sweep["id"])
+    assert trials.sent == []
+    assert store.job_ids("queued") == []
+    assert sweeps.get(sweep["id"])["trials"] == []
