@@ -11,9 +11,12 @@ from typing import Any, Protocol
 from core.settings import Settings
 
 TRAIN_TASK = "fitserve.train"
-# One step of a sweep's driver, on the CPU task worker (worker.cpu).
+INGEST_TASK = "fitserve.ingest"
+# One step of a sweep's driver.
 SWEEP_TASK = "fitserve.sweep"
-SWEEP_QUEUE = "sweeps"
+# The CPU task worker's queues (worker.cpu): dataset ingest, and the sweep drivers.
+DATASETS_QUEUE = "datasets"
+SWEEPS_QUEUE = "sweeps"
 # Kombu's Redis transport keeps a list per priority step: `<queue>` for step 0, then
 # `<queue>:<step>`.
 PRIORITY_STEPS = tuple(range(10))
@@ -52,8 +55,14 @@ def send_sweep_step(
     """Enqueue one step of a sweep's driver; `task_id` is the step `core.sweeps.claim_driver`
     lets act (any other is a stale duplicate and does nothing)."""
     producer.send_task(
-        SWEEP_TASK, args=[sweep_id], task_id=task_id, queue=SWEEP_QUEUE, countdown=countdown
+        SWEEP_TASK, args=[sweep_id], task_id=task_id, queue=SWEEPS_QUEUE, countdown=countdown
     )
+
+
+def send_ingest(producer: Producer, dataset_id: str) -> None:
+    """Enqueue a `processing` dataset's ingest on the CPU task worker's queue; the dataset id
+    is the task id (a duplicate delivery finds the dataset no longer processing)."""
+    producer.send_task(INGEST_TASK, args=[dataset_id], task_id=dataset_id, queue=DATASETS_QUEUE)
 
 
 def broker_lists(queue: str) -> list[str]:

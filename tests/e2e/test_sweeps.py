@@ -67,11 +67,10 @@ def restart_api(stack: Stack) -> None:
 
 def restart_tasks(stack: Stack) -> None:
     """SIGKILL the CPU task worker (the driver's step in flight goes with it), start another."""
-    tasks = stack.others[-1]
+    tasks = stack.others.pop()  # running_stack starts it last
     tasks.send_signal(signal.SIGKILL)
     stop_tree(tasks, timeout=5)
-    argv = [*compose_command("tasks"), "--hostname", "tasks2@%h"]
-    stack.others[-1] = stack.spawn(argv, "tasks")
+    stack.start_tasks("tasks2")
 
 
 def test_a_bad_sweep_is_refused_at_its_pointer(stack: Stack, dataset: str) -> None:
@@ -122,7 +121,10 @@ def test_a_sweep_prunes_survives_kills_and_restarts_and_serves_its_best(
     try:
         wait_for(progressed, SWEEP_SECONDS, f"sweep {sweep_id} to end", interval=0.5)
     except TimeoutError as error:
-        logs = "\n".join(stack.log_tail(name, 60) for name in ("tasks", "worker-main"))
+        names = [
+            n for n in ("tasks", "tasks2", "worker-main") if (stack.logs / f"{n}.log").exists()
+        ]
+        logs = "\n".join(stack.log_tail(name, 60) for name in names)
         raise AssertionError(f"{error}: {get_sweep(stack, sweep_id)}\n{logs}") from error
     print(f"sweep took {time.monotonic() - started:.0f} s")
 

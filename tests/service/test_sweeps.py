@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import redis
 
-from core.queues import SWEEP_QUEUE, broker_lists
+from core.queues import SWEEPS_QUEUE, broker_lists
 from tests.service.test_jobs import job_request
 
 X = [[float(i % 7), float(i % 3), 1.0, 0.5] for i in range(16)]
@@ -39,7 +39,7 @@ def test_a_sweep_is_recorded_its_driver_enqueued_and_listed(client, settings) ->
     assert sweep["trials"] == []
     assert sweep["max_concurrent"] == 2
     waiting = redis.Redis.from_url(settings.redis_url)
-    assert sum(waiting.llen(name) for name in broker_lists(SWEEP_QUEUE)) == 1
+    assert sum(waiting.llen(name) for name in broker_lists(SWEEPS_QUEUE)) == 1
     assert (settings.data_dir / "sweeps" / sweep["id"] / "sweep.json").is_file()
     assert client.get(f"/v1/sweeps/{sweep['id']}").get_json()["id"] == sweep["id"]
     listed = client.get("/v1/sweeps?limit=1").get_json()
