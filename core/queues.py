@@ -11,6 +11,8 @@ from typing import Any, Protocol
 from core.settings import Settings
 
 TRAIN_TASK = "fitserve.train"
+# Batch predictions run on the training workers, queued like a one-device job.
+BATCH_TASK = "fitserve.batch_predict"
 INGEST_TASK = "fitserve.ingest"
 # One step of a sweep's driver.
 SWEEP_TASK = "fitserve.sweep"
@@ -57,6 +59,11 @@ def send_sweep_step(
     producer.send_task(
         SWEEP_TASK, args=[sweep_id], task_id=task_id, queue=SWEEPS_QUEUE, countdown=countdown
     )
+
+
+def send_batch(producer: Producer, batch: Mapping[str, Any]) -> None:
+    """Enqueue a batch prediction by task name, its id as task id, on the one-device queue."""
+    producer.send_task(BATCH_TASK, args=[batch["id"]], task_id=batch["id"], queue=train_queue(1))
 
 
 def send_ingest(producer: Producer, dataset_id: str) -> None:

@@ -1038,6 +1038,7 @@ def _submit_trial(context: DriverContext, study: optuna.Study, sweep: Sweep, row
         record=provenance(parsed.spec, parsed.manifests),
         sweep=sweep["id"],
         trial=row["number"],
+        request=request,
     )
     row["job"] = job["id"]
     context.sweeps.save(sweep)

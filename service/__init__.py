@@ -27,6 +27,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     from service import (
         auth,
+        batches,
         dashboard,
         datasets,
         events,
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         validate,
         jobs,
         sweeps,
+        batches,
         storage,
         servables,
         tfserving,
