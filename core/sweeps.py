@@ -183,10 +183,14 @@ class ParsedSweep:
     base_job: ParsedJob
 
 
-def parse_sweep(
-    body: Any, *, settings: Settings, manifest_of: Callable[[str], dict]
-) -> ParsedSweep:
+ParseJob = Callable[[Any], "ParsedJob"]
+
+
+def parse_sweep(body: Any, *, parse: ParseJob, max_trials: int) -> ParsedSweep:
     """Check a sweep request; InvalidRequest with every error, each at a pointer into it.
+
+    `parse` is the job parse of `POST /v1/jobs` (the caller's datasets and warm-start sources);
+    `max_trials` the most trials a sweep may make (FITSERVE_MAX_SWEEP_TRIALS).
 
     The base must be a valid job; every dimension must resolve in it, hold the base's own value
     (trial 0 is the base) and, at each of its extremes, still make a job that validates and fits
@@ -204,21 +208,21 @@ def parse_sweep(
     name = _name(body.get("name"), errors)
     sampler = _one_of(body, "sampler", SAMPLERS, "tpe", errors)
     pruner = _one_of(body, "pruner", PRUNERS, "median", errors)
-    max_trials = _integer(body, "max_trials", 1, settings.max_sweep_trials, 20, errors)
-    max_concurrent = _integer(body, "max_concurrent", 1, settings.max_sweep_trials, 2, errors)
+    trials = _integer(body, "max_trials", 1, max_trials, 20, errors)
+    max_concurrent = _integer(body, "max_concurrent", 1, max_trials, 2, errors)
     seed = _integer(body, "seed", 0, MAX_SEED, 0, errors)
     dimensions = _space(body.get("space"), errors)
     if errors or not isinstance(base, dict):
         raise _invalid(errors)
     priority = _integer(body, "priority", 0, 9, base.get("priority", 5), errors)
-    base_job = _parse_base(base, settings, manifest_of)
+    base_job = _parse_base(base, parse)
     objective = _objective(body.get("objective"), base_job.spec, errors)
     if sampler == "grid":
         _check_grid(dimensions, errors)
     for dimension in dimensions:
-        _check_dimension(dimension, base, settings, manifest_of, errors)
+        _check_dimension(dimension, base, parse, errors)
     if not errors:
-        _check_highest(dimensions, base, settings, manifest_of, errors)
+        _check_highest(dimensions, base, parse, errors)
     if errors:
         raise _invalid(errors)
     return ParsedSweep(
@@ -228,8 +232,8 @@ def parse_sweep(
             objective=objective,
             sampler=sampler,
             pruner=pruner,
-            max_trials=max_trials,
-            max_concurrent=min(max_concurrent, max_trials),
+            max_trials=trials,
+            max_concurrent=min(max_concurrent, trials),
             seed=seed,
             priority=priority,
             epochs=base_job.spec["fit"]["epochs"],
@@ -368,12 +372,10 @@ def _range(
     return Dimension(pointer, kind, float(low), float(high), log_scale, step)
 
 
-def _parse_base(base: dict, settings: Settings, manifest_of: Callable[[str], dict]) -> ParsedJob:
+def _parse_base(base: dict, parse: ParseJob) -> ParsedJob:
     """The base's own job parse; its errors are re-rooted at `/base`."""
-    from core.grammar import parse_job
-
     try:
-        return parse_job(base, settings=settings, manifest_of=manifest_of)
+        return parse(base)
     except InvalidRequest as error:
         moved = [dataclasses.replace(e, path="/base" + e.path) for e in error.errors]
         detail = f"The base job request is invalid: {error.detail}"
@@ -437,11 +439,7 @@ def _check_grid(dimensions: tuple[Dimension, ...], errors: FieldErrors) -> None:
 
 
 def _check_dimension(
-    dimension: Dimension,
-    base: dict,
-    settings: Settings,
-    manifest_of: Callable[[str], dict],
-    errors: FieldErrors,
+    dimension: Dimension, base: dict, parse: ParseJob, errors: FieldErrors
 ) -> None:
     """The pointer resolves in the base, which the dimension holds; each extreme can run."""
     try:
@@ -464,18 +462,14 @@ def _check_dimension(
         errors.append(FieldError(dimension.at, message, "a dimension that holds it", current))
         return
     for value in dimension.extremes():
-        refusal = point_refusal(set_pointer(base, dimension.pointer, value), settings, manifest_of)
+        refusal = point_refusal(set_pointer(base, dimension.pointer, value), parse)
         if refusal is not None:
             errors.append(_extreme_error(dimension, value, refusal))
             return
 
 
 def _check_highest(
-    dimensions: tuple[Dimension, ...],
-    base: dict,
-    settings: Settings,
-    manifest_of: Callable[[str], dict],
-    errors: FieldErrors,
+    dimensions: tuple[Dimension, ...], base: dict, parse: ParseJob, errors: FieldErrors
 ) -> None:
     """The point with every ordered dimension at its highest (the most units with the largest
     batch...) must fit too; blamed on the first dimension whose own value brings it back."""
@@ -483,25 +477,21 @@ def _check_highest(
     point = base
     for dimension in ordered:
         point = set_pointer(point, dimension.pointer, dimension.highest())
-    refusal = point_refusal(point, settings, manifest_of)
+    refusal = point_refusal(point, parse)
     if refusal is None:
         return
     for dimension in ordered:
         lowered = set_pointer(point, dimension.pointer, get_pointer(base, dimension.pointer))
-        if point_refusal(lowered, settings, manifest_of) is None:
+        if point_refusal(lowered, parse) is None:
             errors.append(_extreme_error(dimension, dimension.highest(), refusal, together=True))
             return
     errors.append(_extreme_error(ordered[0], ordered[0].highest(), refusal, together=True))
 
 
-def point_refusal(
-    request: dict, settings: Settings, manifest_of: Callable[[str], dict]
-) -> FieldError | None:
+def point_refusal(request: dict, parse: ParseJob) -> FieldError | None:
     """The first reason the job parse refuses a point, or None if it can run."""
-    from core.grammar import parse_job
-
     try:
-        parse_job(request, settings=settings, manifest_of=manifest_of)
+        parse(request)
     except InvalidRequest as error:
         return error.errors[0] if error.errors else FieldError("", error.detail)
     return None

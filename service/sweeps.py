@@ -13,8 +13,8 @@ from core.jobs import Job
 from core.queues import send_sweep_step
 from core.sweeps import Sweep, live_trial_jobs, parse_sweep, start_driver, view_sweep
 from service.auth import can_see, owner
-from service.datasets import visible_manifest
 from service.http import json_body, json_response, page_args
+from service.jobs import parse_request
 from service.limits import check_job_quota
 from service.state import job_store, producer, redis_client, settings, sweep_store
 
@@ -32,7 +32,7 @@ def submit_sweep() -> Response:
     (the base) waiting in its study, start its driver: 202 with the sweep."""
     body = json_body()
     check_job_quota(job_store(), owner())
-    parsed = parse_sweep(body, settings=settings(), manifest_of=visible_manifest)
+    parsed = parse_sweep(body, parse=parse_request, max_trials=settings().max_sweep_trials)
     sweep = sweep_store().create(parsed, owner=owner(), request=body)
     task_id = start_driver(redis_client(), sweep["id"])
     if task_id is not None:

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from core.errors import InvalidRequest
+from core.grammar import parse_job
 from core.jobs import JobStore
 from core.rediskeys import study_prefix
 from core.settings import Settings
@@ -40,6 +41,15 @@ def manifest_of(dataset_id: str) -> dict[str, Any]:
     return {**_ARRAYS(dataset_id), "source": {"sha256": "0" * 64}}
 
 
+def parse_with(settings: Settings, body: dict[str, Any]) -> Any:
+    """`parse_sweep` with the job parse over `manifest_of`, under `settings`."""
+
+    def parse(request: Any) -> Any:
+        return parse_job(request, settings=settings, manifest_of=manifest_of)
+
+    return parse_sweep(body, parse=parse, max_trials=settings.max_sweep_trials)
+
+
 def sweep_request(**changes: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "name": "lr-units",
@@ -61,7 +71,7 @@ def sweep_request(**changes: Any) -> dict[str, Any]:
 
 def refusals(body: dict[str, Any], settings: Settings | None = None) -> list[tuple[str, str]]:
     with pytest.raises(InvalidRequest) as refused:
-        parse_sweep(body, settings=settings or Settings(), manifest_of=manifest_of)
+        parse_with(settings or Settings(), body)
     return [(error.path, error.message) for error in refused.value.errors]
 
 
@@ -71,7 +81,7 @@ def refusals(body: dict[str, Any], settings: Settings | None = None) -> list[tup
 def test_a_valid_sweep_is_normalized_with_its_defaults() -> None:
     body = sweep_request()
     del body["pruner"], body["seed"]
-    parsed = parse_sweep(body, settings=Settings(), manifest_of=manifest_of)
+    parsed = parse_with(Settings(), body)
     assert parsed.settings["pruner"] == "median"
     assert parsed.settings["seed"] == 0
     assert parsed.settings["priority"] == 5
@@ -146,7 +156,7 @@ def test_extremes_that_fit_alone_but_not_together_are_refused_at_a_dimension() -
         sweep_request(space={"/fit/batch_size": space["/fit/batch_size"]}),
     ]
     for body in alone:
-        parse_sweep(body, settings=settings, manifest_of=manifest_of)
+        parse_with(settings, body)
     [(path, message)] = refusals(sweep_request(space=space), settings)
     assert path.startswith("/space/")
     assert "every dimension at its highest" in message
@@ -208,7 +218,7 @@ def by_learning_rate(params: dict, epoch: int) -> float:
 
 def submit(sweeps: SweepStore, **changes: Any) -> dict:
     body = sweep_request(**changes)
-    parsed = parse_sweep(body, settings=sweeps.settings, manifest_of=manifest_of)
+    parsed = parse_with(sweeps.settings, body)
     return sweeps.create(parsed, owner="alice", request=body)
 
 
