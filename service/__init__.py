@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         storage,
         sweeps,
         tfserving,
+        uploads,
         validate,
     )
 
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         problems,
         health,
         datasets,
+        uploads,
         validate,
         jobs,
         sweeps,
