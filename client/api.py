@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -373,24 +373,35 @@ class Client:
         504) is asked again, up to `retries` times in a row with growing pauses, so a long
         wait survives a deploy. Raises TimeoutError when `timeout` seconds pass first.
         """
+        return self._poll(lambda: self.get_job(job_id), f"Job {job_id}", interval, timeout, retries)
+
+    def _poll(
+        self,
+        read: Callable[[], dict],
+        what: str,
+        interval: float,
+        timeout: float | None,
+        retries: int,
+    ) -> Iterator[dict]:
+        """`read()` every `interval` seconds until its `status` is final (see `follow`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         failures = 0
         while True:
             try:
-                job = self.get_job(job_id)
+                record = read()
             except FitserveError as error:
                 failures += 1
                 if error.status not in TRANSIENT_STATUSES or failures > retries:
                     raise
-                job = {"status": f"unreachable ({error.code})"}
+                record = {"status": f"unreachable ({error.code})"}
             else:
                 failures = 0
-                yield job
-                if job.get("status") in TERMINAL:
+                yield record
+                if record.get("status") in TERMINAL:
                     return
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(
-                    f"Job {job_id} is still {job.get('status')} after {timeout} seconds."
+                    f"{what} is still {record.get('status')} after {timeout} seconds."
                 )
             time.sleep(min(interval * 2**failures, 30.0))
 
@@ -419,6 +430,60 @@ class Client:
         if check and job.get("status") != "succeeded":
             raise JobFailed(job)
         return job
+
+    # -- sweeps ---------------------------------------------------------------------------
+
+    def sweep(
+        self,
+        base: Mapping[str, Any],
+        space: Mapping[str, Mapping[str, Any]],
+        *,
+        objective: Mapping[str, str],
+        **settings: Any,
+    ) -> dict:
+        """Submit a hyperparameter sweep over the job request `base`; returns the sweep.
+
+        `space` maps JSON pointers into `base` to `{"float": [lo, hi], "log": bool}`,
+        `{"int": [lo, hi], "step": n}` or `{"choice": [...]}`; `objective` is
+        `{"metric": "val_loss", "mode": "min"}`; `settings` are the other fields of
+        `POST /v1/sweeps` (`name`, `sampler`, `pruner`, `max_trials`, `max_concurrent`, `seed`,
+        `priority`). Trial 0 is `base` itself.
+        """
+        body = {"base": dict(base), "space": dict(space), "objective": dict(objective), **settings}
+        return self.submit_sweep(body)
+
+    def submit_sweep(self, request: Mapping[str, Any]) -> dict:
+        """Submit a whole sweep request (the body of `POST /v1/sweeps`); returns the sweep."""
+        return self.send_json("POST", "/v1/sweeps", dict(request))
+
+    def get_sweep(self, sweep_id: str) -> dict:
+        """The sweep: status, trials (params, job, state, objective, epochs), `best_job`."""
+        return self.request_json("GET", f"/v1/sweeps/{segment(sweep_id)}")
+
+    def list_sweeps(self, limit: int | None = None) -> list[dict]:
+        """The sweeps this key may see, newest first."""
+        return self.list_all("/v1/sweeps", limit, {})
+
+    def cancel_sweep(self, sweep_id: str) -> dict:
+        """Stop a sweep: no new trial starts and the live ones are cancelled."""
+        return self.request_json("POST", f"/v1/sweeps/{segment(sweep_id)}:cancel")
+
+    def delete_sweep(self, sweep_id: str) -> None:
+        """Delete a finished sweep (409 while it is live); its trials' jobs stay."""
+        self.request("DELETE", f"/v1/sweeps/{segment(sweep_id)}")
+
+    def follow_sweep(
+        self,
+        sweep_id: str,
+        *,
+        interval: float = 1.0,
+        timeout: float | None = None,
+        retries: int = 5,
+    ) -> Iterator[dict]:
+        """Yield the sweep every `interval` seconds until it ends (retries as `follow`)."""
+        return self._poll(
+            lambda: self.get_sweep(sweep_id), f"Sweep {sweep_id}", interval, timeout, retries
+        )
 
     # -- batch predictions ----------------------------------------------------------------
 

@@ -8,7 +8,9 @@ not succeed (it ended failed or cancelled, or `--wait-timeout` passed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import secrets
 import sys
@@ -411,6 +413,90 @@ def jobs_logs(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def read_document(path: str, what: str) -> dict:
+    document = read_json_file(path)
+    if not isinstance(document, dict):
+        raise InputError(f"{path} must hold a JSON object ({what}).")
+    return document
+
+
+def sweeps_submit(client: Client, args: argparse.Namespace) -> int:
+    body = read_document(args.spec, "the sweep request")
+    sweep = client.submit_sweep(body)
+    if args.follow:
+        if not args.json:
+            print(sweep["id"])
+        return follow_sweep(client, sweep["id"], args)
+    show(args, sweep, lambda s: print(s["id"]))
+    return 0
+
+
+def sweeps_list(client: Client, args: argparse.Namespace) -> int:
+    items = client.list_sweeps(args.limit)
+    rows = [
+        [s["id"], s.get("name") or "", s["status"], len(s["trials"]), s.get("best_objective")]
+        for s in items
+    ]
+    headers = ["ID", "NAME", "STATUS", "TRIALS", "BEST"]
+    show(args, {"items": items}, lambda _: print_table(rows, headers))
+    return 0
+
+
+def sweeps_show(client: Client, args: argparse.Namespace) -> int:
+    show(args, client.get_sweep(args.id), print_sweep)
+    return 0
+
+
+def sweeps_cancel(client: Client, args: argparse.Namespace) -> int:
+    sweep = client.cancel_sweep(args.id)
+    show(args, sweep, lambda s: print(f"{s['id']} {s['status']}"))
+    return 0
+
+
+def sweeps_follow(client: Client, args: argparse.Namespace) -> int:
+    return follow_sweep(client, args.id, args)
+
+
+def follow_sweep(client: Client, sweep_id: str, args: argparse.Namespace) -> int:
+    """Print the trials table on stderr whenever it changes until the sweep ends; exit 4
+    unless it succeeded."""
+    sweep: dict = {}
+    last = None
+    for sweep in client.follow_sweep(sweep_id, interval=args.interval, timeout=args.wait_timeout):
+        table = sweep_table(sweep) if "trials" in sweep else sweep.get("status")
+        if table != last:
+            print(table, file=sys.stderr, flush=True)
+            last = table
+    show(args, sweep, print_sweep)
+    if sweep.get("status") != "succeeded":
+        print(f"error: sweep {sweep_id} ended {sweep.get('status')}", file=sys.stderr)
+        return EXIT_JOB_FAILED
+    return 0
+
+
+def sweep_table(sweep: dict) -> str:
+    """The sweep's status line and one row per trial: its params, state and objective."""
+    pointers = list(sweep["space"])
+    rows = [
+        [t["number"], t["state"], t["epochs"], t["objective"]]
+        + [t["params"].get(pointer) for pointer in pointers]
+        + [t["job"] or ""]
+        for t in sweep["trials"]
+    ]
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        print(
+            f"sweep {sweep['id']} {sweep['status']}: {len(sweep['trials'])}/{sweep['max_trials']} "
+            f"trials, best {sweep.get('best_objective')} (trial {sweep.get('best_trial')})"
+        )
+        print_table(rows, ["TRIAL", "STATE", "EPOCHS", "OBJECTIVE", *pointers, "JOB"])
+    return buffer.getvalue().rstrip("\n")
+
+
+def print_sweep(sweep: dict) -> None:
+    print(sweep_table(sweep))
+
+
 def predict(client: Client, args: argparse.Namespace) -> int:
     outputs = client.predict(args.model, read_inputs(args.inputs), **version_of(args))
     if args.output:
@@ -608,6 +694,19 @@ def build_parser() -> argparse.ArgumentParser:
     logs = command(sub, "logs", jobs_logs, "print a job's training log")
     logs.add_argument("id")
     logs.add_argument("--tail", type=int, help="only the last N lines (server default: 1000)")
+
+    sweeps = groups.add_parser("sweeps", help="submit, follow, cancel and inspect sweeps")
+    sub = sweeps.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    submit = command(sub, "submit", sweeps_submit, "submit a sweep request from a JSON file")
+    submit.add_argument("spec", help="the sweep request as JSON (- for stdin)")
+    submit.add_argument("--follow", action="store_true", help="show its trials until it ends")
+    add_follow_options(submit)
+    command(sub, "list", sweeps_list, "list sweeps").add_argument("--limit", type=int)
+    command(sub, "show", sweeps_show, "show a sweep and its trials").add_argument("id")
+    command(sub, "cancel", sweeps_cancel, "cancel a sweep and its live trials").add_argument("id")
+    follow = command(sub, "follow", sweeps_follow, "show a sweep's trials until it ends")
+    follow.add_argument("id")
+    add_follow_options(follow)
 
     predicting = command(groups, "predict", predict, "predict with a trained model")
     predicting.add_argument("model", help="a job id, or a job name")

@@ -151,6 +151,21 @@ class StopCallback(keras.callbacks.Callback):
             self.reason = reason
             self.model.stop_training = True
 
+    def at_epoch_end(self) -> keras.callbacks.Callback:
+        """A callback that asks once more at each epoch's end, placed after the one that
+        reports the epoch: what that report decided (a pruned sweep trial) stops training at
+        the epoch boundary, with the epoch whole."""
+
+        def ask(epoch: int, logs: dict | None = None) -> None:
+            reason = self.reason or self.should_stop()
+            if reason is not None and self.reason is None:
+                log.info("stop requested reason=%s at end of epoch=%d", reason, epoch + 1)
+                self.reason = reason
+            if reason is not None:
+                self.model.stop_training = True
+
+        return keras.callbacks.LambdaCallback(on_epoch_end=ask)
+
 
 class NaNGuard(keras.callbacks.Callback):
     """Stop at the first batch whose loss is NaN or infinite, remembering where (always on).

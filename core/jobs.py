@@ -114,6 +114,9 @@ class Job(TypedDict):
     record: Provenance | None
     progress: dict[str, Any] | None
     metrics: Metrics | None
+    # A sweep's trial: the sweep's id and the trial's number in it (0 is the sweep's base).
+    sweep: str | None
+    trial: int | None
     tags: dict[str, str]
     cloned_from: str | None
     warm_start: dict[str, Any] | None
@@ -136,8 +139,11 @@ def queued_job(
     request_sha256: str | None = None,
     record: Provenance | None = None,
     cloned_from: str | None = None,
+    sweep: str | None = None,
+    trial: int | None = None,
 ) -> Job:
-    """The record of a job just submitted with the normalized request `spec`."""
+    """The record of a job just submitted with the normalized request `spec` (`sweep` and
+    `trial` for a sweep's trial)."""
     warm_start = spec.get("warm_start")
     return Job(
         id=job_id,
@@ -168,6 +174,8 @@ def queued_job(
         record=record,
         progress=None,
         metrics=None,
+        sweep=sweep,
+        trial=trial,
         tags=spec.get("tags") or {},
         cloned_from=cloned_from,
         warm_start=None if not warm_start else {**warm_start, "loaded": None, "skipped": None},
@@ -331,6 +339,8 @@ class _JobViewFields(TypedDict):
     checkpoints: list[dict[str, Any]]
     final: dict[str, Any] | None
     error: JobError | None
+    sweep: str | None
+    trial: int | None
     tags: dict[str, str]
     cloned_from: str | None
     warm_start: dict[str, Any] | None
@@ -382,6 +392,8 @@ def view_job(job: Job, *, now: float | None = None, ttl_seconds: int = 0) -> Job
             if job["status"] == "failed"
             else None
         ),
+        sweep=job.get("sweep"),
+        trial=job.get("trial"),
         tags=job.get("tags") or {},
         cloned_from=job.get("cloned_from"),
         warm_start=job.get("warm_start"),
@@ -466,6 +478,8 @@ class JobStore:
         request_id: str | None = None,
         request_sha256: str | None = None,
         record: Provenance | None = None,
+        sweep: str | None = None,
+        trial: int | None = None,
         request: Any = None,
         cloned_from: str | None = None,
     ) -> Job:
@@ -473,8 +487,9 @@ class JobStore:
         `manifest.json`.
 
         `record` is the job's provenance (`provenance`); `request` what the client sent (kept
-        for clones); `cloned_from` the job it was cloned from. If the files cannot be written
-        the Redis records are removed again, so a failure leaves nothing half recorded.
+        for clones); `cloned_from` the job it was cloned from; `sweep` and `trial` mark a
+        sweep's trial. If the files cannot be written the Redis records are removed again, so
+        a failure leaves nothing half recorded.
         """
         now = utc_now()
         job = queued_job(
@@ -485,6 +500,8 @@ class JobStore:
             request_id=request_id,
             request_sha256=request_sha256,
             record=record,
+            sweep=sweep,
+            trial=trial,
             cloned_from=cloned_from,
         )
         self._insert(job, score=time.time())

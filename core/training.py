@@ -305,6 +305,8 @@ class OurCallbacks:
             self.checkpoints,
             self.progress,
             self.summaries,
+            # Once the epoch is reported (a sweep may prune its trial then): stop at the boundary.
+            self.stop.at_epoch_end(),
         ]
 
     def outcome(self, initial_epoch: int) -> dict:
@@ -322,7 +324,10 @@ class OurCallbacks:
                 f"(FITSERVE_MAX_JOB_SECONDS) in epoch {epoch}; its checkpoints are kept. "
                 "Train fewer epochs, on less data, or ask the operator for a longer limit.",
             )
-        status = {None: "succeeded", "cancel": "cancelled"}.get(reason, "interrupted")
+        # A pruned sweep trial ends cancelled too (core.runs says why).
+        status = {None: "succeeded", "cancel": "cancelled", "prune": "cancelled"}.get(
+            reason, "interrupted"
+        )
         if reason is not None:
             self.control.event("training_stopped", reason=reason, epoch=epoch)
             log.info("stopped reason=%s epoch=%d", reason, epoch)

@@ -17,12 +17,14 @@ from typing import Any
 import swagger_ui_bundle
 from flask import Blueprint, Flask, Response, current_app, send_from_directory
 
+from core import sweeps
 from core.archives import COLOR_MODES, MAX_SIDE, ON_BAD_IMAGE
 from core.batch import BatchView
 from core.datasets import STATUSES as DATASET_STATUSES
 from core.downloads import FORMATS
 from core.jobs import STATUSES, JobView, ModelRecord
 from core.serving.catalog import LABELS
+from core.sweeps import SweepView
 from core.typeschema import json_schema
 from core.uploads import CHECKSUM_ALGORITHMS
 from core.usage import UsageView
@@ -332,6 +334,9 @@ def _component_schemas() -> dict[str, dict]:
         "Job": json_schema(JobView),
         "Usage": json_schema(UsageView),
         "JobPage": _page(_ref("Job")),
+        "SweepRequest": _sweep_request(),
+        "Sweep": json_schema(SweepView),
+        "SweepPage": _page(_ref("Sweep")),
         "ModelRecord": json_schema(ModelRecord),
         "JobMetrics": _object(
             {
@@ -434,6 +439,61 @@ def _component_schemas() -> dict[str, dict]:
     }
 
 
+def _sweep_request() -> dict:
+    """`POST /v1/sweeps`'s body, from the constants `core.sweeps.parse_sweep` checks against."""
+    bounds = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
+    scalar = {"type": ["string", "number", "boolean", "null"]}
+    dimension = {
+        "oneOf": [
+            _object({"float": bounds}, {"log": {"type": "boolean"}}, additionalProperties=False),
+            _object(
+                {"int": {**bounds, "items": {"type": "integer"}}},
+                {"step": {"type": "integer", "minimum": 1}},
+                additionalProperties=False,
+            ),
+            _object(
+                {
+                    "choice": {
+                        "type": "array",
+                        "items": scalar,
+                        "minItems": 1,
+                        "maxItems": sweeps.MAX_CHOICES,
+                    }
+                },
+                additionalProperties=False,
+            ),
+        ]
+    }
+    return _object(
+        {
+            "base": _ref("JobRequest"),
+            "space": {
+                "type": "object",
+                "description": "JSON pointers into `base` -> the values each may take. Trial 0 "
+                "is `base` itself, so each dimension holds the base's value.",
+                "minProperties": 1,
+                "maxProperties": sweeps.MAX_DIMENSIONS,
+                "additionalProperties": dimension,
+            },
+            "objective": _object(
+                {"metric": {"type": "string"}},
+                {"mode": {"enum": list(sweeps.MODES)}},
+                additionalProperties=False,
+            ),
+        },
+        {
+            "name": {"type": "string", "minLength": 1, "maxLength": sweeps.MAX_NAME_CHARS},
+            "sampler": {"enum": list(sweeps.SAMPLERS)},
+            "pruner": {"enum": list(sweeps.PRUNERS)},
+            "max_trials": {"type": "integer", "minimum": 1},
+            "max_concurrent": {"type": "integer", "minimum": 1},
+            "seed": {"type": "integer", "minimum": 0, "maximum": sweeps.MAX_SEED},
+            "priority": {"type": "integer", "minimum": 0, "maximum": 9},
+        },
+        additionalProperties=False,
+    )
+
+
 # Paths ----------------------------------------------------------------------------------------
 
 
@@ -458,6 +518,7 @@ def _query(name: str, schema: dict, description: str) -> dict:
 
 
 JOB_ID = _path_parameter("job_id", {"type": "string", "pattern": ID_PATTERN}, "A job id.")
+SWEEP_ID = _path_parameter("sweep_id", {"type": "string", "pattern": ID_PATTERN}, "A sweep id.")
 UPLOAD_ID = _path_parameter(
     "upload_id", {"type": "string", "pattern": ID_PATTERN}, "A resumable upload's id."
 )
@@ -575,7 +636,9 @@ BATCH_ID = _path_parameter(
     "batch_id", {"type": "string", "pattern": ID_PATTERN}, "A batch prediction id."
 )
 MODEL = _path_parameter(
-    "model", {"type": "string", "pattern": ID_PATTERN}, "A model: the id of the job that made it."
+    "model",
+    {"type": "string", "pattern": ID_PATTERN},
+    "A model: the id of the job that made it, or of a sweep (its best trial's job).",
 )
 VERSION = _path_parameter(
     "version", {"type": "integer", "minimum": 1}, "A checkpoint version (epochs completed)."
@@ -954,6 +1017,39 @@ def _paths() -> dict[str, dict]:
                 "jobs",
                 {202: _json("Job", "Cancelling or cancelled")},
                 parameters=[JOB_ID],
+            ),
+        },
+        "/v1/sweeps": {
+            "post": _operation(
+                "Submit a hyperparameter sweep: each trial is a job made from `base`.",
+                "sweeps",
+                {202: _json("Sweep", "Running")},
+                body={JSON: {"schema": _ref("SweepRequest")}},
+            ),
+            "get": _operation(
+                "Sweeps, newest first.", "sweeps", {200: _json("SweepPage")}, parameters=PAGE
+            ),
+        },
+        "/v1/sweeps/{sweep_id}": {
+            "get": _operation(
+                "A sweep: its trials, their states and objectives, and its best job.",
+                "sweeps",
+                {200: _json("Sweep")},
+                parameters=[SWEEP_ID],
+            ),
+            "delete": _operation(
+                "Delete a finished sweep and its study (its trials' jobs stay).",
+                "sweeps",
+                {204: ("Deleted", None, None)},
+                parameters=[SWEEP_ID],
+            ),
+        },
+        "/v1/sweeps/{sweep_id}:cancel": {
+            "post": _operation(
+                "Cancel a sweep: no new trial starts and the live ones are cancelled.",
+                "sweeps",
+                {202: _json("Sweep", "Cancelling")},
+                parameters=[SWEEP_ID],
             ),
         },
         "/v1/jobs/{job_id}:pin": {

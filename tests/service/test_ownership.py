@@ -18,6 +18,7 @@ from core.settings import Settings
 from core.storage import DataDir, read_json
 from service import create_app
 from tests.service.test_jobs import X, Y, job_request
+from tests.service.test_sweeps import sweep_request
 from tests.support.models import SINGLE, copy_job, write_trained_job
 
 KEYS = {"ann": "fs_ann", "bob": "fs_bob", "ops": "fs_ops"}
@@ -69,12 +70,15 @@ def owned(app, client, settings: Settings, trained) -> dict[str, str]:
         redis.Redis.from_url(settings.redis_url), DataDir(settings.data_dir), settings
     )
     batch = store.create(parsed, owner="ann", request_id=None)
+    sweep = client.post("/v1/sweeps", json=sweep_request(dataset), headers=as_("ann"))
+    assert sweep.status_code == 202, sweep.get_json()
     return {
         "dataset": dataset,
         "job": job.get_json()["id"],
         "model": model,
         "upload": upload,
         "batch": batch["id"],
+        "sweep": sweep.get_json()["id"],
     }
 
 
@@ -91,6 +95,7 @@ def fill(pattern: str, owned: dict[str, str]) -> str:
     values = {
         "dataset_id": owned["dataset"],
         "job_id": owned["job"],
+        "sweep_id": owned["sweep"],
         "model": owned["model"],
         "label": "latest",
         "version": "1",
@@ -125,6 +130,8 @@ def test_every_route_hides_another_keys_resource(app, client, owned):
         "DELETE /v1/datasets/<dataset_id>",
         "POST /v1/jobs/<job_id>:cancel",
         "DELETE /v1/jobs/<job_id>",
+        "POST /v1/sweeps/<sweep_id>:cancel",
+        "DELETE /v1/sweeps/<sweep_id>",
         "GET /v1/jobs/<job_id>/logs",
         "GET /v1/jobs/<job_id>/metrics",
         "GET /v1/models/<model>/download",
