@@ -204,6 +204,7 @@ def _finish(
         "bytes": sum(entry["bytes"] for entry in described.values()),
         "arrays": described,
         "classes": arrays.classes,
+        "features": arrays.features,
     }
     write_json(folder / MANIFEST, manifest)
     _fsync_folder(folder)

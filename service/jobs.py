@@ -12,7 +12,16 @@ from flask import Blueprint, Flask, Response, g, request
 from core import grammar
 from core.errors import FieldError, InvalidRequest, NotFound
 from core.idempotency import fingerprint
-from core.jobs import STATUSES, TERMINAL, Job, JobView, QueueState, provenance, view_job
+from core.jobs import (
+    STATUSES,
+    TERMINAL,
+    Job,
+    JobView,
+    QueueState,
+    dataset_labels,
+    provenance,
+    view_job,
+)
 from core.queues import send_training, train_queue
 from core.storage import check_id
 from core.workers import queue_workers, waiting_message
@@ -51,6 +60,7 @@ def submit_job() -> Response:
             request_id=g.get("request_id"),
             request_sha256=request_sha256,
             record=provenance(parsed.spec, parsed.manifests),
+            labels=dataset_labels(parsed.spec, parsed.manifests),
         )
         try:
             held.bind(job["id"])
