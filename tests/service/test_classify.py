@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.storage import DataDir, read_json, write_json
-from tests.support.models import MULTI, copy_job, write_model_job
+from core.storage import DataDir
+from tests.support.models import MULTI, copy_job, keep_labels, write_model_job
 
 CLASSES = ["setosa", "versicolor", "virginica"]
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -23,12 +23,6 @@ def build(units: int, activation: str | None) -> Any:
     return keras.Sequential(
         [inputs, keras.layers.Dense(units, activation=activation, name="output")], name="m"
     )
-
-
-def keep_labels(data: DataDir, job_id: str, classes: list | None, features: list | None) -> None:
-    """Give a job's `job.json` the labels a submit keeps."""
-    path = data.job(job_id) / "job.json"
-    write_json(path, read_json(path) | {"labels": {"classes": classes, "features": features}})
 
 
 @pytest.fixture
