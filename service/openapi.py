@@ -688,7 +688,14 @@ def _paths() -> dict[str, dict]:
                 "models",
                 {200: _json("ModelStatus")},
                 parameters=parameters,
-            )
+            ),
+            "post": _operation(
+                "Any other method than :predict, :classify or :regress (for example "
+                "`:explain`): a 404 problem that lists them.",
+                "models",
+                {404: ("Unknown method (code `unknown_method`).", PROBLEM, _ref("Problem"))},
+                parameters=parameters,
+            ),
         }
         paths[base + "/metadata"] = {
             "get": _operation(

@@ -173,3 +173,13 @@ def test_metadata_lists_classes_and_features(client, models):
     assert tfs["labels"] == {"classes": CLASSES, "features": FEATURES}
     oip = client.get(f"/v2/models/{job}").get_json()
     assert oip["parameters"] == {"classes": CLASSES, "features": FEATURES}
+
+
+def test_a_sequential_model_serves_from_onnx_and_exports(client, models, settings):
+    from core.serving.export import onnx_path
+
+    job = models["ids"]["species"]
+    assert onnx_path(DataDir(settings.data_dir).job(job) / "model.keras").is_file()
+    exported = client.get(f"/v1/models/{job}/download?format=savedmodel")
+    assert exported.status_code == 200
+    assert exported.mimetype == "application/gzip"
