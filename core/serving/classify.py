@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from core.errors import FieldError, InvalidRequest, pointer, preview
+from core.errors import FieldError, InvalidRequest, PayloadTooLarge, pointer, preview
 from core.jobs import Labels
 from core.serving.signature import Batch, TensorInfo
 from core.serving.tfserving import invalid, parse_predict, parse_rows
@@ -156,6 +156,8 @@ def parse_examples(
         raise invalid("/context", "context is an object of features.", "an object", context)
     if not isinstance(examples, list) or not examples:
         raise invalid("/examples", "examples must be a non-empty list.", "a list", examples)
+    if len(examples) > max_rows:
+        raise PayloadTooLarge(f"A request may carry at most {max_rows} rows; got {len(examples)}.")
     names = [info.name for info in inputs]
     features = labels.get("features")
     columns = features if len(inputs) == 1 and features else None
@@ -169,10 +171,13 @@ def parse_examples(
         missing = [name for name in wanted if name not in merged]
         extra = sorted(set(merged) - set(wanted))
         if missing or extra:
+            faults = ([f"lacks {missing}"] if missing else []) + (
+                [f"has unknown features {extra[:20]}"] if extra else []
+            )
             raise invalid(
                 pointer("examples", index, (missing or extra)[0]),
-                f"Example {index} lacks {missing} and has unknown features {extra}; the features "
-                + ("are the CSV's columns." if columns else "are the model's input names."),
+                f"Example {index} {' and '.join(faults)}; its features are "
+                + ("the CSV's columns." if columns else "the model's input names."),
                 expected,
                 sorted(merged),
             )
