@@ -25,21 +25,29 @@ def build(units: int, activation: str | None) -> Any:
     )
 
 
-@pytest.fixture
-def models(settings) -> dict[str, Any]:
-    """Models by kind, and the Keras model of each to compare with."""
-    data = DataDir(settings.data_dir)
-    built = {
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Jobs of each kind written once (saving converts to ONNX), with their Keras models."""
+    data = DataDir(tmp_path_factory.mktemp("classify-models"))
+    models = {
         "species": build(3, "softmax"),
         "binary": build(1, "sigmoid"),
         "linear": build(1, None),
         "old": build(3, "softmax"),
     }
-    ids = {kind: write_model_job(data, model) for kind, model in built.items()}
+    ids = {kind: write_model_job(data, model) for kind, model in models.items()}
     keep_labels(data, ids["species"], CLASSES, FEATURES)
     keep_labels(data, ids["binary"], None, None)
     keep_labels(data, ids["linear"], None, FEATURES)
-    return {"ids": ids, "keras": built}
+    return {"data": data, "ids": ids, "keras": models}
+
+
+@pytest.fixture
+def models(built, settings) -> dict[str, Any]:
+    """The jobs copied into this test's data folder; ids and Keras models by kind."""
+    for job_id in built["ids"].values():
+        copy_job(built["data"], DataDir(settings.data_dir), job_id)
+    return built
 
 
 def scores(models: dict, kind: str) -> np.ndarray:
