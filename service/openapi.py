@@ -342,7 +342,8 @@ def _component_schemas() -> dict[str, dict]:
                         "type": "array",
                         "items": {
                             "type": "array",
-                            "prefixItems": [{"type": "string"}, {"type": "number"}],
+                            "description": "[class, score]",
+                            "items": {"type": ["string", "number"]},
                             "minItems": 2,
                             "maxItems": 2,
                         },
