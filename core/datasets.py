@@ -290,6 +290,7 @@ def finish(
         "bytes": sum(entry["bytes"] for entry in described.values()),
         "arrays": described,
         "classes": arrays.classes,
+        "features": arrays.features,
         **(extra or {}),
     }
     write_json(folder / MANIFEST, manifest)

@@ -234,6 +234,48 @@ def provenance(spec: Mapping[str, Any], manifests: Mapping[str, Mapping[str, Any
     )
 
 
+class Labels(TypedDict):
+    """What the model's numbers stand for, copied from the training dataset at submit: the names
+    of the class ids of a single output's labels (CSV strings, image folders) and the column
+    names of a single input's CSV features; null where the data had none."""
+
+    classes: list[str] | None
+    features: list[str] | None
+
+
+NO_LABELS = Labels(classes=None, features=None)
+
+
+def dataset_labels(spec: Mapping[str, Any], manifests: Mapping[str, Mapping[str, Any]]) -> Labels:
+    """The labels a job keeps, from the manifest of its training dataset (`data.dataset`).
+
+    Only a single output's class names and a single input's feature names: with several, no one
+    list says what the model answers.
+    """
+    data = spec.get("data") or {}
+    manifest = manifests.get(data.get("dataset") or "") or {}
+    return Labels(
+        classes=_single_array_names(data.get("y"), manifest.get("classes")),
+        features=_single_array_names(data.get("x"), manifest.get("features")),
+    )
+
+
+def _single_array_names(mapping: Any, names_by_array: Any) -> list[str] | None:
+    if not isinstance(mapping, dict) or len(mapping) != 1 or not isinstance(names_by_array, dict):
+        return None
+    return names_by_array.get(next(iter(mapping.values())))
+
+
+def job_labels(data: DataDir, job_id: str) -> Labels:
+    """The class and feature names a job keeps in `job.json`; all null for a job submitted before
+    jobs kept them. NotFound for an unknown job."""
+    try:
+        stored = read_json(data.job(check_id(job_id, "job")) / "job.json").get("labels")
+    except FileNotFoundError:
+        raise NotFound(f"No job with id {job_id!r}.") from None
+    return Labels(**(NO_LABELS | (stored or {})))  # type: ignore[typeddict-item]
+
+
 # The API view ---------------------------------------------------------------------------------
 
 
@@ -482,14 +524,16 @@ class JobStore:
         trial: int | None = None,
         request: Any = None,
         cloned_from: str | None = None,
+        labels: Labels = NO_LABELS,
     ) -> Job:
         """Record a new queued job: Redis first, then `request.json`, `job.json` and
         `manifest.json`.
 
         `record` is the job's provenance (`provenance`); `request` what the client sent (kept
         for clones); `cloned_from` the job it was cloned from; `sweep` and `trial` mark a
-        sweep's trial. If the files cannot be written the Redis records are removed again, so
-        a failure leaves nothing half recorded.
+        sweep's trial; `labels` its class and feature names (`dataset_labels`), kept in
+        `job.json` so they outlive the dataset. If the files cannot be written the Redis
+        records are removed again, so a failure leaves nothing half recorded.
         """
         now = utc_now()
         job = queued_job(
@@ -510,7 +554,13 @@ class JobStore:
             write_json(job_dir / REQUEST_FILE, spec if request is None else request)
             write_json(
                 job_dir / "job.json",
-                {"id": job["id"], "owner": owner, "created_at": now, "spec": spec},
+                {
+                    "id": job["id"],
+                    "owner": owner,
+                    "created_at": now,
+                    "spec": spec,
+                    "labels": labels,
+                },
             )
             # Nobody else knows the id yet: the manifest is written from the record in hand.
             write_json(job_dir / "manifest.json", job_manifest(job, []))

@@ -123,10 +123,12 @@ class NpyHeader:
 
 @dataclasses.dataclass
 class Arrays:
-    """A reader's result: array name -> `.npy` path, plus class names of string labels."""
+    """A reader's result: array name -> `.npy` path, plus class names of string labels and the
+    column names of a CSV's features (each by array name)."""
 
     files: dict[str, Path] = dataclasses.field(default_factory=dict)
     classes: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    features: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
 
 def detect_format(path: Path) -> str:
@@ -483,6 +485,7 @@ def read_csv(source: Path, folder: Path, label: str, budget: CpuBudget) -> Array
     if writer.rows == 0:
         raise _invalid("/file", "The CSV has a header but no data rows.", "1 or more rows", 0)
     result = Arrays({"x": writer.path, "y": folder / "a1.npy"})
+    result.features["x"] = [header[index] for index in features]
     classes = labels.write(result.files["y"])
     if classes is not None:
         result.classes["y"] = classes

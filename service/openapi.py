@@ -22,7 +22,7 @@ from core.archives import COLOR_MODES, MAX_SIDE, ON_BAD_IMAGE
 from core.batch import BatchView
 from core.datasets import STATUSES as DATASET_STATUSES
 from core.downloads import FORMATS
-from core.jobs import STATUSES, JobView, ModelRecord
+from core.jobs import STATUSES, JobView, Labels, ModelRecord
 from core.serving.catalog import LABELS
 from core.sweeps import SweepView
 from core.typeschema import json_schema
@@ -247,7 +247,15 @@ def _component_schemas() -> dict[str, dict]:
             },
             {
                 "owner": _text_or_null(),
-                "classes": any_object,
+                "classes": {
+                    "type": "object",
+                    "description": "Label array -> class names, in id order (CSV strings, "
+                    "image folders).",
+                },
+                "features": {
+                    "type": "object",
+                    "description": "Feature array -> a CSV's column names, in column order.",
+                },
                 "status": {
                     "enum": list(DATASET_STATUSES),
                     "description": "processing (an archive or import being read), ready, or "
@@ -338,6 +346,7 @@ def _component_schemas() -> dict[str, dict]:
         "Sweep": json_schema(SweepView),
         "SweepPage": _page(_ref("Sweep")),
         "ModelRecord": json_schema(ModelRecord),
+        "ModelLabels": json_schema(Labels),
         "JobMetrics": _object(
             {
                 "epochs": {"type": "array", "items": {"type": "integer"}},
@@ -390,8 +399,48 @@ def _component_schemas() -> dict[str, dict]:
                 "metadata": any_object,
                 "inputs": {"type": "array", "items": any_object},
                 "outputs": {"type": "array", "items": any_object},
+                "labels": _ref("ModelLabels"),
                 "record": _ref("ModelRecord"),
             }
+        ),
+        "ClassifyRequest": {
+            "description": "A predict body, or TF Serving's `examples` (with an optional shared "
+            "`context`), each an object of features: the model's input names, or the CSV "
+            "columns a one-input model was trained on.",
+            "oneOf": [
+                _ref("PredictRequest"),
+                _object(
+                    {"examples": {"type": "array", "items": {"type": "object"}, "minItems": 1}},
+                    {
+                        "context": {"type": "object"},
+                        "signature_name": {"enum": ["", "serving_default"]},
+                    },
+                    additionalProperties=False,
+                ),
+            ],
+            "example": {"examples": [{"sepal_length": 5.1, "sepal_width": 3.5}]},
+        },
+        "ClassifyResponse": _object(
+            {
+                "result": {
+                    "type": "array",
+                    "description": "Per row, [class, score] pairs, best first; a class is its "
+                    "name where the training labels had names, else its id as a string.",
+                    "items": {
+                        "type": "array",
+                        "items": {
+                            "type": "array",
+                            "description": "[class, score]",
+                            "items": {"type": ["string", "number"]},
+                            "minItems": 2,
+                            "maxItems": 2,
+                        },
+                    },
+                }
+            }
+        ),
+        "RegressResponse": _object(
+            {"result": {"type": "array", "items": {"type": "number"}}},
         ),
         "ModelPage": _page(any_object),
         "InferTensor": _object(
@@ -433,6 +482,7 @@ def _component_schemas() -> dict[str, dict]:
                 "platform": {"type": "string"},
                 "inputs": {"type": "array", "items": any_object},
                 "outputs": {"type": "array", "items": any_object},
+                "parameters": _ref("ModelLabels"),
                 "record": _ref("ModelRecord"),
             }
         ),
@@ -1097,7 +1147,14 @@ def _paths() -> dict[str, dict]:
                 "models",
                 {200: _json("ModelStatus")},
                 parameters=parameters,
-            )
+            ),
+            "post": _operation(
+                "Any other method than :predict, :classify or :regress (for example "
+                "`:explain`): a 404 problem that lists them.",
+                "models",
+                {404: ("Unknown method (code `unknown_method`).", PROBLEM, _ref("Problem"))},
+                parameters=parameters,
+            ),
         }
         paths[base + "/metadata"] = {
             "get": _operation(
@@ -1114,6 +1171,31 @@ def _paths() -> dict[str, dict]:
                 {200: _json("PredictResponse")},
                 parameters=parameters,
                 body=predict_body,
+            )
+        }
+        paths[base + ":classify"] = {
+            "post": _operation(
+                "TF Serving classify: each row's classes with their scores, best first.",
+                "models",
+                {200: _json("ClassifyResponse")},
+                parameters=[
+                    *parameters,
+                    _query(
+                        "k",
+                        {"type": "integer", "minimum": 1},
+                        "Only the k most likely classes of each row (default: all).",
+                    ),
+                ],
+                body={JSON: {"schema": _ref("ClassifyRequest")}},
+            )
+        }
+        paths[base + ":regress"] = {
+            "post": _operation(
+                "TF Serving regress: one value per row, for a model of one output of one unit.",
+                "models",
+                {200: _json("RegressResponse")},
+                parameters=parameters,
+                body={JSON: {"schema": _ref("ClassifyRequest")}},
             )
         }
         paths[base + "/download"] = {

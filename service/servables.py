@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Iterator
 from typing import Any
 
 from flask import Flask, Response, current_app
 
 from core.errors import FitserveError, NotFound
+from core.jobs import Labels, job_labels
 from core.serving import catalog
 from core.serving.cache import LoadedModel, ModelCache
 from core.serving.catalog import Servable
+from core.storage import DataDir
 from core.sweeps import best_job
 from service.auth import by_session, can_see, viewer
 from service.http import json_body, path_int
@@ -109,6 +112,17 @@ def load(found: Found) -> LoadedModel:
         if found.follows_latest:
             return cache.get_newest(found.servable)
         return cache.get(found.servable)
+
+
+def labels(found: Found) -> Labels:
+    """The class and feature names the model's job kept (all null for older jobs)."""
+    return _kept_labels(data_dir(), found.manifest["id"])
+
+
+# `job.json` never changes once written, so its labels are read once per process.
+@functools.lru_cache(maxsize=1024)
+def _kept_labels(data: DataDir, job_id: str) -> Labels:
+    return job_labels(data, job_id)
 
 
 @contextlib.contextmanager

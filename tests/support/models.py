@@ -182,6 +182,14 @@ def write_job(data: DataDir, manifest: dict) -> None:
     write_json(job_dir / "manifest.json", manifest)
 
 
+def keep_labels(
+    data: DataDir, job_id: str, classes: list[str] | None, features: list[str] | None
+) -> None:
+    """Give a job's `job.json` the class and feature names a submit keeps."""
+    path = data.job(job_id) / "job.json"
+    write_json(path, read_json(path) | {"labels": {"classes": classes, "features": features}})
+
+
 def model_library(root: Path) -> dict[str, str]:
     """Build (once per session, under `root`) trained jobs of each kind; return their ids.
 
