@@ -20,7 +20,7 @@ import numpy as np
 
 from client.api import Client
 from client.errors import ConnectionFailed, FitserveError, JobFailed
-from client.progress import ProgressDisplay, render_job
+from client.progress import TERMINAL, ProgressDisplay, describe_stop, render_job
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -229,19 +229,30 @@ def jobs_follow(client: Client, args: argparse.Namespace) -> int:
 
 
 def follow_job(client: Client, job_id: str, args: argparse.Namespace) -> int:
-    """Show live progress on stderr until the job ends; exit 4 unless it succeeded."""
+    """Show live progress on stderr until the job ends, then its outcome once (and why training
+    stopped) on stdout; exit 4 unless it succeeded."""
     display = ProgressDisplay(sys.stderr)
     job: dict = {}
     try:
         for job in client.follow(job_id, interval=args.interval, timeout=args.wait_timeout):
+            if job.get("status") in TERMINAL:
+                break
             display.update(job)
     finally:
         display.close()
-    show(args, job, lambda j: print(render_job(j)))
+    show(args, job, print_outcome)
     if job.get("status") != "succeeded":
         print(f"error: {JobFailed(job).detail}", file=sys.stderr)
         return EXIT_JOB_FAILED
     return 0
+
+
+def print_outcome(job: dict) -> None:
+    """The ended job's line, and why its training stopped."""
+    print(render_job(job))
+    stop = describe_stop(job.get("stop"))
+    if stop:
+        print(stop)
 
 
 def jobs_cancel(client: Client, args: argparse.Namespace) -> int:
