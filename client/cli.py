@@ -80,11 +80,13 @@ def print_datasets(items: list[dict]) -> None:
 
 
 def job_epoch(job: dict) -> str | None:
+    """`5/10`: the epochs ended of those asked for."""
     progress = job.get("progress") or {}
-    if progress.get("epoch") is None:
+    completed = progress.get("completed", progress.get("epoch"))
+    if completed is None:
         return None
     epochs = progress.get("epochs")
-    return f"{progress['epoch']}/{epochs}" if epochs else str(progress["epoch"])
+    return f"{completed}/{epochs}" if epochs else str(completed)
 
 
 def print_jobs(items: list[dict]) -> None:

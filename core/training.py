@@ -359,7 +359,9 @@ class OurCallbacks:
             stopped = early is not None and early.stopped_epoch > 0
             reason = "early_stopping" if stopped else "completed"
         named = {"cancel": "cancelled", "timeout": "time_limit"}.get(reason, reason)
-        if early is not None and early.best is not None and math.isfinite(early.best):
+        # `best` is set once EarlyStopping saw its monitor (never, when fit() had no epoch left).
+        best_value = getattr(early, "best", None)
+        if early is not None and best_value is not None and math.isfinite(best_value):
             return {
                 "reason": named,
                 "epoch": epoch,
