@@ -49,6 +49,12 @@ class Settings:
     max_jobs_per_key: int = 10_000
     max_datasets_per_key: int = 1000
     storage_quota_bytes: int = 256 << 30
+    # Finished jobs (succeeded, failed, cancelled) are removed with their files this long after
+    # they finished, unless pinned; 0 keeps them until deleted.
+    job_ttl_seconds: int = 0
+    # SavedModel downloads are cached under each job's exports/; past this many bytes across all
+    # jobs the least recently used are removed (they are made again on the next download).
+    export_cache_bytes: int = 8 << 30
     # Peers (addresses or networks, comma-separated) whose X-Forwarded-For names the client:
     # the proxy in front. From any other peer forwarded headers are ignored.
     trusted_proxies: str = ""

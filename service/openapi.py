@@ -20,6 +20,7 @@ from flask import Blueprint, Flask, Response, current_app, send_from_directory
 from core.jobs import STATUSES, JobView, ModelRecord
 from core.serving.catalog import LABELS
 from core.typeschema import json_schema
+from core.usage import UsageView
 from service.http import json_response
 
 bp = Blueprint("openapi", __name__)
@@ -118,7 +119,9 @@ def build_document() -> dict:
         },
         "servers": [{"url": "/"}],
         "security": [{}, {"apiKey": []}],
-        "tags": [{"name": name} for name in ("health", "datasets", "jobs", "models", "v2")],
+        "tags": [
+            {"name": name} for name in ("health", "datasets", "jobs", "storage", "models", "v2")
+        ],
         "paths": _paths(),
         "components": {
             "schemas": _rebase(schemas),
@@ -241,6 +244,7 @@ def _component_schemas() -> dict[str, dict]:
             "example": {"arrays": {"x": [[0.1, 0.2], [0.3, 0.4]], "y": [0, 1]}},
         },
         "Job": json_schema(JobView),
+        "Usage": json_schema(UsageView),
         "JobPage": _page(_ref("Job")),
         "ModelRecord": json_schema(ModelRecord),
         "JobMetrics": _object(
@@ -614,6 +618,30 @@ def _paths() -> dict[str, dict]:
                 "jobs",
                 {202: _json("Job", "Cancelling or cancelled")},
                 parameters=[JOB_ID],
+            ),
+        },
+        "/v1/jobs/{job_id}:pin": {
+            "post": _operation(
+                "Keep a finished job past FITSERVE_JOB_TTL_SECONDS until unpinned.",
+                "jobs",
+                {200: _json("Job", "Pinned")},
+                parameters=[JOB_ID],
+            ),
+        },
+        "/v1/jobs/{job_id}:unpin": {
+            "post": _operation(
+                "Let a pinned job expire again, FITSERVE_JOB_TTL_SECONDS after it finished.",
+                "jobs",
+                {200: _json("Job", "Unpinned")},
+                parameters=[JOB_ID],
+            ),
+        },
+        "/v1/usage": {
+            "get": _operation(
+                "What this key stores (datasets, jobs, checkpoints, export caches) against its "
+                "quota (FITSERVE_STORAGE_QUOTA_BYTES; past it, new uploads and jobs are 507).",
+                "storage",
+                {200: _json("Usage")},
             ),
         },
         "/v1/models": {
