@@ -20,8 +20,20 @@ class Settings:
     api_keys: str = ""
     max_upload_bytes: int = 1 << 30
     max_json_bytes: int = 16 << 20
-    # Uncompressed bytes one dataset may hold (an .npz expands; its members are checked first).
-    max_dataset_bytes: int = 4 << 30
+    # Bytes one dataset may hold once expanded, judged absolutely (never by compression ratio):
+    # an .npz's members and an archive's images are checked against it before decompressing.
+    max_dataset_bytes: int = 64 << 30
+    # Image archives (core.archives): members listed and class folders per archive, and pixels
+    # per image (Pillow's decompression-bomb guard; its own default).
+    max_archive_members: int = 1_000_000
+    max_archive_classes: int = 10_000
+    max_image_pixels: int = 89_478_485
+    # A dataset `processing` whose ingest has given no sign of life for this long (its task
+    # worker died) reads as `failed`.
+    ingest_stall_seconds: int = 600
+    # Files on the box that admin keys may import as datasets (`{"import": "<relative path>"}`),
+    # confined to this folder; empty: imports are off.
+    import_dir: str = ""
     # CPU seconds one upload may spend being read and described (on its own thread); past it the
     # upload is refused with a 413, so no upload can hold an API thread for long.
     upload_cpu_seconds: int = 120

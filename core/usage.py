@@ -10,6 +10,7 @@ from typing import TypedDict
 
 from core.checkpoints import CHECKPOINTS
 from core.datasets import MANIFEST
+from core.errors import InsufficientStorage
 from core.serving.export import EXPORTS
 from core.settings import Settings
 from core.storage import DataDir, read_json
@@ -117,3 +118,25 @@ def _count(folder: Path, suffix: str = "") -> int:
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         return sum(1 for entry in folder.iterdir() if entry.name.endswith(suffix))
     return 0
+
+
+def refuse_over_bytes(data: DataDir, settings: Settings, owner: str | None, adding: int) -> None:
+    """InsufficientStorage when `owner`'s stored bytes (datasets, jobs, checkpoints, export
+    caches), `adding` more, pass FITSERVE_STORAGE_QUOTA_BYTES."""
+    quota = settings.storage_quota_bytes
+    if quota <= 0:
+        return
+    usage = storage_usage(data, owner)
+    if quota < usage.bytes + adding:
+        held = (
+            f"datasets {usage.datasets.bytes}, jobs {usage.jobs.bytes}, checkpoints "
+            f"{usage.checkpoints.bytes}, exports {usage.exports.bytes}"
+        )
+        # One byte stands for "one more of any size" when the size is not known yet.
+        asked = f"; {adding} more are needed" if adding > 1 else ""
+        raise InsufficientStorage(
+            f"The storage quota of {quota} bytes per API key (FITSERVE_STORAGE_QUOTA_BYTES) is "
+            f"used up: {usage.bytes} bytes are stored ({held}){asked}. Delete datasets or "
+            "finished jobs, or unpin jobs so they expire, to make room (GET /v1/usage shows "
+            "what is held)."
+        )

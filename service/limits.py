@@ -29,7 +29,7 @@ from core import datasets
 from core.errors import InsufficientStorage, QuotaExceeded, RateLimited
 from core.jobs import JobStore
 from core.rediskeys import auth_failures_key, rate_limit_key
-from core.usage import storage_usage
+from core.usage import refuse_over_bytes, storage_usage
 from service.state import data_dir, redis_client, settings
 
 log = logging.getLogger("fitserve.service")
@@ -325,19 +325,5 @@ def _refuse_over_quota(owner: str | None, *, adding: int) -> None:
 
 
 def _refuse_over_bytes(owner: str | None, *, adding: int = 1) -> None:
-    """InsufficientStorage when `owner`'s stored bytes (datasets, jobs, checkpoints, export
-    caches), `adding` more, pass FITSERVE_STORAGE_QUOTA_BYTES."""
-    quota = settings().storage_quota_bytes
-    if quota <= 0:
-        return
-    usage = storage_usage(data_dir(), owner)
-    if quota < usage.bytes + adding:
-        held = (
-            f"datasets {usage.datasets.bytes}, jobs {usage.jobs.bytes}, checkpoints "
-            f"{usage.checkpoints.bytes}, exports {usage.exports.bytes}"
-        )
-        raise InsufficientStorage(
-            f"The storage quota of {quota} bytes per API key (FITSERVE_STORAGE_QUOTA_BYTES) is "
-            f"used up: {usage.bytes} bytes are stored ({held}). Delete datasets or finished "
-            "jobs, or unpin jobs so they expire, to make room (GET /v1/usage shows what is held)."
-        )
+    """InsufficientStorage when `owner`'s stored bytes, `adding` more, pass the quota."""
+    refuse_over_bytes(data_dir(), settings(), owner, adding)

@@ -17,6 +17,8 @@ from typing import Any
 import swagger_ui_bundle
 from flask import Blueprint, Flask, Response, current_app, send_from_directory
 
+from core.archives import COLOR_MODES, MAX_SIDE, ON_BAD_IMAGE
+from core.datasets import STATUSES as DATASET_STATUSES
 from core.jobs import STATUSES, JobView, ModelRecord
 from core.serving.catalog import LABELS
 from core.typeschema import json_schema
@@ -227,9 +229,38 @@ def _component_schemas() -> dict[str, dict]:
                 "bytes": {"type": "integer"},
                 "arrays": {"type": "object", "additionalProperties": any_object},
             },
-            {"owner": _text_or_null(), "classes": any_object},
+            {
+                "owner": _text_or_null(),
+                "classes": any_object,
+                "status": {
+                    "enum": list(DATASET_STATUSES),
+                    "description": "processing (an archive or import being read), ready, or "
+                    "failed; absent in manifests from before statuses, which are ready.",
+                },
+                "error": _nullable(
+                    _object(
+                        {"message": {"type": "string"}},
+                        {"member": _text_or_null(), "code": {"type": "string"}, "errors": {}},
+                    )
+                ),
+                "options": any_object,
+                "skipped": _object(
+                    {"count": {"type": "integer"}, "members": {"type": "array"}},
+                    description="Archive members skipped with on_bad_image=skip.",
+                ),
+            },
         ),
         "DatasetPage": _page(_ref("Dataset")),
+        "ImportDataset": _object(
+            {
+                "import": {
+                    "type": "string",
+                    "description": "A file or folder inside FITSERVE_IMPORT_DIR (admin keys).",
+                }
+            },
+            {"label": {"type": "string"}, "name": {"type": "string"}, **_image_options()},
+            additionalProperties=False,
+        ),
         "JsonDataset": {
             "type": "object",
             "properties": {
@@ -425,6 +456,20 @@ def _operation(
     return operation
 
 
+def _image_options() -> dict[str, dict]:
+    """The image archive options, from the parser's own choices (core.archives)."""
+    return {
+        "image_size": {
+            "type": "string",
+            "pattern": r"^\s*[0-9]+\s*,\s*[0-9]+\s*$",
+            "description": f"Archives: 'H,W', each 1 to {MAX_SIDE}; every image resized to it.",
+        },
+        "color_mode": {"enum": list(COLOR_MODES), "default": "rgb"},
+        "crop_to_aspect_ratio": {"enum": ["true", "false"], "default": "false"},
+        "on_bad_image": {"enum": list(ON_BAD_IMAGE), "default": "refuse"},
+    }
+
+
 def _json(schema_name: str, description: str = "OK") -> tuple[str, str, dict]:
     return (description, JSON, _ref(schema_name))
 
@@ -488,10 +533,11 @@ def _paths() -> dict[str, dict]:
         },
         "/v1/datasets": {
             "post": _operation(
-                "Upload a dataset (.npz, .npy, .csv or JSON arrays).",
+                "Upload a dataset (.npz, .npy, .csv, image archive, JSON arrays), or import one.",
                 "datasets",
                 {
-                    201: _json("Dataset", "Stored"),
+                    201: _json("Dataset", "Stored (status ready)"),
+                    202: _json("Dataset", "An image archive or import, status processing"),
                     200: _json("Dataset", "Stored earlier (Idempotency-Key)"),
                 },
                 parameters=[IDEMPOTENCY],
@@ -508,10 +554,11 @@ def _paths() -> dict[str, dict]:
                                     "type": "string",
                                     "description": ".npy: the array's name.",
                                 },
+                                **_image_options(),
                             },
                         )
                     },
-                    JSON: {"schema": _ref("JsonDataset")},
+                    JSON: {"schema": {"oneOf": [_ref("JsonDataset"), _ref("ImportDataset")]}},
                 },
             ),
             "get": _operation(
