@@ -18,9 +18,17 @@ from urllib.parse import quote
 
 import numpy as np
 import requests
+from tusclient.exceptions import TusCommunicationError
 
 from client.errors import ConnectionFailed, FitserveError, JobFailed
 from client.progress import TERMINAL, ProgressDisplay
+from client.uploads import (
+    CHUNK_BYTES,
+    RESUMABLE_THRESHOLD,
+    MultipartBody,
+    Progress,
+    upload_resumable,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # No answer at all (0), or a gateway or dependency that is briefly away: worth asking again.
@@ -67,6 +75,10 @@ class Client:
         url: the server's base URL; default `FITSERVE_URL`, else `http://127.0.0.1:8000`.
         key: an API key sent as `Authorization: Bearer <key>`; default `FITSERVE_API_KEY`.
         timeout: seconds to wait for each HTTP answer.
+        resumable_threshold: files above this many bytes go up as resumable (tus) uploads.
+        chunk_bytes: the bytes of each resumable upload request.
+        upload_store: the file that remembers interrupted resumable uploads (default
+            `~/.cache/fitserve/uploads.json`).
 
     Example:
         client = Client("http://127.0.0.1:8000")
@@ -77,11 +89,21 @@ class Client:
     """
 
     def __init__(
-        self, url: str | None = None, key: str | None = None, *, timeout: float = 60.0
+        self,
+        url: str | None = None,
+        key: str | None = None,
+        *,
+        timeout: float = 60.0,
+        resumable_threshold: int = RESUMABLE_THRESHOLD,
+        chunk_bytes: int = CHUNK_BYTES,
+        upload_store: Path | None = None,
     ) -> None:
         self.url = (url or os.environ.get("FITSERVE_URL") or DEFAULT_URL).rstrip("/")
         self.key = key if key is not None else os.environ.get("FITSERVE_API_KEY") or None
         self.timeout = timeout
+        self.resumable_threshold = resumable_threshold
+        self.chunk_bytes = chunk_bytes
+        self.upload_store = upload_store
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "fitserve-client"
         if self.key:
@@ -150,20 +172,82 @@ class Client:
         return self.request_json("POST", "/v1/datasets", files=files)
 
     def upload_file(
-        self, path: str | Path, *, name: str | None = None, label: str | None = None
+        self,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        label: str | None = None,
+        progress: Progress | None = None,
+        wait: bool = True,
     ) -> dict:
         """Upload a `.npz`, `.npy` or `.csv` file as a dataset; returns its manifest.
+
+        The file is streamed from disk, never read whole. Above `resumable_threshold` bytes it
+        goes up as a resumable upload (tus), which resumes where an interrupted one stopped.
 
         Args:
             path: the file; the server reads its format from the content.
             name: for a `.npy`, the array's name (the server's default is `x`).
             label: for a `.csv`, the label column (the server's default is `label`).
+            progress: called with (bytes sent, file size) as a resumable upload goes.
+            wait: wait until a dataset the server reads after answering (a resumable upload,
+                an archive) is ready (see `wait_dataset`); else return it `processing`.
         """
         path = Path(path)
         form = {key: value for key, value in (("name", name), ("label", label)) if value}
-        with open(path, "rb") as handle:
-            files = {"file": (path.name, handle, "application/octet-stream")}
-            return self.request_json("POST", "/v1/datasets", files=files, data=form)
+        if path.stat().st_size > self.resumable_threshold:
+            upload_id = self.upload_resumable(path, progress=progress)
+            manifest = self.send_json("POST", "/v1/datasets", {"upload": upload_id, **form})
+        else:
+            body = MultipartBody(path, form)
+            with body:
+                headers = {"Content-Type": body.content_type}
+                manifest = self.request_json("POST", "/v1/datasets", data=body, headers=headers)
+        return self.wait_dataset(manifest["id"]) if wait else manifest
+
+    def wait_dataset(
+        self, dataset_id: str, *, timeout: float | None = None, interval: float = 1.0
+    ) -> dict:
+        """Wait until a `processing` dataset (an archive, a resumable upload, an import) is
+        `ready`; its manifest. A failed one raises FitserveError with the server's reason."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            manifest = self.get_dataset(dataset_id)
+            status = manifest.get("status", "ready")
+            if status == "failed":
+                error = manifest.get("error") or {}
+                member = f" (member {error['member']})" if error.get("member") else ""
+                detail = f"Dataset {dataset_id} failed{member}: {error.get('message')}"
+                raise FitserveError(0, {"code": "dataset_failed", "detail": detail})
+            if status != "processing":
+                return manifest
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"Dataset {dataset_id} is still processing after {timeout} s.")
+            time.sleep(interval)
+
+    def upload_resumable(
+        self, path: str | Path, *, checksum: bool = False, progress: Progress | None = None
+    ) -> str:
+        """Send a file as a resumable upload (tus 1.0, with tuspy); returns the upload's id,
+        which `POST /v1/datasets {"upload": id}` turns into a dataset. An earlier try of the
+        same file to this server that was interrupted resumes from the server's offset.
+
+        Args:
+            checksum: send each chunk's sha1; the server discards a chunk that differs.
+        """
+        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        try:
+            return upload_resumable(
+                self.url,
+                Path(path),
+                headers,
+                chunk_bytes=self.chunk_bytes,
+                checksum=checksum,
+                store_path=self.upload_store,
+                progress=progress,
+            )
+        except TusCommunicationError as error:
+            raise error_from_tus(error) from None
 
     def list_datasets(self, limit: int | None = None) -> list[dict]:
         """The datasets this key may see, newest first (all of them unless `limit`)."""
@@ -212,9 +296,38 @@ class Client:
         """The job's record: status, progress, metrics, checkpoints, timings, error."""
         return self.request_json("GET", f"/v1/jobs/{segment(job_id)}")
 
-    def list_jobs(self, limit: int | None = None, *, status: str | None = None) -> list[dict]:
-        """The jobs this key may see, newest first; `status` filters on the server."""
-        return self.list_all("/v1/jobs", limit, {"status": status} if status else {})
+    def list_jobs(
+        self,
+        limit: int | None = None,
+        *,
+        status: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> list[dict]:
+        """The jobs this key may see, newest first; `status` and `tags` (every one must match)
+        filter on the server."""
+        params: dict[str, Any] = {"status": status} if status else {}
+        if tags:
+            params["tag"] = [f"{key}:{value}" for key, value in tags.items()]
+        return self.list_all("/v1/jobs", limit, params)
+
+    def clone(
+        self,
+        job_id: str,
+        patch: Mapping[str, Any] | None = None,
+        set: Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> dict:
+        """Submit a new job from `job_id`'s request with changes; returns the new job
+        (`cloned_from` names the original).
+
+        `patch` is a JSON Merge Patch over the request (`{"fit": {"epochs": 20}}`; null removes
+        a key); `set` maps JSON pointers to values and applies after it, reaching into arrays
+        (`{"/model/layers/0/config/units": 64}`).
+        """
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body = {"patch": dict(patch or {}), "set": dict(set or {})}
+        return self.send_json("POST", f"/v1/jobs/{segment(job_id)}:clone", body, headers=headers)
 
     def cancel_job(self, job_id: str) -> dict:
         """Ask a job to stop; returns it `cancelling` (or already `cancelled`)."""
@@ -306,6 +419,79 @@ class Client:
         if check and job.get("status") != "succeeded":
             raise JobFailed(job)
         return job
+
+    # -- batch predictions ----------------------------------------------------------------
+
+    def submit_batch(
+        self,
+        model: str,
+        dataset: str,
+        *,
+        version: int | str | None = None,
+        x: str | Mapping[str, str] | None = None,
+        batch_size: int | None = None,
+    ) -> dict:
+        """Queue a batch prediction of `model` (a job id or name; `version` a number or a
+        label) over a stored dataset; returns its record (`id`, `status`...)."""
+        request: dict[str, Any] = {"model": model, "dataset": dataset}
+        optional = {"version": version, "x": x, "batch_size": batch_size}
+        request.update({key: value for key, value in optional.items() if value is not None})
+        return self.send_json("POST", "/v1/batch-predictions", request)
+
+    def get_batch(self, batch_id: str) -> dict:
+        return self.request_json("GET", f"/v1/batch-predictions/{segment(batch_id)}")
+
+    def wait_batch(
+        self, batch_id: str, *, interval: float = 0.5, timeout: float | None = None
+    ) -> dict:
+        """Poll until the batch prediction ends; JobFailed unless it succeeded."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            batch = self.get_batch(batch_id)
+            if batch["status"] in TERMINAL:
+                if batch["status"] != "succeeded":
+                    raise JobFailed(batch)
+                return batch
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"Batch prediction {batch_id} is still {batch['status']} after {timeout} s."
+                )
+            time.sleep(interval)
+
+    def batch_predict(
+        self,
+        model: str,
+        dataset: str,
+        *,
+        version: int | str | None = None,
+        x: str | Mapping[str, str] | None = None,
+        batch_size: int | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> dict[str, np.ndarray] | dict:
+        """Score a stored dataset with a model on the workers. With `wait` (the default) the
+        result dataset's arrays as numpy (one per output, plus `class` and `class_name` for a
+        classifier); else the queued record."""
+        batch = self.submit_batch(model, dataset, version=version, x=x, batch_size=batch_size)
+        if not wait:
+            return batch
+        done = self.wait_batch(batch["id"], timeout=timeout)
+        return self.dataset_arrays(done["result_dataset"])
+
+    def dataset_arrays(self, dataset_id: str) -> dict[str, np.ndarray]:
+        """A dataset's arrays, downloaded as .npz and read with allow_pickle=False."""
+        with tempfile.TemporaryDirectory(prefix="fitserve-") as folder:
+            path = self.download_dataset(dataset_id, Path(folder) / "data.npz")
+            with np.load(path, allow_pickle=False) as arrays:
+                return {name: arrays[name] for name in arrays.files}
+
+    def download_dataset(
+        self, dataset_id: str, path: str | Path, *, format: str = "npz", array: str | None = None
+    ) -> Path:
+        """Stream a dataset into `path` as `npz`, `npy` (one `array`) or `csv`; returns it."""
+        params = {"format": format, **({"array": array} if array else {})}
+        url = f"/v1/datasets/{segment(dataset_id)}/download"
+        return self.stream_to(url, Path(path), params)
 
     # -- models ---------------------------------------------------------------------------
 
@@ -436,7 +622,14 @@ class Client:
         An interrupted download leaves neither a partial file nor a damaged earlier one.
         """
         url = self.model_path(model, version, label) + "/download"
-        response = self.request("GET", url, params={"format": format}, stream=True)
+        return self.stream_to(url, path, {"format": format})
+
+    def stream_to(self, url: str, path: Path, params: dict[str, str]) -> Path:
+        """Stream a GET into `path` through a temp file beside it; returns `path`.
+
+        An interrupted download leaves neither a partial file nor a damaged earlier one.
+        """
+        response = self.request("GET", url, params=params, stream=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         try:
@@ -461,6 +654,20 @@ def error_from_response(response: requests.Response) -> FitserveError:
         problem = {"title": response.reason, "detail": text or response.reason}
     problem.setdefault("status", response.status_code)
     return FitserveError(response.status_code, problem)
+
+
+def error_from_tus(error: TusCommunicationError) -> FitserveError:
+    """tuspy's error as the client's: the server's problem document where it sent one."""
+    status = error.status_code or 0
+    content = error.response_content or b""
+    try:
+        problem = json.loads(content)
+    except ValueError:
+        problem = None
+    if not isinstance(problem, dict):
+        problem = {"code": "upload_failed" if status else "connection_failed", "detail": str(error)}
+    problem.setdefault("status", status)
+    return FitserveError(status, problem)
 
 
 def segment(value: str) -> str:

@@ -37,6 +37,8 @@ class Settings:
     # CPU seconds one upload may spend being read and described (on its own thread); past it the
     # upload is refused with a 413, so no upload can hold an API thread for long.
     upload_cpu_seconds: int = 120
+    # A resumable (tus) upload not written to for this long expires and is removed.
+    upload_expiry_seconds: int = 24 * 3600
     max_params: int = 50_000_000
     max_layers: int = 512
     max_epochs: int = 1000
@@ -76,6 +78,9 @@ class Settings:
     gpu_memory_growth: bool = True
     cpu_replicas: int = 1
     keep_checkpoints: int = 3
+    # Batch predictions commit their outputs and rows done after at least this many rows (whole
+    # batches): a lost worker's successor rescores at most this many.
+    batch_predict_chunk_rows: int = 65_536
     lease_seconds: int = 30
     heartbeat_seconds: int = 5
     # A worker whose consumer (the Celery main process) has not beaten for this long, while its

@@ -27,6 +27,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     from service import (
         auth,
+        batches,
         dashboard,
         datasets,
         events,
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         state,
         storage,
         tfserving,
+        uploads,
         validate,
     )
 
@@ -57,8 +59,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         problems,
         health,
         datasets,
+        uploads,
         validate,
         jobs,
+        batches,
         storage,
         servables,
         tfserving,

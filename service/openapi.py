@@ -18,12 +18,16 @@ import swagger_ui_bundle
 from flask import Blueprint, Flask, Response, current_app, send_from_directory
 
 from core.archives import COLOR_MODES, MAX_SIDE, ON_BAD_IMAGE
+from core.batch import BatchView
 from core.datasets import STATUSES as DATASET_STATUSES
+from core.downloads import FORMATS
 from core.jobs import STATUSES, JobView, ModelRecord
 from core.serving.catalog import LABELS
 from core.typeschema import json_schema
+from core.uploads import CHECKSUM_ALGORITHMS
 from core.usage import UsageView
 from service.http import json_response
+from service.uploads import PATCH_TYPE, TUS_EXTENSIONS, TUS_VERSION
 
 bp = Blueprint("openapi", __name__)
 DOCS = Path(__file__).parent / "static" / "docs"
@@ -122,7 +126,17 @@ def build_document() -> dict:
         "servers": [{"url": "/"}],
         "security": [{}, {"apiKey": []}],
         "tags": [
-            {"name": name} for name in ("health", "datasets", "jobs", "storage", "models", "v2")
+            {"name": name}
+            for name in (
+                "health",
+                "datasets",
+                "uploads",
+                "jobs",
+                "batch-predictions",
+                "storage",
+                "models",
+                "v2",
+            )
         ],
         "paths": _paths(),
         "components": {
@@ -261,6 +275,17 @@ def _component_schemas() -> dict[str, dict]:
             {"label": {"type": "string"}, "name": {"type": "string"}, **_image_options()},
             additionalProperties=False,
         ),
+        "UploadDataset": _object(
+            {
+                "upload": {
+                    "type": "string",
+                    "pattern": ID_PATTERN,
+                    "description": "A finished resumable upload (/v1/uploads).",
+                }
+            },
+            {"label": {"type": "string"}, "name": {"type": "string"}, **_image_options()},
+            additionalProperties=False,
+        ),
         "JsonDataset": {
             "type": "object",
             "properties": {
@@ -274,6 +299,36 @@ def _component_schemas() -> dict[str, dict]:
             "additionalProperties": False,
             "example": {"arrays": {"x": [[0.1, 0.2], [0.3, 0.4]], "y": [0, 1]}},
         },
+        "BatchPredictionRequest": {
+            "type": "object",
+            "properties": {
+                "model": {"type": "string", "description": "A job id, or a job name."},
+                "version": {
+                    "anyOf": [{"type": "integer", "minimum": 1}, {"enum": list(LABELS)}],
+                    "description": "A version or label (default: final, else latest).",
+                },
+                "dataset": {"type": "string", "pattern": ID_PATTERN},
+                "x": {
+                    "anyOf": [
+                        {"type": "string"},
+                        {"type": "object", "additionalProperties": {"type": "string"}},
+                    ],
+                    "description": "The array the model reads (default x), or a map from "
+                    "each model input to an array.",
+                },
+                "batch_size": {"type": "integer", "minimum": 1},
+            },
+            "required": ["model", "dataset"],
+            "additionalProperties": False,
+            "example": {
+                "model": "seed-mlp",
+                "dataset": "0123456789abcdef0123456789abcdef",
+                "x": "x",
+                "batch_size": 4096,
+            },
+        },
+        "BatchPrediction": json_schema(BatchView),
+        "BatchPredictionPage": _page(_ref("BatchPrediction")),
         "Job": json_schema(JobView),
         "Usage": json_schema(UsageView),
         "JobPage": _page(_ref("Job")),
@@ -404,8 +459,121 @@ def _query(name: str, schema: dict, description: str) -> dict:
 
 
 JOB_ID = _path_parameter("job_id", {"type": "string", "pattern": ID_PATTERN}, "A job id.")
+UPLOAD_ID = _path_parameter(
+    "upload_id", {"type": "string", "pattern": ID_PATTERN}, "A resumable upload's id."
+)
+
+
+def _tus_header(name: str, schema: dict, description: str, *, required: bool = True) -> dict:
+    return {
+        "name": name,
+        "in": "header",
+        "required": required,
+        "schema": schema,
+        "description": description,
+    }
+
+
+TUS_RESUMABLE = _tus_header(
+    "Tus-Resumable", {"const": TUS_VERSION}, "The tus version the client speaks (else 412)."
+)
+_HEADER_INT = {"type": "string", "pattern": "^[0-9]{1,18}$"}
+_TUS_ANSWER = {"Tus-Resumable": {"schema": {"const": TUS_VERSION}}}
+
+
+def _tus_answer(description: str, headers: Sequence[str]) -> dict:
+    """An empty tus answer and the headers it carries."""
+    named = {name: {"schema": {"type": "string"}} for name in headers}
+    return {"description": description, "headers": {**_TUS_ANSWER, **named}}
+
+
+def _tus_operation(
+    summary: str, status: int, answer: dict, parameters: Sequence[dict], **extra: Any
+) -> dict:
+    operation = _operation(summary, "uploads", {}, parameters=parameters)
+    operation["responses"] = {str(status): answer, **operation["responses"]}
+    return operation | extra
+
+
+def _upload_paths() -> dict[str, dict]:
+    """The tus 1.0 routes: empty answers whose meaning is in their headers."""
+    chunk = {
+        PATCH_TYPE: {
+            "schema": {"type": "string", "format": "binary"},
+            "description": "The next bytes of the file, from Upload-Offset.",
+        }
+    }
+    checksum = _tus_header(
+        "Upload-Checksum",
+        {"type": "string"},
+        f"'<algorithm> <base64 digest>' of this chunk, algorithm one of {CHECKSUM_ALGORITHMS}; "
+        "a mismatch is a 460 and the chunk is discarded.",
+        required=False,
+    )
+    options = _operation("The tus server's capabilities.", "uploads", {})
+    options["responses"] = {
+        "204": _tus_answer(
+            f"tus {TUS_VERSION}: {TUS_EXTENSIONS}",
+            ["Tus-Version", "Tus-Extension", "Tus-Max-Size", "Tus-Checksum-Algorithm"],
+        ),
+        **options["responses"],
+    }
+    return {
+        "/v1/uploads": {
+            "options": options,
+            "post": _tus_operation(
+                "Create a resumable upload (tus 1.0 creation); it expires unless written to.",
+                201,
+                _tus_answer("Created", ["Location", "Upload-Expires"]),
+                [
+                    TUS_RESUMABLE,
+                    _tus_header("Upload-Length", _HEADER_INT, "The file's size in bytes."),
+                    _tus_header(
+                        "Upload-Metadata",
+                        {"type": "string"},
+                        "Comma-separated 'key base64value' pairs (filename is kept).",
+                        required=False,
+                    ),
+                ],
+            ),
+        },
+        "/v1/uploads/{upload_id}": {
+            "head": _tus_operation(
+                "The offset to resume from.",
+                200,
+                _tus_answer(
+                    "The upload's state",
+                    ["Upload-Offset", "Upload-Length", "Upload-Metadata", "Upload-Expires"],
+                ),
+                [UPLOAD_ID, TUS_RESUMABLE],
+            ),
+            "patch": _tus_operation(
+                "Append a chunk at Upload-Offset (409 if it is not the upload's offset).",
+                204,
+                _tus_answer("Appended", ["Upload-Offset", "Upload-Expires"]),
+                [
+                    UPLOAD_ID,
+                    TUS_RESUMABLE,
+                    _tus_header("Upload-Offset", _HEADER_INT, "The upload's current offset."),
+                    checksum,
+                ],
+                requestBody={"required": True, "content": chunk},
+            ),
+            "delete": _tus_operation(
+                "Remove an upload (tus termination).",
+                204,
+                _tus_answer("Removed", []),
+                [UPLOAD_ID, TUS_RESUMABLE],
+            ),
+        },
+    }
+
+
 DATASET_ID = _path_parameter(
     "dataset_id", {"type": "string", "pattern": ID_PATTERN}, "A dataset id."
+)
+BATCH_ID = _path_parameter(
+    "batch_id", {"type": "string", "pattern": ID_PATTERN}, "A batch prediction id."
 )
 MODEL = _path_parameter(
     "model", {"type": "string", "pattern": ID_PATTERN}, "A model: the id of the job that made it."
@@ -485,6 +653,53 @@ def _job_body() -> dict:
     }
 
 
+def _clone_operation() -> dict:
+    """`:clone`: a merge patch over the job's raw request, or the `{"patch", "set"}` envelope."""
+    patch = {
+        "type": "object",
+        "description": "A JSON Merge Patch (RFC 7396) over the job's request: null removes a "
+        "key, an object merges, anything else replaces.",
+    }
+    envelope = _object(
+        {},
+        {
+            "patch": patch,
+            "set": {
+                "type": "object",
+                "description": "JSON pointers into the request (after the patch) and the value "
+                "each sets; they reach array elements, which a merge patch replaces whole.",
+                "propertyNames": {"pattern": "^/"},
+            },
+        },
+        additionalProperties=False,
+    )
+    operation = _operation(
+        "Submit a new job from this job's request with changes; the new job has cloned_from.",
+        "jobs",
+        {
+            202: _json("Job", "Queued"),
+            200: _json("Job", "Cloned earlier (Idempotency-Key)"),
+        },
+        parameters=[JOB_ID, IDEMPOTENCY],
+        body={
+            "application/merge-patch+json": {"schema": patch},
+            JSON: {
+                "schema": {
+                    "anyOf": [envelope, patch],
+                    "description": "With a top-level patch or set key, the envelope; "
+                    "otherwise a merge patch.",
+                },
+                "examples": {
+                    "patch": {"value": {"fit": {"epochs": 20}}},
+                    "set": {"value": {"set": {"/model/layers/0/config/units": 64}}},
+                },
+            },
+        },
+    )
+    operation["requestBody"]["required"] = False
+    return operation
+
+
 def _paths() -> dict[str, dict]:
     predict_body = {JSON: {"schema": _ref("PredictRequest")}}
     infer_body = {
@@ -533,7 +748,8 @@ def _paths() -> dict[str, dict]:
         },
         "/v1/datasets": {
             "post": _operation(
-                "Upload a dataset (.npz, .npy, .csv, image archive, JSON arrays), or import one.",
+                "Upload a dataset (.npz, .npy, .csv, image archive, JSON arrays), make one of a "
+                "finished resumable upload, or import one.",
                 "datasets",
                 {
                     201: _json("Dataset", "Stored (status ready)"),
@@ -558,7 +774,15 @@ def _paths() -> dict[str, dict]:
                             },
                         )
                     },
-                    JSON: {"schema": {"oneOf": [_ref("JsonDataset"), _ref("ImportDataset")]}},
+                    JSON: {
+                        "schema": {
+                            "oneOf": [
+                                _ref("JsonDataset"),
+                                _ref("UploadDataset"),
+                                _ref("ImportDataset"),
+                            ]
+                        }
+                    },
                 },
             ),
             "get": _operation(
@@ -577,6 +801,61 @@ def _paths() -> dict[str, dict]:
                 "datasets",
                 {204: ("Deleted", None, None)},
                 parameters=[DATASET_ID],
+            ),
+        },
+        "/v1/datasets/{dataset_id}/download": {
+            "get": _operation(
+                "Download a dataset, streamed: every array as .npz, one as .npy, or a CSV "
+                "with a header (a column per feature).",
+                "datasets",
+                {
+                    200: (
+                        "The file",
+                        ("application/zip", "application/octet-stream", "text/csv"),
+                        {"type": "string", "format": "binary"},
+                    )
+                },
+                parameters=[
+                    DATASET_ID,
+                    _query("format", {"enum": list(FORMATS)}, "The file format (default npz)."),
+                    _query("array", {"type": "string"}, "npy: the array (needed if several)."),
+                ],
+            ),
+        },
+        "/v1/batch-predictions": {
+            "post": _operation(
+                "Score a stored dataset with a model on the workers; the result is a dataset.",
+                "batch-predictions",
+                {202: _json("BatchPrediction", "Queued")},
+                body={JSON: {"schema": _ref("BatchPredictionRequest")}},
+            ),
+            "get": _operation(
+                "Batch predictions, newest first.",
+                "batch-predictions",
+                {200: _json("BatchPredictionPage")},
+                parameters=PAGE,
+            ),
+        },
+        "/v1/batch-predictions/{batch_id}": {
+            "get": _operation(
+                "A batch prediction: status, rows done, result dataset.",
+                "batch-predictions",
+                {200: _json("BatchPrediction")},
+                parameters=[BATCH_ID],
+            ),
+            "delete": _operation(
+                "Delete a finished batch prediction (its result dataset stays).",
+                "batch-predictions",
+                {204: ("Deleted", None, None)},
+                parameters=[BATCH_ID],
+            ),
+        },
+        "/v1/batch-predictions/{batch_id}:cancel": {
+            "post": _operation(
+                "Cancel a batch prediction (a running one stops after its current chunk).",
+                "batch-predictions",
+                {202: _json("BatchPrediction", "Cancelling or cancelled")},
+                parameters=[BATCH_ID],
             ),
         },
         "/v1/jobs:validate": {
@@ -605,6 +884,16 @@ def _paths() -> dict[str, dict]:
                 parameters=[
                     *PAGE,
                     _query("status", {"enum": list(STATUSES)}, "Only jobs in this status."),
+                    {
+                        **_query(
+                            "tag",
+                            {"type": "array", "items": {"type": "string", "pattern": "^[^:]+:"}},
+                            "Only jobs carrying this tag, as key:value; repeat it for several "
+                            "(every one must match).",
+                        ),
+                        "style": "form",
+                        "explode": True,
+                    },
                 ],
             ),
         },
@@ -659,6 +948,7 @@ def _paths() -> dict[str, dict]:
                 ],
             ),
         },
+        "/v1/jobs/{job_id}:clone": {"post": _clone_operation()},
         "/v1/jobs/{job_id}:cancel": {
             "post": _operation(
                 "Cancel a job.",
@@ -781,6 +1071,7 @@ def _paths() -> dict[str, dict]:
                 body=infer_body,
             )
         }
+    paths.update(_upload_paths())
     for path, item in paths.items():
         if not path.startswith(("/v1", "/v2")):
             for operation in item.values():

@@ -40,6 +40,10 @@ CHECKS = [
 ]
 
 
+# A tus PATCH body is raw bytes, serialized as application/octet-stream is.
+schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
+
+
 @pytest.fixture(scope="module")
 def small_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack whose jobs may train one epoch at most, two at a time."""
@@ -73,6 +77,7 @@ def api_schema(small_stack: Stack):
     row = x[:1].tolist()
     schemas = document["components"]["schemas"]
     schemas["PredictRequest"]["example"] = {"instances": row}
+    schemas["BatchPredictionRequest"]["example"] |= {"model": model, "dataset": dataset}
     schemas["InferRequest"]["example"]["inputs"][0] |= {"shape": [1, 784], "data": row[0]}
     schema = schemathesis.openapi.from_dict(document)
     schema.config.update(base_url=small_stack.api)
