@@ -22,7 +22,7 @@ import numpy as np
 
 from client.api import Client, top_classes
 from client.errors import ConnectionFailed, FitserveError, JobFailed
-from client.progress import ProgressDisplay, TransferDisplay, render_job
+from client.progress import TERMINAL, ProgressDisplay, TransferDisplay, describe_stop, render_job
 from client.uploads import RESUMABLE_THRESHOLD
 
 EXIT_REFUSED = 1
@@ -187,11 +187,13 @@ def print_classes(rows: list[list[tuple[str, float]]]) -> None:
 
 
 def job_epoch(job: dict) -> str | None:
+    """`5/10`: the epochs ended of those asked for."""
     progress = job.get("progress") or {}
-    if progress.get("epoch") is None:
+    completed = progress.get("completed", progress.get("epoch"))
+    if completed is None:
         return None
     epochs = progress.get("epochs")
-    return f"{progress['epoch']}/{epochs}" if epochs else str(progress["epoch"])
+    return f"{completed}/{epochs}" if epochs else str(completed)
 
 
 def print_jobs(items: list[dict]) -> None:
@@ -441,7 +443,8 @@ def jobs_follow(client: Client, args: argparse.Namespace) -> int:
 
 
 def follow_job(client: Client, job_id: str, args: argparse.Namespace) -> int:
-    """Show live progress on stderr until the job ends; exit 4 unless it succeeded."""
+    """Show live progress on stderr until the job ends, then its outcome once (and why training
+    stopped) on stdout; exit 4 unless it succeeded."""
     display = ProgressDisplay(sys.stderr)
     job: dict = {}
 
@@ -458,14 +461,24 @@ def follow_job(client: Client, job_id: str, args: argparse.Namespace) -> int:
         for job in client.follow(
             job_id, interval=args.interval, timeout=args.wait_timeout, on_retry=retrying
         ):
+            if job.get("status") in TERMINAL:
+                break
             display.update(job)
     finally:
         display.close()
-    show(args, job, lambda j: print(render_job(j)))
+    show(args, job, print_outcome)
     if job.get("status") != "succeeded":
         print(f"error: {JobFailed(job).detail}", file=sys.stderr)
         return EXIT_JOB_FAILED
     return 0
+
+
+def print_outcome(job: dict) -> None:
+    """The ended job's line, and why its training stopped."""
+    print(render_job(job))
+    stop = describe_stop(job.get("stop"))
+    if stop:
+        print(stop)
 
 
 def jobs_cancel(client: Client, args: argparse.Namespace) -> int:

@@ -81,7 +81,10 @@ class Job(TypedDict):
     """A job's record: the Redis hash (each field JSON-encoded) and, less LIVE_ONLY, its manifest.
 
     Epochs count from 1; `checkpoints` are `{"version", "file", "sha256", "bytes", ...}` entries,
-    `best` is `{"version", "monitor", "value"}`, `final` the final model's entry. `tags` are the
+    `best` is `{"version", "monitor", "value"}`, `final` the final model's entry (with the
+    `epoch` whose weights it holds and that epoch's `metrics`), `stop` why training ended:
+    `{"reason": "completed" | "early_stopping" | "cancelled" | "pruned" | "time_limit", "epoch",
+    "best_epoch", "monitor"}`. `tags` are the
     request's; `cloned_from` the job this one was cloned from; `warm_start` the source the
     weights came from, `{"job", "version", "strict", "loaded", "skipped"}` (layer names, null
     until the worker loaded them).
@@ -104,6 +107,7 @@ class Job(TypedDict):
     checkpoints: list[dict[str, Any]]
     best: dict[str, Any] | None
     final: dict[str, Any] | None
+    stop: dict[str, Any] | None
     test_metrics: Metrics | None
     request_id: str | None
     request_sha256: str | None
@@ -163,6 +167,7 @@ def queued_job(
         checkpoints=[],
         best=None,
         final=None,
+        stop=None,
         test_metrics=None,
         request_id=request_id,
         request_sha256=request_sha256,
@@ -296,10 +301,13 @@ class ModelRecord(TypedDict):
 
 
 class Progress(TypedDict):
-    """Where training is: epochs count from 1; `fraction` of the whole job, 0 to 1."""
+    """Where training is: epochs count from 1 (`epoch` the one in progress or just ended,
+    `completed` those ended); `fraction` of the work done, 0 to 1; `eta_seconds` from the measured
+    epoch time (None before an epoch ended); `metrics` the last ended epoch's."""
 
     epoch: int
     epochs: int | None
+    completed: int
     step: int | None
     steps: int | None
     fraction: float
@@ -380,6 +388,7 @@ class _JobViewFields(TypedDict):
     record: ModelRecord
     checkpoints: list[dict[str, Any]]
     final: dict[str, Any] | None
+    stop: dict[str, Any] | None
     error: JobError | None
     sweep: str | None
     trial: int | None
@@ -418,6 +427,7 @@ def view_job(job: Job, *, now: float | None = None, ttl_seconds: int = 0) -> Job
         progress=Progress(
             epoch=progress.get("epoch", job.get("epoch") or 0),
             epochs=progress.get("epochs"),
+            completed=progress.get("completed", job.get("epoch") or 0),
             step=progress.get("step"),
             steps=progress.get("steps"),
             fraction=progress.get("fraction", 1.0 if job["status"] == "succeeded" else 0.0),
@@ -429,6 +439,7 @@ def view_job(job: Job, *, now: float | None = None, ttl_seconds: int = 0) -> Job
         record=describe_record(job),
         checkpoints=job.get("checkpoints") or [],
         final=job.get("final"),
+        stop=job.get("stop"),
         error=(
             JobError(reason=job.get("reason"), message=job.get("message"))
             if job["status"] == "failed"
@@ -751,7 +762,7 @@ class JobStore:
             changes = {"status": status, "updated_at": utc_now(), **fields}
             if status in TERMINAL:
                 changes.setdefault("finished_at", changes["updated_at"])
-                changes["progress"] = _final_progress(job)
+                changes["progress"] = _final_progress(job, status)
             score = pipe.zscore(ALL_JOBS, job_id) or time.time()
             pipe.multi()
             pipe.hset(key, mapping=_encode(changes))
@@ -1018,11 +1029,13 @@ def decode_event(entry: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
     return head | orjson.loads(entry[b"data"])
 
 
-def _final_progress(job: Job) -> dict | None:
+def _final_progress(job: Job, status: str) -> dict | None:
+    """The progress of a job that ended: nothing left to wait for, and a job that succeeded
+    (all its epochs, or stopped early) did all its work."""
     progress = job.get("progress")
     if not progress:
         return None
-    return {**progress, "eta_seconds": 0}
+    return {**progress, "eta_seconds": 0} | ({"fraction": 1.0} if status == "succeeded" else {})
 
 
 def _encode(fields: Mapping[str, Any]) -> dict[FieldT, EncodableT]:

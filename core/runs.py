@@ -278,7 +278,8 @@ def _train_and_record(
             # running without a lease; the reconciler requeues it to resume from its checkpoint.
             log.warning("redis_unavailable job=%s: attempt left to the reconciler", job_id)
             return "redis_unavailable"
-        _finish(store, job_id, "failed", reason=failure.reason, message=failure.message)
+        stop = {"stop": failure.stop} if failure.stop else {}
+        _finish(store, job_id, "failed", reason=failure.reason, message=failure.message, **stop)
         return "failed"
     except FitserveError as error:
         _finish(store, job_id, "failed", reason=error.code, message=error.detail)
@@ -292,7 +293,8 @@ def _train_and_record(
             message=f"Unexpected error: {type(error).__name__}: {error}",
         )
         raise
-    fields = {name: outcome.get(name) for name in ("epoch", "metrics", "final", "test_metrics")} | {
+    recorded = ("epoch", "metrics", "final", "test_metrics", "stop")
+    fields = {name: outcome.get(name) for name in recorded} | {
         name: outcome[name] for name in ("device", "warm_start") if outcome.get(name)
     }
     if outcome["status"] == "succeeded":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,12 +55,13 @@ class JobControl(Protocol):
 
 class TrainingFailed(Exception):
     """The job cannot finish: `reason` a code for the job's error (`nan_loss`, `no_space`...),
-    `message` says what to do."""
+    `message` says what to do, `stop` why training stopped where it ran to an end (time limit)."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, *, stop: dict | None = None) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
+        self.stop = stop
 
 
 def train_job(
@@ -204,6 +206,7 @@ def _train(
         )
         control.event("training_started", initial_epoch=initial_epoch, epochs=epochs, device=device)
         ours = OurCallbacks(job_dir, spec, settings, control, earlier)
+        theirs = build_callbacks(spec)
         if initial_epoch < epochs:
             try:
                 model.fit(
@@ -215,12 +218,12 @@ def _train(
                     ),
                     initial_epoch=initial_epoch,
                     epochs=epochs,
-                    callbacks=[*ours.in_order(), *build_callbacks(spec)],
+                    callbacks=[*ours.in_order(), *theirs],
                     **fit_kwargs,
                 )
             finally:
-                ours.summaries.close()
-        result = ours.outcome(initial_epoch) | {"device": device}
+                ours.close()
+        result = ours.outcome(initial_epoch, theirs) | {"device": device}
         if warm_start is not None:
             result["warm_start"] = warm_start
         if result["status"] != "succeeded":
@@ -229,9 +232,18 @@ def _train(
             result["test_metrics"] = evaluate_split(model, test, fit_kwargs.get("batch_size"))
             log.info("test %s", format_metrics(result["test_metrics"]))
         final = save_model_file(model, job_dir / "model.keras")
-        result["final"] = {"file": "model.keras", **final, "version": result["epoch"]}
+        held = ours.final_epoch(result["epoch"], theirs)
+        result["final"] = {
+            "file": "model.keras",
+            **final,
+            "version": held,
+            "epoch": held,
+            "metrics": ours.checkpoints.epoch_metrics.get(held, result["metrics"]),
+        }
         write_json(job_dir / "history.json", result["history"])
-    log.info("succeeded epoch=%d model sha256=%s", result["epoch"], final["sha256"])
+    log.info(
+        "succeeded epoch=%d final_epoch=%d model sha256=%s", result["epoch"], held, final["sha256"]
+    )
     return result
 
 
@@ -297,7 +309,9 @@ class OurCallbacks:
 
     def in_order(self) -> list:
         """The guard and the stop checks first, so the checkpoint sees their decision; the
-        epoch is reported after its checkpoint is on disk."""
+        epoch is reported after its checkpoint is handed to the writer. All come before the
+        user's callbacks, so each epoch's snapshot is taken before anything (EarlyStopping's
+        restore_best_weights) changes the weights."""
         return [
             self.guard,
             self.stop,
@@ -309,36 +323,102 @@ class OurCallbacks:
             self.stop.at_epoch_end(),
         ]
 
-    def outcome(self, initial_epoch: int) -> dict:
-        """The result so far: `succeeded` unless a stop came; TrainingFailed for nan or time."""
+    def close(self) -> None:
+        """After fit(), even one that raised: the event files closed, the checkpoints written."""
+        self.summaries.close()
+        self.checkpoints.close()
+
+    def outcome(self, initial_epoch: int, theirs: list) -> dict:
+        """The result so far: `succeeded` unless a stop came; TrainingFailed for nan or time.
+
+        A job that ends records why it stopped (`stop`, a `stopped` event and a log line).
+        """
         history = self.checkpoints.history
         # "loss" is in every epoch's logs (validation metrics may skip epochs).
         epoch = max(initial_epoch, len(history.get("loss", ())))
         if self.guard.failure is not None:
             raise TrainingFailed("nan_loss", self.guard.message())
         reason = self.stop.reason or ("timeout" if self.limit.exceeded else None)
+        # A pruned sweep trial ends cancelled too (core.runs says why).
+        endings = {
+            None: "succeeded",
+            "cancel": "cancelled",
+            "prune": "cancelled",
+            "timeout": "failed",
+        }
+        status = endings.get(reason, "interrupted")
+        stop = None if status == "interrupted" else self.stop_record(reason, epoch, theirs)
+        if stop is not None:
+            self.control.event("stopped", **stop)
+            log.info(
+                "stopped reason=%s epoch=%d best_epoch=%s monitor=%s",
+                stop["reason"],
+                epoch,
+                stop["best_epoch"],
+                stop["monitor"],
+            )
+        else:
+            self.control.event("interrupted", reason=reason, epoch=epoch)
+            log.info("interrupted reason=%s epoch=%d", reason, epoch)
         if reason == "timeout":
             raise TrainingFailed(
                 "timeout",
                 f"The job reached its time limit of {self.settings.max_job_seconds} s "
                 f"(FITSERVE_MAX_JOB_SECONDS) in epoch {epoch}; its checkpoints are kept. "
                 "Train fewer epochs, on less data, or ask the operator for a longer limit.",
+                stop=stop,
             )
-        # A pruned sweep trial ends cancelled too (core.runs says why).
-        status = {None: "succeeded", "cancel": "cancelled", "prune": "cancelled"}.get(
-            reason, "interrupted"
-        )
-        if reason is not None:
-            self.control.event("training_stopped", reason=reason, epoch=epoch)
-            log.info("stopped reason=%s epoch=%d", reason, epoch)
         return {
             "status": status,
             "epoch": epoch,
+            "stop": stop,
             "metrics": {name: values[-1] for name, values in history.items() if values},
             "history": history,
             "final": None,
             "test_metrics": None,
         }
+
+    def stop_record(self, reason: str | None, epoch: int, theirs: list) -> dict:
+        """`{"reason", "epoch", "best_epoch", "monitor"}`: why training ended, and the best epoch
+        by the user's EarlyStopping where it has one, else by the checkpoints' monitor."""
+        early = _early_stopping(theirs)
+        if reason is None:
+            stopped = early is not None and early.stopped_epoch > 0
+            reason = "early_stopping" if stopped else "completed"
+        named = {"cancel": "cancelled", "prune": "pruned", "timeout": "time_limit"}.get(
+            reason, reason
+        )
+        # `best` is set once EarlyStopping saw its monitor (never, when fit() had no epoch left).
+        best_value = getattr(early, "best", None)
+        if early is not None and best_value is not None and math.isfinite(best_value):
+            return {
+                "reason": named,
+                "epoch": epoch,
+                "best_epoch": early.best_epoch + 1,
+                "monitor": early.monitor,
+            }
+        best = self.checkpoints.best
+        return {
+            "reason": named,
+            "epoch": epoch,
+            "best_epoch": best and best["version"],
+            "monitor": best and best["monitor"],
+        }
+
+    def final_epoch(self, epoch: int, theirs: list) -> int:
+        """The epoch whose weights the model holds after fit(): the best one where EarlyStopping
+        restored it (which Keras does at the end of training, stopped early or not)."""
+        early = _early_stopping(theirs)
+        if early is not None and early.restore_best_weights and early.best_weights is not None:
+            return early.best_epoch + 1
+        return epoch
+
+
+def _early_stopping(callbacks: list) -> Any:
+    """The user's EarlyStopping callback, if the job has one."""
+    import keras
+
+    return next((c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)), None)
 
 
 def _kept_checkpoints(job_dir: Path, resume: dict) -> dict[str, Any]:

@@ -363,8 +363,9 @@ def _component_schemas() -> dict[str, dict]:
             "type": "object",
             "description": "One Server-Sent Event. `event` is its kind: status (status, "
             "previous, reason), attempt_started, training_started, epoch (epoch, metrics), "
-            "checkpoint (version, partial), training_stopped, requeued. `data` is the event as "
-            "JSON, with `kind` and `time`; `id` is what Last-Event-ID takes.",
+            "checkpoint (version, partial), stopped (reason, epoch, best_epoch, monitor: why "
+            "training ended), interrupted (reason, epoch: a shutdown), requeued. `data` is the "
+            "event as JSON, with `kind` and `time`; `id` is what Last-Event-ID takes.",
             "properties": {
                 "id": {"type": "string", "pattern": "^[0-9]+-[0-9]+$"},
                 "event": {"type": "string"},

@@ -6,10 +6,10 @@ the file's sha256), so a second download is a file read. The caches of all jobs 
 LRU under a byte cap (FITSERVE_EXPORT_CACHE_BYTES): a hit freshens its file's mtime, and each new
 export removes the stalest ones past the cap.
 
-The ONNX file is written by the worker beside each saved `.keras` file (`write_onnx`), its sha256
-in the manifest entry; the API loads it with ONNX Runtime, a call of a few microseconds where
-TensorFlow's graph call costs a few hundred (core/serving/cache.py checks it against TensorFlow
-at load). The API never converts.
+The ONNX file is written by the worker beside the final model (`write_onnx`; checkpoints are not
+converted, as converting costs more than saving), its sha256 in the manifest entry; the API loads
+it with ONNX Runtime, a call of a few microseconds where TensorFlow's graph call costs a few
+hundred (core/serving/cache.py checks it against TensorFlow at load). The API never converts.
 """
 
 from __future__ import annotations
