@@ -30,7 +30,7 @@ import redis
 from core import datasets
 from core.cursors import decode_cursor, encode_cursor
 from core.errors import Conflict, FieldError, InvalidRequest, NotFound, Unavailable, pointer
-from core.jobs import LIVE, STATUSES, TERMINAL, TRANSITIONS, Status, parse_time
+from core.jobs import LIVE, STATUSES, TERMINAL, TRANSITIONS, Status, parse_time, stored_labels
 from core.leases import Leases
 from core.rediskeys import (
     ALL_BATCHES,
@@ -248,7 +248,7 @@ def parse_batch_request(
         batch_size=batch_size,
         rows=int(manifest["rows"]),
         classify=is_classifier(spec["spec"]),
-        classes=job_classes(spec),
+        classes=stored_labels(spec)["classes"],
     )
 
 
@@ -421,15 +421,6 @@ def is_classifier(spec: Mapping[str, Any]) -> bool:
     name = loss.get("class_name") if isinstance(loss, dict) else loss
     outputs = (spec.get("model") or {}).get("outputs") or []
     return isinstance(name, str) and "categorical" in name.lower() and len(outputs) == 1
-
-
-def job_classes(job_document: Mapping[str, Any]) -> list[str] | None:
-    """The class names kept with the job (job.json `labels.classes`), None without names."""
-    labels = job_document.get("labels")
-    classes = labels.get("classes") if isinstance(labels, dict) else None
-    if isinstance(classes, list) and all(isinstance(name, str) for name in classes):
-        return classes
-    return None
 
 
 # The store ----------------------------------------------------------------------------------

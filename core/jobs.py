@@ -275,10 +275,16 @@ def job_labels(data: DataDir, job_id: str) -> Labels:
     """The class and feature names a job keeps in `job.json`; all null for a job submitted before
     jobs kept them. NotFound for an unknown job."""
     try:
-        stored = read_json(data.job(check_id(job_id, "job")) / "job.json").get("labels")
+        document = read_json(data.job(check_id(job_id, "job")) / "job.json")
     except FileNotFoundError:
         raise NotFound(f"No job with id {job_id!r}.") from None
-    return Labels(**(NO_LABELS | (stored or {})))  # type: ignore[typeddict-item]
+    return stored_labels(document)
+
+
+def stored_labels(job_document: Mapping[str, Any]) -> Labels:
+    """The names a `job.json` document keeps (all null in one written before jobs kept them)."""
+    stored = job_document.get("labels") if isinstance(job_document, Mapping) else None
+    return Labels(**(NO_LABELS | (stored if isinstance(stored, dict) else {})))  # type: ignore[typeddict-item]
 
 
 # The API view ---------------------------------------------------------------------------------

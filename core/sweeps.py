@@ -44,7 +44,7 @@ from core.errors import (
     escape_pointer,
     show,
 )
-from core.jobs import TERMINAL, Job, JobStore, provenance
+from core.jobs import TERMINAL, Job, JobStore, dataset_labels, provenance
 from core.patches import PatchError, get_pointer, set_pointer
 from core.rediskeys import (
     ALL_SWEEPS,
@@ -1026,6 +1026,7 @@ def _submit_trial(context: DriverContext, study: optuna.Study, sweep: Sweep, row
         parsed.spec,
         owner=sweep["owner"],
         record=provenance(parsed.spec, parsed.manifests),
+        labels=dataset_labels(parsed.spec, parsed.manifests),
         sweep=sweep["id"],
         trial=row["number"],
         request=request,
