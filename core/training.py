@@ -22,7 +22,7 @@ from core.storage import DataDir, read_json, write_json
 if TYPE_CHECKING:
     import keras
 
-    from core.feeds import Split
+    from core.batches import Split
 
 log = logging.getLogger("fitserve.training")
 
@@ -109,7 +109,7 @@ def describe_failure(error: BaseException) -> TrainingFailed:
     """The failure reason and an actionable message for an exception raised while training."""
     import tensorflow as tf
 
-    from core.feeds import FeedError
+    from core.batches import FeedError
 
     if isinstance(error, TrainingFailed):
         return error
@@ -183,9 +183,10 @@ def _train(
 ) -> dict:
     import keras
 
+    from core.batches import open_split
     from core.callbacks import format_metrics
     from core.devices import describe_devices, job_devices
-    from core.feeds import evaluate_split, fit_feeds, open_split
+    from core.feeds import evaluate_split, fit_feeds
     from core.modeling import build_callbacks, fit_arguments
 
     if spec.get("seed") is not None:

@@ -13,7 +13,7 @@ from typing import Any
 from core.errors import FieldError, FieldErrors, InvalidRequest, NotFound, show
 from core.grammar.allowlist import FLOAT32, MONITOR, monitor_mode
 from core.grammar.kinds import INVALID, Choice, Integer, Place
-from core.grammar.shapes import summarize_model, value_ranges
+from core.grammar.shapes import rescaled_range, summarize_model, value_ranges
 from core.settings import Settings
 
 DATA_KEYS = ("dataset", "x", "y", "sample_weight", "preprocess", "validation", "test")
@@ -513,8 +513,7 @@ def _check_fit_against_data(fit: Any, main: _Split, weights: str | None, validat
 def _rescaled(found: tuple[float, float], steps: dict[str, Any]) -> tuple[float, float]:
     """An array's range after `preprocess.x`'s scale and offset (a Rescaling layer)."""
     scale = 1.0 if steps.get("scale") is None else steps["scale"]
-    ends = [value * scale + (steps.get("offset") or 0.0) for value in found]
-    return min(ends), max(ends)
+    return rescaled_range(*found, scale, steps.get("offset") or 0.0)
 
 
 def _without_ones(shape: Shape) -> Shape:
