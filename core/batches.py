@@ -182,10 +182,13 @@ def open_split(data: DataDir, spec_data: dict, part: str | None) -> Split | None
     )
 
 
-def training_rows(split: Split, validation_split: float | None) -> tuple[range, range | None]:
+def training_rows(
+    split: Split, validation: Split | None, validation_split: float | None
+) -> tuple[range, range | None]:
     """The rows `fit` trains on and those it validates with: Keras's own split, the first
-    floor(rows * (1 - validation_split)) rows to train, the rest to validate, before shuffling."""
-    if not validation_split:
+    floor(rows * (1 - validation_split)) rows to train, the rest to validate, before shuffling;
+    all of them to train when there is validation data (Keras then ignores the split)."""
+    if not validation_split or validation is not None:
         return range(split.rows), None
     split_at = math.floor(split.rows * (1.0 - validation_split))
     return range(split_at), range(split_at, split.rows)
@@ -218,3 +221,18 @@ def feature_moments(array: ArrayFile, rows: range) -> tuple[np.ndarray, np.ndarr
         squares = squares + chunk_squares + delta**2 * (count * size / total)
         count = total
     return mean, squares / max(count, 1)
+
+
+def with_statistics(spec: dict, split: Split, rows: range) -> dict:
+    """The spec with the mean and variance of each input that `preprocess.x.normalize` names,
+    over `rows` of the training split, for the Normalization layer in front of the model."""
+    steps = spec["data"]["preprocess"]["x"]
+    wanted = [name for name, given in steps.items() if given.get("normalize")]
+    if not wanted:
+        return spec
+    filled = {name: dict(given) for name, given in steps.items()}
+    for name in wanted:
+        mean, variance = feature_moments(split.x[name], rows)
+        filled[name].update(mean=mean.tolist(), variance=variance.tolist())
+    preprocess = {**spec["data"]["preprocess"], "x": filled}
+    return {**spec, "data": {**spec["data"], "preprocess": preprocess}}

@@ -95,7 +95,7 @@ def fit_feeds(
     batch_size = rest.pop("batch_size", None) or 32
     validation_batch = rest.pop("validation_batch_size", None) or batch_size
     shuffle = rest.pop("shuffle", True)
-    rows, held_out = training_rows(train, rest.pop("validation_split", None))
+    rows, held_out = training_rows(train, validation, rest.pop("validation_split", None))
     feed = Feed(
         train,
         output_names,

@@ -183,7 +183,7 @@ def _train(
 ) -> dict:
     import keras
 
-    from core.batches import open_split
+    from core.batches import open_split, training_rows, with_statistics
     from core.callbacks import format_metrics
     from core.devices import describe_devices, job_devices
     from core.feeds import evaluate_split, fit_feeds
@@ -193,6 +193,10 @@ def _train(
         keras.utils.set_random_seed(spec["seed"])
     train = open_split(data, spec["data"], None)
     validation, test = (open_split(data, spec["data"], part) for part in ("validation", "test"))
+    if resume is None:
+        # A resumed model holds its Normalization statistics already.
+        rows, _ = training_rows(train, validation, spec["fit"].get("validation_split"))
+        spec = with_statistics(spec, train, rows)
     fit_kwargs = fit_arguments(spec)
     epochs = fit_kwargs.pop("epochs")
     with job_devices(spec["resources"]) as strategy:

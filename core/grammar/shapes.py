@@ -1040,6 +1040,11 @@ def _preprocess_layers(steps: dict[str, Any]) -> list[tuple[dict[str, Any], str]
     if steps.get("scale") is not None or steps.get("offset") is not None:
         scale = 1.0 if steps.get("scale") is None else steps["scale"]
         out.append(({"scale": scale, "offset": steps.get("offset") or 0.0}, "rescaling"))
+    if steps.get("normalize"):
+        # The worker fills in the training data's statistics before it builds the model; until
+        # then (validation, shape inference) the layer is the identity.
+        statistics = {"mean": steps.get("mean", 0.0), "variance": steps.get("variance", 1.0)}
+        out.append(({"axis": -1, **statistics}, "normalization"))
     if steps.get("reshape") is not None:
         out.append(({"target_shape": list(steps["reshape"])}, "reshape"))
     return out

@@ -1,0 +1,178 @@
+"""Training from a dataset larger than memory should hold: the worker's memory and its speed.
+
+    .venv/bin/python bench/data.py [--gb 4] [--source import|upload] [--slice-gb 0.5]
+
+Writes the seed model's data (10 Gaussian blobs, float32 rows of 784 features, int64 labels) of
+`--gb` gigabytes to disk as `.npy` files, chunk by chunk, and starts the stack as the end-to-end
+tests do. The dataset arrives by import (`{"import": path}` under FITSERVE_IMPORT_DIR, the way
+for data past the upload cap) or, with `--source upload`, as one .npz upload (the bench's stack
+then takes uploads of that size). After a tiny warm-up job, the seed model trains one epoch on it
+while the worker's memory (RSS over its process tree, sampled every 50 ms) is watched. Then a
+bare Keras script fits one epoch in memory on a slice of `--slice-gb` of the same data.
+
+Prints the worker's peak RSS growth against the dataset's size (aim < 25%) and rows per second
+of the job's epoch against the in-memory fit() (aim >= 0.8x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.train import run_script  # noqa: E402
+from core.jobs import parse_time  # noqa: E402
+from tests.support.memory import PeakRss  # noqa: E402
+from tests.support.seed_model import CLASSES, FEATURES, seed_request  # noqa: E402
+from tests.support.stack import Stack, blobs, running_stack, tiny_request  # noqa: E402
+
+AIM_RSS_SHARE = 0.25
+AIM_SPEED = 0.8
+CHUNK_ROWS = 65_536
+ROW_BYTES = FEATURES * 4 + 8
+
+
+def write_blobs(folder: Path, rows: int, seed: int = 0) -> Path:
+    """`x.npy` and `y.npy` of the seed model's blobs in `folder`, written a chunk at a time."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=0.2, size=(CLASSES, FEATURES)).astype(np.float32)
+    x = np.lib.format.open_memmap(folder / "x.npy", "w+", np.float32, (rows, FEATURES))
+    y = np.lib.format.open_memmap(folder / "y.npy", "w+", np.int64, (rows,))
+    for start in range(0, rows, CHUNK_ROWS):
+        end = min(rows, start + CHUNK_ROWS)
+        labels = rng.integers(0, CLASSES, size=end - start)
+        x[start:end] = centres[labels] + rng.standard_normal((end - start, FEATURES), np.float32)
+        y[start:end] = labels
+    x.flush()
+    y.flush()
+    del x, y
+    return folder
+
+
+def import_dataset(stack: Stack, relative: str) -> str:
+    """POST {"import": relative}, then wait until the dataset is ready; its id."""
+    response = requests.post(stack.url("/v1/datasets"), json={"import": relative}, timeout=60)
+    if response.status_code not in (201, 202):
+        raise SystemExit(f"import refused ({response.status_code}): {response.text}")
+    dataset = response.json()
+    deadline = time.monotonic() + 3600
+    while dataset.get("status", "ready") == "processing" and time.monotonic() < deadline:
+        time.sleep(1)
+        dataset = requests.get(stack.url(f"/v1/datasets/{dataset['id']}"), timeout=60).json()
+    if dataset.get("status", "ready") != "ready":
+        raise SystemExit(f"import failed: {dataset}")
+    return dataset["id"]
+
+
+def upload_dataset(stack: Stack, folder: Path) -> str:
+    """The arrays as one .npz upload (streamed from disk)."""
+    archive = folder.parent / "upload.npz"
+    np.savez(
+        archive,
+        x=np.load(folder / "x.npy", mmap_mode="r"),
+        y=np.load(folder / "y.npy", mmap_mode="r"),
+    )
+    with open(archive, "rb") as handle:
+        response = requests.post(
+            stack.url("/v1/datasets"), files={"file": ("blobs.npz", handle)}, timeout=3600
+        )
+    archive.unlink()
+    response.raise_for_status()
+    return response.json()["id"]
+
+
+def train_one_epoch(stack: Stack, dataset_id: str) -> dict:
+    """The seed model, one epoch; the job, its epoch's seconds and the worker's RSS figures."""
+    job = stack.submit(seed_request(dataset_id, epochs=1))
+    done = stack.wait_finished(job["id"], timeout=3600)
+    if done["status"] != "succeeded":
+        raise SystemExit(f"job failed: {done['error']}\n{stack.log_tail('worker-bench')}")
+    events = {event["kind"]: parse_time(event["time"]) for event in stack.events(job["id"])}
+    epoch_seconds = events["checkpoint"] - events["training_started"]
+    return {"job": done, "epoch_seconds": epoch_seconds}
+
+
+def in_memory_slice(folder: Path, rows: int) -> Path:
+    """The first `rows` rows as an .npz for the bare script."""
+    path = folder.parent / "slice.npz"
+    x = np.load(folder / "x.npy", mmap_mode="r")
+    y = np.load(folder / "y.npy", mmap_mode="r")
+    np.savez(path, x=np.asarray(x[:rows]), y=np.asarray(y[:rows]))
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gb", type=float, default=4.0, help="dataset size in GB (1e9 bytes)")
+    parser.add_argument("--source", choices=("import", "upload"), default="import")
+    parser.add_argument("--slice-gb", type=float, default=0.5, help="in-memory baseline's size")
+    args = parser.parse_args()
+    rows = int(args.gb * 1e9 // ROW_BYTES)
+    slice_rows = min(rows, int(args.slice_gb * 1e9 // ROW_BYTES))
+
+    with tempfile.TemporaryDirectory(prefix="fitserve-bench-") as tmp:
+        folder = Path(tmp)
+        data = write_blobs(folder / "imports" / "blobs", rows)
+        size = sum(path.stat().st_size for path in data.iterdir())
+        settings = {
+            "FITSERVE_IMPORT_DIR": str(folder / "imports"),
+            "FITSERVE_MAX_DATASET_BYTES": str(2 * size),
+            "FITSERVE_UPLOAD_CPU_SECONDS": "3600",
+        }
+        if args.source == "upload":
+            settings["FITSERVE_MAX_UPLOAD_BYTES"] = str(2 * size)
+        with running_stack(folder / "stack", "bench", settings) as stack:
+            started = time.perf_counter()
+            if args.source == "import":
+                dataset_id = import_dataset(stack, "blobs")
+            else:
+                dataset_id = upload_dataset(stack, data)
+            arrived = time.perf_counter() - started
+            warm = stack.submit(tiny_request(stack.upload(**blobs()), epochs=1))
+            stack.wait_finished(warm["id"])
+            with PeakRss(stack.workers["bench"].pid) as rss:
+                trained = train_one_epoch(stack, dataset_id)
+        script = run_script(in_memory_slice(data, slice_rows), 1, stack.env)
+
+    growth, before = rss.growth, rss.before
+    job_speed = rows / trained["epoch_seconds"]
+    bare_speed = slice_rows / script["fit_seconds"]
+    share, speed = growth / size, job_speed / bare_speed
+    print(
+        f"data benchmark: seed model, one epoch, {rows:,} rows x {FEATURES} features "
+        f"({size / 1e9:.2f} GB by {args.source}), batch 128, CPU"
+    )
+    lines = [
+        (f"dataset {args.source}ed and ready", f"{arrived:.1f} s"),
+        ("worker RSS before the job", f"{before / 1e6:,.0f} MB"),
+        ("worker RSS peak growth during the epoch", f"{growth / 1e6:,.0f} MB"),
+        (
+            "growth / dataset size",
+            f"{share:.1%}  (aim < {AIM_RSS_SHARE:.0%}: {met(share < AIM_RSS_SHARE)})",
+        ),
+        ("job epoch (training_started to its checkpoint)", f"{trained['epoch_seconds']:.1f} s"),
+        ("job rows/s", f"{job_speed:,.0f}"),
+        (f"in-memory fit() on {slice_rows:,} rows", f"{script['fit_seconds']:.1f} s"),
+        ("in-memory fit() rows/s", f"{bare_speed:,.0f}"),
+        ("ratio job / in-memory", f"{speed:.2f}  (aim >= {AIM_SPEED}: {met(speed >= AIM_SPEED)})"),
+    ]
+    for label, value in lines:
+        print(f"  {label:<50} {value}")
+    return 0
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
