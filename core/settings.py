@@ -21,7 +21,7 @@ class Settings:
     max_upload_bytes: int = 1 << 30
     max_json_bytes: int = 16 << 20
     # Uncompressed bytes one dataset may hold (an .npz expands; its members are checked first).
-    max_dataset_bytes: int = 4 << 30
+    max_dataset_bytes: int = 64 << 30
     # CPU seconds one upload may spend being read and described (on its own thread); past it the
     # upload is refused with a 413, so no upload can hold an API thread for long.
     upload_cpu_seconds: int = 120

@@ -350,6 +350,9 @@ LAYERS: dict[str, dict[str, Kind]] = {
     "Conv3D": {**_conv(3), **_weights("kernel", "bias", kernels=CONV_INITIALIZER)},
     "Conv2DTranspose": {
         **_conv(2, groups=False),
+        # TensorFlow's CPU kernel refuses a dilation above 1 ("Current CPU implementations do
+        # not yet support dilation rates larger than 1"), and a job may train on a CPU.
+        "dilation_rate": IntTuple(2, 1, 1),
         "output_padding": Nullable(IntTuple(2, 0, MAX_KERNEL)),
         **_weights("kernel", "bias", kernels=CONV_INITIALIZER),
     },
