@@ -50,8 +50,10 @@ class Feed(keras.utils.PyDataset):
         self.rows = rows
         self.batch_size = batch_size
         self.seed = seed
+        # The epoch the next pass is; the order before the first pass only shows Keras the
+        # batches' shapes.
         self.epoch = first_epoch
-        self.order = self._order()
+        self.order = self._order(first_epoch)
 
     def __len__(self) -> int:
         return math.ceil(len(self.rows) / self.batch_size)
@@ -66,14 +68,16 @@ class Feed(keras.utils.PyDataset):
         chosen = np.sort(self.order[start : start + self.batch_size])
         return self.split.batch(chosen, self.output_names)
 
-    def on_epoch_end(self) -> None:
+    def on_epoch_begin(self) -> None:
+        """Keras calls it once before each pass (and its `on_epoch_end` once more besides, as
+        fit starts): the pass's order comes from the epochs begun."""
+        self.order = self._order(self.epoch)
         self.epoch += 1
-        self.order = self._order()
 
-    def _order(self) -> np.ndarray | None:
+    def _order(self, epoch: int) -> np.ndarray | None:
         if self.seed is None:
             return None
-        generator = np.random.default_rng([self.seed, self.epoch])
+        generator = np.random.default_rng([self.seed, epoch])
         return self.rows.start + generator.permutation(len(self.rows))
 
 
@@ -89,12 +93,15 @@ def fit_feeds(
     """The training and validation feeds for `fit`, and the rest of its keyword arguments.
 
     `fit_kwargs` are `Model.fit`'s arguments as the spec gives them; the batch size, shuffle and
-    validation split are the feeds' now and are left out of the rest.
+    validation split are the feeds' now and are left out of the rest (shuffle: False).
     """
     rest = dict(fit_kwargs)
     batch_size = rest.pop("batch_size", None) or 32
     validation_batch = rest.pop("validation_batch_size", None) or batch_size
     shuffle = rest.pop("shuffle", True)
+    # The feed orders the rows; Keras would shuffle the batches' order again with Python's own
+    # generator, whose state a resumed job does not share.
+    rest["shuffle"] = False
     rows, held_out = training_rows(train, validation, rest.pop("validation_split", None))
     feed = Feed(
         train,

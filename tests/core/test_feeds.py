@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import keras
 import numpy as np
 import psutil
 import pytest
@@ -34,7 +36,8 @@ def split(tmp_path: Path) -> Split:
 
 
 def epoch_rows(feed: Feed) -> list[int]:
-    """The rows one pass over the feed reads, in order, then the epoch ends."""
+    """The rows one pass over the feed reads, in order, as Keras begins and ends it."""
+    feed.on_epoch_begin()
     rows = [int(value) for index in range(len(feed)) for value in feed[index][0][:, 0]]
     feed.on_epoch_end()
     return rows
@@ -52,6 +55,43 @@ def test_each_epoch_reads_every_row_once_in_a_new_order_the_seed_repeats(split: 
     assert epoch_rows(Feed(split, ["output"], range(ROWS), 16, seed=7, first_epoch=1)) == second
 
 
+class Recorded(Feed):
+    """A feed that records the rows of each batch `fit` reads, by pass and batch index (its
+    threads prepare batches in any order)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[dict[int, set[int]]] = []
+
+    def on_epoch_begin(self) -> None:
+        super().on_epoch_begin()
+        self.batches.append({})
+
+    def __getitem__(self, index: int) -> tuple:
+        batch = super().__getitem__(index)
+        if self.batches:  # before the first pass Keras only reads shapes
+            self.batches[-1][index] = {int(value) for value in batch[0][:, 0]}
+        return batch
+
+
+def test_fit_reads_each_epochs_own_order_and_a_resume_reads_the_same(split: Split) -> None:
+    """The order of epoch e comes from (seed, e) whatever fit does around it: a job resumed at
+    epoch 2 reads in its third epoch what the same job trained in one go reads in its third."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="softmax")])
+    model.compile("sgd", "categorical_crossentropy")
+    whole = Recorded(split, ["output"], range(ROWS), 16, seed=11)
+    model.fit(whole, epochs=3, shuffle=False, verbose=0)
+    resumed = Recorded(split, ["output"], range(ROWS), 16, seed=11, first_epoch=2)
+    model.fit(resumed, initial_epoch=2, epochs=3, shuffle=False, verbose=0)
+
+    expected = []
+    for epoch in range(3):
+        rows = np.random.default_rng([11, epoch]).permutation(ROWS).tolist()
+        expected.append({i: set(rows[i * 16 : (i + 1) * 16]) for i in range(len(whole))})
+    assert whole.batches == expected
+    assert resumed.batches == expected[2:]
+
+
 def test_batches_are_read_in_sorted_order_and_the_last_holds_the_rest(split: Split) -> None:
     feed = Feed(split, ["output"], range(ROWS), 16, seed=1)
     sizes = [len(feed[index][0]) for index in range(len(feed))]
@@ -66,7 +106,7 @@ def test_validation_split_keeps_the_last_rows_in_order(split: Split) -> None:
     assert sorted(epoch_rows(train)) == list(range(75))
     assert validation is not None
     assert epoch_rows(validation) == list(range(75, ROWS))
-    assert rest == {"class_weight": None}
+    assert rest == {"class_weight": None, "shuffle": False}
 
 
 def test_no_shuffle_reads_the_rows_in_order(split: Split) -> None:
