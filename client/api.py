@@ -224,6 +224,19 @@ class Client:
         """Delete a finished job and its files (409 while it is live)."""
         self.request("DELETE", f"/v1/jobs/{segment(job_id)}")
 
+    def pin_job(self, job_id: str) -> dict:
+        """Keep a job past the server's job TTL (FITSERVE_JOB_TTL_SECONDS) until unpinned."""
+        return self.request_json("POST", f"/v1/jobs/{segment(job_id)}:pin")
+
+    def unpin_job(self, job_id: str) -> dict:
+        """Let a pinned job expire again, the TTL after it finished."""
+        return self.request_json("POST", f"/v1/jobs/{segment(job_id)}:unpin")
+
+    def usage(self) -> dict:
+        """What this key stores: `{datasets, jobs, checkpoints, exports: {count, bytes}, bytes,
+        quota_bytes, job_ttl_seconds}`."""
+        return self.request_json("GET", "/v1/usage")
+
     def job_logs(self, job_id: str, *, tail: int | None = None) -> list[str]:
         """The last lines of the job's training log (the server's default: 1000)."""
         params = {"tail": tail} if tail else {}

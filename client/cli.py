@@ -250,6 +250,49 @@ def jobs_cancel(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def jobs_pin(client: Client, args: argparse.Namespace) -> int:
+    job = client.pin_job(args.id) if args.pin else client.unpin_job(args.id)
+    show(args, job, lambda j: print(f"{j['id']} {render_retention(j.get('retention') or {})}"))
+    return 0
+
+
+def render_retention(retention: dict) -> str:
+    if retention.get("pinned"):
+        return "pinned: kept until deleted"
+    expires = retention.get("expires_at")
+    return f"expires {expires}" if expires else "kept until deleted"
+
+
+def usage(client: Client, args: argparse.Namespace) -> int:
+    held = client.usage()
+
+    def render(document: dict) -> None:
+        kinds = ("datasets", "jobs", "checkpoints", "exports")
+        rows = [
+            [kind, document[kind]["count"], human_bytes(document[kind]["bytes"])] for kind in kinds
+        ]
+        rows.append(["total", "", human_bytes(document["bytes"])])
+        print_table(rows, ["KIND", "COUNT", "BYTES"])
+        quota = document.get("quota_bytes")
+        if quota:
+            print(f"quota: {human_bytes(quota)} ({100 * document['bytes'] / quota:.1f}% used)")
+        ttl = document.get("job_ttl_seconds")
+        print(f"finished jobs expire after {ttl} s unless pinned" if ttl else "jobs never expire")
+
+    show(args, held, render)
+    return 0
+
+
+def human_bytes(count: int) -> str:
+    """`1536` -> `1.5 KiB`."""
+    size, unit = float(count), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            break
+        size /= 1024
+    return f"{count} B" if unit == "B" else f"{size:.1f} {unit}"
+
+
 def jobs_rm(client: Client, args: argparse.Namespace) -> int:
     client.delete_job(args.id)
     show(args, {"id": args.id, "deleted": True}, lambda d: print(f"deleted job {d['id']}"))
@@ -394,6 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_follow_options(follow)
     command(sub, "cancel", jobs_cancel, "cancel a job").add_argument("id")
     command(sub, "rm", jobs_rm, "delete a finished job").add_argument("id")
+    pin = command(sub, "pin", jobs_pin, "keep a finished job past the server's job TTL")
+    pin.add_argument("id")
+    pin.set_defaults(pin=True)
+    unpin = command(sub, "unpin", jobs_pin, "let a pinned job expire again")
+    unpin.add_argument("id")
+    unpin.set_defaults(pin=False)
     logs = command(sub, "logs", jobs_logs, "print a job's training log")
     logs.add_argument("id")
     logs.add_argument("--tail", type=int, help="only the last N lines (server default: 1000)")
@@ -419,6 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     download.add_argument("--format", choices=["keras", "savedmodel"], default="keras")
     add_version_options(download)
+
+    command(groups, "usage", usage, "show what this key stores, against its quota")
 
     keys = groups.add_parser("keys", help="make API keys")
     sub = keys.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -23,6 +23,7 @@ import orjson
 from core import readers
 from core.cursors import decode_cursor, encode_cursor
 from core.errors import (
+    Conflict,
     FieldError,
     InvalidData,
     NotFound,
@@ -31,9 +32,13 @@ from core.errors import (
     pointer,
 )
 from core.settings import Settings
-from core.storage import DataDir, check_id, new_id, read_json, sha256_file, utc_now, write_json
+from core.storage import DataDir, new_id, read_json, sha256_file, utc_now, write_json
 
 MANIFEST = "manifest.json"
+PROCESSING, READY, FAILED = "processing", "ready", "failed"
+STATUSES = (PROCESSING, READY, FAILED)
+# Inside a `processing` dataset's folder: where its arrays are written before they are published.
+STAGING = "staging"
 MAX_LABELS = 256
 STALE_SECONDS = 6 * 3600
 
@@ -62,15 +67,30 @@ def store_upload(
     file_format = readers.detect_format(source)
     # A .npy upload becomes its array file unchanged, so its hash comes from describing it.
     digest = None if file_format == "npy" else sha256_file(source)
-    with _staging(data, dataset_id) as folder:
-        if file_format == "npy":
-            arrays = readers.read_npy(source, folder, name)
-        elif file_format == "npz":
-            arrays = readers.read_npz(source, folder, settings.max_dataset_bytes, budget)
-        else:
-            arrays = readers.read_csv(source, folder, label, budget)
+    with staging(data, dataset_id) as folder:
+        arrays = read_arrays(
+            source, folder, file_format, settings=settings, budget=budget, label=label, name=name
+        )
         origin = {"filename": filename, "format": file_format, "bytes": size, "sha256": digest}
-        return _finish(data, folder, dataset_id, arrays, origin, owner, "/file/arrays", budget)
+        return finish(data, folder, dataset_id, arrays, origin, owner, "/file/arrays", budget)
+
+
+def read_arrays(
+    source: Path,
+    folder: Path,
+    file_format: str,
+    *,
+    settings: Settings,
+    budget: readers.CpuBudget,
+    label: str = "label",
+    name: str = "x",
+) -> readers.Arrays:
+    """The arrays of a `.npy` (moved, not copied), `.npz` or CSV file, as `.npy`s in `folder`."""
+    if file_format == "npy":
+        return readers.read_npy(source, folder, name)
+    if file_format == "npz":
+        return readers.read_npz(source, folder, settings.max_dataset_bytes, budget)
+    return readers.read_csv(source, folder, label, budget)
 
 
 def store_json(
@@ -84,7 +104,7 @@ def store_json(
 ) -> dict:
     """Store `{"arrays": {name: nested lists}}`, already parsed from `body`; return the manifest."""
     budget = readers.CpuBudget(settings.upload_cpu_seconds)
-    with _staging(data, dataset_id) as folder:
+    with staging(data, dataset_id) as folder:
         arrays = readers.arrays_from_json(document, folder)
         origin = {
             "filename": None,
@@ -92,7 +112,7 @@ def store_json(
             "bytes": len(body),
             "sha256": hashlib.sha256(body).hexdigest(),
         }
-        return _finish(data, folder, dataset_id, arrays, origin, owner, "/arrays", budget)
+        return finish(data, folder, dataset_id, arrays, origin, owner, "/arrays", budget)
 
 
 def load_manifest(data: DataDir, dataset_id: str) -> dict:
@@ -176,9 +196,15 @@ def remove_stale(data: DataDir, older_than: float = STALE_SECONDS) -> None:
 
 
 @contextlib.contextmanager
-def _staging(data: DataDir, dataset_id: str) -> Iterator[Path]:
-    check_id(dataset_id, "dataset")
-    folder = data.uploads / f"staging-{dataset_id}"
+def staging(data: DataDir, dataset_id: str) -> Iterator[Path]:
+    """A fresh staging folder for the dataset's arrays (what a killed attempt left is removed),
+    deleted on the way out; `finish` moves what it holds into place. A `processing` dataset
+    stages inside its own folder, which the sweep of stale uploads never touches however long
+    its ingest takes."""
+    processing = data.dataset(dataset_id)
+    uploads = data.uploads / f"staging-{dataset_id}"
+    folder = processing / STAGING if processing.is_dir() else uploads
+    shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     try:
         yield folder
@@ -186,7 +212,7 @@ def _staging(data: DataDir, dataset_id: str) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _finish(
+def finish(
     data: DataDir,
     folder: Path,
     dataset_id: str,
@@ -195,8 +221,10 @@ def _finish(
     owner: str | None,
     where: str,
     budget: readers.CpuBudget,
+    extra: dict | None = None,
 ) -> dict:
-    """Describe every array, check they share their rows, write the manifest, move into place."""
+    """Describe every array, check they share their rows, write the manifest (`status: ready`,
+    plus `extra`), move into place."""
     described = {name: _describe(path, budget) for name, path in arrays.files.items()}
     rows = _common_rows(described, where)
     if origin["sha256"] is None:
@@ -205,18 +233,49 @@ def _finish(
         "id": dataset_id,
         "owner": owner,
         "created_at": utc_now(),
+        "status": READY,
         "source": origin,
         "rows": rows,
         "bytes": sum(entry["bytes"] for entry in described.values()),
         "arrays": described,
         "classes": arrays.classes,
+        **(extra or {}),
     }
     write_json(folder / MANIFEST, manifest)
     _fsync_folder(folder)
     data.datasets.mkdir(parents=True, exist_ok=True)
-    folder.rename(data.dataset(dataset_id))
+    target = data.dataset(dataset_id)
+    if target.exists():
+        _publish_into(folder, target, arrays)
+    else:
+        folder.rename(target)
     _fsync_folder(data.datasets)
     return manifest
+
+
+def _publish_into(folder: Path, target: Path, arrays: readers.Arrays) -> None:
+    """Fill a `processing` dataset's folder: the arrays first, then the manifest replaces the
+    processing one, so a reader sees the dataset processing until every array is in place."""
+    if load_status(target) != PROCESSING:
+        raise Conflict(f"Dataset {target.name} is no longer processing; nothing was published.")
+    for path in arrays.files.values():
+        path.replace(target / path.name)
+    _fsync_folder(target)
+    (folder / MANIFEST).replace(target / MANIFEST)
+    _fsync_folder(target)
+
+
+def status_of(manifest: dict) -> str:
+    """`processing`, `ready` or `failed`; a manifest written before statuses existed is ready."""
+    return manifest.get("status", READY)
+
+
+def load_status(folder: Path) -> str | None:
+    """The status of the dataset in `folder`, or None when it has no manifest (deleted)."""
+    try:
+        return status_of(read_json(folder / MANIFEST))
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return None
 
 
 def _describe(path: Path, budget: readers.CpuBudget) -> dict:

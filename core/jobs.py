@@ -41,7 +41,7 @@ from core.rediskeys import (
     stop_key,
 )
 from core.settings import Settings
-from core.storage import DataDir, check_id, new_id, read_json, utc_now, write_json
+from core.storage import DataDir, check_id, new_id, read_json, utc_now, utc_time, write_json
 
 Status = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 STATUSES: tuple[Status, ...] = get_args(Status)
@@ -104,6 +104,8 @@ class Job(TypedDict):
     record: Provenance | None
     progress: dict[str, Any] | None
     metrics: Metrics | None
+    # Kept past FITSERVE_JOB_TTL_SECONDS (POST :pin / :unpin).
+    pinned: bool
 
 
 JOB_FIELDS = tuple(Job.__annotations__)
@@ -147,6 +149,7 @@ def queued_job(
         gpus=(spec.get("resources") or {}).get("gpus", 1),
         datasets=datasets_of(spec),
         resume_from=None,
+        pinned=False,
         record=record,
         progress=None,
         metrics=None,
@@ -243,6 +246,13 @@ class Timings(TypedDict):
     running_seconds: float | None
 
 
+class Retention(TypedDict):
+    """Whether a finished job is kept: `pinned`, else removed at `expires_at` (null: kept)."""
+
+    pinned: bool
+    expires_at: str | None
+
+
 class MetricsView(TypedDict):
     """The last completed epoch's metrics and the best checkpoint."""
 
@@ -296,6 +306,7 @@ class _JobViewFields(TypedDict):
     checkpoints: list[dict[str, Any]]
     final: dict[str, Any] | None
     error: JobError | None
+    retention: Retention
     links: JobLinks
 
 
@@ -305,8 +316,9 @@ class JobView(_JobViewFields, total=False):
     queue: QueueState
 
 
-def view_job(job: Job, *, now: float | None = None) -> JobView:
-    """The job as the API shows it; `now` (seconds since the epoch) times a running job."""
+def view_job(job: Job, *, now: float | None = None, ttl_seconds: int = 0) -> JobView:
+    """The job as the API shows it; `now` (seconds since the epoch) times a running job,
+    `ttl_seconds` (FITSERVE_JOB_TTL_SECONDS) dates a finished job's removal."""
     job_id = job["id"]
     progress = job.get("progress") or {}
     return JobView(
@@ -341,6 +353,9 @@ def view_job(job: Job, *, now: float | None = None) -> JobView:
             JobError(reason=job.get("reason"), message=job.get("message"))
             if job["status"] == "failed"
             else None
+        ),
+        retention=Retention(
+            pinned=bool(job.get("pinned")), expires_at=expiry_time(job, ttl_seconds)
         ),
         links=JobLinks(
             self=f"/v1/jobs/{job_id}",
@@ -921,6 +936,21 @@ def _events(entries: StreamRangeResponse | None) -> list[tuple[str, dict[str, An
         for entry_id, fields in entries or []
         if entry_id is not None and fields is not None
     ]
+
+
+def expires_after(job: Job, ttl_seconds: int) -> float | None:
+    """When (seconds since the epoch) a finished job is due for removal; None while it is live,
+    pinned, or when jobs never expire."""
+    finished = job.get("finished_at")
+    if ttl_seconds <= 0 or job.get("pinned") or job["status"] not in TERMINAL or not finished:
+        return None
+    return parse_time(finished) + ttl_seconds
+
+
+def expiry_time(job: Job, ttl_seconds: int) -> str | None:
+    """`expires_after` as an RFC 3339 timestamp."""
+    due = expires_after(job, ttl_seconds)
+    return None if due is None else utc_time(due)
 
 
 def parse_time(rfc3339: str) -> float:

@@ -11,6 +11,10 @@ from typing import Any, Protocol
 from core.settings import Settings
 
 TRAIN_TASK = "fitserve.train"
+INGEST_TASK = "fitserve.ingest"
+# The CPU task worker's queues (worker.cpu): dataset ingest, and the sweep drivers.
+DATASETS_QUEUE = "datasets"
+SWEEPS_QUEUE = "sweeps"
 # Kombu's Redis transport keeps a list per priority step: `<queue>` for step 0, then
 # `<queue>:<step>`.
 PRIORITY_STEPS = tuple(range(10))
@@ -41,6 +45,12 @@ def send_training(producer: Producer, job: Mapping[str, Any]) -> None:
         queue=train_queue(job.get("gpus") or 1),
         priority=9 - int(job.get("priority", 5)),
     )
+
+
+def send_ingest(producer: Producer, dataset_id: str) -> None:
+    """Enqueue a `processing` dataset's ingest on the CPU task worker's queue; the dataset id
+    is the task id (a duplicate delivery finds the dataset no longer processing)."""
+    producer.send_task(INGEST_TASK, args=[dataset_id], task_id=dataset_id, queue=DATASETS_QUEUE)
 
 
 def broker_lists(queue: str) -> list[str]:

@@ -9,6 +9,8 @@ Every worker's heartbeat calls `reconcile`; a Redis lock lets one of them act pe
   (an API process died between recording and enqueueing it; a whole worker died between
   receiving it and leasing it) is sent again. A duplicate message is harmless: the delivery
   that finds the job leased or finished acks without work.
+- With FITSERVE_JOB_TTL_SECONDS set, finished jobs past their time are removed with their files,
+  unless pinned; a live job is never touched (removal refuses any status but a finished one).
 """
 
 from __future__ import annotations
@@ -22,14 +24,16 @@ import orjson
 import redis
 
 from core.errors import Conflict, NotFound
-from core.jobs import Job, JobStore, parse_time
+from core.jobs import TERMINAL, Job, JobStore, expires_after, parse_time
 from core.queues import broker_lists, train_queue
-from core.rediskeys import ORPHAN_LOCK, RECONCILER_LOCK
+from core.rediskeys import EXPIRY_LOCK, ORPHAN_LOCK, RECONCILER_LOCK
 from core.runs import CANCELLED, worker_lost_message
 
 log = logging.getLogger("fitserve.reconciler")
 
 ORPHAN_PERIOD = 30
+# Expiry looks at every finished job: at most once a minute, sooner for short TTLs.
+EXPIRY_PERIOD = 60
 Send = Callable[[Job], None]
 
 
@@ -52,7 +56,28 @@ def reconcile(store: JobStore, send: Send, holder: str) -> list[str]:
                 changed.append(job_id)
     if store.redis.set(ORPHAN_LOCK, holder, nx=True, ex=ORPHAN_PERIOD):
         changed += _resend_orphans(store, send)
+    ttl = store.settings.job_ttl_seconds
+    if ttl > 0 and store.redis.set(EXPIRY_LOCK, holder, nx=True, ex=_expiry_period(ttl)):
+        changed += expire_jobs(store, time.time())
     return changed
+
+
+def _expiry_period(ttl: int) -> int:
+    return max(1, min(EXPIRY_PERIOD, ttl // 10))
+
+
+def expire_jobs(store: JobStore, now: float) -> list[str]:
+    """Remove the finished, unpinned jobs whose time is up at `now`; their ids."""
+    removed = []
+    for status in TERMINAL:
+        for job_id in store.job_ids(status):
+            with contextlib.suppress(NotFound, Conflict):
+                due = expires_after(store.get(job_id), store.settings.job_ttl_seconds)
+                if due is not None and due <= now:
+                    store.delete(job_id)
+                    log.info("job_expired job=%s status=%s", job_id, status)
+                    removed.append(job_id)
+    return removed
 
 
 def _resend_orphans(store: JobStore, send: Send) -> list[str]:

@@ -29,6 +29,7 @@ REBUILT_GRACE = PREFIX + "records:grace"
 EPOCHS_DONE = PREFIX + "epochs"
 RECONCILER_LOCK = PREFIX + "reconciler:lock"
 ORPHAN_LOCK = PREFIX + "reconciler:orphans"
+EXPIRY_LOCK = PREFIX + "reconciler:expiry"
 
 
 def job_key(job_id: str) -> str:

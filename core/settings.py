@@ -20,8 +20,20 @@ class Settings:
     api_keys: str = ""
     max_upload_bytes: int = 1 << 30
     max_json_bytes: int = 16 << 20
-    # Uncompressed bytes one dataset may hold (an .npz expands; its members are checked first).
+    # Bytes one dataset may hold once expanded, judged absolutely (never by compression ratio):
+    # an .npz's members and an archive's images are checked against it before decompressing.
     max_dataset_bytes: int = 64 << 30
+    # Image archives (core.archives): members listed and class folders per archive, and pixels
+    # per image (Pillow's decompression-bomb guard; its own default).
+    max_archive_members: int = 1_000_000
+    max_archive_classes: int = 10_000
+    max_image_pixels: int = 89_478_485
+    # A dataset `processing` whose ingest has given no sign of life for this long (its task
+    # worker died) reads as `failed`.
+    ingest_stall_seconds: int = 600
+    # Files on the box that admin keys may import as datasets (`{"import": "<relative path>"}`),
+    # confined to this folder; empty: imports are off.
+    import_dir: str = ""
     # CPU seconds one upload may spend being read and described (on its own thread); past it the
     # upload is refused with a 413, so no upload can hold an API thread for long.
     upload_cpu_seconds: int = 120
@@ -49,6 +61,12 @@ class Settings:
     max_jobs_per_key: int = 10_000
     max_datasets_per_key: int = 1000
     storage_quota_bytes: int = 256 << 30
+    # Finished jobs (succeeded, failed, cancelled) are removed with their files this long after
+    # they finished, unless pinned; 0 keeps them until deleted.
+    job_ttl_seconds: int = 0
+    # SavedModel downloads are cached under each job's exports/; past this many bytes across all
+    # jobs the least recently used are removed (they are made again on the next download).
+    export_cache_bytes: int = 8 << 30
     # Peers (addresses or networks, comma-separated) whose X-Forwarded-For names the client:
     # the proxy in front. From any other peer forwarded headers are ignored.
     trusted_proxies: str = ""

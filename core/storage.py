@@ -35,7 +35,13 @@ def check_id(value: str, kind: str) -> str:
 
 def utc_now() -> str:
     """RFC 3339 UTC with milliseconds, the one timestamp format of the API and manifests."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utc_time(datetime.now(UTC).timestamp())
+
+
+def utc_time(seconds: float) -> str:
+    """`utc_now`'s format for a moment given in seconds since the epoch."""
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def sha256_file(path: Path) -> str:

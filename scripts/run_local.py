@@ -1,10 +1,11 @@
 """`make run`: the whole stack without Docker, in the foreground, stopped together by Ctrl-C.
 
 Starts a local redis-server (AOF on) if none answers at FITSERVE_REDIS_URL, then one Celery
-worker and gunicorn with the command lines of docker-compose.yml, gunicorn on a loopback port of
-its own, and nginx in front of it on 127.0.0.1:8000 (FITSERVE_BIND moves it), configured from the
-same template as compose's proxy. It says which Redis it uses and how that Redis keeps its data:
-one that already answered may be someone else's, with AOF off.
+worker, the CPU task worker (dataset ingest, sweeps) and gunicorn with the command lines of
+docker-compose.yml, gunicorn on a loopback port of its own, and nginx in front of it on
+127.0.0.1:8000 (FITSERVE_BIND moves it), configured from the same template as compose's proxy.
+It says which Redis it uses and how that Redis keeps its data: one that already answered may be
+someone else's, with AOF off.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ def main() -> int:
             time.sleep(0.1)
     print(describe_redis(url), flush=True)
     processes.append(_start(compose_command("worker"), env))
+    processes.append(_start(compose_command("tasks"), env))
     processes.append(_start(compose_command("api", bind=upstream), env))
     run_dir = Path(env["FITSERVE_DATA_DIR"]) / "proxy"
     config = write_config(run_dir, Settings.from_env(env), listen=bind, upstream=upstream)

@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         proxies,
         servables,
         state,
+        storage,
         tfserving,
         validate,
     )
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         datasets,
         validate,
         jobs,
+        storage,
         servables,
         tfserving,
         oip,

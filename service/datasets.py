@@ -1,8 +1,10 @@
-"""`/v1/datasets`: upload (multipart file or JSON arrays), list, show, delete.
+"""`/v1/datasets`: upload (multipart file or JSON arrays), import, list, show, delete.
 
 Uploads stream to disk: `UploadRequest` gives werkzeug's multipart parser a file in the data
 folder's uploads area, so a file part is never held in memory and is moved, not copied, into its
-dataset when it is a `.npy`.
+dataset when it is a `.npy`. A `.npy`, `.npz` or CSV upload is stored within the request (201
+`ready`); an image archive, and an import (`{"import": "<relative path>"}`, admin keys only), is
+recorded `processing` and ingested by the CPU task worker (202; core.ingest).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from flask import Blueprint, Flask, Request, Response, request
 from werkzeug.datastructures import FileStorage
 from werkzeug.formparser import FormDataParser
 
-from core import datasets
+from core import datasets, ingest
+from core.archives import detect_archive, parse_image_options
 from core.errors import (
     Conflict,
     FieldError,
@@ -28,16 +31,26 @@ from core.errors import (
     UnsupportedMediaType,
 )
 from core.idempotency import fingerprint
+from core.queues import DATASETS_QUEUE, send_ingest
+from core.reconciler import waiting_task_ids
 from core.storage import new_id
-from service.auth import can_see, owner
+from service.auth import can_see, owner, require_admin
 from service.http import idempotency_key, json_body, json_response, page_args
 from service.limits import check_dataset_quota, keep_within_dataset_quota
-from service.state import data_dir, idempotency_keys, job_store, settings
+from service.state import data_dir, idempotency_keys, job_store, producer, redis_client, settings
 
 log = logging.getLogger("fitserve.service")
 bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
 
-ACCEPTED_TYPES = "multipart/form-data (field 'file') or application/json ({'arrays': {...}})"
+ACCEPTED_TYPES = (
+    "multipart/form-data (field 'file') or application/json ({'arrays': {...}} or "
+    "{'import': '<relative path>'})"
+)
+# What an import request may say beside the path: the upload form's fields.
+IMPORT_KEYS = (
+    *("import", "label", "name"),
+    *("image_size", "color_mode", "crop_to_aspect_ratio", "on_bad_image"),
+)
 
 
 class UploadRequest(Request):
@@ -74,8 +87,8 @@ class UploadRequest(Request):
 
 @bp.post("")
 def create_dataset() -> Response:
-    """Upload a dataset: 201 with its manifest, or 200 with the one an Idempotency-Key made for
-    the same upload (409 for a different one)."""
+    """Upload a dataset: 201 with its manifest (`ready`), 202 (`processing`) for an archive or an
+    import, or 200 with the one an Idempotency-Key made for the same upload (409 for another)."""
     is_json = request.mimetype == "application/json" or request.mimetype.endswith("+json")
     if request.mimetype != "multipart/form-data" and not is_json:
         raise UnsupportedMediaType(
@@ -85,6 +98,9 @@ def create_dataset() -> Response:
     check_dataset_quota(owner())
     key = idempotency_key()
     document = json_body() if is_json else None
+    import_request = document if isinstance(document, dict) and "import" in document else None
+    if import_request is not None:
+        require_admin()
     upload = None if is_json else _file_part()
     request_fingerprint = "" if key is None else _fingerprint(document, upload)
     claim = idempotency_keys("datasets").claim(owner(), key, request_fingerprint, _exists)
@@ -92,16 +108,22 @@ def create_dataset() -> Response:
         if held.earlier is not None:
             return _manifest_response(datasets.load_manifest(data_dir(), held.earlier), 200)
         dataset_id = new_id()
-        if upload is None:
+        if import_request is not None:
+            manifest = _begin_import(dataset_id, import_request)
+        elif upload is None:
             body = request.get_data(cache=True)
             manifest = datasets.store_json(
                 data_dir(), dataset_id, document, body, settings=settings(), owner=owner()
             )
         else:
             manifest = _store_upload(dataset_id, upload)
-        keep_within_dataset_quota(manifest)
+        if datasets.status_of(manifest) == datasets.PROCESSING:
+            send_ingest(producer(), dataset_id)
+        else:
+            keep_within_dataset_quota(manifest)
         held.bind(dataset_id)
-    return _manifest_response(manifest, 201)
+    status = 202 if datasets.status_of(manifest) == datasets.PROCESSING else 201
+    return _manifest_response(manifest, status)
 
 
 @bp.get("")
@@ -131,11 +153,16 @@ def delete_dataset(dataset_id: str) -> tuple[str, int]:
 
 
 def visible_manifest(dataset_id: str) -> dict:
-    """The manifest of a dataset this request may use; someone else's is as unknown as none."""
+    """The manifest of a dataset this request may use; someone else's is as unknown as none.
+    A `processing` one whose ingest was lost reads (and is recorded) as failed."""
     manifest = datasets.load_manifest(data_dir(), dataset_id)
     if not can_see(manifest.get("owner")):
         raise NotFound(f"No dataset with id {dataset_id!r}.")
-    return manifest
+    return ingest.settle_stale(data_dir(), manifest, settings(), _waiting_ingests)
+
+
+def _waiting_ingests() -> set[str]:
+    return waiting_task_ids(redis_client(), [DATASETS_QUEUE])
 
 
 def _manifest_response(manifest: dict, status: int) -> Response:
@@ -165,15 +192,50 @@ def _file_part() -> FileStorage:
 
 
 def _store_upload(dataset_id: str, upload: FileStorage) -> dict:
+    """A plain upload stored now; an image archive recorded `processing` for the task worker."""
+    path = Path(upload.stream.name)
+    filename = (upload.filename or None) and upload.filename[:255]
+    archive_format = detect_archive(path)
+    if archive_format is not None:
+        options = parse_image_options(request.form).to_json()
+        origin = {"filename": filename, "format": archive_format, "bytes": path.stat().st_size}
+        return ingest.begin_ingest(
+            data_dir(), dataset_id, path, owner=owner(), origin=origin, options=options
+        )
     return datasets.store_upload(
         data_dir(),
         dataset_id,
         Path(upload.stream.name),
         settings=settings(),
         owner=owner(),
-        filename=(upload.filename or None) and upload.filename[:255],
+        filename=filename,
         label=request.form.get("label", "label"),
         name=request.form.get("name", "x"),
+    )
+
+
+def _begin_import(dataset_id: str, document: dict) -> dict:
+    """Record an import `processing`: its path confined to FITSERVE_IMPORT_DIR, its options."""
+    unknown = sorted(set(document) - set(IMPORT_KEYS))
+    if unknown:
+        message = f"Unknown key {unknown[0]!r} in an import request."
+        raise InvalidRequest(
+            message,
+            errors=[FieldError(f"/{unknown[0]}", message, " | ".join(IMPORT_KEYS), unknown[0])],
+        )
+    relative = document["import"]
+    if not isinstance(relative, str):
+        message = "import names a file or folder inside FITSERVE_IMPORT_DIR."
+        raise InvalidRequest(
+            message, errors=[FieldError("/import", message, "a relative path", str(relative))]
+        )
+    options = {
+        **parse_image_options(document).to_json(),
+        "label": str(document.get("label", "label")),
+        "name": str(document.get("name", "x")),
+    }
+    return ingest.begin_import(
+        data_dir(), dataset_id, relative, settings=settings(), owner=owner(), options=options
     )
 
 

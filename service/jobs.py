@@ -59,13 +59,13 @@ def submit_job() -> Response:
             store.discard(job)
             raise
     log.info("job_submitted job=%s request_id=%s", job["id"], g.get("request_id"))
-    return json_response(view_job(job), 202, {"Location": f"/v1/jobs/{job['id']}"})
+    return json_response(job_view(job), 202, {"Location": f"/v1/jobs/{job['id']}"})
 
 
 def _replay(job: Job) -> Response:
     """200 with the job an earlier submit with the same key and body made (as datasets answer)."""
     return json_response(
-        view_job(job),
+        job_view(job),
         200,
         {"Location": f"/v1/jobs/{job['id']}", "Idempotent-Replayed": "true"},
     )
@@ -86,7 +86,7 @@ def list_jobs() -> Response:
     principal = g.get("principal")
     scope = None if principal is None or principal.admin else principal.name
     items, next_cursor = job_store().list(owner=scope, status=status, limit=limit, cursor=cursor)
-    return json_response({"items": [view_job(job) for job in items], "next_cursor": next_cursor})
+    return json_response({"items": [job_view(job) for job in items], "next_cursor": next_cursor})
 
 
 @bp.get("/v1/jobs/<job_id>")
@@ -99,7 +99,7 @@ def get_job(job_id: str) -> Response:
         if finished is None:
             raise
         job = finished
-    view: JobView = view_job(job)
+    view: JobView = job_view(job)
     if job["status"] == "queued":
         view["queue"] = _queue_state(job.get("gpus") or 1)
     return json_response(view)
@@ -144,7 +144,7 @@ def cancel_job(job_id: str) -> Response:
     visible_job(job_id)
     job = job_store().request_cancel(job_id)
     log.info("job_cancel job=%s status=%s request_id=%s", job_id, job["status"], g.request_id)
-    return json_response(view_job(job), 202)
+    return json_response(job_view(job), 202)
 
 
 @bp.delete("/v1/jobs/<job_id>")
@@ -153,6 +153,11 @@ def delete_job(job_id: str) -> tuple[str, int]:
     visible_job(job_id)
     job_store().delete(job_id)
     return "", 204
+
+
+def job_view(job: Job) -> JobView:
+    """The job as the API shows it, its removal dated by FITSERVE_JOB_TTL_SECONDS."""
+    return view_job(job, ttl_seconds=settings().job_ttl_seconds)
 
 
 def visible_job(job_id: str) -> Job:

@@ -29,7 +29,7 @@ from core import datasets
 from core.errors import InsufficientStorage, QuotaExceeded, RateLimited
 from core.jobs import JobStore
 from core.rediskeys import auth_failures_key, rate_limit_key
-from core.usage import dataset_usage
+from core.usage import refuse_over_bytes, storage_usage
 from service.state import data_dir, redis_client, settings
 
 log = logging.getLogger("fitserve.service")
@@ -281,6 +281,7 @@ def check_job_quota(store: JobStore, owner: str | None) -> None:
             f"The quota of {kept_quota} jobs kept per API key (FITSERVE_MAX_JOBS_PER_KEY) is "
             f"reached: {kept} are stored. Delete finished jobs to make room."
         )
+    _refuse_over_bytes(owner)
     quota = settings().max_active_jobs_per_key
     if quota <= 0:
         return
@@ -311,19 +312,18 @@ def keep_within_dataset_quota(manifest: dict) -> None:
 
 def _refuse_over_quota(owner: str | None, *, adding: int) -> None:
     """InsufficientStorage when `owner`'s datasets, `adding` more of each, are over a quota."""
-    config = settings()
-    count_quota, bytes_quota = config.max_datasets_per_key, config.storage_quota_bytes
-    if count_quota <= 0 and bytes_quota <= 0:
-        return
-    usage = dataset_usage(data_dir(), owner)
-    if 0 < count_quota < usage.datasets + adding:
-        raise InsufficientStorage(
-            f"The quota of {count_quota} datasets per API key (FITSERVE_MAX_DATASETS_PER_KEY) "
-            f"is reached: {usage.datasets} are stored. Delete datasets to make room."
-        )
-    if 0 < bytes_quota < usage.bytes + adding:
-        raise InsufficientStorage(
-            f"The storage quota of {bytes_quota} bytes per API key "
-            f"(FITSERVE_STORAGE_QUOTA_BYTES) is used up: datasets hold {usage.bytes} bytes. "
-            "Delete datasets to make room."
-        )
+    count_quota = settings().max_datasets_per_key
+    if count_quota > 0:
+        stored = storage_usage(data_dir(), owner).datasets.count
+        if count_quota < stored + adding:
+            raise InsufficientStorage(
+                f"The quota of {count_quota} datasets per API key "
+                f"(FITSERVE_MAX_DATASETS_PER_KEY) is reached: {stored} are stored. Delete "
+                "datasets to make room."
+            )
+    _refuse_over_bytes(owner, adding=adding)
+
+
+def _refuse_over_bytes(owner: str | None, *, adding: int = 1) -> None:
+    """InsufficientStorage when `owner`'s stored bytes, `adding` more, pass the quota."""
+    refuse_over_bytes(data_dir(), settings(), owner, adding)

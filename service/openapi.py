@@ -17,9 +17,12 @@ from typing import Any
 import swagger_ui_bundle
 from flask import Blueprint, Flask, Response, current_app, send_from_directory
 
+from core.archives import COLOR_MODES, MAX_SIDE, ON_BAD_IMAGE
+from core.datasets import STATUSES as DATASET_STATUSES
 from core.jobs import STATUSES, JobView, ModelRecord
 from core.serving.catalog import LABELS
 from core.typeschema import json_schema
+from core.usage import UsageView
 from service.http import json_response
 
 bp = Blueprint("openapi", __name__)
@@ -118,7 +121,9 @@ def build_document() -> dict:
         },
         "servers": [{"url": "/"}],
         "security": [{}, {"apiKey": []}],
-        "tags": [{"name": name} for name in ("health", "datasets", "jobs", "models", "v2")],
+        "tags": [
+            {"name": name} for name in ("health", "datasets", "jobs", "storage", "models", "v2")
+        ],
         "paths": _paths(),
         "components": {
             "schemas": _rebase(schemas),
@@ -224,9 +229,38 @@ def _component_schemas() -> dict[str, dict]:
                 "bytes": {"type": "integer"},
                 "arrays": {"type": "object", "additionalProperties": any_object},
             },
-            {"owner": _text_or_null(), "classes": any_object},
+            {
+                "owner": _text_or_null(),
+                "classes": any_object,
+                "status": {
+                    "enum": list(DATASET_STATUSES),
+                    "description": "processing (an archive or import being read), ready, or "
+                    "failed; absent in manifests from before statuses, which are ready.",
+                },
+                "error": _nullable(
+                    _object(
+                        {"message": {"type": "string"}},
+                        {"member": _text_or_null(), "code": {"type": "string"}, "errors": {}},
+                    )
+                ),
+                "options": any_object,
+                "skipped": _object(
+                    {"count": {"type": "integer"}, "members": {"type": "array"}},
+                    description="Archive members skipped with on_bad_image=skip.",
+                ),
+            },
         ),
         "DatasetPage": _page(_ref("Dataset")),
+        "ImportDataset": _object(
+            {
+                "import": {
+                    "type": "string",
+                    "description": "A file or folder inside FITSERVE_IMPORT_DIR (admin keys).",
+                }
+            },
+            {"label": {"type": "string"}, "name": {"type": "string"}, **_image_options()},
+            additionalProperties=False,
+        ),
         "JsonDataset": {
             "type": "object",
             "properties": {
@@ -241,6 +275,7 @@ def _component_schemas() -> dict[str, dict]:
             "example": {"arrays": {"x": [[0.1, 0.2], [0.3, 0.4]], "y": [0, 1]}},
         },
         "Job": json_schema(JobView),
+        "Usage": json_schema(UsageView),
         "JobPage": _page(_ref("Job")),
         "ModelRecord": json_schema(ModelRecord),
         "JobMetrics": _object(
@@ -420,6 +455,20 @@ def _operation(
     return operation
 
 
+def _image_options() -> dict[str, dict]:
+    """The image archive options, from the parser's own choices (core.archives)."""
+    return {
+        "image_size": {
+            "type": "string",
+            "pattern": r"^\s*[0-9]+\s*,\s*[0-9]+\s*$",
+            "description": f"Archives: 'H,W', each 1 to {MAX_SIDE}; every image resized to it.",
+        },
+        "color_mode": {"enum": list(COLOR_MODES), "default": "rgb"},
+        "crop_to_aspect_ratio": {"enum": ["true", "false"], "default": "false"},
+        "on_bad_image": {"enum": list(ON_BAD_IMAGE), "default": "refuse"},
+    }
+
+
 def _json(schema_name: str, description: str = "OK") -> tuple[str, str, dict]:
     return (description, JSON, _ref(schema_name))
 
@@ -483,10 +532,11 @@ def _paths() -> dict[str, dict]:
         },
         "/v1/datasets": {
             "post": _operation(
-                "Upload a dataset (.npz, .npy, .csv or JSON arrays).",
+                "Upload a dataset (.npz, .npy, .csv, image archive, JSON arrays), or import one.",
                 "datasets",
                 {
-                    201: _json("Dataset", "Stored"),
+                    201: _json("Dataset", "Stored (status ready)"),
+                    202: _json("Dataset", "An image archive or import, status processing"),
                     200: _json("Dataset", "Stored earlier (Idempotency-Key)"),
                 },
                 parameters=[IDEMPOTENCY],
@@ -503,10 +553,11 @@ def _paths() -> dict[str, dict]:
                                     "type": "string",
                                     "description": ".npy: the array's name.",
                                 },
+                                **_image_options(),
                             },
                         )
                     },
-                    JSON: {"schema": _ref("JsonDataset")},
+                    JSON: {"schema": {"oneOf": [_ref("JsonDataset"), _ref("ImportDataset")]}},
                 },
             ),
             "get": _operation(
@@ -613,6 +664,30 @@ def _paths() -> dict[str, dict]:
                 "jobs",
                 {202: _json("Job", "Cancelling or cancelled")},
                 parameters=[JOB_ID],
+            ),
+        },
+        "/v1/jobs/{job_id}:pin": {
+            "post": _operation(
+                "Keep a finished job past FITSERVE_JOB_TTL_SECONDS until unpinned.",
+                "jobs",
+                {200: _json("Job", "Pinned")},
+                parameters=[JOB_ID],
+            ),
+        },
+        "/v1/jobs/{job_id}:unpin": {
+            "post": _operation(
+                "Let a pinned job expire again, FITSERVE_JOB_TTL_SECONDS after it finished.",
+                "jobs",
+                {200: _json("Job", "Unpinned")},
+                parameters=[JOB_ID],
+            ),
+        },
+        "/v1/usage": {
+            "get": _operation(
+                "What this key stores (datasets, jobs, checkpoints, export caches) against its "
+                "quota (FITSERVE_STORAGE_QUOTA_BYTES; past it, new uploads and jobs are 507).",
+                "storage",
+                {200: _json("Usage")},
             ),
         },
         "/v1/models": {

@@ -190,7 +190,9 @@ def download(model: str, version: str | None = None, label: str | None = None) -
             )
         else:
             response = send_file(
-                export_savedmodel(servables.model_cache().get(servable)),
+                export_savedmodel(
+                    servables.model_cache().get(servable), settings().export_cache_bytes
+                ),
                 mimetype="application/gzip",
                 as_attachment=True,
                 download_name=f"{name}.savedmodel.tar.gz",

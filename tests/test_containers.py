@@ -18,10 +18,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from core.devices import visible_gpu_count
-from core.queues import train_queue
+from core.queues import DATASETS_QUEUE, SWEEPS_QUEUE, train_queue
 from core.settings import PREFIX, Settings
 from scripts.proxy import (
     TEMPLATE,
@@ -45,9 +46,11 @@ APP_SERVICES = {
     for name, service in SERVICES.items()
     if service.get("build", {}).get("target") in {"api", "worker"}
 }
+# Training workers: the app that imports TensorFlow; `tasks` is the CPU task worker.
 WORKERS = {
-    name: service for name, service in APP_SERVICES.items() if "worker" in service["command"]
+    name: service for name, service in APP_SERVICES.items() if "worker.app" in service["command"]
 }
+TASKS = SERVICES["tasks"]
 GPU_WORKERS = {
     name: service for name, service in WORKERS.items() if service["build"]["target"] == "worker"
 }
@@ -84,7 +87,8 @@ def seconds(duration: str) -> int:
 
 
 def test_the_compose_file_has_the_expected_services() -> None:
-    assert {"redis", "api", "proxy", "worker"} <= set(SERVICES)
+    assert {"redis", "api", "proxy", "worker", "tasks"} <= set(SERVICES)
+    assert "profiles" not in TASKS
     assert {"worker", "worker-2gpu", "worker-cpu"} <= set(WORKERS)
     assert "profiles" not in SERVICES["worker"]
     assert SERVICES["worker-cpu"]["profiles"] == ["cpu"]
@@ -171,6 +175,20 @@ def test_the_cpu_worker_sees_no_gpu_and_runs_the_cpu_image() -> None:
     assert service["image"] == SERVICES["api"]["image"]
 
 
+def test_the_task_worker_runs_the_cpu_app_on_the_api_image_without_a_gpu() -> None:
+    assert TASKS["image"] == SERVICES["api"]["image"]
+    assert TASKS["build"]["target"] == "api"
+    assert "deploy" not in TASKS
+    assert TASKS["command"] == [
+        *("celery", "--app", "worker.cpu", "worker"),
+        *("--queues", f"{DATASETS_QUEUE},{SWEEPS_QUEUE}"),
+        *("--concurrency", "2", "--prefetch-multiplier", "1", "--loglevel", "INFO"),
+    ]
+    assert TASKS["init"] is True
+    assert TASKS["restart"] == "unless-stopped"
+    assert seconds(TASKS["stop_grace_period"]) >= 60
+
+
 def test_workers_run_one_command_line_but_for_the_queue() -> None:
     def without_queue(command: list[str]) -> list[str]:
         at = command.index("--queues")
@@ -204,6 +222,7 @@ def test_the_stack_starts_exactly_the_compose_commands() -> None:
     local = compose_command("api", bind="127.0.0.1:8123")
     assert [a for a, b in zip(local, api, strict=True) if a != b] == ["127.0.0.1:8123"]
     assert compose_command("worker") == SERVICES["worker"]["command"]
+    assert compose_command("tasks") == TASKS["command"]
 
 
 def test_the_images_default_commands_are_the_compose_commands() -> None:
@@ -368,5 +387,44 @@ def test_the_worker_healthcheck_answers_for_its_own_live_node_only(
         # Asked while the worker starts: another host's node never answers for it.
         assert not healthy("elsewhere")
         wait_for(lambda: healthy(socket.gethostname()), 60, shlex.join(probe), interval=1)
+    finally:
+        stop_tree(worker)
+
+
+def test_the_task_worker_answers_its_healthcheck_and_never_imports_tensorflow(
+    tmp_path: Path, clean_redis: str
+) -> None:
+    (kind, probe) = TASKS["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FITSERVE_REDIS_URL": clean_redis,
+        "FITSERVE_DATA_DIR": str(tmp_path / "data"),
+    }
+
+    def healthy(hostname: str) -> bool:
+        # Compose turns `$$` into `$` before the shell sees the command.
+        command = probe.replace("$$", "$")
+        probed = subprocess.run(
+            ["sh", "-c", command], cwd=ROOT, env={**env, "HOSTNAME": hostname}, timeout=30
+        )
+        return probed.returncode == 0
+
+    worker = subprocess.Popen(
+        compose_command("tasks"),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert not healthy("elsewhere")
+        wait_for(lambda: healthy(socket.gethostname()), 60, probe, interval=1)
+        family = [worker.pid, *(child.pid for child in psutil.Process(worker.pid).children(True))]
+        assert len(family) == 3, "the parent and its two pool children"
+        for pid in family:
+            mapped = Path(f"/proc/{pid}/maps").read_text()
+            assert "tensorflow" not in mapped, f"process {pid} loaded TensorFlow"
     finally:
         stop_tree(worker)

@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from core.datasets import PROCESSING, READY, status_of
 from core.errors import FieldError, FieldErrors, InvalidRequest, NotFound, show
 from core.grammar.allowlist import MONITOR, SCALES, monitor_mode
 from core.grammar.kinds import INVALID, Boolean, Choice, Integer, Place
@@ -195,6 +196,17 @@ def _loss_name(loss: Any) -> str | None:
     return None
 
 
+def _not_ready(dataset_id: str, manifest: dict) -> str:
+    """Why a dataset that is not ready cannot train yet, and what to do."""
+    if status_of(manifest) == PROCESSING:
+        return (
+            f"Dataset {dataset_id} is still processing; submit the job once "
+            f"GET /v1/datasets/{dataset_id} shows status ready."
+        )
+    reason = show((manifest.get("error") or {}).get("message"))
+    return f"Dataset {dataset_id} failed ({reason}); fix the data and upload it again."
+
+
 class _Split:
     """One dataset reference (the main data, validation or test) and its arrays' checks."""
 
@@ -231,7 +243,7 @@ class _Split:
             at.refuse(value, "the id of one of your datasets (32 hex characters)")
             return None, None
         try:
-            return value, manifest_of(value)
+            manifest = manifest_of(value)
         except NotFound:
             self.errors.append(
                 FieldError(
@@ -243,6 +255,15 @@ class _Split:
                 )
             )
             return value, None
+        if status_of(manifest) != READY:
+            message = _not_ready(value, manifest)
+            self.errors.append(
+                FieldError(
+                    at.path, message, "the id of a dataset with status ready", status_of(manifest)
+                )
+            )
+            return value, None
+        return value, manifest
 
     def _mapping(
         self, raw: dict[str, Any], key: str, names: list[str] | None, default: _Split

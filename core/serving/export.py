@@ -2,7 +2,9 @@
 
 The SavedModel (`serving_default` with the metadata's input and output names) is built once per
 file and cached under the job's `exports/` folder (written atomically, named by the version and
-the file's sha256), so a second download is a file read.
+the file's sha256), so a second download is a file read. The caches of all jobs together are an
+LRU under a byte cap (FITSERVE_EXPORT_CACHE_BYTES): a hit freshens its file's mtime, and each new
+export removes the stalest ones past the cap.
 
 The ONNX file is written by the worker beside each saved `.keras` file (`write_onnx`), its sha256
 in the manifest entry; the API loads it with ONNX Runtime, a call of a few microseconds where
@@ -12,8 +14,10 @@ at load). The API never converts.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import tarfile
 import tempfile
 import threading
@@ -88,8 +92,9 @@ def savedmodel_path(loaded: LoadedModel) -> Path:
     return servable.job_dir / EXPORTS / f"v{servable.version:04d}-{sha}.savedmodel.tar.gz"
 
 
-def export_savedmodel(loaded: LoadedModel) -> Path:
-    """The cached `.tar.gz` of a SavedModel of `loaded`, made now if missing.
+def export_savedmodel(loaded: LoadedModel, cache_bytes: int) -> Path:
+    """The cached `.tar.gz` of a SavedModel of `loaded`, made now if missing; the caches stay
+    under `cache_bytes` together (the new one is kept even when it alone is larger).
 
     The archive unpacks to `<version>/saved_model.pb, variables/...`, the folder layout
     TensorFlow Serving loads, and its `serving_default` signature takes and returns tensors
@@ -100,6 +105,8 @@ def export_savedmodel(loaded: LoadedModel) -> Path:
     target = savedmodel_path(loaded)
     with _lock:
         if target.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(target)
             return target
         with tempfile.TemporaryDirectory(dir=target.parent.parent) as folder:
             archive = keras.export.ExportArchive()
@@ -108,4 +115,27 @@ def export_savedmodel(loaded: LoadedModel) -> Path:
             archive.write_out(folder, verbose=False)
             with atomic_file(target) as handle, tarfile.open(fileobj=handle, mode="w:gz") as tar:
                 tar.add(folder, arcname=str(loaded.servable.version))
+        trim_exports(target.parent.parent.parent, cache_bytes, keep=target)
     return target
+
+
+def trim_exports(jobs_root: Path, cache_bytes: int, *, keep: Path | None = None) -> list[Path]:
+    """Remove the least recently used export caches under `jobs_root` until they hold at most
+    `cache_bytes` (never `keep`); the removed paths. A cache is made again when asked for."""
+    cached = []
+    for path in jobs_root.glob(f"*/{EXPORTS}/*.savedmodel.tar.gz"):
+        with contextlib.suppress(FileNotFoundError):
+            stat = path.stat()
+            cached.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in cached)
+    removed = []
+    for _, size, path in sorted(cached):
+        if total <= cache_bytes:
+            break
+        if path == keep:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+        total -= size
+    return removed

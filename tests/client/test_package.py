@@ -35,7 +35,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
-def test_wheel_needs_only_requests_and_numpy_and_provides_the_command(wheel):
+def test_wheel_needs_only_requests_numpy_and_tuspy_and_provides_the_command(wheel):
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         metadata = archive.read(next(n for n in names if n.endswith("/METADATA"))).decode()
@@ -45,7 +45,7 @@ def test_wheel_needs_only_requests_and_numpy_and_provides_the_command(wheel):
         for line in metadata.splitlines()
         if line.startswith("Requires-Dist:") and "extra ==" not in line
     ]
-    assert sorted(r.split(">")[0] for r in required) == ["numpy", "requests"]
+    assert sorted(r.split(">")[0] for r in required) == ["numpy", "requests", "tuspy"]
     assert "client/api.py" in names
     assert "client/cli.py" in names
     assert b"fitserve = client.cli:main" in entry_points

@@ -1,8 +1,8 @@
 """The e2e fixtures: one stack per session (tests.support.stack), shared by every e2e test.
 
-`stack` starts redis-server, the main worker and gunicorn with the command lines of
-docker-compose.yml. `healthy_stack` makes sure the main worker is back after a test that killed
-it; after a failed test, `cancel_jobs_left_live` cancels what it left running, so one failure
+`stack` starts redis-server, the main worker, the CPU task worker and gunicorn with the command
+lines of docker-compose.yml. `healthy_stack` makes sure the main worker is back after a test that
+killed it; after a failed test, `cancel_jobs_left_live` cancels what it left running, so one failure
 cannot hold the shared worker for the tests after it.
 """
 
@@ -41,8 +41,9 @@ def cancel_jobs_left_live(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """redis-server, the main worker and gunicorn, ready (the worker's heartbeat seen)."""
-    with running_stack(tmp_path_factory.mktemp("stack"), "main") as running:
+    """redis-server, the main worker, the CPU task worker and gunicorn, ready (the worker's
+    heartbeat seen, the task worker answering pings)."""
+    with running_stack(tmp_path_factory.mktemp("stack"), "main", tasks=True) as running:
         yield running
 
 

@@ -256,11 +256,12 @@ def test_a_key_keeps_at_most_its_quota_of_datasets(settings):
 
 
 def test_a_dataset_that_takes_its_key_past_the_storage_quota_is_not_kept(settings):
-    # One JSON dataset of X and Y stores 16 rows of 4 float64s and 16 int64s: 640 bytes.
-    client = keyed(settings, storage_quota_bytes=1000)
+    # One JSON dataset of X and Y stores 16 rows of 4 float64s and 16 int64s (640 bytes), with
+    # their .npy headers and the manifest: under 3000 bytes on disk, counted as the quota counts.
+    client = keyed(settings, storage_quota_bytes=3000)
     first = upload(client, "ann")
-    stored = client.get(f"/v1/datasets/{first}", headers=as_("ann")).get_json()["bytes"]
-    assert stored <= 1000 < 2 * stored
+    stored = client.get("/v1/usage", headers=as_("ann")).get_json()["datasets"]["bytes"]
+    assert stored <= 3000 < 2 * stored
     refused = client.post("/v1/datasets", json={"arrays": {"x": X, "y": Y}}, headers=as_("ann"))
     assert_insufficient_storage(refused, "FITSERVE_STORAGE_QUOTA_BYTES")
     listed = client.get("/v1/datasets", headers=as_("ann")).get_json()["items"]

@@ -81,6 +81,26 @@ class Stack:
         )
         return process
 
+    def start_tasks(self, name: str = "tasks") -> subprocess.Popen:
+        """Start docker-compose.yml's CPU task worker (`tasks`) named `<name>@<host>`; returns
+        once it answers a Celery ping."""
+        from celery import Celery
+
+        from core.queues import celery_config
+
+        node = f"{name}@{os.uname().nodename}"
+        process = self.spawn([*compose_command("tasks"), "--hostname", node], name)
+        self.others.append(process)
+        producer = Celery("fitserve-tests", set_as_current=False)
+        producer.conf.update(celery_config(Settings(redis_url=self.redis_url)))
+        wait_for(
+            lambda: bool(producer.control.ping(destination=[node], timeout=1)),
+            START_SECONDS,
+            f"task worker {node} ping (log: {self.logs / f'{name}.log'})",
+            interval=0.5,
+        )
+        return process
+
     def spawn(
         self, argv: list[str], log_name: str, settings: dict[str, str] | None = None
     ) -> subprocess.Popen:
@@ -249,11 +269,13 @@ def running_stack(
     settings: dict[str, str] | None = None,
     *,
     redis_url: str | None = None,
+    tasks: bool = False,
 ) -> Iterator[Stack]:
     """redis-server, a worker named `worker`, gunicorn and nginx in front of it, with
     docker-compose.yml's command lines and proxy config, in `folder`; ready (the worker's
     heartbeat seen, /readyz answering through nginx). `settings` go over STACK_SETTINGS;
-    `redis_url`: a Redis the caller runs (the fault tests restart theirs) instead of a new one.
+    `redis_url`: a Redis the caller runs (the fault tests restart theirs) instead of a new one;
+    `tasks`: the CPU task worker too (dataset ingest, sweeps), answering pings.
     The tests' stacks and bench/train.py start this way."""
     logs = folder / "logs"
     logs.mkdir(parents=True)
@@ -281,6 +303,8 @@ def running_stack(
             )
             running.others.append(running.spawn(local_proxy_command(config), "proxy"))
             running.start_worker(worker)
+            if tasks:
+                running.start_tasks()
             wait_ready(running.api, logs / "api.log")
             yield running
         finally:
