@@ -3,12 +3,13 @@
     .venv/bin/python bench/data.py [--gb 4] [--source import|upload] [--slice-gb 0.5]
 
 Writes the seed model's data (10 Gaussian blobs, float32 rows of 784 features, int64 labels) of
-`--gb` gigabytes to disk as `.npy` files, chunk by chunk, and starts the stack as the end-to-end
-tests do. The dataset arrives by import (`{"import": path}` under FITSERVE_IMPORT_DIR, the way
-for data past the upload cap) or, with `--source upload`, as one .npz upload (the bench's stack
-then takes uploads of that size). After a tiny warm-up job, the seed model trains one epoch on it
-while the worker's memory (RSS over its process tree, sampled every 50 ms) is watched. Then a
-bare Keras script fits one epoch in memory on a slice of `--slice-gb` of the same data.
+`--gb` gigabytes to disk as an uncompressed .npz, chunk by chunk, and starts the stack (with its
+CPU task worker) as the end-to-end tests do. The dataset arrives by import (`{"import": path}`
+under FITSERVE_IMPORT_DIR, the way for data past the upload cap) or, with `--source upload`, as
+one .npz upload (the bench's stack then takes uploads of that size). After a tiny warm-up job,
+the seed model trains one epoch on it while the worker's memory (RSS over its process tree,
+sampled every 50 ms) is watched. Then a bare Keras script fits one epoch in memory on a slice
+of `--slice-gb` of the same data.
 
 Prints the worker's peak RSS growth against the dataset's size (aim < 25%) and rows per second
 of the job's epoch against the in-memory fit() (aim >= 0.8x).
@@ -20,6 +21,7 @@ import argparse
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -40,22 +42,24 @@ CHUNK_ROWS = 65_536
 ROW_BYTES = FEATURES * 4 + 8
 
 
-def write_blobs(folder: Path, rows: int, seed: int = 0) -> Path:
-    """`x.npy` and `y.npy` of the seed model's blobs in `folder`, written a chunk at a time."""
-    folder.mkdir(parents=True)
+def write_blobs(path: Path, rows: int, seed: int = 0) -> Path:
+    """An uncompressed .npz of the seed model's blobs (`x`, `y`), written a chunk at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     centres = rng.normal(scale=0.2, size=(CLASSES, FEATURES)).astype(np.float32)
-    x = np.lib.format.open_memmap(folder / "x.npy", "w+", np.float32, (rows, FEATURES))
-    y = np.lib.format.open_memmap(folder / "y.npy", "w+", np.int64, (rows,))
-    for start in range(0, rows, CHUNK_ROWS):
-        end = min(rows, start + CHUNK_ROWS)
-        labels = rng.integers(0, CLASSES, size=end - start)
-        x[start:end] = centres[labels] + rng.standard_normal((end - start, FEATURES), np.float32)
-        y[start:end] = labels
-    x.flush()
-    y.flush()
-    del x, y
-    return folder
+    labels = rng.integers(0, CLASSES, size=rows)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        with archive.open("x.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_2_0(
+                member, {"descr": "<f4", "fortran_order": False, "shape": (rows, FEATURES)}
+            )
+            for start in range(0, rows, CHUNK_ROWS):
+                chosen = labels[start : start + CHUNK_ROWS]
+                noise = rng.standard_normal((len(chosen), FEATURES), np.float32)
+                member.write((centres[chosen] + noise).tobytes())
+        with archive.open("y.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array(member, labels.astype(np.int64))
+    return path
 
 
 def import_dataset(stack: Stack, relative: str) -> str:
@@ -73,19 +77,12 @@ def import_dataset(stack: Stack, relative: str) -> str:
     return dataset["id"]
 
 
-def upload_dataset(stack: Stack, folder: Path) -> str:
-    """The arrays as one .npz upload (streamed from disk)."""
-    archive = folder.parent / "upload.npz"
-    np.savez(
-        archive,
-        x=np.load(folder / "x.npy", mmap_mode="r"),
-        y=np.load(folder / "y.npy", mmap_mode="r"),
-    )
-    with open(archive, "rb") as handle:
+def upload_dataset(stack: Stack, path: Path) -> str:
+    """The .npz as one upload, streamed from disk."""
+    with open(path, "rb") as handle:
         response = requests.post(
-            stack.url("/v1/datasets"), files={"file": ("blobs.npz", handle)}, timeout=3600
+            stack.url("/v1/datasets"), files={"file": (path.name, handle)}, timeout=3600
         )
-    archive.unlink()
     response.raise_for_status()
     return response.json()["id"]
 
@@ -101,13 +98,18 @@ def train_one_epoch(stack: Stack, dataset_id: str) -> dict:
     return {"job": done, "epoch_seconds": epoch_seconds}
 
 
-def in_memory_slice(folder: Path, rows: int) -> Path:
+def in_memory_slice(path: Path, rows: int) -> Path:
     """The first `rows` rows as an .npz for the bare script."""
-    path = folder.parent / "slice.npz"
-    x = np.load(folder / "x.npy", mmap_mode="r")
-    y = np.load(folder / "y.npy", mmap_mode="r")
-    np.savez(path, x=np.asarray(x[:rows]), y=np.asarray(y[:rows]))
-    return path
+    target = path.parent.parent / "slice.npz"
+    with zipfile.ZipFile(path) as archive:
+        with archive.open("x.npy") as member:
+            np.lib.format.read_magic(member)
+            np.lib.format.read_array_header_2_0(member)  # write_blobs writes version 2.0
+            x = np.frombuffer(member.read(rows * FEATURES * 4), np.float32).reshape(rows, FEATURES)
+        with archive.open("y.npy") as member:
+            y = np.lib.format.read_array(member, allow_pickle=False)[:rows]
+    np.savez(target, x=x, y=y)
+    return target
 
 
 def main() -> int:
@@ -121,8 +123,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="fitserve-bench-") as tmp:
         folder = Path(tmp)
-        data = write_blobs(folder / "imports" / "blobs", rows)
-        size = sum(path.stat().st_size for path in data.iterdir())
+        data = write_blobs(folder / "imports" / "blobs.npz", rows)
+        size = data.stat().st_size
         settings = {
             "FITSERVE_IMPORT_DIR": str(folder / "imports"),
             "FITSERVE_MAX_DATASET_BYTES": str(2 * size),
@@ -130,10 +132,10 @@ def main() -> int:
         }
         if args.source == "upload":
             settings["FITSERVE_MAX_UPLOAD_BYTES"] = str(2 * size)
-        with running_stack(folder / "stack", "bench", settings) as stack:
+        with running_stack(folder / "stack", "bench", settings, tasks=True) as stack:
             started = time.perf_counter()
             if args.source == "import":
-                dataset_id = import_dataset(stack, "blobs")
+                dataset_id = import_dataset(stack, data.name)
             else:
                 dataset_id = upload_dataset(stack, data)
             arrived = time.perf_counter() - started
