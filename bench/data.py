@@ -62,21 +62,6 @@ def write_blobs(path: Path, rows: int, seed: int = 0) -> Path:
     return path
 
 
-def import_dataset(stack: Stack, relative: str) -> str:
-    """POST {"import": relative}, then wait until the dataset is ready; its id."""
-    response = requests.post(stack.url("/v1/datasets"), json={"import": relative}, timeout=60)
-    if response.status_code not in (201, 202):
-        raise SystemExit(f"import refused ({response.status_code}): {response.text}")
-    dataset = response.json()
-    deadline = time.monotonic() + 3600
-    while dataset.get("status", "ready") == "processing" and time.monotonic() < deadline:
-        time.sleep(1)
-        dataset = requests.get(stack.url(f"/v1/datasets/{dataset['id']}"), timeout=60).json()
-    if dataset.get("status", "ready") != "ready":
-        raise SystemExit(f"import failed: {dataset}")
-    return dataset["id"]
-
-
 def upload_dataset(stack: Stack, path: Path) -> str:
     """The .npz as one upload, streamed from disk."""
     with open(path, "rb") as handle:
@@ -135,7 +120,7 @@ def main() -> int:
         with running_stack(folder / "stack", "bench", settings, tasks=True) as stack:
             started = time.perf_counter()
             if args.source == "import":
-                dataset_id = import_dataset(stack, data.name)
+                dataset_id = stack.import_dataset(data.name, timeout=3600)
             else:
                 dataset_id = upload_dataset(stack, data)
             arrived = time.perf_counter() - started

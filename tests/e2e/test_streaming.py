@@ -1,5 +1,5 @@
-"""Training streams from disk: a dataset of a few hundred MB trains with the worker's memory far
-below its size (the multi-GB figure is bench/data.py's)."""
+"""Training streams from disk: an imported dataset of a few hundred MB trains with the worker's
+memory far below its size (the multi-GB figure is bench/data.py's)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 
 from tests.support.memory import PeakRss
 from tests.support.stack import Stack, blobs, tiny_request
@@ -18,7 +17,7 @@ ROWS, FEATURES, CLASSES = 80_000, 784, 10
 
 
 def write_dataset(path: Path) -> int:
-    """An .npz of float32 rows (about 250 MB), written without holding it twice; its size."""
+    """An .npz of float32 rows (about 250 MB); its arrays' size."""
     rng = np.random.default_rng(0)
     y = rng.integers(0, CLASSES, size=ROWS)
     x = rng.standard_normal((ROWS, FEATURES), dtype=np.float32)
@@ -27,21 +26,13 @@ def write_dataset(path: Path) -> int:
     return x.nbytes + y.nbytes
 
 
-def upload_file(stack: Stack, path: Path) -> str:
-    with open(path, "rb") as handle:
-        response = requests.post(
-            stack.url("/v1/datasets"), files={"file": (path.name, handle)}, timeout=300
-        )
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
-
-
-def test_a_dataset_of_250_mb_trains_an_epoch_with_the_worker_far_below_its_size(
-    stack: Stack, tmp_path: Path
+def test_an_imported_250_mb_dataset_trains_an_epoch_with_the_worker_far_below_its_size(
+    stack: Stack,
 ) -> None:
-    size = write_dataset(tmp_path / "big.npz")
-    dataset = upload_file(stack, tmp_path / "big.npz")
-    (tmp_path / "big.npz").unlink()
+    imported = Path(stack.env["FITSERVE_IMPORT_DIR"]) / "streamed.npz"
+    size = write_dataset(imported)
+    dataset = stack.import_dataset(imported.name)
+    imported.unlink()
     # The worker's first job builds Keras's training machinery: not part of the data's cost.
     warm = stack.submit(tiny_request(stack.upload(**blobs(rows=256)), epochs=1))
     assert stack.wait_finished(warm["id"])["status"] == "succeeded"
