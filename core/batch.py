@@ -29,7 +29,7 @@ import redis
 
 from core import datasets
 from core.cursors import decode_cursor, encode_cursor
-from core.errors import Conflict, FieldError, InvalidRequest, NotFound, pointer
+from core.errors import Conflict, FieldError, InvalidRequest, NotFound, Unavailable, pointer
 from core.jobs import LIVE, STATUSES, TERMINAL, TRANSITIONS, Status, parse_time
 from core.leases import Leases
 from core.rediskeys import (
@@ -234,7 +234,7 @@ def parse_batch_request(
     manifest = _dataset(body.get("dataset"), dataset_manifest, errors)
     inputs: dict[str, str] = {}
     if servable is not None:
-        spec = read_json(servable.job_dir / "job.json")
+        spec = _stored_request(servable.job_dir, servable.job_id)
         signature = model_inputs(spec["spec"])
         if manifest is not None:
             inputs = _inputs(body.get("x", "x"), signature, manifest, errors)
@@ -250,6 +250,18 @@ def parse_batch_request(
         classify=is_classifier(spec["spec"]),
         classes=job_classes(spec),
     )
+
+
+def _stored_request(job_dir: Path, job_id: str) -> dict:
+    """The model's `job.json`, whose spec gives its inputs; a file gone or unreadable is a 503
+    (the volume's fault, not the request's)."""
+    try:
+        document = read_json(job_dir / "job.json")
+    except (OSError, ValueError) as error:
+        raise Unavailable(f"Model {job_id}'s stored request cannot be read: {error}.") from None
+    if not isinstance(document, dict) or "model" not in (document.get("spec") or {}):
+        raise Unavailable(f"Model {job_id}'s stored request (job.json) has no model.")
+    return document
 
 
 def _invalid(errors: list[FieldError]) -> InvalidRequest:
