@@ -305,7 +305,7 @@ def _check_members(infos: list[zipfile.ZipInfo], max_bytes: int) -> list[tuple[s
         elif info.file_size > max_bytes:
             problems.add(
                 where,
-                f"The member declares {info.file_size} bytes uncompressed.",
+                f"The member declares {info.file_size} bytes uncompressed. {_too_large(max_bytes)}",
                 f"at most {max_bytes} bytes",
                 info.file_size,
             )
@@ -315,13 +315,22 @@ def _check_members(infos: list[zipfile.ZipInfo], max_bytes: int) -> list[tuple[s
     if not problems and total > max_bytes:
         problems.add(
             "/file",
-            f"The members declare {total} bytes uncompressed in all.",
+            f"The members declare {total} bytes uncompressed in all. {_too_large(max_bytes)}",
             f"at most {max_bytes} bytes",
             total,
         )
     if problems:
         raise problems.refusal("The .npz archive was refused before decompressing it.")
     return members
+
+
+def _too_large(max_bytes: int) -> str:
+    """How to fix an archive judged too large: its decompressed size counts, not its ratio."""
+    return (
+        f"A dataset may hold at most {max_bytes} bytes (FITSERVE_MAX_DATASET_BYTES), however "
+        "well it compresses: split the arrays into several datasets, or ask the operator to "
+        "raise the setting."
+    )
 
 
 def _copy_member(

@@ -9,10 +9,11 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, overload
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core.checkpoints import CheckpointCorrupt, load_checkpoint, load_history, save_model_file
 from core.errors import FitserveError, InvalidData, NotFound
@@ -21,7 +22,8 @@ from core.storage import DataDir, read_json, write_json
 
 if TYPE_CHECKING:
     import keras
-    import numpy as np
+
+    from core.batches import Split
 
 log = logging.getLogger("fitserve.training")
 
@@ -109,6 +111,8 @@ def describe_failure(error: BaseException) -> TrainingFailed:
     """The failure reason and an actionable message for an exception raised while training."""
     import tensorflow as tf
 
+    from core.batches import FeedError
+
     if isinstance(error, TrainingFailed):
         return error
     detail = f"{type(error).__name__}: {error}"
@@ -125,6 +129,8 @@ def describe_failure(error: BaseException) -> TrainingFailed:
             "space on the data volume (delete finished jobs or datasets) and resubmit; the "
             "checkpoints already listed on the job are intact.",
         )
+    if isinstance(error, FeedError):
+        return TrainingFailed("invalid_data", str(error))
     if isinstance(error, ValueError | tf.errors.InvalidArgumentError):
         return TrainingFailed(
             "invalid_data",
@@ -179,15 +185,21 @@ def _train(
 ) -> dict:
     import keras
 
+    from core.batches import open_split, training_rows, with_statistics
     from core.callbacks import format_metrics
     from core.devices import describe_devices, job_devices
+    from core.feeds import evaluate_split, fit_feeds
     from core.modeling import build_callbacks, fit_arguments
 
     if spec.get("seed") is not None:
         keras.utils.set_random_seed(spec["seed"])
-    train = _split(data, spec["data"], None)
-    validation, test = (_split(data, spec["data"], part) for part in ("validation", "test"))
-    fit_kwargs = {**fit_arguments(spec), "verbose": 0}
+    train = open_split(data, spec["data"], None)
+    validation, test = (open_split(data, spec["data"], part) for part in ("validation", "test"))
+    if resume is None:
+        # A resumed model holds its Normalization statistics already.
+        rows, _ = training_rows(train, validation, spec["fit"].get("validation_split"))
+        spec = with_statistics(spec, train, rows)
+    fit_kwargs = fit_arguments(spec)
     epochs = fit_kwargs.pop("epochs")
     with job_devices(spec["resources"]) as strategy:
         device = describe_devices(strategy)
@@ -207,19 +219,24 @@ def _train(
         control.event("training_started", initial_epoch=initial_epoch, epochs=epochs, device=device)
         ours = OurCallbacks(job_dir, spec, settings, control, earlier)
         theirs = build_callbacks(spec)
+        feed, validation_feed, other_kwargs = fit_feeds(
+            train,
+            validation,
+            list(model.output_names),
+            fit_kwargs,
+            seed=_shuffle_seed(spec),
+            initial_epoch=initial_epoch,
+        )
         if initial_epoch < epochs:
             try:
                 model.fit(
-                    train.x,
-                    train.targets(model),
-                    sample_weight=train.sample_weight,
-                    validation_data=(
-                        None if validation is None else (validation.x, validation.targets(model))
-                    ),
+                    feed,
+                    validation_data=validation_feed,
                     initial_epoch=initial_epoch,
                     epochs=epochs,
                     callbacks=[*ours.in_order(), *theirs],
-                    **fit_kwargs,
+                    verbose=0,
+                    **other_kwargs,
                 )
             finally:
                 ours.close()
@@ -245,6 +262,11 @@ def _train(
         "succeeded epoch=%d final_epoch=%d model sha256=%s", result["epoch"], held, final["sha256"]
     )
     return result
+
+
+def _shuffle_seed(spec: dict) -> int:
+    """The seed of the per-epoch row order: the job's, else one drawn for this run."""
+    return spec["seed"] if spec.get("seed") is not None else secrets.randbits(32)
 
 
 def _model_to_train(job_dir: Path, spec: dict, resume: dict | None) -> tuple[Any, int, dict]:
@@ -436,85 +458,19 @@ def _kept_checkpoints(job_dir: Path, resume: dict) -> dict[str, Any]:
     return {"checkpoints": kept, "best": best}
 
 
-class Split:
-    """The arrays of one part of the data (training, validation or test), as `fit` takes them."""
-
-    def __init__(
-        self,
-        x: dict[str, np.ndarray],
-        y: dict[str, np.ndarray],
-        sample_weight: np.ndarray | None,
-        names: dict[str, str],
-    ) -> None:
-        self.inputs = x
-        self.names = names
-        self.x = _single(x)
-        self.y = _single(y)
-        self.sample_weight = sample_weight
-        arrays = {names[key]: array for key, array in {**x, **y}.items()}
-        if sample_weight is not None:
-            arrays["sample_weight"] = sample_weight
-        rows = {name: len(array) for name, array in arrays.items()}
-        if len(set(rows.values())) > 1:
-            shown = ", ".join(f"'{name}' has {count}" for name, count in rows.items())
-            raise TrainingFailed(
-                "invalid_data", f"The arrays must have the same number of rows, but {shown}."
-            )
-        self.rows = next(iter(rows.values()), 0)
-
-    def targets(self, model: keras.Model) -> Any:
-        """y as `fit` takes it: several targets in the model's output order. Keras matches a
-        dict of them to the outputs by name, but then cannot pair a sample weight with each
-        (a KeyError deep in its loss)."""
-        if isinstance(self.y, dict):
-            return [self.y[name] for name in model.output_names]
-        return self.y
-
-
-def _single(arrays: dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
-    """One array as itself (what a one-input model takes), several keyed by model names."""
-    return next(iter(arrays.values())) if len(arrays) == 1 else arrays
-
-
-@overload
-def _split(data: DataDir, spec_data: dict, part: None) -> Split: ...
-@overload
-def _split(data: DataDir, spec_data: dict, part: str) -> Split | None: ...
-def _split(data: DataDir, spec_data: dict, part: str | None) -> Split | None:
-    """Open the arrays of `part` (None: the training data) memory-mapped, one-hot encoding y."""
-    import keras
-
-    from core.datasets import open_array
-
-    source = spec_data if part is None else spec_data.get(part)
-    if source is None:
-        return None
-    dataset = source["dataset"]
-    names = {**source["x"], **source["y"]}
-    x = {name: open_array(data, dataset, array) for name, array in source["x"].items()}
-    y = {}
-    for name, array in source["y"].items():
-        values = open_array(data, dataset, array)
-        classes = spec_data.get("one_hot", {}).get(name)
-        y[name] = values if classes is None else keras.utils.to_categorical(values, classes)
-    weights = source.get("sample_weight")
-    sample_weight = None if weights is None else open_array(data, dataset, weights)
-    return Split(x, y, sample_weight, names)
-
-
 def check_inputs(model: keras.Model, split: Split) -> None:
     """Each input array must have the shape the model's input expects, else invalid_data."""
     for tensor in model.inputs:
         name = tensor.name
-        array = split.inputs.get(name)
-        if array is None and len(split.inputs) == 1 and len(model.inputs) == 1:
-            array = next(iter(split.inputs.values()))
-            name = next(iter(split.inputs))
+        array = split.x.get(name)
+        if array is None and len(split.x) == 1 and len(model.inputs) == 1:
+            array = next(iter(split.x.values()))
+            name = next(iter(split.x))
         if array is None:
             raise TrainingFailed(
                 "invalid_data",
                 f"The model has an input '{tensor.name}' but data.x maps no array to it; "
-                f"data.x maps {sorted(split.inputs)}.",
+                f"data.x maps {sorted(split.x)}.",
             )
         expected = tuple(tensor.shape)
         received = tuple(array.shape)
@@ -532,16 +488,3 @@ def check_inputs(model: keras.Model, split: Split) -> None:
 
 def _shape(shape: tuple) -> str:
     return "(" + ", ".join("None" if dim is None else str(dim) for dim in shape) + ")"
-
-
-def evaluate_split(model: keras.Model, split: Split, batch_size: int | None) -> dict[str, float]:
-    """The model's loss and metrics on `split`."""
-    results = model.evaluate(
-        split.x,
-        split.targets(model),
-        sample_weight=split.sample_weight,
-        batch_size=batch_size,
-        verbose=0,
-        return_dict=True,
-    )
-    return {name: float(value) for name, value in results.items()}
