@@ -1,5 +1,6 @@
 """An archive of PNGs in class folders, made here, uploaded through nginx: the stack's CPU task
-worker ingests it (`processing` -> `ready`) and a small CNN trains on it to `succeeded`."""
+worker ingests it (`processing` -> `ready`), a small CNN trains on it to `succeeded`, and
+`:classify` answers with the folder names."""
 
 from __future__ import annotations
 
@@ -91,3 +92,17 @@ def test_an_image_archive_becomes_a_dataset_a_cnn_trains_on(stack: Stack, tmp_pa
     assert job["status"] == "succeeded", job
     # Three shapes a CNN tells apart at once: far above chance (1/3).
     assert job["metrics"]["last"]["accuracy"] > 0.6, job["metrics"]
+
+    rng = np.random.default_rng(1)
+    rows = [np.asarray(Image.open(io.BytesIO(drawn(kind, rng)))).tolist() for kind in CLASSES]
+    classified = requests.post(
+        stack.url(f"/v1/models/{job['id']}:classify?k=2"), json={"instances": rows}, timeout=60
+    )
+    result = expect_status(classified, 200).json()["result"]
+    assert len(result) == len(CLASSES)
+    for ranked in result:
+        assert len(ranked) == 2
+        assert {name for name, _ in ranked} <= set(CLASSES)
+        assert ranked[0][1] >= ranked[1][1]
+    metadata = requests.get(stack.url(f"/v1/models/{job['id']}/metadata"), timeout=30)
+    assert expect_status(metadata, 200).json()["labels"]["classes"] == list(CLASSES)
