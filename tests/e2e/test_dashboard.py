@@ -2,9 +2,11 @@
 
 A second gunicorn with `FITSERVE_API_KEYS` set serves the session stack's Redis and data folder,
 so the stack's worker trains what the browser submits. The browser signs in with a key, uploads
-a dataset, submits a job, watches its curve grow, downloads a checkpoint and predicts with the
-session cookie, cancels the job and keeps a screenshot in tests/artifacts/ (docs/dashboard.png,
-which the README shows, is a copy of one: a test run never rewrites a tracked file).
+a dataset (the request editor fits itself to it and suggests from the schema), validates and
+submits a job, watches its curve grow, pins it, downloads a checkpoint and predicts with the
+session cookie, cancels the job, compares it on the compare page, finds the dataset on the
+datasets page and keeps a screenshot in tests/artifacts/ (docs/dashboard.png, which the README
+shows, is a copy of one: a test run never rewrites a tracked file).
 """
 
 from __future__ import annotations
@@ -114,11 +116,30 @@ def test_sign_in_submit_watch_predict_cancel(
     page.click("#upload-form button[type=submit]")
     dataset_id = page.get_attribute("#dataset-id", "data-id")
     assert len(dataset_id) == 32
-    assert dataset_id in page.input_value("#job-spec")
+    fitted = json.loads(page.input_value("#job-spec"))
+    assert fitted["data"]["dataset"] == dataset_id
+    assert fitted["model"]["input_shape"] == [16]
+    assert fitted["model"]["layers"][-1]["config"]["units"] == 3
+    assert "Used" in page.inner_text("#usage")
+
+    # The editor suggests from the JSON schema at the cursor (the end of the text here).
+    page.fill("#job-spec", '{"compile": {"optimizer": "ad')
+    page.locator("#spec-suggestions").get_by_role("button", name='"adamw"', exact=True).click()
+    assert page.input_value("#job-spec") == '{"compile": {"optimizer": "adamw"'
+    # A Keras to_json() file becomes the request's model.
+    keras_json = {"class_name": "Sequential", "config": {"name": "from-file", "layers": []}}
+    model_file = tmp_path / "model.json"
+    model_file.write_text(json.dumps(keras_json))
+    page.fill("#job-spec", json.dumps(fitted))
+    page.set_input_files("#model-file", str(model_file))
+    page.wait_for_selector("#model-loaded")
+    assert json.loads(page.input_value("#job-spec"))["model"] == keras_json
 
     # Many epochs, so the job is still running when the test cancels it.
     request = tiny_request(dataset_id, epochs=200, batch_size=16, name="dashboard-e2e")
     page.fill("#job-spec", json.dumps(request, indent=2))
+    page.click("#validate-button")
+    assert "can run" in page.inner_text("#validate-result")
     page.click("#submit-form button[type=submit]")
     page.wait_for_url(f"{keyed_api}/jobs/*")
     job_id = page.url.rsplit("/", 1)[1]
@@ -138,18 +159,25 @@ def test_sign_in_submit_watch_predict_cancel(
 
     page.fill("#predict-instances", json.dumps(data["x"][:2].tolist()))
     page.click("#predict-form button[type=submit]")
-    predictions = json.loads(page.inner_text("#predictions", timeout=WAIT_MS))
+    page.wait_for_selector("#predictions-table", timeout=WAIT_MS)
+    assert page.locator("#predictions-table tbody tr").count() == 2
+    predictions = json.loads(page.text_content("#predictions"))
     assert np.asarray(predictions).shape == (2, 3)
     assert np.allclose(np.sum(predictions, axis=1), 1.0, atol=1e-4)
 
+    page.click("#pin-button")
+    page.wait_for_selector("#unpin-button:visible")
+    assert "pinned" in page.inner_text("#job-retention")
+
     page.click("#cancel-button")
     page.wait_for_selector("#job-status.status-cancelled", timeout=WAIT_MS)
-    assert page.is_disabled("#cancel-button")
+    page.wait_for_selector("#cancel-button", state="hidden")
     job = requests.get(
         f"{keyed_api}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {KEY}"}, timeout=30
     ).json()
     assert job["status"] == "cancelled"
     assert job["owner"] == "dashboard"
+    assert job["retention"]["pinned"] is True
     page.wait_for_timeout(300)  # the last refresh redraws the charts
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
@@ -159,6 +187,21 @@ def test_sign_in_submit_watch_predict_cancel(
     row = page.locator(f'tr[data-job-id="{job_id}"]')
     assert "cancelled" in row.inner_text()
     page.screenshot(path=str(SCREENSHOT.with_name("dashboard-jobs.png")), full_page=True)
+    row.locator("input[type=checkbox]").check()
+    page.click("#compare-button")
+    page.wait_for_url(f"{keyed_api}/compare?jobs={job_id}")
+    page.wait_for_selector('#compare-charts[data-series="1"]')
+    assert page.input_value("#compare-metric") == "val_loss"
+    assert page.locator("#compare-chart canvas").count() == 1
+    assert "dashboard-e2e" in page.inner_text("#compare-jobs")
+
+    page.click("nav >> text=Datasets")
+    dataset_row = page.locator(f'tr[data-dataset-id="{dataset_id}"]')
+    assert "ready" in dataset_row.inner_text()
+    assert "x [3000, 16] float32" in dataset_row.inner_text()
+    dataset_row.locator("button.link").click()
+    assert "Distinct values" in page.inner_text("#dataset-stats")
+    page.screenshot(path=str(SCREENSHOT.with_name("dashboard-datasets.png")), full_page=True)
     page.click("text=Sign out")
     page.wait_for_url(f"{keyed_api}/sign-in")
     page.goto(f"{keyed_api}/jobs/{job_id}")

@@ -87,7 +87,7 @@
 
   function formatNumber(value) {
     if (typeof value !== "number") return value === null || value === undefined ? "–" : String(value);
-    return Math.abs(value) >= 1000 || value === Math.trunc(value) ? String(value) : value.toPrecision(4);
+    return Math.abs(value) >= 1000 || value === Math.trunc(value) ? String(value) : String(Number(value.toPrecision(4)));
   }
 
   function formatMetrics(metrics) {
@@ -577,7 +577,9 @@
           spec.setSelectionRange(cursor, cursor);
           showSuggestions().catch(console.warn);
         });
-        list.append(element("li")).append(button);
+        const item = element("li");
+        item.append(button);
+        list.append(item);
       }
     }
 
@@ -744,21 +746,25 @@
       showCheckpoints(job);
     }
 
-    // Tags, queue place, stop reason, clone and warm-start sources, and how long it is kept.
+    // Tags, queue place, stop reason, clone and warm-start sources (each shown where the job
+    // has one), and how long it is kept.
     function showWorkflow(job) {
-      document.getElementById("job-stop").textContent = formatStop(job.stop);
-      document.getElementById("job-queue").textContent =
-        job.status === "queued" ? formatQueue(job.queue) || "waiting" : "–";
-      document.getElementById("job-tags").textContent = formatTags(job.tags);
-      const cloned = document.getElementById("job-cloned-from");
-      cloned.replaceChildren(job.cloned_from
-        ? element("a", job.cloned_from, { href: `/jobs/${job.cloned_from}` }) : "–");
       const warm = job.warm_start;
-      document.getElementById("job-warm-start").textContent = !warm ? "–"
-        : `job ${warm.job}, version ${warm.version}: ` + (warm.loaded
+      const facts = {
+        "job-stop": job.stop && formatStop(job.stop),
+        "job-queue": job.status === "queued" && formatQueue(job.queue),
+        "job-tags": job.tags && Object.keys(job.tags).length && formatTags(job.tags),
+        "job-cloned-from": job.cloned_from && element("a", job.cloned_from, { href: `/jobs/${job.cloned_from}` }),
+        "job-warm-start": warm && `job ${warm.job}, version ${warm.version}: ` + (warm.loaded
           ? `loaded ${warm.loaded.join(", ") || "no layer"}` +
             (warm.skipped && warm.skipped.length ? `; skipped ${warm.skipped.join(", ")}` : "")
-          : "layers load when training starts");
+          : "layers load when training starts"),
+      };
+      for (const [id, value] of Object.entries(facts)) {
+        const fact = document.getElementById(id);
+        fact.replaceChildren(value || "");
+        fact.parentElement.hidden = !value;
+      }
       const retention = job.retention || {};
       document.getElementById("job-retention").textContent = retention.pinned ? "pinned: kept until unpinned"
         : retention.expires_at ? `until ${formatTime(retention.expires_at)}` : "kept (no expiry)";
@@ -935,10 +941,9 @@
     const stats = Object.entries(dataset.arrays || {}).map(([name, array]) => {
       const s = array.stats || {};
       return [name, `[${array.shape.join(", ")}]`, array.dtype, formatNumber(s.min), formatNumber(s.max),
-        s.mean !== undefined ? formatNumber(s.mean) : "–", `${s.nan || 0} / ${s.inf || 0}`,
-        s.labels ? s.labels.slice(0, 20).map(formatNumber).join(", ") : "–"];
+        `${s.nan || 0} / ${s.inf || 0}`, s.labels ? s.labels.slice(0, 20).map(formatNumber).join(", ") : "–"];
     });
-    body.append(table(["Array", "Shape", "Type", "Min", "Max", "Mean", "NaN / inf", "Distinct values"], stats,
+    body.append(table(["Array", "Shape", "Type", "Min", "Max", "NaN / inf", "Distinct values"], stats,
       { id: "dataset-stats" }));
     for (const [name, names] of Object.entries(dataset.classes || {})) {
       body.append(element("h3", `Classes of ${name}`));
@@ -1041,10 +1046,16 @@
     }
 
     async function refresh() {
-      runs = await Promise.all(ids.map(async (id) => {
-        const [job, metrics] = await Promise.all([api("GET", `/v1/jobs/${id}`), api("GET", `/v1/jobs/${id}/metrics`)]);
-        return { job: job.data, ...completedEpochs(job.data, metrics.data) };
-      }));
+      try {
+        runs = await Promise.all(ids.map(async (id) => {
+          const [job, metrics] = await Promise.all([api("GET", `/v1/jobs/${id}`), api("GET", `/v1/jobs/${id}/metrics`)]);
+          return { job: job.data, ...completedEpochs(job.data, metrics.data) };
+        }));
+      } catch (error) {
+        showProblem(document.getElementById("compare-error"), error);
+        document.getElementById("compare-error").hidden = false;
+        return false;
+      }
       const names = [...new Set(runs.flatMap((run) => run.names))].filter((name) => name !== "learning_rate").sort();
       if (names.join() !== [...picker.options].map((option) => option.value).join()) {
         const chosen = picker.value || (names.includes("val_loss") ? "val_loss" : names.includes("loss") ? "loss" : names[0]);
@@ -1058,11 +1069,222 @@
     picker.addEventListener("change", draw);
     if (!ids.length) {
       const error = document.getElementById("compare-error");
-      error.textContent = "Choose jobs to compare in the jobs list.";
+      error.replaceChildren(element("p", "Choose jobs to compare in the jobs list.", { class: "error", role: "alert" }));
       error.hidden = false;
       return;
     }
     poll(refresh, () => LIVE_MS * 2);
+  }
+
+  // The sweeps pages ---------------------------------------------------------------------
+
+  function svg(tag, attributes, text) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [name, value] of Object.entries(attributes || {})) node.setAttribute(name, String(value));
+    if (text !== undefined) node.textContent = String(text);
+    return node;
+  }
+
+  // A parameter's axis: where a value sits from 0 to 1, and the labels of its ends. A choice
+  // spreads its options evenly; a numeric range spans the space (log where it is log).
+  function axisFor(dimension, values) {
+    if (dimension && Array.isArray(dimension.choice)) {
+      const options = dimension.choice.map((option) => JSON.stringify(option));
+      const last = Math.max(1, options.length - 1);
+      return { place: (value) => options.indexOf(JSON.stringify(value)) / last, labels: options };
+    }
+    const range = (dimension && (dimension.float || dimension.int)) ||
+      [Math.min(...values), Math.max(...values)];
+    const log = dimension && dimension.log && range[0] > 0;
+    const scale = (value) => (log ? Math.log(value) : value);
+    const [low, high] = [scale(range[0]), scale(range[1])];
+    return {
+      place: (value) => (high === low ? 0.5 : (scale(value) - low) / (high - low)),
+      labels: [formatNumber(range[0]), formatNumber(range[1])],
+    };
+  }
+
+  // The objective's axis, better at the top whichever way the sweep optimizes; its labels
+  // are the worst and the best values.
+  function objectiveAxis(values, mode) {
+    const [low, high] = [Math.min(...values), Math.max(...values)];
+    const better = (value) => (mode === "min" ? high - value : value - low);
+    return {
+      place: (value) => (high === low ? 0.5 : better(value) / (high - low)),
+      labels: mode === "min" ? [formatNumber(high), formatNumber(low)] : [formatNumber(low), formatNumber(high)],
+    };
+  }
+
+  // A space pointer's last segment ("learning_rate" for /compile/optimizer/config/learning_rate)
+  // where that names it alone, else the whole pointer.
+  function shortNames(pointers) {
+    const last = pointers.map((pointer) => pointer.split("/").pop());
+    return pointers.map((pointer, index) => (last.indexOf(last[index]) === last.lastIndexOf(last[index]) ? last[index] : pointer));
+  }
+
+  function trialColour(trial, sweep) {
+    if (trial.number === sweep.best_trial) return PALETTE[1];
+    return trial.state === "pruned" ? "#9e9e9e" : PALETTE[0];
+  }
+
+  // One scatter per parameter: the parameter's value across, the objective up.
+  function drawScatters(container, sweep, trials, objective) {
+    container.replaceChildren();
+    const [width, height, pad] = [280, 200, 48];
+    const labels = shortNames(Object.keys(sweep.space));
+    for (const [index, name] of Object.keys(sweep.space).entries()) {
+      const points = trials.filter((trial) => trial.params && trial.params[name] !== undefined);
+      if (!points.length) continue;
+      const across = axisFor(sweep.space[name], points.map((trial) => trial.params[name]));
+      const plot = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img",
+        "aria-label": `${sweep.objective.metric} against ${name}`, class: "param-scatter" });
+      plot.append(svg("text", { x: width / 2, y: 14, "text-anchor": "middle" }, labels[index]),
+        svg("line", { x1: pad, y1: height - pad, x2: width - 8, y2: height - pad, stroke: "#767676" }),
+        svg("line", { x1: pad, y1: 22, x2: pad, y2: height - pad, stroke: "#767676" }),
+        svg("text", { x: pad, y: height - pad + 16 }, across.labels[0]),
+        svg("text", { x: width - 8, y: height - pad + 16, "text-anchor": "end" }, across.labels[across.labels.length - 1]),
+        svg("text", { x: 4, y: 30 }, objective.labels[1]),
+        svg("text", { x: 4, y: height - pad }, objective.labels[0]));
+      for (const trial of points) {
+        const x = pad + across.place(trial.params[name]) * (width - pad - 16);
+        const y = height - pad - objective.place(trial.objective) * (height - pad - 30);
+        const dot = svg("circle", { cx: x, cy: y, r: 5, fill: trialColour(trial, sweep), class: "trial-point" });
+        dot.append(svg("title", {}, `trial ${trial.number}: ${name} ${JSON.stringify(trial.params[name])}, ` +
+          `${sweep.objective.metric} ${formatNumber(trial.objective)}`));
+        plot.append(dot);
+      }
+      container.append(plot);
+    }
+  }
+
+  // Parallel coordinates: one vertical axis per parameter and one for the objective; each
+  // trial a line through its values.
+  function drawParallel(container, sweep, trials, objective) {
+    const names = Object.keys(sweep.space);
+    const axes = names.map((name) => axisFor(sweep.space[name],
+      trials.map((trial) => trial.params && trial.params[name]).filter((value) => value !== undefined)));
+    const labels = [...shortNames(names), sweep.objective.metric];
+    const gap = 160;
+    const [width, height, top, bottom] = [gap * names.length + 120, 260, 30, 30];
+    const plot = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img",
+      "aria-label": "Parallel coordinates of the trials' parameters and objective", id: "parallel-plot" });
+    const y = (fraction) => height - bottom - fraction * (height - top - bottom);
+    labels.forEach((name, index) => {
+      const x = 60 + index * gap;
+      const axis = index < names.length ? axes[index] : objective;
+      plot.append(svg("line", { x1: x, y1: y(0), x2: x, y2: y(1), stroke: "#4d4d4d" }),
+        svg("text", { x, y: 16, "text-anchor": "middle" }, name),
+        svg("text", { x: x + 4, y: y(0) + 14 }, axis.labels[0]),
+        svg("text", { x: x + 4, y: y(1) - 4 }, axis.labels[axis.labels.length - 1]));
+    });
+    for (const trial of trials) {
+      if (!trial.params || names.some((name) => trial.params[name] === undefined)) continue;
+      const points = names.map((name, index) => `${60 + index * gap},${y(axes[index].place(trial.params[name]))}`);
+      points.push(`${60 + names.length * gap},${y(objective.place(trial.objective))}`);
+      const line = svg("polyline", { points: points.join(" "), fill: "none", stroke: trialColour(trial, sweep),
+        "stroke-width": trial.number === sweep.best_trial ? 3 : 1.5, "stroke-opacity": 0.8, class: "trial-line" });
+      line.append(svg("title", {}, `trial ${trial.number}`));
+      plot.append(line);
+    }
+    container.replaceChildren(plot);
+  }
+
+  function startSweepsPage() {
+    const body = document.querySelector("#sweeps tbody");
+    const updated = document.getElementById("sweeps-updated");
+
+    async function refreshSweeps() {
+      let data;
+      try {
+        ({ data } = await api("GET", "/v1/sweeps?limit=100"));
+      } catch (error) {
+        if (error.status !== 404) throw error;
+        updated.textContent = "This server runs no sweeps.";
+        return false;
+      }
+      body.replaceChildren(...data.items.map((sweep) => {
+        const row = element("tr", null, { "data-sweep-id": sweep.id });
+        const first = element("td");
+        first.append(element("a", sweep.name || sweep.id.slice(0, 8), { href: `/sweeps/${sweep.id}` }),
+          element("div", sweep.id, { class: "muted small" }));
+        const status = element("td");
+        const badge = element("span");
+        statusBadge(badge, sweep.status);
+        status.append(badge);
+        row.append(first, status, element("td", `${sweep.trials.length} of ${sweep.max_trials}`),
+          element("td", `${sweep.objective.metric} (${sweep.objective.mode})`),
+          element("td", formatNumber(sweep.best_objective)), element("td", formatTime(sweep.created_at)));
+        return row;
+      }));
+      if (!data.items.length) {
+        const row = element("tr");
+        row.append(element("td", "No sweeps yet: submit one with POST /v1/sweeps or fitserve sweeps submit.", { colspan: "6" }));
+        body.append(row);
+      }
+      updated.textContent = `${data.items.length} sweep(s), updated ${new Date().toLocaleTimeString()}`;
+    }
+
+    poll(refreshSweeps, () => LIST_MS);
+  }
+
+  function startSweepPage(sweepId) {
+    const curves = new Curves(document.getElementById("trial-chart"), "Trials");
+    // A finished trial's history no longer changes: fetched once.
+    const finished = new Map();
+
+    async function trialHistory(trial) {
+      if (finished.has(trial.job)) return finished.get(trial.job);
+      const [job, metrics] = await Promise.all([
+        api("GET", `/v1/jobs/${trial.job}`), api("GET", `/v1/jobs/${trial.job}/metrics`)]);
+      const run = completedEpochs(job.data, metrics.data);
+      if (TERMINAL.has(job.data.status)) finished.set(trial.job, run);
+      return run;
+    }
+
+    function showFacts(sweep) {
+      statusBadge(document.getElementById("sweep-status"), sweep.status);
+      document.getElementById("sweep-title").replaceChildren(
+        element("span", sweep.name ? `${sweep.name} ` : "Sweep "), element("code", sweep.id));
+      document.getElementById("sweep-objective").textContent = `${sweep.objective.metric} (${sweep.objective.mode})`;
+      document.getElementById("sweep-search").textContent = `${sweep.sampler} sampler, ${sweep.pruner} pruner, ` +
+        `${sweep.trials.length} of ${sweep.max_trials} trials, at most ${sweep.max_concurrent} at once`;
+      const best = document.getElementById("sweep-best");
+      best.replaceChildren(sweep.best_job ? element("a", `trial ${sweep.best_trial}: ${formatNumber(sweep.best_objective)}`,
+        { href: `/jobs/${sweep.best_job}` }) : "–");
+      document.querySelector("#trials tbody").replaceChildren(...sweep.trials.map((trial) => {
+        const row = element("tr", null, { "data-trial": String(trial.number) });
+        const job = element("td");
+        if (trial.job) job.append(element("a", trial.job.slice(0, 8), { href: `/jobs/${trial.job}` }));
+        const params = Object.entries(trial.params || {}).map(([name, value]) => `${name} = ${JSON.stringify(value)}`).join(", ");
+        row.append(element("td", trial.number === sweep.best_trial ? `${trial.number} (best)` : trial.number),
+          element("td", trial.error ? `${trial.state}: ${trial.error}` : trial.state), element("td", params || "–"),
+          element("td", formatNumber(trial.objective)), element("td", trial.epochs), job);
+        return row;
+      }));
+    }
+
+    async function refreshSweep() {
+      const { data: sweep } = await api("GET", `/v1/sweeps/${sweepId}`);
+      showFacts(sweep);
+      const metric = sweep.objective.metric;
+      const withJobs = sweep.trials.filter((trial) => trial.job);
+      const runs = await Promise.all(withJobs.map(trialHistory));
+      const shown = withJobs.map((trial, index) => ({ trial, run: runs[index] }))
+        .filter(({ run }) => run.history[metric]);
+      const { epochs, columns } = alignSeries(shown.map(({ run }) => ({ epochs: run.epochs, values: run.history[metric] })));
+      const names = shown.map(({ trial }) => `trial ${trial.number} ${metric}`);
+      curves.update(epochs, Object.fromEntries(names.map((name, index) => [name, columns[index]])), names);
+      document.getElementById("trial-curves").dataset.series = String(names.length);
+      const scored = sweep.trials.filter((trial) => typeof trial.objective === "number");
+      if (scored.length) {
+        const objective = objectiveAxis(scored.map((trial) => trial.objective), sweep.objective.mode);
+        drawScatters(document.getElementById("param-scatter"), sweep, scored, objective);
+        drawParallel(document.getElementById("parallel"), sweep, scored, objective);
+      }
+      return !TERMINAL.has(sweep.status);
+    }
+
+    poll(refreshSweep, () => LIST_MS);
   }
 
   document.addEventListener("DOMContentLoaded", () => {
@@ -1071,5 +1293,8 @@
     if (job) startJobPage(job.dataset.jobId);
     if (document.querySelector('[data-page="datasets"]')) startDatasetsPage();
     if (document.querySelector('[data-page="compare"]')) startComparePage();
+    if (document.querySelector('[data-page="sweeps"]')) startSweepsPage();
+    const sweep = document.querySelector('[data-page="sweep"]');
+    if (sweep) startSweepPage(sweep.dataset.sweepId);
   });
 })();
