@@ -212,9 +212,38 @@ class Client:
         """The job's record: status, progress, metrics, checkpoints, timings, error."""
         return self.request_json("GET", f"/v1/jobs/{segment(job_id)}")
 
-    def list_jobs(self, limit: int | None = None, *, status: str | None = None) -> list[dict]:
-        """The jobs this key may see, newest first; `status` filters on the server."""
-        return self.list_all("/v1/jobs", limit, {"status": status} if status else {})
+    def list_jobs(
+        self,
+        limit: int | None = None,
+        *,
+        status: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> list[dict]:
+        """The jobs this key may see, newest first; `status` and `tags` (every one must match)
+        filter on the server."""
+        params: dict[str, Any] = {"status": status} if status else {}
+        if tags:
+            params["tag"] = [f"{key}:{value}" for key, value in tags.items()]
+        return self.list_all("/v1/jobs", limit, params)
+
+    def clone(
+        self,
+        job_id: str,
+        patch: Mapping[str, Any] | None = None,
+        set: Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> dict:
+        """Submit a new job from `job_id`'s request with changes; returns the new job
+        (`cloned_from` names the original).
+
+        `patch` is a JSON Merge Patch over the request (`{"fit": {"epochs": 20}}`; null removes
+        a key); `set` maps JSON pointers to values and applies after it, reaching into arrays
+        (`{"/model/layers/0/config/units": 64}`).
+        """
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body = {"patch": dict(patch or {}), "set": dict(set or {})}
+        return self.send_json("POST", f"/v1/jobs/{segment(job_id)}:clone", body, headers=headers)
 
     def cancel_job(self, job_id: str) -> dict:
         """Ask a job to stop; returns it `cancelling` (or already `cancelled`)."""
@@ -306,6 +335,79 @@ class Client:
         if check and job.get("status") != "succeeded":
             raise JobFailed(job)
         return job
+
+    # -- batch predictions ----------------------------------------------------------------
+
+    def submit_batch(
+        self,
+        model: str,
+        dataset: str,
+        *,
+        version: int | str | None = None,
+        x: str | Mapping[str, str] | None = None,
+        batch_size: int | None = None,
+    ) -> dict:
+        """Queue a batch prediction of `model` (a job id or name; `version` a number or a
+        label) over a stored dataset; returns its record (`id`, `status`...)."""
+        request: dict[str, Any] = {"model": model, "dataset": dataset}
+        optional = {"version": version, "x": x, "batch_size": batch_size}
+        request.update({key: value for key, value in optional.items() if value is not None})
+        return self.send_json("POST", "/v1/batch-predictions", request)
+
+    def get_batch(self, batch_id: str) -> dict:
+        return self.request_json("GET", f"/v1/batch-predictions/{segment(batch_id)}")
+
+    def wait_batch(
+        self, batch_id: str, *, interval: float = 0.5, timeout: float | None = None
+    ) -> dict:
+        """Poll until the batch prediction ends; JobFailed unless it succeeded."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            batch = self.get_batch(batch_id)
+            if batch["status"] in TERMINAL:
+                if batch["status"] != "succeeded":
+                    raise JobFailed(batch)
+                return batch
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"Batch prediction {batch_id} is still {batch['status']} after {timeout} s."
+                )
+            time.sleep(interval)
+
+    def batch_predict(
+        self,
+        model: str,
+        dataset: str,
+        *,
+        version: int | str | None = None,
+        x: str | Mapping[str, str] | None = None,
+        batch_size: int | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> dict[str, np.ndarray] | dict:
+        """Score a stored dataset with a model on the workers. With `wait` (the default) the
+        result dataset's arrays as numpy (one per output, plus `class` and `class_name` for a
+        classifier); else the queued record."""
+        batch = self.submit_batch(model, dataset, version=version, x=x, batch_size=batch_size)
+        if not wait:
+            return batch
+        done = self.wait_batch(batch["id"], timeout=timeout)
+        return self.dataset_arrays(done["result_dataset"])
+
+    def dataset_arrays(self, dataset_id: str) -> dict[str, np.ndarray]:
+        """A dataset's arrays, downloaded as .npz and read with allow_pickle=False."""
+        with tempfile.TemporaryDirectory(prefix="fitserve-") as folder:
+            path = self.download_dataset(dataset_id, Path(folder) / "data.npz")
+            with np.load(path, allow_pickle=False) as arrays:
+                return {name: arrays[name] for name in arrays.files}
+
+    def download_dataset(
+        self, dataset_id: str, path: str | Path, *, format: str = "npz", array: str | None = None
+    ) -> Path:
+        """Stream a dataset into `path` as `npz`, `npy` (one `array`) or `csv`; returns it."""
+        params = {"format": format, **({"array": array} if array else {})}
+        url = f"/v1/datasets/{segment(dataset_id)}/download"
+        return self.stream_to(url, Path(path), params)
 
     # -- models ---------------------------------------------------------------------------
 
@@ -436,7 +538,14 @@ class Client:
         An interrupted download leaves neither a partial file nor a damaged earlier one.
         """
         url = self.model_path(model, version, label) + "/download"
-        response = self.request("GET", url, params={"format": format}, stream=True)
+        return self.stream_to(url, path, {"format": format})
+
+    def stream_to(self, url: str, path: Path, params: dict[str, str]) -> Path:
+        """Stream a GET into `path` through a temp file beside it; returns `path`.
+
+        An interrupted download leaves neither a partial file nor a damaged earlier one.
+        """
+        response = self.request("GET", url, params=params, stream=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         try:

@@ -89,10 +89,54 @@ def job_epoch(job: dict) -> str | None:
 
 def print_jobs(items: list[dict]) -> None:
     rows = [
-        [j.get("id"), j.get("name"), j.get("status"), job_epoch(j), j.get("created_at")]
+        [
+            j.get("id"),
+            j.get("name"),
+            j.get("status"),
+            job_epoch(j),
+            queue_place(j),
+            format_tags(j.get("tags")),
+            j.get("created_at"),
+        ]
         for j in items
     ]
-    print_table(rows, ["ID", "NAME", "STATUS", "EPOCH", "CREATED"])
+    print_table(rows, ["ID", "NAME", "STATUS", "EPOCH", "QUEUE", "TAGS", "CREATED"])
+
+
+def queue_place(job: dict) -> str | None:
+    """`3 (2 ahead, start ~2026-01-01T12:00:00Z)` for a queued job, None otherwise."""
+    queue = job.get("queue") or {}
+    if queue.get("position") is None:
+        return None
+    start = queue.get("expected_start")
+    when = f", start ~{start}" if start else ""
+    return f"{queue['position']} ({queue['ahead']} ahead{when})"
+
+
+def format_tags(tags: dict | None) -> str | None:
+    return ",".join(f"{key}={value}" for key, value in tags.items()) if tags else None
+
+
+def print_job(job: dict) -> None:
+    """A job as `field  value` lines: where it stands, then what it was made from."""
+    queue = job.get("queue") or {}
+    warm = job.get("warm_start") or {}
+    rows: list[list[Any]] = [
+        ["id", job.get("id")],
+        ["name", job.get("name")],
+        ["state", render_job(job)],
+        ["queue", queue_place(job) or queue.get("message")],
+        ["tags", format_tags(job.get("tags"))],
+        ["cloned from", job.get("cloned_from")],
+    ]
+    if warm:
+        rows += [
+            ["warm start", f"{warm.get('job')} version {warm.get('version')}"],
+            ["loaded", ", ".join(warm.get("loaded") or []) or None],
+            ["skipped", ", ".join(warm.get("skipped") or []) or None],
+        ]
+    rows += [["created", job.get("created_at")], ["finished", job.get("finished_at")]]
+    print_table([row for row in rows if row[1]], ["FIELD", "VALUE"])
 
 
 # -- local inputs ---------------------------------------------------------------------------
@@ -214,14 +258,70 @@ def jobs_validate(client: Client, args: argparse.Namespace) -> int:
 
 
 def jobs_list(client: Client, args: argparse.Namespace) -> int:
-    items = client.list_jobs(args.limit, status=args.status)
+    tags = dict(split_assignment(tag, "--tag") for tag in args.tag or [])
+    items = client.list_jobs(args.limit, status=args.status, tags=tags)
     show(args, {"items": items}, lambda d: print_jobs(d["items"]))
     return 0
 
 
 def jobs_show(client: Client, args: argparse.Namespace) -> int:
-    print_json(client.get_job(args.id))
+    show(args, client.get_job(args.id), print_job)
     return 0
+
+
+def jobs_clone(client: Client, args: argparse.Namespace) -> int:
+    patch = read_json_file(args.patch) if args.patch else {}
+    if not isinstance(patch, dict):
+        raise InputError(f"{args.patch} must hold a JSON object (a merge patch).")
+    setters: dict[str, Any] = {}
+    for assignment in args.set or []:
+        path, value = split_assignment(assignment, "--set")
+        parsed = parse_value(value)
+        keys = path.split(".")
+        if path.startswith("/") or any(key.isdigit() for key in keys):
+            setters[path if path.startswith("/") else "/" + "/".join(map(escape, keys))] = parsed
+        else:
+            patch = merge_into(patch, keys, parsed)
+    job = client.clone(args.id, patch, setters, idempotency_key=args.idempotency_key)
+    if args.follow:
+        if not args.json:
+            print(job["id"])
+        return follow_job(client, job["id"], args)
+    show(args, job, lambda j: print(j["id"]))
+    return 0
+
+
+def split_assignment(text: str, option: str) -> tuple[str, str]:
+    """`key=value` as (key, value); InputError when there is no `=` or no key."""
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        raise InputError(f"{option} takes KEY=VALUE, got {text!r}.")
+    return key, value
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value: JSON when it parses (20, true, null, [1, 2]), else the text itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def escape(key: str) -> str:
+    """One JSON pointer token (RFC 6901)."""
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def merge_into(patch: dict, keys: list[str], value: Any) -> dict:
+    """`patch` with `value` at the dotted path `keys` (objects made on the way)."""
+    merged = dict(patch)
+    node = merged
+    for key in keys[:-1]:
+        child = node.get(key)
+        node[key] = dict(child) if isinstance(child, dict) else {}
+        node = node[key]
+    node[keys[-1]] = value
+    return merged
 
 
 def jobs_follow(client: Client, args: argparse.Namespace) -> int:
@@ -312,6 +412,32 @@ def predict(client: Client, args: argparse.Namespace) -> int:
         show(args, {"saved": args.output}, lambda d: print(f"saved {shape} to {d['saved']}"))
     else:
         print(json.dumps({"outputs": jsonable(outputs)}))
+    return 0
+
+
+def batch_predict(client: Client, args: argparse.Namespace) -> int:
+    """Queue a batch prediction; with --wait (or --output) wait for it and report the result."""
+    version: int | str | None = args.version if args.version is not None else args.label
+    batch = client.submit_batch(
+        args.model, args.dataset, version=version, x=args.x, batch_size=args.batch_size
+    )
+    if not (args.wait or args.output):
+        show(args, batch, lambda b: print(f"queued batch prediction {b['id']}"))
+        return 0
+    done = client.wait_batch(batch["id"], timeout=args.wait_timeout)
+    result = done["result_dataset"]
+    if args.output:
+        client.download_dataset(result, args.output, format=args.format)
+    rows = done["progress"]["rows"]
+    saved = f", saved to {args.output}" if args.output else ""
+    show(args, done, lambda b: print(f"scored {rows} rows: dataset {result}{saved}"))
+    return 0
+
+
+def datasets_download(client: Client, args: argparse.Namespace) -> int:
+    path = args.path or f"{args.id}.{args.format}"
+    saved = client.download_dataset(args.id, path, format=args.format, array=args.array)
+    show(args, {"path": str(saved)}, lambda d: print(f"saved {d['path']}"))
     return 0
 
 
@@ -418,6 +544,11 @@ def build_parser() -> argparse.ArgumentParser:
     command(sub, "list", datasets_list, "list datasets").add_argument("--limit", type=int)
     command(sub, "show", datasets_show, "show a dataset's manifest").add_argument("id")
     command(sub, "rm", datasets_rm, "delete a dataset").add_argument("id")
+    fetch = command(sub, "download", datasets_download, "download a dataset")
+    fetch.add_argument("id")
+    fetch.add_argument("path", nargs="?", help="where to save it (default: <id>.<format>)")
+    fetch.add_argument("--format", choices=["npz", "npy", "csv"], default="npz")
+    fetch.add_argument("--array", help="the array of a .npy download")
 
     jobs = groups.add_parser("jobs", help="submit, follow, cancel and inspect training jobs")
     sub = jobs.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -431,7 +562,24 @@ def build_parser() -> argparse.ArgumentParser:
     listing = command(sub, "list", jobs_list, "list jobs")
     listing.add_argument("--limit", type=int)
     listing.add_argument("--status", help="only jobs in this state")
+    listing.add_argument(
+        "--tag", action="append", metavar="KEY=VALUE", help="only jobs with this tag (repeatable)"
+    )
     command(sub, "show", jobs_show, "show a job's record").add_argument("id")
+    clone = command(sub, "clone", jobs_clone, "submit a new job from a job's request, changed")
+    clone.add_argument("id")
+    clone.add_argument(
+        "--set",
+        action="append",
+        metavar="PATH=VALUE",
+        help="change one setting: a dotted path (fit.epochs=20) merges into the request; a JSON "
+        "pointer (/model/layers/0/config/units=64) or a dotted path with an index "
+        "(model.layers.0.config.units=64) sets that element; VALUE is JSON, else text",
+    )
+    clone.add_argument("--patch", help="a JSON Merge Patch file over the request (- for stdin)")
+    clone.add_argument("--follow", action="store_true", help="show progress until it ends")
+    clone.add_argument("--idempotency-key", help="cloning again with it returns the same job")
+    add_follow_options(clone)
     follow = command(sub, "follow", jobs_follow, "show a job's progress until it ends")
     follow.add_argument("id")
     add_follow_options(follow)
@@ -452,6 +600,17 @@ def build_parser() -> argparse.ArgumentParser:
     predicting.add_argument("inputs", help="a .npy, .npz or .json file of inputs")
     predicting.add_argument("--output", help="save predictions to a .npy (.npz: named outputs)")
     add_version_options(predicting)
+
+    batch = command(groups, "batch-predict", batch_predict, "score a stored dataset on the workers")
+    batch.add_argument("--dataset", required=True, help="the dataset id")
+    batch.add_argument("--model", required=True, help="a job id, or a job name")
+    batch.add_argument("--x", help="the array the model reads (server default: x)")
+    batch.add_argument("--batch-size", type=int, help="rows per forward pass")
+    batch.add_argument("--wait", action="store_true", help="wait until it ends")
+    batch.add_argument("--wait-timeout", type=float, default=None, help="give up after N s")
+    batch.add_argument("--output", help="save the result dataset here (waits)")
+    batch.add_argument("--format", choices=["npz", "csv"], default="npz", help="of --output")
+    add_version_options(batch)
 
     models = groups.add_parser("models", help="list trained models, show and download them")
     sub = models.add_subparsers(dest="command", required=True, metavar="COMMAND")

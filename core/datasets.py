@@ -115,6 +115,62 @@ def store_json(
         return finish(data, folder, dataset_id, arrays, origin, owner, "/arrays", budget)
 
 
+def store_files(
+    data: DataDir,
+    dataset_id: str,
+    files: dict[str, Path],
+    *,
+    origin: dict,
+    owner: str | None,
+    classes: dict[str, list[str]] | None = None,
+) -> dict:
+    """Make a dataset of `.npy` files the server wrote itself (a batch prediction's outputs):
+    hard-linked into the staging folder, so the originals stay until the dataset exists, then
+    described like an upload; return the manifest."""
+    with staging(data, dataset_id) as folder:
+        arrays = readers.Arrays(classes=dict(classes or {}))
+        for index, (name, path) in enumerate(files.items()):
+            arrays.files[name] = folder / f"a{index}.npy"
+            os.link(path, arrays.files[name])
+        origin = {**origin, "bytes": sum(path.stat().st_size for path in files.values())}
+        budget = readers.CpuBudget(float("inf"))
+        return finish(
+            data,
+            folder,
+            dataset_id,
+            arrays,
+            origin,
+            owner,
+            "/arrays",
+            budget,
+            describe=_describe_written,
+        )
+
+
+def _describe_written(path: Path, budget: readers.CpuBudget) -> dict:
+    """A server-written array's manifest entry: text (class names, fixed-width unicode, which
+    no upload may hold) gets its hash and labels; numbers are described as uploads are."""
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    if array.dtype.kind != "U":
+        return _describe(path, budget)
+    labels = np.unique(array)
+    return {
+        "file": path.name,
+        "shape": list(array.shape),
+        "dtype": array.dtype.str,
+        "bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+        "stats": {
+            "min": None,
+            "max": None,
+            "integer_valued": False,
+            "nan": 0,
+            "inf": 0,
+            "labels": labels.tolist() if len(labels) <= MAX_LABELS else None,
+        },
+    }
+
+
 def load_manifest(data: DataDir, dataset_id: str) -> dict:
     """The manifest of a stored dataset; NotFound for an unknown or malformed id."""
     path = data.dataset(dataset_id) / MANIFEST
@@ -216,10 +272,12 @@ def finish(
     where: str,
     budget: readers.CpuBudget,
     extra: dict | None = None,
+    describe: Callable[[Path, readers.CpuBudget], dict] | None = None,
 ) -> dict:
-    """Describe every array, check they share their rows, write the manifest (`status: ready`,
-    plus `extra`), move into place."""
-    described = {name: _describe(path, budget) for name, path in arrays.files.items()}
+    """Describe every array (with `describe`, default `_describe`), check they share their rows,
+    write the manifest (`status: ready`, plus `extra`), move into place."""
+    describe = describe or _describe
+    described = {name: describe(path, budget) for name, path in arrays.files.items()}
     rows = _common_rows(described, where)
     if origin["sha256"] is None:
         origin["sha256"] = next(iter(described.values()))["sha256"]

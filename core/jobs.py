@@ -26,10 +26,13 @@ from redis.typing import EncodableT, FieldT, StreamRangeResponse, ZSetRangeRespo
 
 from core.cursors import decode_cursor, encode_cursor
 from core.errors import Conflict, NotFound
+from core.grammar.requests import request_from_spec
+from core.leases import Leases
 from core.rediskeys import (
     ALL_JOBS,
     EPOCHS_DONE,
     REBUILT_GRACE,
+    RECENT_DURATIONS,
     RECORDS_MARKER,
     dataset_jobs_key,
     events_key,
@@ -39,6 +42,7 @@ from core.rediskeys import (
     owner_index,
     status_index,
     stop_key,
+    tag_index,
 )
 from core.settings import Settings
 from core.storage import DataDir, check_id, new_id, read_json, utc_now, utc_time, write_json
@@ -57,6 +61,9 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     "cancelled": (),
 }
 EVENTS_MAX = 10_000
+# Succeeded jobs whose running time the queue's expected start is estimated from.
+DURATIONS_KEPT = 20
+REQUEST_FILE = "request.json"
 
 Metrics = dict[str, Any]
 
@@ -74,7 +81,10 @@ class Job(TypedDict):
     """A job's record: the Redis hash (each field JSON-encoded) and, less LIVE_ONLY, its manifest.
 
     Epochs count from 1; `checkpoints` are `{"version", "file", "sha256", "bytes", ...}` entries,
-    `best` is `{"version", "monitor", "value"}`, `final` the final model's entry.
+    `best` is `{"version", "monitor", "value"}`, `final` the final model's entry. `tags` are the
+    request's; `cloned_from` the job this one was cloned from; `warm_start` the source the
+    weights came from, `{"job", "version", "strict", "loaded", "skipped"}` (layer names, null
+    until the worker loaded them).
     """
 
     id: str
@@ -104,6 +114,9 @@ class Job(TypedDict):
     record: Provenance | None
     progress: dict[str, Any] | None
     metrics: Metrics | None
+    tags: dict[str, str]
+    cloned_from: str | None
+    warm_start: dict[str, Any] | None
     # Kept past FITSERVE_JOB_TTL_SECONDS (POST :pin / :unpin).
     pinned: bool
 
@@ -122,8 +135,10 @@ def queued_job(
     request_id: str | None = None,
     request_sha256: str | None = None,
     record: Provenance | None = None,
+    cloned_from: str | None = None,
 ) -> Job:
     """The record of a job just submitted with the normalized request `spec`."""
+    warm_start = spec.get("warm_start")
     return Job(
         id=job_id,
         name=spec.get("name"),
@@ -153,6 +168,9 @@ def queued_job(
         record=record,
         progress=None,
         metrics=None,
+        tags=spec.get("tags") or {},
+        cloned_from=cloned_from,
+        warm_start=None if not warm_start else {**warm_start, "loaded": None, "skipped": None},
     )
 
 
@@ -278,11 +296,18 @@ class JobLinks(TypedDict):
 
 
 class QueueState(TypedDict, total=False):
-    """A queued job's queue and the live workers consuming it; `message` when none does."""
+    """A queued job's queue and the live workers consuming it; `message` when none does.
+
+    `position` counts from 1 in the order workers take the queue (priority, then submit time),
+    `ahead` the queued jobs before it, `expected_start` an RFC 3339 estimate (null when unknown).
+    """
 
     name: str
     workers: int
     message: str
+    position: int
+    ahead: int
+    expected_start: str | None
 
 
 class _JobViewFields(TypedDict):
@@ -306,6 +331,9 @@ class _JobViewFields(TypedDict):
     checkpoints: list[dict[str, Any]]
     final: dict[str, Any] | None
     error: JobError | None
+    tags: dict[str, str]
+    cloned_from: str | None
+    warm_start: dict[str, Any] | None
     retention: Retention
     links: JobLinks
 
@@ -354,6 +382,9 @@ def view_job(job: Job, *, now: float | None = None, ttl_seconds: int = 0) -> Job
             if job["status"] == "failed"
             else None
         ),
+        tags=job.get("tags") or {},
+        cloned_from=job.get("cloned_from"),
+        warm_start=job.get("warm_start"),
         retention=Retention(
             pinned=bool(job.get("pinned")), expires_at=expiry_time(job, ttl_seconds)
         ),
@@ -403,38 +434,11 @@ def describe_record(job: Mapping[str, Any]) -> ModelRecord:
     )
 
 
-_RENEW_LEASE = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  return 1
-elseif not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-  return 2
-end
-return 0
-"""
-
-_RELEASE_LEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
 # Fields go only into a record that exists: after Redis lost its data, a worker's progress write
 # would otherwise leave a record without a status, which the rebuild then takes for a live one.
 _UPDATE_EXISTING = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HSET', KEYS[1], unpack(ARGV))
-  return 1
-end
-return 0
-"""
-
-_STEAL_LEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
   return 1
 end
 return 0
@@ -449,9 +453,7 @@ class JobStore:
         self.redis = client
         self.data = data
         self.settings = settings
-        self._renew = client.register_script(_RENEW_LEASE)
-        self._release = client.register_script(_RELEASE_LEASE)
-        self._steal = client.register_script(_STEAL_LEASE)
+        self.leases = Leases(client, settings.lease_seconds, lease_key)
         self._update = client.register_script(_UPDATE_EXISTING)
 
     # Creating, reading, listing -----------------------------------------------------------
@@ -464,11 +466,15 @@ class JobStore:
         request_id: str | None = None,
         request_sha256: str | None = None,
         record: Provenance | None = None,
+        request: Any = None,
+        cloned_from: str | None = None,
     ) -> Job:
-        """Record a new queued job: Redis first, then `job.json` and `manifest.json`.
+        """Record a new queued job: Redis first, then `request.json`, `job.json` and
+        `manifest.json`.
 
-        `record` is the job's provenance (`provenance`). If the files cannot be written the
-        Redis records are removed again, so a failure leaves nothing half recorded.
+        `record` is the job's provenance (`provenance`); `request` what the client sent (kept
+        for clones); `cloned_from` the job it was cloned from. If the files cannot be written
+        the Redis records are removed again, so a failure leaves nothing half recorded.
         """
         now = utc_now()
         job = queued_job(
@@ -479,10 +485,12 @@ class JobStore:
             request_id=request_id,
             request_sha256=request_sha256,
             record=record,
+            cloned_from=cloned_from,
         )
         self._insert(job, score=time.time())
         job_dir = self.data.job(job["id"])
         try:
+            write_json(job_dir / REQUEST_FILE, spec if request is None else request)
             write_json(
                 job_dir / "job.json",
                 {"id": job["id"], "owner": owner, "created_at": now, "spec": spec},
@@ -502,6 +510,8 @@ class JobStore:
         pipe.zadd(status_index(job["status"]), {job["id"]: score})
         if job["owner"]:
             pipe.zadd(owner_index(job["owner"]), {job["id"]: score})
+        for key, value in (job.get("tags") or {}).items():
+            pipe.zadd(tag_index(key, value), {job["id"]: score})
         if job["status"] in LIVE:
             for dataset in job["datasets"]:
                 pipe.sadd(dataset_jobs_key(dataset), job["id"])
@@ -550,6 +560,38 @@ class JobStore:
         `job.json`)."""
         return read_json(self.data.job(job_id) / "job.json")["spec"]
 
+    def raw_request(self, job_id: str) -> Any:
+        """What the client sent for the job (`request.json`); a job stored before requests were
+        kept answers a request rebuilt from its normalized one, which parses to the same job.
+        Conflict when the job's files cannot be read."""
+        folder = self.data.job(job_id)
+        try:
+            if (folder / REQUEST_FILE).is_file():
+                return read_json(folder / REQUEST_FILE)
+            return request_from_spec(self.normalized_request(job_id))
+        except (OSError, orjson.JSONDecodeError):
+            raise Conflict(
+                f"Job {job_id}'s request is no longer readable on the data volume."
+            ) from None
+
+    def records(self, job_ids: builtins.list[str], fields: tuple[str, ...]) -> builtins.list[Job]:
+        """These `fields` of each job's record, in one round trip; jobs gone meanwhile are left
+        out (the others' missing fields too)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(job_key(job_id), fields)
+        found = []
+        for values in pipe.execute():
+            if values[0] is None:
+                continue
+            pairs = zip(fields, values, strict=True)
+            found.append({name: orjson.loads(raw) for name, raw in pairs if raw is not None})
+        return cast(builtins.list[Job], found)
+
+    def recent_durations(self) -> builtins.list[float]:
+        """Running seconds of the last succeeded jobs, newest first."""
+        return [float(value) for value in self.redis.lrange(RECENT_DURATIONS, 0, -1)]
+
     def list(
         self,
         *,
@@ -557,9 +599,16 @@ class JobStore:
         status: str | None,
         limit: int,
         cursor: str | None,
+        tags: Mapping[str, str] | None = None,
     ) -> tuple[builtins.list[Job], str | None]:
-        """Jobs newest first; `owner=None` lists everyone's. Returns (items, next cursor)."""
-        if owner is not None:
+        """Jobs newest first; `owner=None` lists everyone's, `tags` keeps those carrying every
+        one of them. Returns (items, next cursor)."""
+        tags = tags or {}
+        if tags:
+            # One tag's index holds every match; the others, the owner and the status are
+            # checked on each record, which the page reads anyway.
+            index = tag_index(*next(iter(tags.items())))
+        elif owner is not None:
             index = owner_index(owner)
         elif status is not None:
             index = status_index(status)
@@ -573,7 +622,7 @@ class JobStore:
             if not raw:
                 continue
             job = _decode(raw)
-            if status is not None and job["status"] != status:
+            if not _matches(job, owner, status, tags):
                 continue
             if len(items) == limit:
                 return items, encode_cursor(*last) if last else None
@@ -646,6 +695,11 @@ class JobStore:
                 for dataset in job["datasets"]:
                     pipe.srem(dataset_jobs_key(dataset), job_id)
                 pipe.delete(stop_key(job_id))
+            started = job.get("started_at")
+            if status == "succeeded" and started:
+                ran = parse_time(changes["finished_at"]) - parse_time(started)
+                pipe.lpush(RECENT_DURATIONS, round(max(ran, 0.0), 3))
+                pipe.ltrim(RECENT_DURATIONS, 0, DURATIONS_KEPT - 1)
             # In the same transaction, so an event stream reader sees every change in order.
             pipe.xadd(
                 events_key(job_id),
@@ -729,6 +783,8 @@ class JobStore:
         owner = job.get("owner")
         if owner:
             pipe.zrem(owner_index(owner), job_id)
+        for key, value in (job.get("tags") or {}).items():
+            pipe.zrem(tag_index(key, value), job_id)
         for dataset in job.get("datasets") or []:
             pipe.srem(dataset_jobs_key(dataset), job_id)
         pipe.execute()
@@ -782,32 +838,23 @@ class JobStore:
 
     def acquire_lease(self, job_id: str, holder: str) -> bool:
         """Take the job's lease for `holder` if nobody holds it."""
-        return bool(
-            self.redis.set(lease_key(job_id), holder, nx=True, ex=self.settings.lease_seconds)
-        )
+        return self.leases.acquire(job_id, holder)
 
     def steal_lease(self, job_id: str, dead_holder: str, holder: str) -> bool:
         """Take over a lease from a holder known to be dead (same host, process gone)."""
-        return bool(
-            self._steal(
-                keys=[lease_key(job_id)], args=[dead_holder, holder, self.settings.lease_seconds]
-            )
-        )
+        return self.leases.steal(job_id, dead_holder, holder)
 
     def renew_lease(self, job_id: str, holder: str) -> bool:
         """Extend our lease (taking it again if it vanished); False if someone else holds it."""
-        return bool(
-            self._renew(keys=[lease_key(job_id)], args=[holder, self.settings.lease_seconds])
-        )
+        return self.leases.renew(job_id, holder)
 
     def release_lease(self, job_id: str, holder: str) -> None:
         """Let go of the lease if `holder` still holds it (never someone else's)."""
-        self._release(keys=[lease_key(job_id)], args=[holder])
+        self.leases.release(job_id, holder)
 
     def lease_holder(self, job_id: str) -> str | None:
         """`<host>/<pid>/<worker name>` of the process training the job, or None."""
-        value = self.redis.get(lease_key(job_id))
-        return _text(value) if value else None
+        return self.leases.holder(job_id)
 
     # The volume ---------------------------------------------------------------------------
 
@@ -882,6 +929,16 @@ class JobStore:
 
 
 _CANCEL = "Cancelled by request before it started."
+
+
+def _matches(job: Job, owner: str | None, status: str | None, tags: Mapping[str, str]) -> bool:
+    """The job is `owner`'s (anyone's for None), in `status` (any for None), with every tag."""
+    if owner is not None and job.get("owner") != owner:
+        return False
+    if status is not None and job["status"] != status:
+        return False
+    carried = job.get("tags") or {}
+    return all(carried.get(key) == value for key, value in tags.items())
 
 
 def _event_entry(kind: str, **fields: object) -> dict[FieldT, EncodableT]:

@@ -11,6 +11,8 @@ from typing import Any, Protocol
 from core.settings import Settings
 
 TRAIN_TASK = "fitserve.train"
+# Batch predictions run on the training workers, queued like a one-device job.
+BATCH_TASK = "fitserve.batch_predict"
 INGEST_TASK = "fitserve.ingest"
 # The CPU task worker's queues (worker.cpu): dataset ingest, and the sweep drivers.
 DATASETS_QUEUE = "datasets"
@@ -45,6 +47,11 @@ def send_training(producer: Producer, job: Mapping[str, Any]) -> None:
         queue=train_queue(job.get("gpus") or 1),
         priority=9 - int(job.get("priority", 5)),
     )
+
+
+def send_batch(producer: Producer, batch: Mapping[str, Any]) -> None:
+    """Enqueue a batch prediction by task name, its id as task id, on the one-device queue."""
+    producer.send_task(BATCH_TASK, args=[batch["id"]], task_id=batch["id"], queue=train_queue(1))
 
 
 def send_ingest(producer: Producer, dataset_id: str) -> None:

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 import orjson
 import redis
 
+from core.batch import CANCELLED as BATCH_CANCELLED
+from core.batch import BatchPrediction, BatchStore, batch_lost_message
 from core.errors import Conflict, NotFound
 from core.jobs import TERMINAL, Job, JobStore, expires_after, parse_time
 from core.queues import broker_lists, train_queue
@@ -35,15 +37,30 @@ ORPHAN_PERIOD = 30
 # Expiry looks at every finished job: at most once a minute, sooner for short TTLs.
 EXPIRY_PERIOD = 60
 Send = Callable[[Job], None]
+BatchSend = Callable[[BatchPrediction], None]
 
 
-def reconcile(store: JobStore, send: Send, holder: str) -> list[str]:
-    """One pass; returns the ids of the jobs it changed. Does nothing if another holds the lock."""
+def reconcile(
+    store: JobStore,
+    send: Send,
+    holder: str,
+    *,
+    batches: BatchStore | None = None,
+    send_batch: BatchSend | None = None,
+) -> list[str]:
+    """One pass; returns the ids of the jobs (and batch predictions) it changed. Does nothing if
+    another holds the lock."""
     period = max(1, store.settings.heartbeat_seconds)
     if not store.redis.set(RECONCILER_LOCK, holder, nx=True, ex=period):
         return []
     changed = []
     if store.records_lost():
+        # Batch predictions first: the jobs' rebuild sets the marker both share.
+        if batches is not None and send_batch is not None:
+            for batch in batches.rebuild_records():
+                log.info("batch_resent batch=%s after=rebuild", batch["id"])
+                send_batch(batch)
+                changed.append(batch["id"])
         for job in store.rebuild_records():
             log.info("job_resent job=%s after=rebuild", job["id"])
             send(job)
@@ -54,8 +71,12 @@ def reconcile(store: JobStore, send: Send, holder: str) -> list[str]:
         for job_id in store.job_ids(status):
             if store.lease_holder(job_id) is None and _recover(store, job_id, send):
                 changed.append(job_id)
+    if batches is not None and send_batch is not None:
+        changed += _recover_batches(batches, send_batch)
     if store.redis.set(ORPHAN_LOCK, holder, nx=True, ex=ORPHAN_PERIOD):
         changed += _resend_orphans(store, send)
+        if batches is not None and send_batch is not None:
+            changed += _resend_orphan_batches(batches, send_batch)
     ttl = store.settings.job_ttl_seconds
     if ttl > 0 and store.redis.set(EXPIRY_LOCK, holder, nx=True, ex=_expiry_period(ttl)):
         changed += expire_jobs(store, time.time())
@@ -101,6 +122,28 @@ def _resend_orphans(store: JobStore, send: Send) -> list[str]:
     return resent
 
 
+def _resend_orphan_batches(batches: BatchStore, send: BatchSend) -> list[str]:
+    """Send again the queued batch predictions, waiting for two leases already, whose message
+    is gone (as `_resend_orphans` does for jobs)."""
+    stale = time.time() - 2 * batches.settings.lease_seconds
+    found = []
+    for batch_id in batches.ids("queued"):
+        with contextlib.suppress(NotFound):
+            batch = batches.get(batch_id)
+            if parse_time(batch["updated_at"]) < stale and not batches.leases.holder(batch_id):
+                found.append(batch)
+    if not found:
+        return []
+    waiting = waiting_task_ids(batches.redis, {train_queue(1)})
+    resent = []
+    for batch in found:
+        if batch["id"] not in waiting:
+            log.info("batch_resent batch=%s after=message_lost", batch["id"])
+            send(batch)
+            resent.append(batch["id"])
+    return resent
+
+
 def waiting_task_ids(client: redis.Redis, queues: Iterable[str]) -> set[str]:
     """The task ids of the messages waiting in Celery queues on Redis (every priority's list)."""
     found = set()
@@ -135,6 +178,36 @@ def _recover(store: JobStore, job_id: str, send: Send) -> bool:
         return False
     log.info("job_recovered job=%s was=%s attempt=%s", job_id, was, job["attempt"])
     return True
+
+
+def _recover_batches(batches: BatchStore, send: BatchSend) -> list[str]:
+    """Batch predictions whose worker vanished: requeued to resume from their committed offset
+    (same rules as jobs: the attempt limit, a cancelling one ends cancelled)."""
+    changed = []
+    for status in ("running", "cancelling"):
+        for batch_id in batches.ids(status):
+            if batches.leases.holder(batch_id) is not None:
+                continue
+            with contextlib.suppress(Conflict, NotFound):
+                batch = batches.get(batch_id)
+                if batch["status"] == "cancelling":
+                    batches.transition(
+                        batch_id,
+                        "cancelled",
+                        unleased=True,
+                        reason="cancelled",
+                        message=BATCH_CANCELLED,
+                    )
+                elif batch["attempt"] >= batches.settings.max_attempts:
+                    message = batch_lost_message(batch["attempt"], batches.settings.max_attempts)
+                    batches.transition(
+                        batch_id, "failed", unleased=True, reason="worker_lost", message=message
+                    )
+                else:
+                    send(batches.transition(batch_id, "queued", unleased=True))
+                log.info("batch_recovered batch=%s was=%s", batch_id, batch["status"])
+                changed.append(batch_id)
+    return changed
 
 
 def _unleased(store: JobStore) -> Callable[[Job], str | None]:

@@ -6,8 +6,14 @@ Jobs (written by `core.jobs.JobStore`, the only reader and writer of these):
 - `job:<id>:history` one JSON entry per completed epoch, `job:<id>:events` a stream;
 - `job:<id>:stop` a stop request ("cancel"), `job:<id>:lease` the worker training it (with a TTL);
 - `dataset:<id>:jobs` the live (not finished) jobs using a dataset;
+- `jobs:tag:<sha256 of key and value>` the jobs carrying one tag (a sorted set like the others),
+  `jobs:durations` the running seconds of the last succeeded jobs (queue position estimates);
 - `records` set once the records were (re)built, `records:grace` one lease after a rebuild,
   `epochs` the epochs completed by every worker, ever.
+
+Batch predictions (written by `core.batch.BatchStore`): `batch:<id>` a hash like a job's,
+`batches` and `batches:status:<s>`, `batches:owner:<name>` sorted-set indexes, `batch:<id>:stop`
+and `batch:<id>:lease`; a live one is in `dataset:<id>:jobs` too, so its dataset is kept.
 
 Workers: `worker:<name>` a heartbeat, `consumer:<name>` a consumer beat, `shutdown:<name>` a
 SIGTERM flag, and the reconciler's locks. The API: `session:<sha256>`, `ratelimit:<who>:<window>`,
@@ -60,8 +66,20 @@ def owner_index(owner: str) -> str:
     return f"{PREFIX}jobs:owner:{owner}"
 
 
+# The running seconds of recently succeeded jobs, newest first: the queue's expected waits.
+RECENT_DURATIONS = PREFIX + "jobs:durations"
+
+
+def tag_index(key: str, value: str) -> str:
+    """The jobs carrying the tag `key: value`, by creation time (the tag hashed: it is user
+    text)."""
+    digest = hashlib.sha256(f"{key}\x00{value}".encode()).hexdigest()
+    return f"{PREFIX}jobs:tag:{digest}"
+
+
 def dataset_jobs_key(dataset_id: str) -> str:
-    """The set of live job ids using a dataset (a dataset in this set cannot be deleted)."""
+    """The set of live job and batch prediction ids using a dataset (a dataset in this set
+    cannot be deleted)."""
     return f"{PREFIX}dataset:{dataset_id}:jobs"
 
 
@@ -105,3 +123,27 @@ def rate_limit_key(identity: str, window: int) -> str:
 def auth_failures_key(address: str) -> str:
     """The wrong API keys one client address sent in the last minute."""
     return f"{PREFIX}authfail:{address}"
+
+
+ALL_BATCHES = PREFIX + "batches"
+
+
+def batch_key(batch_id: str) -> str:
+    """A batch prediction's record: a hash, every field JSON-encoded."""
+    return f"{PREFIX}batch:{batch_id}"
+
+
+def batch_stop_key(batch_id: str) -> str:
+    return f"{PREFIX}batch:{batch_id}:stop"
+
+
+def batch_lease_key(batch_id: str) -> str:
+    return f"{PREFIX}batch:{batch_id}:lease"
+
+
+def batch_status_index(status: str) -> str:
+    return f"{PREFIX}batches:status:{status}"
+
+
+def batch_owner_index(owner: str) -> str:
+    return f"{PREFIX}batches:owner:{owner}"

@@ -13,13 +13,14 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
 from core.errors import Conflict, FitserveError
 from core.integers import read_int
 from core.jobs import TERMINAL, Job, JobStore
+from core.leases import Leases
 from core.rediskeys import shutdown_key, stop_key
 from core.storage import utc_now
 
@@ -58,6 +59,16 @@ def holder_is_dead(holder: str) -> bool:
     return False
 
 
+class LeasedWork(Protocol):
+    """What the heartbeat needs of the work running in its process: the unit's id (a job's or a
+    batch prediction's), its lease to renew, and a flag to raise once the lease is lost."""
+
+    job_id: str
+    lease_lost: bool
+
+    def renew_lease(self) -> bool: ...
+
+
 class StoreControl:
     """`core.training.JobControl` over the job store, for one attempt of one job."""
 
@@ -68,6 +79,10 @@ class StoreControl:
         self.worker = worker
         self.lease_lost = False
         self.stop_reason: str | None = None
+
+    def renew_lease(self) -> bool:
+        """Renew this attempt's lease (the heartbeat calls it); False once another holds it."""
+        return self.store.renew_lease(self.job_id, self.worker.holder)
 
     def report_progress(self, progress: dict) -> None:
         # Progress is best effort: a Redis blip must not fail a job that is training well.
@@ -123,7 +138,7 @@ def run_job(
     train: Train,
     send: Send,
     devices: Callable[[], dict],
-    on_control: Callable[[StoreControl | None], None] = lambda control: None,
+    on_control: Callable[[LeasedWork | None], None] = lambda control: None,
 ) -> str:
     """Run one delivery of `job` (its record as the delivery found it); returns what happened
     (for the task's log line).
@@ -134,7 +149,7 @@ def run_job(
     job_id = job["id"]
     if job["status"] in TERMINAL:
         return "finished"
-    if not _take_lease(store, job_id, worker):
+    if not take_lease(store.leases, job_id, worker):
         return "leased"
     try:
         job, resume = _start_attempt(store, job, worker, devices)
@@ -148,13 +163,15 @@ def run_job(
         store.release_lease(job_id, worker.holder)
 
 
-def _take_lease(store: JobStore, job_id: str, worker: WorkerIdentity) -> bool:
-    if store.acquire_lease(job_id, worker.holder):
+def take_lease(leases: Leases, unit_id: str, worker: WorkerIdentity) -> bool:
+    """Take the lease of a job or batch prediction, or take it over from a holder on this host
+    whose process is gone; False while another live process holds it."""
+    if leases.acquire(unit_id, worker.holder):
         return True
-    holder = store.lease_holder(job_id)
+    holder = leases.holder(unit_id)
     if holder is not None and holder_is_dead(holder):
-        log.info("lease_taken_over job=%s dead_holder=%s", job_id, holder)
-        return store.steal_lease(job_id, holder, worker.holder)
+        log.info("lease_taken_over job=%s dead_holder=%s", unit_id, holder)
+        return leases.steal(unit_id, holder, worker.holder)
     return False
 
 
@@ -253,9 +270,9 @@ def _train_and_record(
             message=f"Unexpected error: {type(error).__name__}: {error}",
         )
         raise
-    fields = {name: outcome.get(name) for name in ("epoch", "metrics", "final", "test_metrics")} | (
-        {"device": outcome["device"]} if outcome.get("device") else {}
-    )
+    fields = {name: outcome.get(name) for name in ("epoch", "metrics", "final", "test_metrics")} | {
+        name: outcome[name] for name in ("device", "warm_start") if outcome.get(name)
+    }
     if outcome["status"] == "succeeded":
         _finish(store, job_id, "succeeded", **fields)
     elif outcome["status"] == "cancelled":

@@ -76,6 +76,9 @@ class Settings:
     gpu_memory_growth: bool = True
     cpu_replicas: int = 1
     keep_checkpoints: int = 3
+    # Batch predictions commit their outputs and rows done after at least this many rows (whole
+    # batches): a lost worker's successor rescores at most this many.
+    batch_predict_chunk_rows: int = 65_536
     lease_seconds: int = 30
     heartbeat_seconds: int = 5
     # A worker whose consumer (the Celery main process) has not beaten for this long, while its

@@ -190,6 +190,8 @@ def _train(
     with job_devices(spec["resources"]) as strategy:
         device = describe_devices(strategy)
         model, initial_epoch, earlier = _model_to_train(job_dir, spec, resume)
+        # A resumed job continues from its own checkpoint, never from the warm start again.
+        warm_start = None if resume else _warm_start(model, spec, data, control)
         for split in (train, validation, test):
             if split is not None:
                 check_inputs(model, split)
@@ -219,6 +221,8 @@ def _train(
             finally:
                 ours.summaries.close()
         result = ours.outcome(initial_epoch) | {"device": device}
+        if warm_start is not None:
+            result["warm_start"] = warm_start
         if result["status"] != "succeeded":
             return result
         if test is not None:
@@ -243,6 +247,22 @@ def _model_to_train(job_dir: Path, spec: dict, resume: dict | None) -> tuple[Any
     model = load_checkpoint(job_dir, resume)
     earlier = _kept_checkpoints(job_dir, resume) | {"history": load_history(job_dir, resume)}
     return model, resume["version"], earlier
+
+
+def _warm_start(model: Any, spec: dict, data: DataDir, control: JobControl) -> dict | None:
+    """Load the request's warm-start weights into the new model; tell the job which loaded."""
+    from core.warmstart import warm_start_model
+
+    loaded = warm_start_model(model, spec, data)
+    if loaded is not None:
+        log.info(
+            "warm_start job=%s version=%s loaded=%s",
+            loaded["job"],
+            loaded["version"],
+            ",".join(loaded["loaded"]) or "-",
+        )
+        control.event("warm_start", **loaded)
+    return loaded
 
 
 class OurCallbacks:

@@ -27,6 +27,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     from service import (
         auth,
+        batches,
         dashboard,
         datasets,
         events,
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         datasets,
         validate,
         jobs,
+        batches,
         storage,
         servables,
         tfserving,

@@ -16,11 +16,11 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
-from flask import Blueprint, Flask, Request, Response, request
+from flask import Blueprint, Flask, Request, Response, request, send_file, stream_with_context
 from werkzeug.datastructures import FileStorage
 from werkzeug.formparser import FormDataParser
 
-from core import datasets, ingest
+from core import datasets, downloads, ingest
 from core.archives import detect_archive, parse_image_options
 from core.errors import (
     Conflict,
@@ -150,6 +150,58 @@ def delete_dataset(dataset_id: str) -> tuple[str, int]:
         raise Conflict(f"Dataset {dataset_id} is used by {users} live job(s); nothing was deleted.")
     datasets.delete_dataset(data_dir(), dataset_id)
     return "", 204
+
+
+@bp.get("/<dataset_id>/download")
+def download_dataset(dataset_id: str) -> Response:
+    """The dataset as `?format=npz` (default, every array), `npy` (`&array=`, needed when there
+    are several) or `csv` (every array side by side, with a header), streamed from its files."""
+    manifest = visible_manifest(dataset_id)
+    status = datasets.status_of(manifest)
+    if status != datasets.READY:
+        raise Conflict(f"Dataset {dataset_id} is {status}; it can be downloaded once ready.")
+    file_format = request.args.get("format", "npz")
+    if file_format not in downloads.FORMATS:
+        raise _query_error("format", "Unknown format.", " | ".join(downloads.FORMATS), file_format)
+    folder, arrays = data_dir().dataset(dataset_id), manifest["arrays"]
+    if file_format == "npy":
+        name = _array_name(arrays)
+        return send_file(
+            folder / arrays[name]["file"],
+            mimetype="application/octet-stream",
+            as_attachment=True,
+            download_name=f"{dataset_id}-{arrays[name]['file']}",
+        )
+    if file_format == "npz":
+        files = {name: folder / entry["file"] for name, entry in arrays.items()}
+        chunks, mimetype = downloads.npz_chunks(files), "application/zip"
+    else:
+        chunks = downloads.csv_chunks(data_dir(), dataset_id, list(arrays), manifest["rows"])
+        mimetype = "text/csv"
+    disposition = f'attachment; filename="{dataset_id}.{file_format}"'
+    return Response(
+        stream_with_context(chunks),
+        mimetype=mimetype,
+        headers={"Content-Disposition": disposition},
+    )
+
+
+def _array_name(arrays: dict) -> str:
+    """The `array` a `.npy` download names (its only array when it names none)."""
+    name = request.args.get("array")
+    if name is None and len(arrays) == 1:
+        return next(iter(arrays))
+    if name is None or name not in arrays:
+        message = "Name one of the dataset's arrays." if name is None else "No such array."
+        raise _query_error("array", message, " | ".join(sorted(arrays)), name)
+    return name
+
+
+def _query_error(name: str, message: str, expected: str, received: object) -> InvalidRequest:
+    return InvalidRequest(
+        f"Bad query parameter {name}: {message}",
+        errors=[FieldError(f"/{name}", message, expected, received)],
+    )
 
 
 def visible_manifest(dataset_id: str) -> dict:

@@ -18,7 +18,9 @@ import swagger_ui_bundle
 from flask import Blueprint, Flask, Response, current_app, send_from_directory
 
 from core.archives import COLOR_MODES, MAX_SIDE, ON_BAD_IMAGE
+from core.batch import BatchView
 from core.datasets import STATUSES as DATASET_STATUSES
+from core.downloads import FORMATS
 from core.jobs import STATUSES, JobView, ModelRecord
 from core.serving.catalog import LABELS
 from core.typeschema import json_schema
@@ -122,7 +124,16 @@ def build_document() -> dict:
         "servers": [{"url": "/"}],
         "security": [{}, {"apiKey": []}],
         "tags": [
-            {"name": name} for name in ("health", "datasets", "jobs", "storage", "models", "v2")
+            {"name": name}
+            for name in (
+                "health",
+                "datasets",
+                "jobs",
+                "batch-predictions",
+                "storage",
+                "models",
+                "v2",
+            )
         ],
         "paths": _paths(),
         "components": {
@@ -274,6 +285,36 @@ def _component_schemas() -> dict[str, dict]:
             "additionalProperties": False,
             "example": {"arrays": {"x": [[0.1, 0.2], [0.3, 0.4]], "y": [0, 1]}},
         },
+        "BatchPredictionRequest": {
+            "type": "object",
+            "properties": {
+                "model": {"type": "string", "description": "A job id, or a job name."},
+                "version": {
+                    "anyOf": [{"type": "integer", "minimum": 1}, {"enum": list(LABELS)}],
+                    "description": "A version or label (default: final, else latest).",
+                },
+                "dataset": {"type": "string", "pattern": ID_PATTERN},
+                "x": {
+                    "anyOf": [
+                        {"type": "string"},
+                        {"type": "object", "additionalProperties": {"type": "string"}},
+                    ],
+                    "description": "The array the model reads (default x), or a map from "
+                    "each model input to an array.",
+                },
+                "batch_size": {"type": "integer", "minimum": 1},
+            },
+            "required": ["model", "dataset"],
+            "additionalProperties": False,
+            "example": {
+                "model": "seed-mlp",
+                "dataset": "0123456789abcdef0123456789abcdef",
+                "x": "x",
+                "batch_size": 4096,
+            },
+        },
+        "BatchPrediction": json_schema(BatchView),
+        "BatchPredictionPage": _page(_ref("BatchPrediction")),
         "Job": json_schema(JobView),
         "Usage": json_schema(UsageView),
         "JobPage": _page(_ref("Job")),
@@ -406,6 +447,9 @@ JOB_ID = _path_parameter("job_id", {"type": "string", "pattern": ID_PATTERN}, "A
 DATASET_ID = _path_parameter(
     "dataset_id", {"type": "string", "pattern": ID_PATTERN}, "A dataset id."
 )
+BATCH_ID = _path_parameter(
+    "batch_id", {"type": "string", "pattern": ID_PATTERN}, "A batch prediction id."
+)
 MODEL = _path_parameter(
     "model", {"type": "string", "pattern": ID_PATTERN}, "A model: the id of the job that made it."
 )
@@ -482,6 +526,53 @@ def _job_body() -> dict:
             },
         }
     }
+
+
+def _clone_operation() -> dict:
+    """`:clone`: a merge patch over the job's raw request, or the `{"patch", "set"}` envelope."""
+    patch = {
+        "type": "object",
+        "description": "A JSON Merge Patch (RFC 7396) over the job's request: null removes a "
+        "key, an object merges, anything else replaces.",
+    }
+    envelope = _object(
+        {},
+        {
+            "patch": patch,
+            "set": {
+                "type": "object",
+                "description": "JSON pointers into the request (after the patch) and the value "
+                "each sets; they reach array elements, which a merge patch replaces whole.",
+                "propertyNames": {"pattern": "^/"},
+            },
+        },
+        additionalProperties=False,
+    )
+    operation = _operation(
+        "Submit a new job from this job's request with changes; the new job has cloned_from.",
+        "jobs",
+        {
+            202: _json("Job", "Queued"),
+            200: _json("Job", "Cloned earlier (Idempotency-Key)"),
+        },
+        parameters=[JOB_ID, IDEMPOTENCY],
+        body={
+            "application/merge-patch+json": {"schema": patch},
+            JSON: {
+                "schema": {
+                    "anyOf": [envelope, patch],
+                    "description": "With a top-level patch or set key, the envelope; "
+                    "otherwise a merge patch.",
+                },
+                "examples": {
+                    "patch": {"value": {"fit": {"epochs": 20}}},
+                    "set": {"value": {"set": {"/model/layers/0/config/units": 64}}},
+                },
+            },
+        },
+    )
+    operation["requestBody"]["required"] = False
+    return operation
 
 
 def _paths() -> dict[str, dict]:
@@ -578,6 +669,61 @@ def _paths() -> dict[str, dict]:
                 parameters=[DATASET_ID],
             ),
         },
+        "/v1/datasets/{dataset_id}/download": {
+            "get": _operation(
+                "Download a dataset, streamed: every array as .npz, one as .npy, or a CSV "
+                "with a header (a column per feature).",
+                "datasets",
+                {
+                    200: (
+                        "The file",
+                        ("application/zip", "application/octet-stream", "text/csv"),
+                        {"type": "string", "format": "binary"},
+                    )
+                },
+                parameters=[
+                    DATASET_ID,
+                    _query("format", {"enum": list(FORMATS)}, "The file format (default npz)."),
+                    _query("array", {"type": "string"}, "npy: the array (needed if several)."),
+                ],
+            ),
+        },
+        "/v1/batch-predictions": {
+            "post": _operation(
+                "Score a stored dataset with a model on the workers; the result is a dataset.",
+                "batch-predictions",
+                {202: _json("BatchPrediction", "Queued")},
+                body={JSON: {"schema": _ref("BatchPredictionRequest")}},
+            ),
+            "get": _operation(
+                "Batch predictions, newest first.",
+                "batch-predictions",
+                {200: _json("BatchPredictionPage")},
+                parameters=PAGE,
+            ),
+        },
+        "/v1/batch-predictions/{batch_id}": {
+            "get": _operation(
+                "A batch prediction: status, rows done, result dataset.",
+                "batch-predictions",
+                {200: _json("BatchPrediction")},
+                parameters=[BATCH_ID],
+            ),
+            "delete": _operation(
+                "Delete a finished batch prediction (its result dataset stays).",
+                "batch-predictions",
+                {204: ("Deleted", None, None)},
+                parameters=[BATCH_ID],
+            ),
+        },
+        "/v1/batch-predictions/{batch_id}:cancel": {
+            "post": _operation(
+                "Cancel a batch prediction (a running one stops after its current chunk).",
+                "batch-predictions",
+                {202: _json("BatchPrediction", "Cancelling or cancelled")},
+                parameters=[BATCH_ID],
+            ),
+        },
         "/v1/jobs:validate": {
             "post": _operation(
                 "Check a job request; the model's summary.",
@@ -604,6 +750,16 @@ def _paths() -> dict[str, dict]:
                 parameters=[
                     *PAGE,
                     _query("status", {"enum": list(STATUSES)}, "Only jobs in this status."),
+                    {
+                        **_query(
+                            "tag",
+                            {"type": "array", "items": {"type": "string", "pattern": "^[^:]+:"}},
+                            "Only jobs carrying this tag, as key:value; repeat it for several "
+                            "(every one must match).",
+                        ),
+                        "style": "form",
+                        "explode": True,
+                    },
                 ],
             ),
         },
@@ -658,6 +814,7 @@ def _paths() -> dict[str, dict]:
                 ],
             ),
         },
+        "/v1/jobs/{job_id}:clone": {"post": _clone_operation()},
         "/v1/jobs/{job_id}:cancel": {
             "post": _operation(
                 "Cancel a job.",

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, Response
 
-from core import grammar
-from service.datasets import visible_manifest
 from service.http import json_body, json_response
-from service.state import settings
+from service.jobs import parse_request
 
 bp = Blueprint("validate", __name__)
 
@@ -15,7 +13,7 @@ bp = Blueprint("validate", __name__)
 @bp.post("/v1/jobs:validate")
 def validate_job() -> Response:
     """200 with the model summary and the cost estimate, or 422 with every error at once."""
-    parsed = grammar.parse_job(json_body(), settings=settings(), manifest_of=visible_manifest)
+    parsed = parse_request(json_body())
     return json_response({**parsed.summary, "cost": parsed.cost})
 
 

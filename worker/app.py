@@ -23,8 +23,10 @@ from core.settings import Settings
 if TYPE_CHECKING:
     from celery.worker.consumer import Consumer
 
+    from core.batch import BatchPrediction, BatchStore
     from core.jobs import JobStore
     from core.runs import WorkerIdentity
+    from core.serving.cache import LoadedModel
     from worker.heartbeat import Heartbeat
 
 log = logging.getLogger("fitserve.worker")
@@ -85,8 +87,22 @@ class ChildState:
     """What the pool child keeps between tasks: the store, who it is, its heartbeat."""
 
     store: JobStore
+    batches: BatchStore
     worker: WorkerIdentity
     heartbeat: Heartbeat
+
+    def batch_model(self, batch: BatchPrediction) -> LoadedModel:
+        """The checkpoint a batch prediction scores with, loaded as serving loads it (sha256
+        checked, compiled forward function, warmed)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from core.serving.cache import load_servable
+        from core.serving.catalog import resolve_version
+        from core.storage import read_json
+
+        manifest = read_json(self.store.data.job(batch["model"]) / "manifest.json")
+        servable = resolve_version(self.store.data, manifest, version=batch["version"])
+        return load_servable(servable, self.store.settings, ThreadPoolExecutor(1))
 
 
 def child() -> ChildState:
@@ -151,8 +167,9 @@ def import_tensorflow(**_: object) -> None:
 
 def start_heartbeat(devices: list[str]) -> None:
     """The child's store, identity and heartbeat thread; a stale shutdown flag is cleared."""
+    from core.batch import BatchStore
     from core.jobs import JobStore
-    from core.queues import send_training
+    from core.queues import send_batch, send_training
     from core.rediskeys import shutdown_key
     from core.runs import WorkerIdentity
     from core.storage import DataDir
@@ -171,6 +188,7 @@ def start_heartbeat(devices: list[str]) -> None:
         retry=Retry(ExponentialBackoff(cap=2, base=0.1), retries=10),
     )
     store = JobStore(client, data, settings)
+    batches = BatchStore(client, data, settings)
     worker = WorkerIdentity(_node["name"])
     client.delete(shutdown_key(worker.name))
     heartbeat = Heartbeat(
@@ -180,6 +198,8 @@ def start_heartbeat(devices: list[str]) -> None:
         devices=devices,
         send=lambda job: send_training(app, job),
         consumer_pid=os.getppid(),
+        batches=batches,
+        send_batch=lambda batch: send_batch(app, batch),
     )
     heartbeat.start()
-    _child["state"] = ChildState(store, worker, heartbeat)
+    _child["state"] = ChildState(store, batches, worker, heartbeat)

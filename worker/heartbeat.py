@@ -18,10 +18,11 @@ import time
 
 import orjson
 
+from core.batch import BatchStore
 from core.jobs import JobStore
-from core.reconciler import Send, reconcile
+from core.reconciler import BatchSend, Send, reconcile
 from core.rediskeys import consumer_key, worker_key
-from core.runs import StoreControl, WorkerIdentity
+from core.runs import LeasedWork, WorkerIdentity
 from core.storage import utc_now
 
 log = logging.getLogger("fitserve.worker")
@@ -62,6 +63,8 @@ class Heartbeat:
         devices: list[str],
         send: Send,
         consumer_pid: int,
+        batches: BatchStore | None = None,
+        send_batch: BatchSend | None = None,
     ) -> None:
         self.store = store
         self.worker = worker
@@ -69,8 +72,10 @@ class Heartbeat:
         self.devices = devices
         self.send = send
         self.consumer_pid = consumer_pid
+        self.batches = batches
+        self.send_batch = send_batch
         self.consumer = ConsumerWatch(since=time.monotonic())
-        self.control: StoreControl | None = None
+        self.control: LeasedWork | None = None
         self._ending = threading.Event()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fitserve-heartbeat", daemon=True)
@@ -81,7 +86,7 @@ class Heartbeat:
     def stop(self) -> None:
         self._stopped.set()
 
-    def set_control(self, control: StoreControl | None) -> None:
+    def set_control(self, control: LeasedWork | None) -> None:
         self.control = control
 
     def beat(self) -> None:
@@ -103,10 +108,16 @@ class Heartbeat:
         }
         ttl = max(3 * settings.heartbeat_seconds, settings.lease_seconds)
         self.store.redis.set(worker_key(self.worker.name), orjson.dumps(record), ex=ttl)
-        if control is not None and not self.store.renew_lease(control.job_id, self.worker.holder):
+        if control is not None and not control.renew_lease():
             log.warning("lease_lost job=%s holder=%s", control.job_id, self.worker.holder)
             control.lease_lost = True
-        reconcile(self.store, self.send, self.worker.holder)
+        reconcile(
+            self.store,
+            self.send,
+            self.worker.holder,
+            batches=self.batches,
+            send_batch=self.send_batch,
+        )
         if self.consumer.stalled(consumer_age, settings.consumer_stall_seconds):
             self.end_consumer(consumer_age)
 

@@ -7,7 +7,7 @@ import logging
 from celery import Task
 
 from core.errors import NotFound
-from core.queues import TRAIN_TASK, send_training
+from core.queues import BATCH_TASK, TRAIN_TASK, send_batch, send_training
 from core.runs import run_job
 from worker import app as worker_app
 
@@ -38,4 +38,31 @@ def train(self: Task, job_id: str) -> str:
             on_control=child.heartbeat.set_control,
         )
         log.info("job_done outcome=%s", outcome)
+    return outcome
+
+
+@worker_app.app.task(name=BATCH_TASK, bind=True, acks_late=True)
+def batch_predict(self: Task, batch_id: str) -> str:
+    """Score `batch_id` from its committed offset, or ack without work if it is unknown,
+    finished or another worker's."""
+    from core.scoring import run_batch
+
+    child = worker_app.child()
+    store = child.batches
+    try:
+        batch = store.get(batch_id)
+    except NotFound:
+        log.info("batch_done batch=%s outcome=unknown", batch_id)
+        return "unknown"
+    with worker_app.job_context(batch_id, batch.get("request_id")):
+        log.info("batch_received delivery=%s", self.request.delivery_info.get("redelivered"))
+        outcome = run_batch(
+            store,
+            batch,
+            child.worker,
+            load=child.batch_model,
+            send=lambda queued: send_batch(worker_app.app, queued),
+            on_control=child.heartbeat.set_control,
+        )
+        log.info("batch_done outcome=%s", outcome)
     return outcome

@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import FieldError, FieldErrors, InvalidRequest
-from core.grammar.allowlist import PRIORITY, REQUEST_KEYS, REQUEST_NAME, SEED, resource_kinds
+from core.grammar.allowlist import (
+    PRIORITY,
+    REQUEST_KEYS,
+    REQUEST_NAME,
+    SEED,
+    TAGS,
+    WARM_START_KINDS,
+    resource_kinds,
+)
 from core.grammar.compile import parse_compile
 from core.grammar.fit import check_fit_with_compile, parse_fit
 from core.grammar.kinds import INVALID, Place, check_arguments
@@ -20,6 +28,9 @@ from core.grammar.model import ParsedModel, parse_model
 from core.grammar.schema import grammar_schema
 from core.grammar.shapes import infer_model, summarize
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from core.warmstart import FindSource
 
 __all__ = ["ParsedJob", "grammar_schema", "parse_job", "parse_job_request"]
 
@@ -39,16 +50,28 @@ class ParsedJob:
 
 
 def parse_job_request(
-    body: Any, *, settings: Settings, manifest_of: Callable[[str], dict]
+    body: Any,
+    *,
+    settings: Settings,
+    manifest_of: Callable[[str], dict],
+    find_source: FindSource | None = None,
 ) -> dict[str, Any]:
     """The normalized spec of a job request (`parse_job(...).spec`)."""
-    return parse_job(body, settings=settings, manifest_of=manifest_of).spec
+    return parse_job(body, settings=settings, manifest_of=manifest_of, find_source=find_source).spec
 
 
-def parse_job(body: Any, *, settings: Settings, manifest_of: Callable[[str], dict]) -> ParsedJob:
+def parse_job(
+    body: Any,
+    *,
+    settings: Settings,
+    manifest_of: Callable[[str], dict],
+    find_source: FindSource | None = None,
+) -> ParsedJob:
     """Parse a job request; InvalidRequest with every error at once.
 
-    `manifest_of(dataset_id)` returns a dataset's manifest or raises NotFound.
+    `manifest_of(dataset_id)` returns a dataset's manifest or raises NotFound. `find_source`
+    resolves a `warm_start` source (core.warmstart; NotFound for a job the caller cannot see);
+    without it a warm start's source is left as the request names it, unchecked.
     """
     manifests: dict[str, dict] = {}
 
@@ -80,6 +103,10 @@ def parse_job(body: Any, *, settings: Settings, manifest_of: Callable[[str], dic
 
     cost = estimate_cost(spec, settings, read_once)
     errors.extend(cost_errors(cost, parsed.paths))
+    if spec["warm_start"] not in (None, INVALID) and find_source is not None:
+        from core.warmstart import check_warm_start
+
+        spec["warm_start"] = check_warm_start(spec, find_source, place.at("warm_start"))
     if errors:
         raise _invalid(errors)
     if spec["data"]["preprocess"]["x"]:
@@ -95,7 +122,7 @@ def _invalid(errors: FieldErrors) -> InvalidRequest:
 
 
 def _parse_header(body: dict[str, Any], place: Place, settings: Settings) -> dict[str, Any]:
-    """`name`, `seed`, `priority` and `resources`, with their defaults."""
+    """`name`, `seed`, `priority`, `resources`, `tags` and `warm_start`, with their defaults."""
     name = body.get("name")
     resources = check_arguments(
         body.get("resources"),
@@ -110,7 +137,19 @@ def _parse_header(body: dict[str, Any], place: Place, settings: Settings) -> dic
         "resources": resources
         if resources is INVALID
         else {"gpus": 1, "mixed_precision": False, **resources},
+        "tags": TAGS.check({} if body.get("tags") is None else body["tags"], place.at("tags")),
+        "warm_start": _parse_warm_start(body.get("warm_start"), place.at("warm_start")),
     }
+
+
+def _parse_warm_start(value: Any, place: Place) -> Any:
+    """`warm_start` as the request gives it, with its defaults (best version, not strict)."""
+    if value is None:
+        return None
+    checked = check_arguments(value, WARM_START_KINDS, place.inside("warm_start"), "key")
+    if checked is INVALID:
+        return INVALID
+    return {"version": "best", "strict": False, **checked}
 
 
 def _parse_model_section(

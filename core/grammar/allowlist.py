@@ -27,6 +27,7 @@ from core.grammar.kinds import (
     Required,
     Shape,
     Text,
+    TextMap,
 )
 
 # Per-layer caps: a single argument may not ask for more than these (the total parameter cap
@@ -715,7 +716,26 @@ REFUSED_CALLBACKS = {
 REQUEST_NAME = Text()
 REQUEST_KEYS = (
     "name", "seed", "priority", "resources", "model", "compile", "fit", "data", "checkpoint",
+    "warm_start", "tags",
 )  # fmt: skip
+
+# `tags`: the user's own labels on a job; `GET /v1/jobs?tag=key:value` filters on them, so a key
+# holds no ':' and a value no control character.
+MAX_TAGS = 20
+TAGS = TextMap(
+    Text(r"[A-Za-z0-9_.-]{1,64}", "1 to 64 letters, digits, '_', '.' or '-'"),
+    Text(r"[^\x00-\x1f\x7f]{0,256}", "a string of at most 256 characters, no control characters"),
+    MAX_TAGS,
+)
+# `warm_start`: start from another job's weights. `job` an id or a name, as models are named.
+WARM_START_LABELS = ("best", "latest", "final")
+WARM_START_KINDS: dict[str, Kind] = {
+    "job": Required(Text()),
+    "version": Either(
+        (Choice(WARM_START_LABELS), Integer(1)), "best, latest, final or a version number from 1"
+    ),
+    "strict": BOOL,
+}
 
 
 def resource_kinds(max_gpus: int) -> dict[str, Kind]:

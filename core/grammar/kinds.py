@@ -337,6 +337,49 @@ class ListOf(Kind):
 
 
 @dataclasses.dataclass(frozen=True)
+class TextMap(Kind):
+    """An object of string keys to string values (user tags), its size bounded."""
+
+    key: Text
+    value: Text
+    high: int = 20
+
+    @property
+    def expected(self) -> str:
+        return (
+            f"an object of at most {self.high} entries, keys {self.key.expected}, "
+            f"values {self.value.expected}"
+        )
+
+    def check(self, value: Any, place: Place) -> Any:
+        if not isinstance(value, dict) or len(value) > self.high:
+            return place.refuse(value, self.expected)
+        out = {}
+        for key, item in value.items():
+            at = place.at(key)
+            if self.key.check(key, Place([], at.path)) is INVALID:
+                place.errors.append(
+                    FieldError(
+                        at.path,
+                        f"{place.owner} has a tag key {show(key)}. Expected {self.key.expected}.",
+                        self.key.expected,
+                        preview(key),
+                    )
+                )
+                continue
+            out[key] = self.value.check(item, at)
+        return INVALID if len(out) < len(value) or INVALID in out.values() else out
+
+    def schema(self) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "maxProperties": self.high,
+            "propertyNames": self.key.schema(),
+            "additionalProperties": self.value.schema(),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
 class IntTuple(Kind):
     """An integer, or a list of `rank` integers, in [low, high]; normalized to the list."""
 

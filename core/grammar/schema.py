@@ -24,7 +24,9 @@ from core.grammar.allowlist import (
     REQUEST_NAME,
     SCHEDULE,
     SEED,
+    TAGS,
     VECTOR_INITIALIZER,
+    WARM_START_KINDS,
     resource_kinds,
 )
 from core.grammar.compile import JIT_COMPILE, STEPS_PER_EXECUTION
@@ -53,6 +55,13 @@ def grammar_schema(settings: Settings | None = None) -> dict[str, Any]:
             "fit": arguments_schema(fit_kinds(settings)),
             "data": {"type": "object"},
             "checkpoint": arguments_schema(CHECKPOINT_KINDS),
+            "tags": TAGS.schema(),
+            "warm_start": {
+                "anyOf": [
+                    {**arguments_schema(WARM_START_KINDS), "type": "object"},
+                    {"type": "null"},
+                ]
+            },
         },
         # compile may be left out when the model is a to_json() that carries compile_config.
         "required": ["model", "data"],

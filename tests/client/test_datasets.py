@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from client import Client, FitserveError
+from client.cli import main
 from tests.client.conftest import fitserve
 
 
@@ -91,3 +92,33 @@ def test_cli_upload_list_show_rm(server_url, tmp_path):
     missing = fitserve("datasets", "show", dataset_id, "--url", server_url)
     assert missing.returncode == 1
     assert missing.stderr.startswith("error: 404 not_found: ")
+
+
+def test_a_dataset_downloads_as_npz_npy_and_csv(api, tmp_path):
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    dataset = api.upload_arrays({"x": x, "y": np.arange(4)})["id"]
+
+    arrays = api.dataset_arrays(dataset)
+    single = api.download_dataset(dataset, tmp_path / "x.npy", format="npy", array="x")
+    table = api.download_dataset(dataset, tmp_path / "d.csv", format="csv")
+
+    np.testing.assert_array_equal(arrays["x"], x)
+    np.testing.assert_array_equal(np.load(single, allow_pickle=False), x)
+    assert table.read_text().splitlines()[:2] == ["x_0,x_1,x_2,y", "0.0,1.0,2.0,0"]
+
+
+def test_cli_datasets_download_and_a_refused_batch_predict(server_url, tmp_path, capsys):
+    data = tmp_path / "data.npz"
+    np.savez(data, x=np.zeros((6, 2), np.float32))
+    dataset_id = Client(server_url).upload_file(data)["id"]
+    target = tmp_path / "out.csv"
+
+    downloaded = main(
+        ["datasets", "download", dataset_id, str(target), "--format", "csv", "--url", server_url]
+    )
+    refused = main(["batch-predict", "--dataset", dataset_id, "--model", "no", "--url", server_url])
+
+    assert downloaded == 0
+    assert target.read_text().splitlines()[0] == "x_0,x_1"
+    assert refused == 1
+    assert "error: 422 invalid_request" in capsys.readouterr().err

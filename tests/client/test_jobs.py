@@ -139,9 +139,12 @@ def test_cli_submit_show_list_follow_cancel_rm(server_url, spec, tmp_path):
 
     listed = fitserve("jobs", "list", *url)
     header, row = listed.stdout.splitlines()
-    assert header.split() == ["ID", "NAME", "STATUS", "EPOCH", "CREATED"]
-    assert row.split()[:3] == [job_id, "small", "queued"]
-    assert json.loads(fitserve("jobs", "show", job_id, *url).stdout)["status"] == "queued"
+    assert header.split() == ["ID", "NAME", "STATUS", "EPOCH", "QUEUE", "TAGS", "CREATED"]
+    assert row.split()[:5] == [job_id, "small", "queued", "0", "1"]
+    assert json.loads(fitserve("jobs", "show", job_id, *url, "--json").stdout)["status"] == "queued"
+    shown = [line.split() for line in fitserve("jobs", "show", job_id, *url).stdout.splitlines()]
+    assert ["id", job_id] in shown
+    assert ["queue", "1", "(0", "ahead)"] in shown
 
     cancelled = fitserve("jobs", "cancel", job_id, *url)
     assert cancelled.stdout.split() == [job_id, "cancelled"]

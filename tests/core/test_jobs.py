@@ -293,3 +293,28 @@ def test_the_parse_reads_each_manifest_once_and_provenance_uses_them(
     assert record["datasets"] == {dataset_id: sha256}
     job = store.create(parsed.spec, owner=None, record=record)
     assert read_json(store.data.job(job["id"]) / "manifest.json")["record"] == record
+
+
+def test_tags_cloned_from_and_the_raw_request_survive_a_rebuild(store: JobStore):
+    spec = {**SPEC, "tags": {"project": "mnist"}}
+    job = store.create(spec, owner=None, request={"raw": True}, cloned_from="c" * 32)
+    assert read_json(store.data.job(job["id"]) / "request.json") == {"raw": True}
+    assert store.raw_request(job["id"]) == {"raw": True}
+    store.redis.flushdb()
+    store.rebuild_records()
+    restored = store.get(job["id"])
+    assert (restored["tags"], restored["cloned_from"]) == ({"project": "mnist"}, "c" * 32)
+    found, _ = store.list(owner=None, status=None, limit=10, cursor=None, tags=spec["tags"])
+    assert [item["id"] for item in found] == [job["id"]]
+
+
+def test_a_succeeded_job_leaves_its_running_time_and_records_read_only_some_fields(
+    store: JobStore,
+):
+    job = store.create(SPEC, owner=None)
+    store.transition(job["id"], "running", started_at="2026-01-01T00:00:00Z")
+    store.transition(job["id"], "succeeded", finished_at="2026-01-01T00:01:30Z")
+    assert store.recent_durations() == [90.0]
+    other = store.create(SPEC, owner=None)
+    found = store.records([job["id"], "0" * 32, other["id"]], ("id", "priority"))
+    assert found == [{"id": job["id"], "priority": 5}, {"id": other["id"], "priority": 5}]

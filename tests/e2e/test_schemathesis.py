@@ -73,6 +73,7 @@ def api_schema(small_stack: Stack):
     row = x[:1].tolist()
     schemas = document["components"]["schemas"]
     schemas["PredictRequest"]["example"] = {"instances": row}
+    schemas["BatchPredictionRequest"]["example"] |= {"model": model, "dataset": dataset}
     schemas["InferRequest"]["example"]["inputs"][0] |= {"shape": [1, 784], "data": row[0]}
     schema = schemathesis.openapi.from_dict(document)
     schema.config.update(base_url=small_stack.api)

@@ -42,6 +42,8 @@ STACK_SETTINGS = {
     "FITSERVE_MAX_ATTEMPTS": "2",
     "FITSERVE_MAX_EPOCHS": "2000",
     "FITSERVE_KEEP_CHECKPOINTS": "2",
+    # Batch predictions commit every 5000 rows: a worker killed mid-way is caught between commits.
+    "FITSERVE_BATCH_PREDICT_CHUNK_ROWS": "5000",
 }
 
 
