@@ -183,6 +183,19 @@ def test_sign_in_submit_watch_predict_cancel(
     page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert SCREENSHOT.stat().st_size > 10_000
 
+    # Clone with changes: a merge patch over the request; the clone says where it came from.
+    page.fill("#clone-patch", json.dumps({"fit": {"epochs": 1}, "tags": {"project": "e2e"}}))
+    with page.expect_navigation():
+        page.click("#clone-form button[type=submit]")
+    clone_id = page.url.rsplit("/", 1)[1]
+    assert clone_id != job_id
+    page.wait_for_selector(f'#job-cloned-from a[href="/jobs/{job_id}"]')
+    assert page.inner_text("#job-tags") == "project:e2e"
+    page.goto(f"{keyed_api}/?tag=project:e2e")
+    page.wait_for_selector(f'tr[data-job-id="{clone_id}"]')
+    assert page.locator("#jobs tbody tr").count() == 1
+    assert "project:e2e" in page.inner_text(f'tr[data-job-id="{clone_id}"]')
+
     page.goto(f"{keyed_api}/")
     row = page.locator(f'tr[data-job-id="{job_id}"]')
     assert "cancelled" in row.inner_text()
@@ -201,6 +214,10 @@ def test_sign_in_submit_watch_predict_cancel(
     assert "x [3000, 16] float32" in dataset_row.inner_text()
     dataset_row.locator("button.link").click()
     assert "Distinct values" in page.inner_text("#dataset-stats")
+    npz = page.locator('#dataset-details-body a:text-is("npz")').get_attribute("href")
+    assert npz == f"/v1/datasets/{dataset_id}/download?format=npz"
+    archive = np.load(io.BytesIO(page.context.request.get(keyed_api + npz).body()))
+    assert np.array_equal(archive["y"], data["y"])
     page.screenshot(path=str(SCREENSHOT.with_name("dashboard-datasets.png")), full_page=True)
     page.click("text=Sign out")
     page.wait_for_url(f"{keyed_api}/sign-in")

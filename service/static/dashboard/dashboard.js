@@ -292,15 +292,13 @@
     const badge = element("span");
     statusBadge(badge, job.status);
     status.append(badge);
-    if (job.status === "queued" && formatQueue(job.queue)) {
-      status.append(element("div", formatQueue(job.queue), { class: "muted small queue-place" }));
-    }
+    const queue = element("td", job.status === "queued" ? formatQueue(job.queue) : "", { class: "queue-place" });
     const progress = element("td");
     const bar = element("progress", null, { max: "1", value: String(job.progress.fraction || 0) });
     bar.setAttribute("aria-label", `Job ${job.name || job.id} progress`);
     progress.append(bar, element("span", " " + progressText(job)));
     const metrics = job.progress.metrics || (job.metrics && job.metrics.last) || {};
-    row.append(choose, first, status, progress, element("td", formatNumber(metrics.loss)),
+    row.append(choose, first, status, queue, progress, element("td", formatNumber(metrics.loss)),
       element("td", formatTags(job.tags)), element("td", formatTime(job.created_at)));
     return row;
   }
@@ -332,7 +330,7 @@
       if (!data.items.length) {
         const row = element("tr");
         row.append(element("td", filter ? "No job carries those tags."
-          : "No jobs yet: upload a dataset and submit one below.", { colspan: "7" }));
+          : "No jobs yet: upload a dataset and submit one below.", { colspan: "8" }));
         body.append(row);
       }
       updated.textContent = `${data.items.length} job(s)${filter ? ` tagged ${filter}` : ""}, ` +
