@@ -100,6 +100,23 @@
     return "[\n" + rows.map((row) => "  " + JSON.stringify(row)).join(",\n") + "\n]";
   }
 
+  function oneLineJson(value) {
+    if (value === null || typeof value !== "object") return JSON.stringify(value);
+    if (Array.isArray(value)) return `[${value.map(oneLineJson).join(", ")}]`;
+    return `{${Object.entries(value).map(([key, item]) => `${JSON.stringify(key)}: ${oneLineJson(item)}`).join(", ")}}`;
+  }
+
+  // JSON for people: a value that fits a line stays on one, larger ones open up by level.
+  function formatJson(value, indent = "") {
+    const flat = oneLineJson(value);
+    if (flat.length + indent.length <= 88 || value === null || typeof value !== "object") return flat;
+    const inner = indent + "  ";
+    const items = Array.isArray(value) ? value.map((item) => inner + formatJson(item, inner))
+      : Object.entries(value).map(([key, item]) => `${inner}${JSON.stringify(key)}: ${formatJson(item, inner)}`);
+    const [open, close] = Array.isArray(value) ? ["[", "]"] : ["{", "}"];
+    return `${open}\n${items.join(",\n")}\n${indent}${close}`;
+  }
+
   // A table with a header row; `rows` are arrays of cell text (or nodes).
   function table(headers, rows, attributes) {
     const node = element("table", null, attributes);
@@ -534,7 +551,7 @@
         result.replaceChildren(element("p", `Fix the request's JSON first: ${error.message}`, { class: "error", role: "alert" }));
         return false;
       }
-      spec.value = JSON.stringify(change(request), null, 2);
+      spec.value = formatJson(change(request));
       return true;
     }
 
