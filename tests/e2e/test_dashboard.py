@@ -218,7 +218,19 @@ def test_sign_in_submit_watch_predict_cancel(
     assert npz == f"/v1/datasets/{dataset_id}/download?format=npz"
     archive = np.load(io.BytesIO(page.context.request.get(keyed_api + npz).body()))
     assert np.array_equal(archive["y"], data["y"])
+    # Upload from the datasets page: a CSV's string labels become named classes; then delete it.
+    csv_file = tmp_path / "pets.csv"
+    csv_file.write_text("weight,height,label\n4.0,25,cat\n30.5,60,dog\n5.2,23,cat\n")
+    page.set_input_files("#dataset-file", str(csv_file))
+    page.click("#upload-form button[type=submit]")
+    pets_id = page.get_attribute("#dataset-id", "data-id")
+    pets_row = page.locator(f'tr[data-dataset-id="{pets_id}"]')
+    assert "y: 2 (cat, dog)" in pets_row.inner_text()
     page.screenshot(path=str(SCREENSHOT.with_name("dashboard-datasets.png")), full_page=True)
+    page.once("dialog", lambda dialog: dialog.accept())
+    pets_row.locator("button:text-is('Delete')").click()
+    pets_row.wait_for(state="detached")
+    assert page.locator(f'tr[data-dataset-id="{dataset_id}"]').count() == 1
     page.click("text=Sign out")
     page.wait_for_url(f"{keyed_api}/sign-in")
     page.goto(f"{keyed_api}/jobs/{job_id}")
