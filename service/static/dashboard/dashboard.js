@@ -977,6 +977,7 @@
     const body = document.querySelector("#datasets tbody");
     const updated = document.getElementById("datasets-updated");
     let downloads = null;
+    let processing = false;
 
     // Downloads exist where the API describes the download route.
     async function canDownload() {
@@ -1023,12 +1024,12 @@
         body.append(row);
       }
       updated.textContent = `${data.items.length} dataset(s), updated ${new Date().toLocaleTimeString()}`;
-      // Processing datasets (archives, imports) turn ready or failed: keep watching them.
-      return data.items.some((dataset) => dataset.status === "processing");
+      processing = data.items.some((dataset) => dataset.status === "processing");
     }
 
     startUploadForm(() => refreshDatasets().catch(console.warn));
-    poll(refreshDatasets, () => LIST_MS);
+    // Processing datasets (archives, imports) turn ready or failed soon: watched closely.
+    poll(refreshDatasets, () => (processing ? LIST_MS : 5 * LIST_MS));
   }
 
   // The compare page ---------------------------------------------------------------------
