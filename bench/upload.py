@@ -1,6 +1,7 @@
 """Upload throughput: a ~200 MB .npy through the app and through gunicorn, against a plain copy.
 
     .venv/bin/python bench/upload.py [--megabytes 200]
+    .venv/bin/python bench/upload.py --tus [--megabytes 200]
     .venv/bin/python bench/upload.py --hostile [--cpu-limit 900]
 
 The baseline copies the same multipart body to a file on the same filesystem and fsyncs it (what
@@ -8,6 +9,11 @@ an upload must do at least once). An upload streams the body to disk, checks it,
 computes its statistics and moves it into place: once into the Flask app in this process (the
 app's own cost), once over HTTP into gunicorn as docker-compose.yml runs it (what a client sees).
 Prints the throughputs, their ratios to the baseline, and the API workers' peak RSS growth.
+
+`--tus` instead sends the same file as a resumable upload (tus 1.0) with the fitserve client
+(tuspy, its default 16 MiB chunks) through nginx in front of gunicorn, as compose runs them, and
+prints its throughput to the last byte on the server beside the plain copy's, and their ratio;
+then the time the finished upload takes to become a dataset.
 
 `--hostile` instead measures the CPU seconds that reading each of a set of hostile uploads of
 about 600 KB takes (a header of 200,000 repeated names, 300,000 ragged rows, 60,000 rows of bad
@@ -18,6 +24,7 @@ to `--cpu-limit` seconds, against a well-formed numeric CSV of the same size.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import io
 import multiprocessing
@@ -39,13 +46,15 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core import datasets  # noqa: E402
+from client import Client  # noqa: E402
+from core import datasets, ingest  # noqa: E402
 from core.errors import FitserveError  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.storage import DataDir, new_id  # noqa: E402
+from scripts.proxy import local_proxy_command, write_config  # noqa: E402
 from scripts.stack import compose_command  # noqa: E402
 from service import create_app  # noqa: E402
-from tests.support.processes import free_port, stop_tree, wait_for  # noqa: E402
+from tests.support.processes import free_port, redis_server, stop_tree, wait_for  # noqa: E402
 
 
 def write_array(path: Path, megabytes: int) -> None:
@@ -82,11 +91,11 @@ def copy_baseline(body: Path, target: Path) -> float:
     return elapsed
 
 
-def start_api(data_dir: Path, port: int) -> subprocess.Popen:
+def start_api(data_dir: Path, port: int, redis_url: str | None = None) -> subprocess.Popen:
     env = {
         **os.environ,
         "FITSERVE_DATA_DIR": str(data_dir),
-        "FITSERVE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "FITSERVE_REDIS_URL": redis_url or f"redis://127.0.0.1:{free_port()}/0",
         "FITSERVE_MAX_UPLOAD_BYTES": str(2 << 30),
     }
     argv = compose_command("api", bind=f"127.0.0.1:{port}")
@@ -152,6 +161,65 @@ def upload(body: Path, content_type: str, port: int, api: subprocess.Popen) -> t
     if response.status != 201:
         raise SystemExit(f"upload failed: {response.status} {answer[:500]!r}")
     return elapsed, peak - baseline
+
+
+def start_proxy(folder: Path, port: int, upstream: int) -> subprocess.Popen:
+    """nginx from the service's template, in front of the API at `upstream`."""
+    config = write_config(
+        folder / "proxy",
+        Settings(max_upload_bytes=2 << 30),
+        listen=f"127.0.0.1:{port}",
+        upstream=f"127.0.0.1:{upstream}",
+    )
+    process = subprocess.Popen(
+        local_proxy_command(config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).ok, 30, "nginx")
+    return process
+
+
+def measure_tus(megabytes: int) -> None:
+    """A resumable upload through nginx against a plain copy of the same bytes."""
+    with (
+        tempfile.TemporaryDirectory(prefix="fitserve-bench-") as folder,
+        contextlib.ExitStack() as stack,
+    ):
+        root = Path(folder)
+        array = root / "big.npy"
+        write_array(array, megabytes)
+        size_mb = array.stat().st_size / 2**20
+        (root / "data").mkdir()
+        copy_s = copy_baseline(array, root / "data" / "copy.bin")
+        port, upstream = free_port(), free_port()
+        # A Redis for the ingest task the finished upload sends.
+        redis_url = stack.enter_context(redis_server(root / "redis"))
+        api = start_api(root / "data", upstream, redis_url)
+        proxy = start_proxy(root, port, upstream)
+        try:
+            client = Client(f"http://127.0.0.1:{port}", upload_store=root / "urls.json")
+            started = time.perf_counter()
+            upload_id = client.upload_resumable(array)
+            tus_s = time.perf_counter() - started
+            started = time.perf_counter()
+            manifest = client.send_json("POST", "/v1/datasets", {"upload": upload_id})
+            # What the CPU task worker does with it (none runs here), timed in this process.
+            settings = Settings(
+                redis_url=redis_url, data_dir=root / "data", max_upload_bytes=2 << 30
+            )
+            outcome = ingest.run_ingest(DataDir(root / "data"), manifest["id"], settings)
+            dataset_s = time.perf_counter() - started
+            if outcome != "ready":
+                raise SystemExit(f"the upload did not become a dataset: {outcome}")
+        finally:
+            stop_tree(proxy)
+            stop_tree(api)
+    print(f"file                 {size_mb:8.1f} MiB")
+    print(f"baseline copy        {size_mb / copy_s:8.1f} MiB/s  ({copy_s:.2f} s, copy + fsync)")
+    print(
+        f"tus upload via nginx {size_mb / tus_s:8.1f} MiB/s  ({tus_s:.2f} s, 16 MiB chunks)  "
+        f"ratio to baseline {copy_s / tus_s:.2f}"
+    )
+    print(f"finished upload to dataset: {dataset_s:.2f} s (the 202, then the ingest task's work)")
 
 
 def hostile_uploads() -> dict[str, bytes]:
@@ -220,10 +288,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megabytes", type=int, default=200)
     parser.add_argument("--hostile", action="store_true", help="CPU time of hostile uploads")
+    parser.add_argument("--tus", action="store_true", help="a resumable upload through nginx")
     parser.add_argument("--cpu-limit", type=int, default=900, help="per hostile upload, seconds")
     args = parser.parse_args()
     if args.hostile:
         measure_hostile(args.cpu_limit)
+        return 0
+    if args.tus:
+        measure_tus(args.megabytes)
         return 0
     with tempfile.TemporaryDirectory(prefix="fitserve-bench-") as folder:
         root = Path(folder)

@@ -18,9 +18,17 @@ from urllib.parse import quote
 
 import numpy as np
 import requests
+from tusclient.exceptions import TusCommunicationError
 
 from client.errors import ConnectionFailed, FitserveError, JobFailed
 from client.progress import TERMINAL, ProgressDisplay
+from client.uploads import (
+    CHUNK_BYTES,
+    RESUMABLE_THRESHOLD,
+    MultipartBody,
+    Progress,
+    upload_resumable,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # No answer at all (0), or a gateway or dependency that is briefly away: worth asking again.
@@ -67,6 +75,10 @@ class Client:
         url: the server's base URL; default `FITSERVE_URL`, else `http://127.0.0.1:8000`.
         key: an API key sent as `Authorization: Bearer <key>`; default `FITSERVE_API_KEY`.
         timeout: seconds to wait for each HTTP answer.
+        resumable_threshold: files above this many bytes go up as resumable (tus) uploads.
+        chunk_bytes: the bytes of each resumable upload request.
+        upload_store: the file that remembers interrupted resumable uploads (default
+            `~/.cache/fitserve/uploads.json`).
 
     Example:
         client = Client("http://127.0.0.1:8000")
@@ -77,11 +89,21 @@ class Client:
     """
 
     def __init__(
-        self, url: str | None = None, key: str | None = None, *, timeout: float = 60.0
+        self,
+        url: str | None = None,
+        key: str | None = None,
+        *,
+        timeout: float = 60.0,
+        resumable_threshold: int = RESUMABLE_THRESHOLD,
+        chunk_bytes: int = CHUNK_BYTES,
+        upload_store: Path | None = None,
     ) -> None:
         self.url = (url or os.environ.get("FITSERVE_URL") or DEFAULT_URL).rstrip("/")
         self.key = key if key is not None else os.environ.get("FITSERVE_API_KEY") or None
         self.timeout = timeout
+        self.resumable_threshold = resumable_threshold
+        self.chunk_bytes = chunk_bytes
+        self.upload_store = upload_store
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "fitserve-client"
         if self.key:
@@ -150,20 +172,82 @@ class Client:
         return self.request_json("POST", "/v1/datasets", files=files)
 
     def upload_file(
-        self, path: str | Path, *, name: str | None = None, label: str | None = None
+        self,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        label: str | None = None,
+        progress: Progress | None = None,
+        wait: bool = True,
     ) -> dict:
         """Upload a `.npz`, `.npy` or `.csv` file as a dataset; returns its manifest.
+
+        The file is streamed from disk, never read whole. Above `resumable_threshold` bytes it
+        goes up as a resumable upload (tus), which resumes where an interrupted one stopped.
 
         Args:
             path: the file; the server reads its format from the content.
             name: for a `.npy`, the array's name (the server's default is `x`).
             label: for a `.csv`, the label column (the server's default is `label`).
+            progress: called with (bytes sent, file size) as a resumable upload goes.
+            wait: wait until a dataset the server reads after answering (a resumable upload,
+                an archive) is ready (see `wait_dataset`); else return it `processing`.
         """
         path = Path(path)
         form = {key: value for key, value in (("name", name), ("label", label)) if value}
-        with open(path, "rb") as handle:
-            files = {"file": (path.name, handle, "application/octet-stream")}
-            return self.request_json("POST", "/v1/datasets", files=files, data=form)
+        if path.stat().st_size > self.resumable_threshold:
+            upload_id = self.upload_resumable(path, progress=progress)
+            manifest = self.send_json("POST", "/v1/datasets", {"upload": upload_id, **form})
+        else:
+            body = MultipartBody(path, form)
+            with body:
+                headers = {"Content-Type": body.content_type}
+                manifest = self.request_json("POST", "/v1/datasets", data=body, headers=headers)
+        return self.wait_dataset(manifest["id"]) if wait else manifest
+
+    def wait_dataset(
+        self, dataset_id: str, *, timeout: float | None = None, interval: float = 1.0
+    ) -> dict:
+        """Wait until a `processing` dataset (an archive, a resumable upload, an import) is
+        `ready`; its manifest. A failed one raises FitserveError with the server's reason."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            manifest = self.get_dataset(dataset_id)
+            status = manifest.get("status", "ready")
+            if status == "failed":
+                error = manifest.get("error") or {}
+                member = f" (member {error['member']})" if error.get("member") else ""
+                detail = f"Dataset {dataset_id} failed{member}: {error.get('message')}"
+                raise FitserveError(0, {"code": "dataset_failed", "detail": detail})
+            if status != "processing":
+                return manifest
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"Dataset {dataset_id} is still processing after {timeout} s.")
+            time.sleep(interval)
+
+    def upload_resumable(
+        self, path: str | Path, *, checksum: bool = False, progress: Progress | None = None
+    ) -> str:
+        """Send a file as a resumable upload (tus 1.0, with tuspy); returns the upload's id,
+        which `POST /v1/datasets {"upload": id}` turns into a dataset. An earlier try of the
+        same file to this server that was interrupted resumes from the server's offset.
+
+        Args:
+            checksum: send each chunk's sha1; the server discards a chunk that differs.
+        """
+        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        try:
+            return upload_resumable(
+                self.url,
+                Path(path),
+                headers,
+                chunk_bytes=self.chunk_bytes,
+                checksum=checksum,
+                store_path=self.upload_store,
+                progress=progress,
+            )
+        except TusCommunicationError as error:
+            raise error_from_tus(error) from None
 
     def list_datasets(self, limit: int | None = None) -> list[dict]:
         """The datasets this key may see, newest first (all of them unless `limit`)."""
@@ -570,6 +654,20 @@ def error_from_response(response: requests.Response) -> FitserveError:
         problem = {"title": response.reason, "detail": text or response.reason}
     problem.setdefault("status", response.status_code)
     return FitserveError(response.status_code, problem)
+
+
+def error_from_tus(error: TusCommunicationError) -> FitserveError:
+    """tuspy's error as the client's: the server's problem document where it sent one."""
+    status = error.status_code or 0
+    content = error.response_content or b""
+    try:
+        problem = json.loads(content)
+    except ValueError:
+        problem = None
+    if not isinstance(problem, dict):
+        problem = {"code": "upload_failed" if status else "connection_failed", "detail": str(error)}
+    problem.setdefault("status", status)
+    return FitserveError(status, problem)
 
 
 def segment(value: str) -> str:

@@ -20,7 +20,8 @@ import numpy as np
 
 from client.api import Client
 from client.errors import ConnectionFailed, FitserveError, JobFailed
-from client.progress import ProgressDisplay, render_job
+from client.progress import ProgressDisplay, TransferDisplay, render_job
+from client.uploads import RESUMABLE_THRESHOLD
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -212,7 +213,12 @@ def jsonable(outputs: Any) -> Any:
 def datasets_upload(client: Client, args: argparse.Namespace) -> int:
     if not Path(args.file).is_file():
         raise InputError(f"No such file: {args.file}.")
-    manifest = client.upload_file(args.file, name=args.name, label=args.label)
+    client.resumable_threshold = args.resumable_above
+    display = TransferDisplay()
+    try:
+        manifest = client.upload_file(args.file, name=args.name, label=args.label, progress=display)
+    finally:
+        display.close()
     show(args, manifest, lambda m: print(f"{m['id']}  {m.get('rows')} rows  {describe_arrays(m)}"))
     return 0
 
@@ -541,6 +547,14 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("file")
     upload.add_argument("--name", help="the array's name for a .npy (server default: x)")
     upload.add_argument("--label", help="the label column of a .csv (server default: label)")
+    upload.add_argument(
+        "--resumable-above",
+        type=int,
+        default=RESUMABLE_THRESHOLD,
+        metavar="BYTES",
+        help="files larger than this go up as resumable uploads, with a progress bar, and "
+        f"resume where an interrupted one stopped (default {RESUMABLE_THRESHOLD})",
+    )
     command(sub, "list", datasets_list, "list datasets").add_argument("--limit", type=int)
     command(sub, "show", datasets_show, "show a dataset's manifest").add_argument("id")
     command(sub, "rm", datasets_rm, "delete a dataset").add_argument("id")

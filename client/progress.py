@@ -1,4 +1,5 @@
-"""A one-line progress display for a job: epoch, a bar, the last metrics and the ETA.
+"""One-line progress displays: a job's (epoch, a bar, the last metrics and the ETA) and an
+upload's (bytes sent, a bar, the rate and the ETA).
 
 On a terminal the line is rewritten in place; elsewhere (a log file, CI) a line is printed each
 time the epoch or the status changes, so logs stay readable. No dependency beyond the stdlib.
@@ -7,6 +8,7 @@ time the epoch or the status changes, so logs stay readable. No dependency beyon
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any, TextIO
 
 BAR_WIDTH = 24
@@ -112,6 +114,72 @@ class ProgressDisplay:
             self.stream.write(line + "\n")
             self.stream.flush()
             self._last_key = key
+
+    def close(self) -> None:
+        """End the live line so later output starts on a fresh one."""
+        if self.live and self._last_line:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._last_line = ""
+
+
+def format_bytes(count: float) -> str:
+    """`512 B`, `3.2 MB`, `1.3 GB` (decimal units, as a person reads them)."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{int(count)} B"
+
+
+def render_transfer(done: int, total: int, sent: int, seconds: float) -> str:
+    """`uploading [######..........]  40%  520.0 MB/1.3 GB  85.2 MB/s  ETA 9s`: `done` of
+    `total` bytes are on the server, `sent` of them in the last `seconds`."""
+    fraction = done / total if total else 1.0
+    filled = int(fraction * BAR_WIDTH)
+    rate = sent / seconds if seconds > 0 else 0.0
+    parts = [
+        "uploading",
+        "[" + "#" * filled + "." * (BAR_WIDTH - filled) + f"] {fraction:4.0%}",
+        f"{format_bytes(done)}/{format_bytes(total)}",
+    ]
+    if rate > 0:
+        parts.append(f"{format_bytes(rate)}/s")
+        if done < total:
+            parts.append(f"ETA {format_duration((total - done) / rate)}")
+    return "  ".join(parts)
+
+
+class TransferDisplay:
+    """Shows an upload's progress: called with (bytes on the server, total) after each chunk.
+
+    The rate counts only what this run sent, so a resumed upload does not claim the bytes an
+    earlier run sent. On a terminal the line is rewritten; elsewhere a line per tenth.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.started = time.monotonic()
+        self.first: int | None = None
+        self._last_tenth = -1
+        self._last_line = ""
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.first is None:
+            self.first = done
+            if done:
+                self.stream.write(f"resuming at {format_bytes(done)} of {format_bytes(total)}\n")
+        line = render_transfer(done, total, done - self.first, time.monotonic() - self.started)
+        if self.live:
+            padding = " " * max(len(self._last_line) - len(line), 0)
+            self.stream.write("\r" + line + padding)
+            self._last_line = line
+        else:
+            tenth = int(10 * done / total) if total else 10
+            if tenth != self._last_tenth:
+                self.stream.write(line + "\n")
+                self._last_tenth = tenth
+        self.stream.flush()
 
     def close(self) -> None:
         """End the live line so later output starts on a fresh one."""

@@ -30,6 +30,7 @@ from core.errors import (
     PayloadTooLarge,
     Unavailable,
     pointer,
+    too_large_for_one_request,
 )
 from core.settings import Settings
 from core.storage import DataDir, new_id, read_json, sha256_file, utc_now, write_json
@@ -61,9 +62,7 @@ def store_upload(
     budget = readers.CpuBudget(settings.upload_cpu_seconds)
     size = source.stat().st_size
     if size > settings.max_upload_bytes:
-        raise PayloadTooLarge(
-            f"The file has {size} bytes; an upload may have at most {settings.max_upload_bytes}."
-        )
+        raise PayloadTooLarge(too_large_for_one_request(size, settings.max_upload_bytes))
     file_format = readers.detect_format(source)
     # A .npy upload becomes its array file unchanged, so its hash comes from describing it.
     digest = None if file_format == "npy" else sha256_file(source)

@@ -233,6 +233,57 @@ class PayloadTooLarge(FitserveError):
     title = "Payload too large"
 
 
+class PreconditionFailed(FitserveError):
+    """A protocol version the server does not speak (tus's Tus-Resumable, 412)."""
+
+    code = "precondition_failed"
+    title = "Precondition failed"
+
+
+class ChecksumMismatch(FitserveError):
+    """A chunk whose digest is not the one its Upload-Checksum names (tus's 460)."""
+
+    code = "checksum_mismatch"
+    title = "Checksum mismatch"
+
+
+# The client sends files above this many bytes as resumable uploads (its default threshold).
+CLIENT_RESUMABLE_THRESHOLD = 64 << 20
+
+
+def format_bytes(count: int) -> str:
+    """`1.3 GB`, `64 MiB`: decimal units, or binary ones when the count is a whole number of
+    them (limits are set as powers of two)."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= size and count % size == 0:
+            return f"{count // size} {unit}"
+    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} bytes"
+
+
+def too_large_for_one_request(size: int | None, limit: int) -> str:
+    """What a client reads when a plain upload is over FITSERVE_MAX_UPLOAD_BYTES: the size, the
+    limit and its setting, and the way to send more."""
+    received = "" if size is None else f"The upload is {format_bytes(size)}; "
+    return (
+        f"{received}{'this' if received else 'This'} server takes at most {format_bytes(limit)} "
+        "in one request (FITSERVE_MAX_UPLOAD_BYTES). Send larger files as a resumable upload "
+        "(POST /v1/uploads, tus 1.0), which the fitserve client does on its own above "
+        f"{format_bytes(CLIENT_RESUMABLE_THRESHOLD)}."
+    )
+
+
+def too_large_chunk(size: int | None, limit: int) -> str:
+    """A tus PATCH over the one-request cap: send smaller chunks."""
+    received = "" if size is None else f" (this one is {format_bytes(size)})"
+    return (
+        f"A PATCH chunk may have at most {format_bytes(limit)}{received} "
+        "(FITSERVE_MAX_UPLOAD_BYTES); send the upload in smaller chunks."
+    )
+
+
 class UnsupportedMediaType(FitserveError):
     code = "unsupported_media_type"
     title = "Unsupported media type"

@@ -37,6 +37,8 @@ class Settings:
     # CPU seconds one upload may spend being read and described (on its own thread); past it the
     # upload is refused with a 413, so no upload can hold an API thread for long.
     upload_cpu_seconds: int = 120
+    # A resumable (tus) upload not written to for this long expires and is removed.
+    upload_expiry_seconds: int = 24 * 3600
     max_params: int = 50_000_000
     max_layers: int = 512
     max_epochs: int = 1000

@@ -110,6 +110,11 @@ class DataDir:
         """Where uploads stream before they are checked; same filesystem as the datasets."""
         return self.root / "tmp"
 
+    @property
+    def resumable_uploads(self) -> Path:
+        """Resumable (tus) uploads, one folder each, kept until they expire or become datasets."""
+        return self.root / "uploads"
+
     def dataset(self, dataset_id: str) -> Path:
         return self.datasets / check_id(dataset_id, "dataset")
 
@@ -117,5 +122,5 @@ class DataDir:
         return self.jobs / check_id(job_id, "job")
 
     def ensure(self) -> None:
-        for folder in (self.datasets, self.jobs, self.uploads):
+        for folder in (self.datasets, self.jobs, self.uploads, self.resumable_uploads):
             folder.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         state,
         storage,
         tfserving,
+        uploads,
         validate,
     )
 
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         problems,
         health,
         datasets,
+        uploads,
         validate,
         jobs,
         batches,

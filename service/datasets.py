@@ -3,8 +3,9 @@
 Uploads stream to disk: `UploadRequest` gives werkzeug's multipart parser a file in the data
 folder's uploads area, so a file part is never held in memory and is moved, not copied, into its
 dataset when it is a `.npy`. A `.npy`, `.npz` or CSV upload is stored within the request (201
-`ready`); an image archive, and an import (`{"import": "<relative path>"}`, admin keys only), is
-recorded `processing` and ingested by the CPU task worker (202; core.ingest).
+`ready`); an image archive, a finished resumable upload (`{"upload": "<id>"}`, service/uploads.py)
+and an import (`{"import": "<relative path>"}`, admin keys only) are recorded `processing` and
+ingested by the CPU task worker (202; core.ingest).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from flask import Blueprint, Flask, Request, Response, request, send_file, strea
 from werkzeug.datastructures import FileStorage
 from werkzeug.formparser import FormDataParser
 
-from core import datasets, downloads, ingest
+from core import datasets, downloads, ingest, uploads
 from core.archives import detect_archive, parse_image_options
 from core.errors import (
     Conflict,
@@ -38,19 +39,22 @@ from service.auth import can_see, owner, require_admin
 from service.http import idempotency_key, json_body, json_response, page_args
 from service.limits import check_dataset_quota, keep_within_dataset_quota
 from service.state import data_dir, idempotency_keys, job_store, producer, redis_client, settings
+from service.uploads import visible_upload
 
 log = logging.getLogger("fitserve.service")
 bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
 
 ACCEPTED_TYPES = (
-    "multipart/form-data (field 'file') or application/json ({'arrays': {...}} or "
-    "{'import': '<relative path>'})"
+    "multipart/form-data (field 'file') or application/json ({'arrays': {...}}, "
+    "{'upload': '<resumable upload id>'} or {'import': '<relative path>'})"
 )
 # What an import request may say beside the path: the upload form's fields.
 IMPORT_KEYS = (
     *("import", "label", "name"),
     *("image_size", "color_mode", "crop_to_aspect_ratio", "on_bad_image"),
 )
+# What a finished resumable upload may say beside its id: the same fields.
+RESUMABLE_KEYS = ("upload", *IMPORT_KEYS[1:])
 
 
 class UploadRequest(Request):
@@ -108,7 +112,9 @@ def create_dataset() -> Response:
         if held.earlier is not None:
             return _manifest_response(datasets.load_manifest(data_dir(), held.earlier), 200)
         dataset_id = new_id()
-        if import_request is not None:
+        if isinstance(document, dict) and "upload" in document:
+            manifest = _begin_resumable(dataset_id, document)
+        elif import_request is not None:
             manifest = _begin_import(dataset_id, import_request)
         elif upload is None:
             body = request.get_data(cache=True)
@@ -268,13 +274,7 @@ def _store_upload(dataset_id: str, upload: FileStorage) -> dict:
 
 def _begin_import(dataset_id: str, document: dict) -> dict:
     """Record an import `processing`: its path confined to FITSERVE_IMPORT_DIR, its options."""
-    unknown = sorted(set(document) - set(IMPORT_KEYS))
-    if unknown:
-        message = f"Unknown key {unknown[0]!r} in an import request."
-        raise InvalidRequest(
-            message,
-            errors=[FieldError(f"/{unknown[0]}", message, " | ".join(IMPORT_KEYS), unknown[0])],
-        )
+    _check_keys(document, IMPORT_KEYS, "an import request")
     relative = document["import"]
     if not isinstance(relative, str):
         message = "import names a file or folder inside FITSERVE_IMPORT_DIR."
@@ -289,6 +289,55 @@ def _begin_import(dataset_id: str, document: dict) -> dict:
     return ingest.begin_import(
         data_dir(), dataset_id, relative, settings=settings(), owner=owner(), options=options
     )
+
+
+def _begin_resumable(dataset_id: str, document: dict) -> dict:
+    """Record a finished resumable upload `processing`: its bytes move into the dataset's
+    folder for the ingest task, and the upload is gone."""
+    _check_keys(document, RESUMABLE_KEYS, "a dataset made of an upload")
+    upload_id = document["upload"]
+    if not isinstance(upload_id, str):
+        message = "upload is the id of a finished resumable upload (/v1/uploads)."
+        raise InvalidRequest(
+            message, errors=[FieldError("/upload", message, "an upload id", str(upload_id))]
+        )
+    upload = visible_upload(upload_id)
+    try:
+        source = uploads.data_path(data_dir(), upload)
+    except Conflict as error:
+        raise Conflict(
+            error.detail,
+            errors=[FieldError("/upload", error.detail, "a finished upload", upload.offset)],
+        ) from None
+    options = {
+        **parse_image_options(document).to_json(),
+        "label": str(document.get("label", "label")),
+        "name": str(document.get("name", "x")),
+    }
+    filename = upload.metadata.get("filename", "")[:255] or None
+    origin = {"filename": filename, "upload": upload.id, "bytes": upload.length}
+    manifest = ingest.begin_ingest(
+        data_dir(), dataset_id, source, owner=owner(), origin=origin, options=options
+    )
+    uploads.delete_upload(data_dir(), upload.id)
+    return manifest
+
+
+def _check_keys(document: dict, allowed: tuple[str, ...], what: str) -> None:
+    """InvalidRequest for a key the request may not have, or a `label` or `name` not text."""
+    unknown = sorted(set(document) - set(allowed))
+    if unknown:
+        message = f"Unknown key {unknown[0]!r} in {what}."
+        raise InvalidRequest(
+            message,
+            errors=[FieldError(f"/{unknown[0]}", message, " | ".join(allowed), unknown[0])],
+        )
+    for key in ("label", "name"):
+        if key in document and not isinstance(document[key], str):
+            message = f"{key} must be a string, as in the upload form."
+            raise InvalidRequest(
+                message, errors=[FieldError(f"/{key}", message, "a string", document[key])]
+            )
 
 
 def _fingerprint(document: Any, upload: FileStorage | None) -> str:

@@ -25,7 +25,7 @@ import redis
 from flask import current_app, g, request
 from prometheus_client import Counter
 
-from core import datasets
+from core import datasets, uploads
 from core.errors import InsufficientStorage, QuotaExceeded, RateLimited
 from core.jobs import JobStore
 from core.rediskeys import auth_failures_key, rate_limit_key
@@ -327,3 +327,20 @@ def _refuse_over_quota(owner: str | None, *, adding: int) -> None:
 def _refuse_over_bytes(owner: str | None, *, adding: int = 1) -> None:
     """InsufficientStorage when `owner`'s stored bytes, `adding` more, pass the quota."""
     refuse_over_bytes(data_dir(), settings(), owner, adding)
+
+
+def check_upload_quota(owner: str | None, length: int) -> None:
+    """Before a resumable upload is created: 507 when what the key stores, what its unfinished
+    uploads will hold and `length` more pass FITSERVE_STORAGE_QUOTA_BYTES."""
+    quota = settings().storage_quota_bytes
+    if quota <= 0:
+        return
+    stored = storage_usage(data_dir(), owner).bytes
+    reserved = uploads.reserved_bytes(data_dir(), owner)
+    if quota < stored + reserved + length:
+        raise InsufficientStorage(
+            f"The storage quota of {quota} bytes per API key (FITSERVE_STORAGE_QUOTA_BYTES) has "
+            f"no room for an upload of {length} bytes: {stored} are stored and unfinished "
+            f"uploads will hold {reserved}. Delete datasets, jobs or uploads to make room "
+            "(GET /v1/usage shows what is held)."
+        )

@@ -24,8 +24,10 @@ from core.downloads import FORMATS
 from core.jobs import STATUSES, JobView, ModelRecord
 from core.serving.catalog import LABELS
 from core.typeschema import json_schema
+from core.uploads import CHECKSUM_ALGORITHMS
 from core.usage import UsageView
 from service.http import json_response
+from service.uploads import PATCH_TYPE, TUS_EXTENSIONS, TUS_VERSION
 
 bp = Blueprint("openapi", __name__)
 DOCS = Path(__file__).parent / "static" / "docs"
@@ -128,6 +130,7 @@ def build_document() -> dict:
             for name in (
                 "health",
                 "datasets",
+                "uploads",
                 "jobs",
                 "batch-predictions",
                 "storage",
@@ -267,6 +270,17 @@ def _component_schemas() -> dict[str, dict]:
                 "import": {
                     "type": "string",
                     "description": "A file or folder inside FITSERVE_IMPORT_DIR (admin keys).",
+                }
+            },
+            {"label": {"type": "string"}, "name": {"type": "string"}, **_image_options()},
+            additionalProperties=False,
+        ),
+        "UploadDataset": _object(
+            {
+                "upload": {
+                    "type": "string",
+                    "pattern": ID_PATTERN,
+                    "description": "A finished resumable upload (/v1/uploads).",
                 }
             },
             {"label": {"type": "string"}, "name": {"type": "string"}, **_image_options()},
@@ -444,6 +458,116 @@ def _query(name: str, schema: dict, description: str) -> dict:
 
 
 JOB_ID = _path_parameter("job_id", {"type": "string", "pattern": ID_PATTERN}, "A job id.")
+UPLOAD_ID = _path_parameter(
+    "upload_id", {"type": "string", "pattern": ID_PATTERN}, "A resumable upload's id."
+)
+
+
+def _tus_header(name: str, schema: dict, description: str, *, required: bool = True) -> dict:
+    return {
+        "name": name,
+        "in": "header",
+        "required": required,
+        "schema": schema,
+        "description": description,
+    }
+
+
+TUS_RESUMABLE = _tus_header(
+    "Tus-Resumable", {"const": TUS_VERSION}, "The tus version the client speaks (else 412)."
+)
+_HEADER_INT = {"type": "string", "pattern": "^[0-9]{1,18}$"}
+_TUS_ANSWER = {"Tus-Resumable": {"schema": {"const": TUS_VERSION}}}
+
+
+def _tus_answer(description: str, headers: Sequence[str]) -> dict:
+    """An empty tus answer and the headers it carries."""
+    named = {name: {"schema": {"type": "string"}} for name in headers}
+    return {"description": description, "headers": {**_TUS_ANSWER, **named}}
+
+
+def _tus_operation(
+    summary: str, status: int, answer: dict, parameters: Sequence[dict], **extra: Any
+) -> dict:
+    operation = _operation(summary, "uploads", {}, parameters=parameters)
+    operation["responses"] = {str(status): answer, **operation["responses"]}
+    return operation | extra
+
+
+def _upload_paths() -> dict[str, dict]:
+    """The tus 1.0 routes: empty answers whose meaning is in their headers."""
+    chunk = {
+        PATCH_TYPE: {
+            "schema": {"type": "string", "format": "binary"},
+            "description": "The next bytes of the file, from Upload-Offset.",
+        }
+    }
+    checksum = _tus_header(
+        "Upload-Checksum",
+        {"type": "string"},
+        f"'<algorithm> <base64 digest>' of this chunk, algorithm one of {CHECKSUM_ALGORITHMS}; "
+        "a mismatch is a 460 and the chunk is discarded.",
+        required=False,
+    )
+    options = _operation("The tus server's capabilities.", "uploads", {})
+    options["responses"] = {
+        "204": _tus_answer(
+            f"tus {TUS_VERSION}: {TUS_EXTENSIONS}",
+            ["Tus-Version", "Tus-Extension", "Tus-Max-Size", "Tus-Checksum-Algorithm"],
+        ),
+        **options["responses"],
+    }
+    return {
+        "/v1/uploads": {
+            "options": options,
+            "post": _tus_operation(
+                "Create a resumable upload (tus 1.0 creation); it expires unless written to.",
+                201,
+                _tus_answer("Created", ["Location", "Upload-Expires"]),
+                [
+                    TUS_RESUMABLE,
+                    _tus_header("Upload-Length", _HEADER_INT, "The file's size in bytes."),
+                    _tus_header(
+                        "Upload-Metadata",
+                        {"type": "string"},
+                        "Comma-separated 'key base64value' pairs (filename is kept).",
+                        required=False,
+                    ),
+                ],
+            ),
+        },
+        "/v1/uploads/{upload_id}": {
+            "head": _tus_operation(
+                "The offset to resume from.",
+                200,
+                _tus_answer(
+                    "The upload's state",
+                    ["Upload-Offset", "Upload-Length", "Upload-Metadata", "Upload-Expires"],
+                ),
+                [UPLOAD_ID, TUS_RESUMABLE],
+            ),
+            "patch": _tus_operation(
+                "Append a chunk at Upload-Offset (409 if it is not the upload's offset).",
+                204,
+                _tus_answer("Appended", ["Upload-Offset", "Upload-Expires"]),
+                [
+                    UPLOAD_ID,
+                    TUS_RESUMABLE,
+                    _tus_header("Upload-Offset", _HEADER_INT, "The upload's current offset."),
+                    checksum,
+                ],
+                requestBody={"required": True, "content": chunk},
+            ),
+            "delete": _tus_operation(
+                "Remove an upload (tus termination).",
+                204,
+                _tus_answer("Removed", []),
+                [UPLOAD_ID, TUS_RESUMABLE],
+            ),
+        },
+    }
+
+
 DATASET_ID = _path_parameter(
     "dataset_id", {"type": "string", "pattern": ID_PATTERN}, "A dataset id."
 )
@@ -623,7 +747,8 @@ def _paths() -> dict[str, dict]:
         },
         "/v1/datasets": {
             "post": _operation(
-                "Upload a dataset (.npz, .npy, .csv, image archive, JSON arrays), or import one.",
+                "Upload a dataset (.npz, .npy, .csv, image archive, JSON arrays), make one of a "
+                "finished resumable upload, or import one.",
                 "datasets",
                 {
                     201: _json("Dataset", "Stored (status ready)"),
@@ -648,7 +773,15 @@ def _paths() -> dict[str, dict]:
                             },
                         )
                     },
-                    JSON: {"schema": {"oneOf": [_ref("JsonDataset"), _ref("ImportDataset")]}},
+                    JSON: {
+                        "schema": {
+                            "oneOf": [
+                                _ref("JsonDataset"),
+                                _ref("UploadDataset"),
+                                _ref("ImportDataset"),
+                            ]
+                        }
+                    },
                 },
             ),
             "get": _operation(
@@ -937,6 +1070,7 @@ def _paths() -> dict[str, dict]:
                 body=infer_body,
             )
         }
+    paths.update(_upload_paths())
     for path, item in paths.items():
         if not path.startswith(("/v1", "/v2")):
             for operation in item.values():

@@ -12,8 +12,8 @@ from typing import Any
 import kombu.exceptions
 import orjson
 import redis
-from flask import Flask, Response, g
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from flask import Flask, Response, current_app, g, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from core import errors
 
@@ -25,6 +25,7 @@ STATUS: dict[type[errors.FitserveError], int] = {
     errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.Conflict: 409,
+    errors.PreconditionFailed: 412,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     errors.InvalidRequest: 422,
@@ -32,6 +33,7 @@ STATUS: dict[type[errors.FitserveError], int] = {
     errors.RateLimited: 429,
     errors.Unavailable: 503,
     errors.TimedOut: 504,
+    errors.ChecksumMismatch: 460,
     errors.InsufficientStorage: 507,
 }
 
@@ -117,7 +119,18 @@ def handle_http_exception(error: HTTPException) -> Response:
     headers = {}
     if isinstance(error, MethodNotAllowed) and error.valid_methods:
         headers["Allow"] = ", ".join(sorted(error.valid_methods))
-    return problem(status, code, error.name, error.description or error.name, headers=headers)
+    detail = error.description or error.name
+    if isinstance(error, RequestEntityTooLarge):
+        detail = _too_large_detail()
+    return problem(status, code, error.name, detail, headers=headers)
+
+
+def _too_large_detail() -> str:
+    """Werkzeug's 413 (a body over MAX_CONTENT_LENGTH) says which limit, and how to send more."""
+    limit = current_app.config["FITSERVE"].max_upload_bytes
+    if request.path.startswith("/v1/uploads/"):
+        return errors.too_large_chunk(request.content_length, limit)
+    return errors.too_large_for_one_request(request.content_length, limit)
 
 
 def handle_unexpected(error: Exception) -> Response:

@@ -1,4 +1,5 @@
-"""The client installs alone: its wheel needs only requests and numpy and imports no server code."""
+"""The client installs alone: its wheel needs only requests, numpy and tuspy and imports no
+server code."""
 
 from __future__ import annotations
 

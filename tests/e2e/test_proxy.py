@@ -205,11 +205,18 @@ def test_the_proxy_takes_its_caps_from_settings_and_answers_for_a_missing_api(lo
     assert gone.status_code == 502
     assert gone.headers["Content-Type"] == "application/problem+json"
     assert gone.json()["code"] == "bad_gateway"
-    # Checked before the API is asked: 1024 bytes for JSON, 2048 for dataset uploads.
-    for path, size in (("/v1/jobs", 1025), ("/v1/datasets", 2049)):
+    # Checked before the API is asked: 1024 bytes for JSON, 2048 for dataset uploads; the
+    # answer names the size, the cap and its setting.
+    for path, size, says in (
+        ("/v1/jobs", 1025, "this route takes at most 1024 bytes (FITSERVE_MAX_JSON_BYTES)"),
+        ("/v1/datasets", 2049, "at most 2048 bytes in one request (FITSERVE_MAX_UPLOAD_BYTES)"),
+    ):
         refused = requests.post(lone_proxy + path, data=chunks(size), timeout=30)
         assert refused.status_code == 413, path
-        assert "2048 bytes for a dataset upload, 1024 bytes" in refused.json()["detail"]
+        assert says in refused.json()["detail"]
+    sized = requests.post(lone_proxy + "/v1/datasets", data=b"x" * 3000, timeout=30)
+    assert sized.json()["detail"].startswith("The upload is 3000 bytes; this server takes")
+    assert "resumable upload (POST /v1/uploads, tus 1.0)" in sized.json()["detail"]
     # Within the cap, the upload goes on to the API, which is not there.
     within = requests.post(lone_proxy + "/v1/datasets", data=b"x" * 2000, timeout=30)
     assert within.status_code == 502

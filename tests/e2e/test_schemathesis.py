@@ -40,6 +40,10 @@ CHECKS = [
 ]
 
 
+# A tus PATCH body is raw bytes, serialized as application/octet-stream is.
+schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
+
+
 @pytest.fixture(scope="module")
 def small_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack whose jobs may train one epoch at most, two at a time."""

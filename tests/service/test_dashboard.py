@@ -46,6 +46,7 @@ def test_pages_and_assets_are_served_without_keys(client: FlaskClient) -> None:
     html = page.get_data(as_text=True)
     assert "/static/dashboard/dashboard.js" in html
     assert "/static/dashboard/vendor/uPlot.iife.min.js" in html
+    assert "/static/dashboard/vendor/tus.min.js" in html
     assert "API keys are off" in html
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
     assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
@@ -57,6 +58,7 @@ def test_pages_and_assets_are_served_without_keys(client: FlaskClient) -> None:
         "dashboard/dashboard.css",
         "dashboard/vendor/uPlot.iife.min.js",
         "dashboard/vendor/uPlot.min.css",
+        "dashboard/vendor/tus.min.js",
     ):
         response = client.get(f"/static/{asset}")
         assert response.status_code == 200, asset

@@ -369,6 +369,7 @@ def test_traversal_filename_is_only_metadata(client, settings):
         f"datasets/{manifest['id']}/manifest.json",
         "jobs",
         "tmp",
+        "uploads",
     ]
 
 

@@ -12,6 +12,8 @@
   // The kinds of a job's Server-Sent Events (GET /v1/jobs/<id>/events); each one means the
   // job changed, so the page refreshes at once instead of at the next poll.
   const EVENT_KINDS = ["status", "epoch", "checkpoint", "training_started", "training_stopped", "requeued"];
+  // Each PATCH of a dashboard upload: well under the server's per-request cap.
+  const UPLOAD_CHUNK_BYTES = 16 * 1024 * 1024;
   const PALETTE = ["#1f5fbf", "#b3261e", "#1b7f3b", "#7b3fa0", "#a15c00", "#00707a",
     "#c2185b", "#5d4037", "#37474f", "#827717"];
   const ID = /^[0-9a-f]{32}$/;
@@ -50,6 +52,56 @@
     }
     if (!response.ok) throw new ApiError(response.status, data);
     return { data, response };
+  }
+
+  // A file sent as a resumable upload (tus 1.0, tus-js-client): in chunks, resumed where an
+  // interrupted upload of the same file stopped; resolves to the upload's id.
+  function uploadResumable(file, onProgress) {
+    return new Promise((resolve, reject) => {
+      const upload = new tus.Upload(file, {
+        endpoint: "/v1/uploads",
+        headers: CSRF ? { "X-Fitserve-CSRF": CSRF } : {},
+        chunkSize: UPLOAD_CHUNK_BYTES,
+        retryDelays: [0, 1000, 3000],
+        metadata: { filename: file.name },
+        removeFingerprintOnSuccess: true,
+        onProgress,
+        onError: (error) => reject(uploadError(error)),
+        onSuccess: () => resolve(upload.url.split("/").pop()),
+      });
+      upload.findPreviousUploads().then((previous) => {
+        if (previous.length) upload.resumeFromPreviousUpload(previous[0]);
+        upload.start();
+      }, reject);
+    });
+  }
+
+  // A dataset the server reads after answering (`processing`) once it is ready; a failed one
+  // is thrown as its problem (the reason, and the archive member at fault if any).
+  async function settledDataset(manifest) {
+    while (manifest.status === "processing") {
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      manifest = (await api("GET", `/v1/datasets/${manifest.id}`)).data;
+    }
+    if (manifest.status === "failed") {
+      const error = manifest.error || {};
+      const member = error.member ? ` (${error.member})` : "";
+      throw new ApiError(422, { detail: `The dataset failed${member}: ${error.message}` });
+    }
+    return manifest;
+  }
+
+  // tus-js-client's error as the API's: the problem document the server answered, if any.
+  function uploadError(error) {
+    const response = error.originalResponse;
+    if (!response) return error;
+    let problem;
+    try {
+      problem = JSON.parse(response.getBody());
+    } catch (parseError) {
+      problem = { detail: error.message };
+    }
+    return new ApiError(response.getStatus(), problem);
   }
 
   function formatBytes(count) {
@@ -263,15 +315,21 @@
     document.getElementById("upload-form").addEventListener("submit", async (event) => {
       event.preventDefault();
       const result = document.getElementById("upload-result");
-      const form = new FormData();
-      form.append("file", document.getElementById("dataset-file").files[0]);
+      const file = document.getElementById("dataset-file").files[0];
+      const options = {};
       for (const field of ["label", "name"]) {
         const value = document.getElementById(`dataset-${field}`).value.trim();
-        if (value) form.append(field, value);
+        if (value) options[field] = value;
       }
       result.textContent = "Uploading…";
       try {
-        const { data } = await api("POST", "/v1/datasets", form);
+        const uploadId = await uploadResumable(file, (sent, total) => {
+          result.textContent = `Uploading… ${formatBytes(sent)} of ${formatBytes(total)} ` +
+            `(${Math.floor((100 * sent) / Math.max(total, 1))}%)`;
+        });
+        result.textContent = "Reading the dataset…";
+        const created = await api("POST", "/v1/datasets", { upload: uploadId, ...options });
+        const data = await settledDataset(created.data);
         const arrays = Object.entries(data.arrays)
           .map(([name, array]) => `${name} [${array.shape.join(", ")}] ${array.dtype}`).join("; ");
         result.replaceChildren(element("p", `Dataset ${data.id}: ${arrays}`, { id: "dataset-id", "data-id": data.id }));
