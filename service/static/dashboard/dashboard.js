@@ -586,6 +586,26 @@
     return { where, choices, partial };
   }
 
+  // What :validate answers for a request that can run: the model's layers and the estimate
+  // of what a training step costs (byte counts read as sizes).
+  function validationSummary(summary) {
+    const facts = element("dl", null, { class: "facts", id: "validate-result" });
+    const bytes = (name, value) => (/bytes$|^memory$|^data$/.test(name) ? formatBytes(value) : formatNumber(value));
+    const rows = [["Valid", "yes: this request can run"],
+      ["Parameters", `${summary.total_params} (${summary.trainable_params} trainable)`]];
+    for (const [name, value] of Object.entries(summary.cost || {})) {
+      rows.push([name.replace(/_/g, " "), value !== null && typeof value === "object"
+        ? Object.entries(value).map(([part, amount]) => `${part} ${bytes(name, amount)}`).join(", ")
+        : bytes(name, value)]);
+    }
+    for (const [name, value] of rows) facts.append(element("dt", name), element("dd", value));
+    const layers = table(["Layer", "Class", "Output shape", "Parameters"], (summary.layers || []).map((layer) =>
+      [layer.name, layer.class_name, JSON.stringify(layer.output_shape), formatNumber(layer.params)]));
+    const box = element("div");
+    box.append(facts, layers);
+    return box;
+  }
+
   function startRequestEditor() {
     const spec = document.getElementById("job-spec");
     const list = document.getElementById("spec-suggestions");
@@ -687,13 +707,7 @@
       result.textContent = "Validating…";
       try {
         const { data } = await api("POST", "/v1/jobs:validate", spec.value);
-        const facts = element("dl", null, { class: "facts", id: "validate-result" });
-        facts.append(element("dt", "Valid"), element("dd", "yes: this request can run"));
-        for (const [name, value] of Object.entries(data.cost || {})) {
-          facts.append(element("dt", name.replace(/_/g, " ")),
-            element("dd", typeof value === "object" ? JSON.stringify(value) : formatNumber(value)));
-        }
-        result.replaceChildren(facts);
+        result.replaceChildren(validationSummary(data));
       } catch (error) {
         showProblem(result, error);
       }
