@@ -1203,6 +1203,10 @@
     };
   }
 
+  function formatParam(value) {
+    return typeof value === "number" ? formatNumber(value) : JSON.stringify(value);
+  }
+
   // A space pointer's last segment ("learning_rate" for /compile/optimizer/config/learning_rate)
   // where that names it alone, else the whole pointer.
   function shortNames(pointers) {
@@ -1237,7 +1241,7 @@
         const x = pad + across.place(trial.params[name]) * (width - pad - 16);
         const y = height - pad - objective.place(trial.objective) * (height - pad - 30);
         const dot = svg("circle", { cx: x, cy: y, r: 5, fill: trialColour(trial, sweep), class: "trial-point" });
-        dot.append(svg("title", {}, `trial ${trial.number}: ${name} ${JSON.stringify(trial.params[name])}, ` +
+        dot.append(svg("title", {}, `trial ${trial.number}: ${name} ${formatParam(trial.params[name])}, ` +
           `${sweep.objective.metric} ${formatNumber(trial.objective)}`));
         plot.append(dot);
       }
@@ -1343,7 +1347,7 @@
         const row = element("tr", null, { "data-trial": String(trial.number) });
         const job = element("td");
         if (trial.job) job.append(element("a", trial.job.slice(0, 8), { href: `/jobs/${trial.job}` }));
-        const params = Object.entries(trial.params || {}).map(([name, value]) => `${name} = ${JSON.stringify(value)}`).join(", ");
+        const params = Object.entries(trial.params || {}).map(([name, value]) => `${name} = ${formatParam(value)}`).join(", ");
         row.append(element("td", trial.number === sweep.best_trial ? `${trial.number} (best)` : trial.number),
           element("td", trial.error ? `${trial.state}: ${trial.error}` : trial.state), element("td", params || "–"),
           element("td", formatNumber(trial.objective)), element("td", trial.epochs), job);
