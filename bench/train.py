@@ -10,7 +10,8 @@ the end-to-end tests do, and uploads 10 Gaussian blobs of 784 features. Then, in
 2. the bare script (bench/keras_script.py) on the same data and settings, as a subprocess with the
    stack's environment: its whole run (interpreter start and imports included) and fit() alone;
 3. the same model and data as a job: submit to succeeded, seen by the client.
-Prints the figures and the ratios. Aims: job <= 1.15 x the whole script; to running < 100 ms.
+Prints the figures and the ratios. Aims: job <= 1.15 x the whole script and <= 1.05 x fit()
+alone (checkpoints are written off the training thread); to running < 100 ms.
 `CUDA_VISIBLE_DEVICES` chooses the device for both sides (unset: the CPU, as in the tests).
 """
 
@@ -34,6 +35,7 @@ from tests.support.seed_model import FEATURES, save_blobs, seed_request  # noqa:
 from tests.support.stack import Stack, blobs, running_stack, tiny_request  # noqa: E402
 
 AIM_RATIO = 1.15
+AIM_FIT_RATIO = 1.05
 AIM_LATENCY_MS = 100
 
 
@@ -103,6 +105,7 @@ def main() -> int:
     server_ms = 1000 * statistics.median(server for server, _ in latencies)
     client_ms = 1000 * statistics.median(client for _, client in latencies)
     ratio = job["seconds"] / script["wall_seconds"]
+    fit_ratio = job["seconds"] / script["fit_seconds"]
     device = ", ".join(str(gpu) for gpu in job["device"].get("gpus") or []) or "CPU"
     rows = [
         ("bare Keras script, whole run (imports included)", f"{script['wall_seconds']:.2f} s"),
@@ -113,7 +116,10 @@ def main() -> int:
             "ratio job / whole script",
             f"{ratio:.3f}  (aim <= {AIM_RATIO}: {met(ratio <= AIM_RATIO)})",
         ),
-        ("ratio job / fit() alone", f"{job['seconds'] / script['fit_seconds']:.3f}"),
+        (
+            "ratio job / fit() alone",
+            f"{fit_ratio:.3f}  (aim <= {AIM_FIT_RATIO}: {met(fit_ratio <= AIM_FIT_RATIO)})",
+        ),
         (
             "submit to running, the worker's first job",
             f"{1000 * first[0]:.1f} ms server, {1000 * first[1]:.1f} ms client",

@@ -9,9 +9,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import secrets
+import socket
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -117,7 +119,7 @@ class Client:
         try:
             response = self.session.request(method, self.url + path, **kwargs)
         except requests.RequestException as error:
-            raise ConnectionFailed(self.url, str(error)) from None
+            raise ConnectionFailed(self.url, connection_reason(error)) from None
         if response.status_code >= 400:
             raise error_from_response(response)
         return response
@@ -366,33 +368,54 @@ class Client:
         interval: float = 1.0,
         timeout: float | None = None,
         retries: int = 5,
+        on_retry: Callable[[FitserveError, int, int, float], None] | None = None,
     ) -> Iterator[dict]:
         """Yield the job's record every `interval` seconds until it reaches a final state.
 
         A server that is briefly away (restarting, or Redis failing over: no answer, 502, 503,
         504) is asked again, up to `retries` times in a row with growing pauses, so a long
-        wait survives a deploy. Raises TimeoutError when `timeout` seconds pass first.
+        wait survives a deploy; `on_retry(error, attempt, retries, pause)` hears of each retry
+        first. Raises TimeoutError when `timeout` seconds pass first.
         """
+        return self._poll(
+            lambda: self.get_job(job_id), f"Job {job_id}", interval, timeout, retries, on_retry
+        )
+
+    def _poll(
+        self,
+        read: Callable[[], dict],
+        what: str,
+        interval: float,
+        timeout: float | None,
+        retries: int,
+        on_retry: Callable[[FitserveError, int, int, float], None] | None = None,
+    ) -> Iterator[dict]:
+        """`read()` every `interval` seconds until its `status` is final (see `follow`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         failures = 0
+        last_error: FitserveError | None = None
         while True:
             try:
-                job = self.get_job(job_id)
+                record = read()
             except FitserveError as error:
+                last_error = error
                 failures += 1
                 if error.status not in TRANSIENT_STATUSES or failures > retries:
                     raise
-                job = {"status": f"unreachable ({error.code})"}
+                record = {"status": f"unreachable ({error.code})"}
             else:
                 failures = 0
-                yield job
-                if job.get("status") in TERMINAL:
+                yield record
+                if record.get("status") in TERMINAL:
                     return
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(
-                    f"Job {job_id} is still {job.get('status')} after {timeout} seconds."
+                    f"{what} is still {record.get('status')} after {timeout} seconds."
                 )
-            time.sleep(min(interval * 2**failures, 30.0))
+            pause = min(interval * 2**failures, 30.0)
+            if failures and on_retry is not None and last_error is not None:
+                on_retry(last_error, failures, retries, pause)
+            time.sleep(pause)
 
     def wait(
         self,
@@ -419,6 +442,60 @@ class Client:
         if check and job.get("status") != "succeeded":
             raise JobFailed(job)
         return job
+
+    # -- sweeps ---------------------------------------------------------------------------
+
+    def sweep(
+        self,
+        base: Mapping[str, Any],
+        space: Mapping[str, Mapping[str, Any]],
+        *,
+        objective: Mapping[str, str],
+        **settings: Any,
+    ) -> dict:
+        """Submit a hyperparameter sweep over the job request `base`; returns the sweep.
+
+        `space` maps JSON pointers into `base` to `{"float": [lo, hi], "log": bool}`,
+        `{"int": [lo, hi], "step": n}` or `{"choice": [...]}`; `objective` is
+        `{"metric": "val_loss", "mode": "min"}`; `settings` are the other fields of
+        `POST /v1/sweeps` (`name`, `sampler`, `pruner`, `max_trials`, `max_concurrent`, `seed`,
+        `priority`). Trial 0 is `base` itself.
+        """
+        body = {"base": dict(base), "space": dict(space), "objective": dict(objective), **settings}
+        return self.submit_sweep(body)
+
+    def submit_sweep(self, request: Mapping[str, Any]) -> dict:
+        """Submit a whole sweep request (the body of `POST /v1/sweeps`); returns the sweep."""
+        return self.send_json("POST", "/v1/sweeps", dict(request))
+
+    def get_sweep(self, sweep_id: str) -> dict:
+        """The sweep: status, trials (params, job, state, objective, epochs), `best_job`."""
+        return self.request_json("GET", f"/v1/sweeps/{segment(sweep_id)}")
+
+    def list_sweeps(self, limit: int | None = None) -> list[dict]:
+        """The sweeps this key may see, newest first."""
+        return self.list_all("/v1/sweeps", limit, {})
+
+    def cancel_sweep(self, sweep_id: str) -> dict:
+        """Stop a sweep: no new trial starts and the live ones are cancelled."""
+        return self.request_json("POST", f"/v1/sweeps/{segment(sweep_id)}:cancel")
+
+    def delete_sweep(self, sweep_id: str) -> None:
+        """Delete a finished sweep (409 while it is live); its trials' jobs stay."""
+        self.request("DELETE", f"/v1/sweeps/{segment(sweep_id)}")
+
+    def follow_sweep(
+        self,
+        sweep_id: str,
+        *,
+        interval: float = 1.0,
+        timeout: float | None = None,
+        retries: int = 5,
+    ) -> Iterator[dict]:
+        """Yield the sweep every `interval` seconds until it ends (retries as `follow`)."""
+        return self._poll(
+            lambda: self.get_sweep(sweep_id), f"Sweep {sweep_id}", interval, timeout, retries
+        )
 
     # -- batch predictions ----------------------------------------------------------------
 
@@ -516,6 +593,7 @@ class Client:
         *,
         version: int | None = None,
         label: str | None = None,
+        classes: bool = False,
     ) -> np.ndarray | dict[str, np.ndarray]:
         """Predict with a trained model: numpy in, numpy out, any number of rows.
 
@@ -523,6 +601,8 @@ class Client:
             model: a job id, or a job name (its newest succeeded job).
             inputs: one array (a batch) for a single-input model, or `{input_name: array}`.
             version: a checkpoint version (epochs completed); or `label`: best, latest, final.
+            classes: return each row's most likely class instead of the scores: its name where
+                the training labels had names (CSV strings, image folders), else its id.
 
         The arrays travel as bytes (the Open Inference Protocol's binary tensors), in requests
         of at most PREDICT_CHUNK_BYTES, so a large batch is a few requests under the server's
@@ -541,7 +621,51 @@ class Client:
             for start in range(0, max(rows, 1), step)
         ]
         outputs = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        if classes:
+            if len(outputs) != 1:
+                raise ValueError("classes=True needs a model with one output of class scores.")
+            names = (metadata.get("parameters") or {}).get("classes")
+            return top_classes(next(iter(outputs.values())), names)
         return next(iter(outputs.values())) if len(outputs) == 1 else outputs
+
+    def class_names(
+        self, model: str, *, version: int | None = None, label: str | None = None
+    ) -> list[str] | None:
+        """The names of the model's classes, in id order; None when its labels had none."""
+        metadata = self.request_json("GET", self.oip_path(model, version, label))
+        return (metadata.get("parameters") or {}).get("classes")
+
+    def classify(
+        self,
+        model: str,
+        inputs: ArrayInput,
+        *,
+        k: int | None = None,
+        version: int | None = None,
+        label: str | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """Each row's classes with their scores, most likely first (TF Serving's `:classify`).
+
+        Args:
+            model: a job id, or a job name.
+            inputs: one array (a batch) for a single-input model, or `{input_name: array}`.
+            k: only the `k` most likely classes of each row (default: all).
+
+        Classes are named as the training labels were (CSV strings, image folders), else they
+        are the class ids as strings: `[[("virginica", 0.91), ("versicolor", 0.08), ...], ...]`.
+        """
+        if isinstance(inputs, Mapping):
+            columns: Any = {name: plain_array(name, v).tolist() for name, v in inputs.items()}
+        else:
+            columns = plain_array("inputs", inputs).tolist()
+        params = {} if k is None else {"k": int(k)}
+        answer = self.send_json(
+            "POST",
+            self.model_path(model, version, label) + ":classify",
+            {"inputs": columns},
+            params=params,
+        )
+        return [[(str(name), float(score)) for name, score in row] for row in answer["result"]]
 
     def oip_path(self, model: str, version: int | None, label: str | None) -> str:
         """A model's Open Inference Protocol path; a version segment takes a label too."""
@@ -631,7 +755,9 @@ class Client:
         """
         response = self.request("GET", url, params=params, stream=True)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        partial = path.parent / f".{path.name}.{secrets.token_hex(8)}.part"
+        # Created as any new file is (0666 less the umask), not mkstemp's private 0600.
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with response, os.fdopen(fd, "wb") as handle:
                 for chunk in response.iter_content(1 << 20):
@@ -654,6 +780,45 @@ def error_from_response(response: requests.Response) -> FitserveError:
         problem = {"title": response.reason, "detail": text or response.reason}
     problem.setdefault("status", response.status_code)
     return FitserveError(response.status_code, problem)
+
+
+def connection_reason(error: BaseException) -> str:
+    """Why no answer came, in a few words, from the chain of errors requests and urllib3 wrap
+    around the socket's (`connection refused`, `timed out`, `host not found`...)."""
+    seen: list[BaseException] = []
+    pending: list[Any] = [error]
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or any(current is e for e in seen):
+            continue
+        seen.append(current)
+        pending += [getattr(current, "reason", None), current.__cause__, current.__context__]
+        pending += list(current.args)
+    for found in seen:
+        if isinstance(found, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(found, socket.gaierror):
+            return "host not found"
+        if isinstance(found, ConnectionResetError):
+            return "connection reset"
+    if any(isinstance(found, requests.Timeout | TimeoutError) for found in seen):
+        return "timed out"
+    if any(isinstance(found, requests.exceptions.SSLError) for found in seen):
+        return "TLS handshake failed"
+    return type(seen[-1]).__name__
+
+
+def top_classes(scores: np.ndarray, names: Sequence[str] | None) -> np.ndarray:
+    """Each row's most likely class: its name when the model's classes are named, else its id.
+
+    One sigmoid unit per row is class 1 when its score is at least 0.5.
+    """
+    scores = np.asarray(scores)
+    flat = scores.reshape(len(scores), -1)
+    ids = (flat[:, 0] >= 0.5).astype(np.int64) if flat.shape[1] == 1 else flat.argmax(axis=1)
+    if names and len(names) == max(flat.shape[1], 2):
+        return np.asarray(names)[ids]
+    return ids
 
 
 def error_from_tus(error: TusCommunicationError) -> FitserveError:
@@ -752,7 +917,12 @@ def spec_from_keras(
         compile: the `compile` section, instead of the model's own compile settings.
         fields: other top-level sections: `name`, `seed`, `priority`, `checkpoint`, ...
 
-    Raises ValueError when the model is not compiled and no `compile` is given.
+    Live Keras callbacks in `fit["callbacks"]` become their request form: EarlyStopping,
+    ReduceLROnPlateau and TerminateOnNaN from their settings, ModelCheckpoint as the request's
+    `checkpoint` (its monitor and mode: the service writes checkpoints itself).
+
+    Raises ValueError when the model is not compiled and no `compile` is given, or for a
+    callback the service does not run.
     """
     compile_section = dict(compile) if compile is not None else compile_of(model)
     if not compile_section:
@@ -767,7 +937,77 @@ def spec_from_keras(
     }
     if fit is not None:
         spec["fit"] = dict(fit)
+        if spec["fit"].get("callbacks"):
+            callbacks, checkpoint = callbacks_section(spec["fit"]["callbacks"])
+            spec["fit"]["callbacks"] = callbacks
+            if checkpoint is not None:
+                spec.setdefault("checkpoint", checkpoint)
     return spec
+
+
+# The settings of each callback the service runs, as its request grammar takes them (the
+# server's allowlist, `core.grammar.allowlist.CALLBACK_CLASSES`; a test keeps them equal).
+CALLBACK_SETTINGS: dict[str, tuple[str, ...]] = {
+    "EarlyStopping": (
+        "monitor",
+        "min_delta",
+        "patience",
+        "verbose",
+        "mode",
+        "baseline",
+        "restore_best_weights",
+        "start_from_epoch",
+    ),
+    "ReduceLROnPlateau": (
+        "monitor",
+        "factor",
+        "patience",
+        "verbose",
+        "mode",
+        "min_delta",
+        "cooldown",
+        "min_lr",
+    ),
+    "TerminateOnNaN": ("raise_error",),
+}
+CHECKPOINT_SETTINGS = ("monitor", "mode")
+
+
+def callbacks_section(callbacks: Sequence[Any]) -> tuple[list[Any], dict | None]:
+    """Live callbacks as `{"class_name", "config"}` (request forms pass unchanged), and the
+    `checkpoint` section a ModelCheckpoint stands for (None without one)."""
+    converted: list[Any] = []
+    checkpoint = None
+    for index, callback in enumerate(callbacks):
+        if isinstance(callback, Mapping):
+            converted.append(dict(callback))
+            continue
+        name = type(callback).__name__
+        if name == "ModelCheckpoint":
+            checkpoint = callback_settings(callback, CHECKPOINT_SETTINGS)
+        elif name in CALLBACK_SETTINGS:
+            config = callback_settings(callback, CALLBACK_SETTINGS[name])
+            converted.append({"class_name": name, "config": config})
+        else:
+            runs = ", ".join([*CALLBACK_SETTINGS, "ModelCheckpoint (as the checkpoint section)"])
+            raise ValueError(
+                f"fit.callbacks[{index}] is a {name}, which the service does not run. "
+                f"It runs {runs}."
+            )
+    return converted, checkpoint
+
+
+def callback_settings(callback: Any, names: Sequence[str]) -> dict[str, Any]:
+    """The settings of a live callback the request takes: from `get_config()` where the
+    callback has one, else from the attributes Keras keeps its constructor arguments in."""
+    config = callback.get_config() if hasattr(callback, "get_config") else {}
+    found = {name: config.get(name, getattr(callback, name, None)) for name in names}
+    return {name: plain_value(value) for name, value in found.items() if value is not None}
+
+
+def plain_value(value: Any) -> Any:
+    """A numpy scalar as its Python number, so the setting goes into JSON."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def compile_of(model: Any) -> dict:

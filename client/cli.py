@@ -8,7 +8,9 @@ not succeed (it ended failed or cancelled, or `--wait-timeout` passed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import secrets
 import sys
@@ -18,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from client.api import Client
+from client.api import Client, top_classes
 from client.errors import ConnectionFailed, FitserveError, JobFailed
-from client.progress import ProgressDisplay, TransferDisplay, render_job
+from client.progress import TERMINAL, ProgressDisplay, TransferDisplay, describe_stop, render_job
 from client.uploads import RESUMABLE_THRESHOLD
 
 EXIT_REFUSED = 1
@@ -80,12 +82,118 @@ def print_datasets(items: list[dict]) -> None:
     print_table(rows, ["ID", "CREATED", "ROWS", "BYTES", "FILE", "ARRAYS"])
 
 
+def print_dataset(manifest: dict) -> None:
+    """A dataset's facts, then one row per array with its statistics."""
+    source = manifest.get("source") or {}
+    facts = [
+        ["id", manifest.get("id")],
+        ["status", manifest.get("status", "ready")],
+        ["created", manifest.get("created_at")],
+        ["source", f"{source.get('filename') or '-'} ({source.get('format') or '?'})"],
+        ["rows", manifest.get("rows")],
+        ["bytes", manifest.get("bytes")],
+    ]
+    for label in ("classes", "features"):
+        for array, listed in (manifest.get(label) or {}).items():
+            facts.append([f"{label} of {array}", ", ".join(map(str, listed))])
+    print_table(facts, ["DATASET", ""])
+    print()
+    rows = []
+    for name, info in (manifest.get("arrays") or {}).items():
+        stats = info.get("stats") or {}
+        labels = stats.get("labels")
+        rows.append(
+            [
+                name,
+                "x".join(map(str, info.get("shape") or [])) or "scalar",
+                info.get("dtype"),
+                short_number(stats.get("min")),
+                short_number(stats.get("max")),
+                f"{stats.get('nan', 0)}/{stats.get('inf', 0)}",
+                None if labels is None else len(labels),
+            ]
+        )
+    print_table(rows, ["ARRAY", "SHAPE", "DTYPE", "MIN", "MAX", "NAN/INF", "LABELS"])
+
+
+def short_number(value: Any) -> Any:
+    """A float with 6 significant digits (float32 statistics print as 6.099999904632568)."""
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def shape_text(shape: list | None) -> str:
+    return "(" + ", ".join("None" if dim is None else str(dim) for dim in shape or []) + ")"
+
+
+def print_validation(summary: dict) -> None:
+    """A valid request: the model as it will be built (Keras's summary columns) and its cost."""
+    print("valid: the request can be submitted")
+    rows = [
+        [
+            layer.get("name"),
+            layer.get("class_name"),
+            shape_text(layer.get("output_shape")),
+            layer.get("params"),
+        ]
+        for layer in summary.get("layers") or []
+    ]
+    print_table(rows, ["LAYER", "CLASS", "OUTPUT SHAPE", "PARAMS"])
+    print(
+        f"params: {summary.get('total_params')} "
+        f"(trainable {summary.get('trainable_params')}, "
+        f"non-trainable {summary.get('non_trainable_params')})"
+    )
+    cost = summary.get("cost") or {}
+    budget = cost.get("budget") or {}
+    if cost:
+        print(
+            f"memory: {cost.get('memory_bytes')} bytes of {budget.get('memory_bytes', '?')}; "
+            f"flops per epoch: {cost.get('flops_per_epoch')} of "
+            f"{budget.get('flops_per_epoch', '?')}"
+        )
+
+
+def print_predictions(outputs: Any, classes: Any) -> None:
+    """One row per input row: each output's values (shortened), and the class when known."""
+    named = outputs if isinstance(outputs, dict) else {"output": outputs}
+    rows = []
+    count = len(next(iter(named.values())))
+    for index in range(count):
+        row: list[Any] = [index]
+        if classes is not None:
+            row.append(classes[index])
+        row += [short_values(array[index]) for array in named.values()]
+        rows.append(row)
+    headers = ["ROW", *(["CLASS"] if classes is not None else []), *[n.upper() for n in named]]
+    print_table(rows, headers)
+
+
+def short_values(value: Any, limit: int = 6) -> str:
+    flat = np.asarray(value).reshape(-1)
+    shown = " ".join(f"{number:.4g}" for number in flat[:limit].tolist())
+    return shown + (f" ... ({flat.size} values)" if flat.size > limit else "")
+
+
+def print_classes(rows: list[list[tuple[str, float]]]) -> None:
+    table = [
+        [
+            index,
+            *([pairs[0][0], f"{pairs[0][1]:.4f}"] if pairs else [None, None]),
+            ", ".join(f"{name} {score:.4f}" for name, score in pairs[1:]),
+        ]
+        for index, pairs in enumerate(rows)
+    ]
+    print_table(table, ["ROW", "CLASS", "SCORE", "OTHERS"])
+
+
 def job_epoch(job: dict) -> str | None:
+    """`5/10`: the epochs ended of those asked for."""
     progress = job.get("progress") or {}
-    if progress.get("epoch") is None:
+    completed = progress.get("completed", progress.get("epoch"))
+    if completed is None:
         return None
     epochs = progress.get("epochs")
-    return f"{progress['epoch']}/{epochs}" if epochs else str(progress["epoch"])
+    return f"{completed}/{epochs}" if epochs else str(completed)
 
 
 def print_jobs(items: list[dict]) -> None:
@@ -230,7 +338,7 @@ def datasets_list(client: Client, args: argparse.Namespace) -> int:
 
 
 def datasets_show(client: Client, args: argparse.Namespace) -> int:
-    print_json(client.get_dataset(args.id))
+    show(args, client.get_dataset(args.id), print_dataset)
     return 0
 
 
@@ -259,7 +367,7 @@ def jobs_submit(client: Client, args: argparse.Namespace) -> int:
 
 def jobs_validate(client: Client, args: argparse.Namespace) -> int:
     summary = client.validate(read_spec(args.spec))
-    show(args, summary, lambda s: print_json(s))
+    show(args, summary, print_validation)
     return 0
 
 
@@ -335,19 +443,42 @@ def jobs_follow(client: Client, args: argparse.Namespace) -> int:
 
 
 def follow_job(client: Client, job_id: str, args: argparse.Namespace) -> int:
-    """Show live progress on stderr until the job ends; exit 4 unless it succeeded."""
+    """Show live progress on stderr until the job ends, then its outcome once (and why training
+    stopped) on stdout; exit 4 unless it succeeded."""
     display = ProgressDisplay(sys.stderr)
     job: dict = {}
+
+    def retrying(error: FitserveError, attempt: int, retries: int, pause: float) -> None:
+        display.close()  # the notice goes on its own line, below the last progress frame
+        reason = error.reason if isinstance(error, ConnectionFailed) else error.describe()
+        print(
+            f"lost fitserve ({reason}); retrying in {pause:.0f}s (attempt {attempt} of {retries})",
+            file=sys.stderr,
+            flush=True,
+        )
+
     try:
-        for job in client.follow(job_id, interval=args.interval, timeout=args.wait_timeout):
+        for job in client.follow(
+            job_id, interval=args.interval, timeout=args.wait_timeout, on_retry=retrying
+        ):
+            if job.get("status") in TERMINAL:
+                break
             display.update(job)
     finally:
         display.close()
-    show(args, job, lambda j: print(render_job(j)))
+    show(args, job, print_outcome)
     if job.get("status") != "succeeded":
         print(f"error: {JobFailed(job).detail}", file=sys.stderr)
         return EXIT_JOB_FAILED
     return 0
+
+
+def print_outcome(job: dict) -> None:
+    """The ended job's line, and why its training stopped."""
+    print(render_job(job))
+    stop = describe_stop(job.get("stop"))
+    if stop:
+        print(stop)
 
 
 def jobs_cancel(client: Client, args: argparse.Namespace) -> int:
@@ -411,13 +542,115 @@ def jobs_logs(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def read_document(path: str, what: str) -> dict:
+    document = read_json_file(path)
+    if not isinstance(document, dict):
+        raise InputError(f"{path} must hold a JSON object ({what}).")
+    return document
+
+
+def sweeps_submit(client: Client, args: argparse.Namespace) -> int:
+    body = read_document(args.spec, "the sweep request")
+    sweep = client.submit_sweep(body)
+    if args.follow:
+        if not args.json:
+            print(sweep["id"])
+        return follow_sweep(client, sweep["id"], args)
+    show(args, sweep, lambda s: print(s["id"]))
+    return 0
+
+
+def sweeps_list(client: Client, args: argparse.Namespace) -> int:
+    items = client.list_sweeps(args.limit)
+    rows = [
+        [s["id"], s.get("name") or "", s["status"], len(s["trials"]), s.get("best_objective")]
+        for s in items
+    ]
+    headers = ["ID", "NAME", "STATUS", "TRIALS", "BEST"]
+    show(args, {"items": items}, lambda _: print_table(rows, headers))
+    return 0
+
+
+def sweeps_show(client: Client, args: argparse.Namespace) -> int:
+    show(args, client.get_sweep(args.id), print_sweep)
+    return 0
+
+
+def sweeps_cancel(client: Client, args: argparse.Namespace) -> int:
+    sweep = client.cancel_sweep(args.id)
+    show(args, sweep, lambda s: print(f"{s['id']} {s['status']}"))
+    return 0
+
+
+def sweeps_follow(client: Client, args: argparse.Namespace) -> int:
+    return follow_sweep(client, args.id, args)
+
+
+def follow_sweep(client: Client, sweep_id: str, args: argparse.Namespace) -> int:
+    """Print the trials table on stderr whenever it changes until the sweep ends; exit 4
+    unless it succeeded."""
+    sweep: dict = {}
+    last = None
+    for sweep in client.follow_sweep(sweep_id, interval=args.interval, timeout=args.wait_timeout):
+        table = sweep_table(sweep) if "trials" in sweep else sweep.get("status")
+        if table != last:
+            print(table, file=sys.stderr, flush=True)
+            last = table
+    show(args, sweep, print_sweep)
+    if sweep.get("status") != "succeeded":
+        print(f"error: sweep {sweep_id} ended {sweep.get('status')}", file=sys.stderr)
+        return EXIT_JOB_FAILED
+    return 0
+
+
+def sweep_table(sweep: dict) -> str:
+    """The sweep's status line and one row per trial: its params, state and objective."""
+    pointers = list(sweep["space"])
+    rows = [
+        [t["number"], t["state"], t["epochs"], t["objective"]]
+        + [t["params"].get(pointer) for pointer in pointers]
+        + [t["job"] or ""]
+        for t in sweep["trials"]
+    ]
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        print(
+            f"sweep {sweep['id']} {sweep['status']}: {len(sweep['trials'])}/{sweep['max_trials']} "
+            f"trials, best {sweep.get('best_objective')} (trial {sweep.get('best_trial')})"
+        )
+        print_table(rows, ["TRIAL", "STATE", "EPOCHS", "OBJECTIVE", *pointers, "JOB"])
+    return buffer.getvalue().rstrip("\n")
+
+
+def print_sweep(sweep: dict) -> None:
+    print(sweep_table(sweep))
+
+
 def predict(client: Client, args: argparse.Namespace) -> int:
-    outputs = client.predict(args.model, read_inputs(args.inputs), **version_of(args))
+    inputs = read_inputs(args.inputs)
+    outputs = client.predict(args.model, inputs, **version_of(args))
     if args.output:
         shape = save_outputs(outputs, args.output)
         show(args, {"saved": args.output}, lambda d: print(f"saved {shape} to {d['saved']}"))
-    else:
-        print(json.dumps({"outputs": jsonable(outputs)}))
+        return 0
+    classes = None
+    if not isinstance(outputs, dict) and is_class_scores(outputs):
+        classes = top_classes(outputs, client.class_names(args.model, **version_of(args)))
+    document = {"outputs": jsonable(outputs)}
+    if classes is not None:
+        document["classes"] = classes.tolist()
+    show(args, document, lambda _: print_predictions(outputs, classes))
+    return 0
+
+
+def is_class_scores(outputs: np.ndarray) -> bool:
+    """Scores per class in [0, 1] (softmax or sigmoid): worth naming each row's class."""
+    return outputs.ndim == 2 and bool(np.all((outputs >= 0) & (outputs <= 1)))
+
+
+def classify(client: Client, args: argparse.Namespace) -> int:
+    rows = client.classify(args.model, read_inputs(args.inputs), k=args.k, **version_of(args))
+    show(args, {"result": rows}, lambda d: print_classes(d["result"]))
     return 0
 
 
@@ -609,11 +842,29 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("id")
     logs.add_argument("--tail", type=int, help="only the last N lines (server default: 1000)")
 
+    sweeps = groups.add_parser("sweeps", help="submit, follow, cancel and inspect sweeps")
+    sub = sweeps.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    submit = command(sub, "submit", sweeps_submit, "submit a sweep request from a JSON file")
+    submit.add_argument("spec", help="the sweep request as JSON (- for stdin)")
+    submit.add_argument("--follow", action="store_true", help="show its trials until it ends")
+    add_follow_options(submit)
+    command(sub, "list", sweeps_list, "list sweeps").add_argument("--limit", type=int)
+    command(sub, "show", sweeps_show, "show a sweep and its trials").add_argument("id")
+    command(sub, "cancel", sweeps_cancel, "cancel a sweep and its live trials").add_argument("id")
+    follow = command(sub, "follow", sweeps_follow, "show a sweep's trials until it ends")
+    follow.add_argument("id")
+    add_follow_options(follow)
+
     predicting = command(groups, "predict", predict, "predict with a trained model")
     predicting.add_argument("model", help="a job id, or a job name")
     predicting.add_argument("inputs", help="a .npy, .npz or .json file of inputs")
     predicting.add_argument("--output", help="save predictions to a .npy (.npz: named outputs)")
     add_version_options(predicting)
+    classifying = command(groups, "classify", classify, "each row's classes, most likely first")
+    classifying.add_argument("model", help="a job id, or a job name")
+    classifying.add_argument("inputs", help="a .npy, .npz or .json file of inputs")
+    classifying.add_argument("--k", type=int, help="only the k most likely classes")
+    add_version_options(classifying)
 
     batch = command(groups, "batch-predict", batch_predict, "score a stored dataset on the workers")
     batch.add_argument("--dataset", required=True, help="the dataset id")
@@ -672,7 +923,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except ConnectionFailed as error:
-        print(f"error: cannot reach the server at {error.detail}", file=sys.stderr)
+        print(f"error: {error.detail}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except FitserveError as error:
         if args.json:

@@ -36,10 +36,17 @@ class FitserveError(Exception):
 
 
 class ConnectionFailed(FitserveError):
-    """No HTTP answer: the server is down, the URL is wrong, or the request timed out."""
+    """No HTTP answer: the server is down, the URL is wrong, or the request timed out.
+
+    `reason` is short (`connection refused`, `timed out`): what a person needs, not the
+    transport's chain of exceptions.
+    """
 
     def __init__(self, url: str, reason: str) -> None:
-        super().__init__(0, {"code": "connection_failed", "detail": f"{url}: {reason}"})
+        self.url = url
+        self.reason = reason
+        detail = f"cannot reach fitserve at {url}: {reason}"
+        super().__init__(0, {"code": "connection_failed", "detail": detail})
 
 
 class JobFailed(FitserveError):

@@ -43,31 +43,68 @@ def format_metrics(metrics: dict[str, Any] | None, limit: int = 4) -> str:
 
 
 def job_fraction(job: dict[str, Any]) -> float | None:
-    """How far along the job is, 0..1, from its progress record (or the epoch count)."""
-    progress = job.get("progress") or {}
-    fraction = progress.get("fraction")
+    """How much of the job's work is done, 0..1, as the server measured it."""
+    fraction = (job.get("progress") or {}).get("fraction")
     if isinstance(fraction, int | float):
         return min(max(float(fraction), 0.0), 1.0)
-    epoch, epochs = progress.get("epoch"), progress.get("epochs")
-    if isinstance(epoch, int) and isinstance(epochs, int) and epochs > 0:
-        return min(epoch / epochs, 1.0)
     return 1.0 if job.get("status") == "succeeded" else None
 
 
 def job_metrics(job: dict[str, Any]) -> dict[str, Any] | None:
-    """The latest metrics the job record carries (`metrics.last`, the last epoch's)."""
+    """The last ended epoch's metrics: the progress record's, else `metrics.last`."""
+    progress_metrics = (job.get("progress") or {}).get("metrics")
+    if isinstance(progress_metrics, dict):
+        return progress_metrics
     metrics = job.get("metrics") or {}
     return metrics.get("last") if isinstance(metrics.get("last"), dict) else None
 
 
+def epochs_done(job: dict[str, Any]) -> str | None:
+    """`5/10 epochs`: the epochs ended of all asked for; None before training started."""
+    progress = job.get("progress") or {}
+    completed, epochs = progress.get("completed"), progress.get("epochs")
+    if not isinstance(completed, int) or not epochs:
+        return None
+    return f"{completed}/{epochs} epochs"
+
+
+def describe_stop(stop: dict[str, Any] | None) -> str | None:
+    """Why training ended, in words: `stopped early at epoch 5: val_loss did not improve for 2
+    epochs; best epoch 3`."""
+    if not stop:
+        return None
+    reason, epoch = stop.get("reason"), stop.get("epoch")
+    best, monitor = stop.get("best_epoch"), stop.get("monitor")
+    best_part = f"; best epoch {best}" + (f" by {monitor}" if monitor else "") if best else ""
+    if reason == "early_stopping":
+        if best is None or monitor is None:
+            return f"stopped early at epoch {epoch}"
+        waited = epoch - best
+        return (
+            f"stopped early at epoch {epoch}: {monitor} did not improve for {waited} "
+            f"epoch{'s' if waited != 1 else ''}; best epoch {best}"
+        )
+    described = {
+        "completed": f"ran all {epoch} epochs",
+        "cancelled": f"cancelled at epoch {epoch}",
+        "pruned": f"pruned at epoch {epoch}",
+        "time_limit": f"stopped at epoch {epoch}: the job's time limit was reached",
+    }.get(str(reason), f"stopped at epoch {epoch} ({reason})")
+    return described + best_part
+
+
 def render_job(job: dict[str, Any]) -> str:
-    """One line describing the job: `running  epoch 3/10 [#####...]  30%  loss=... ETA 12s`."""
+    """One line describing the job: `running  3/10 epochs [#####...]  34%  loss=... ETA 12s`.
+
+    Every figure is the server's: the epochs ended, the fraction of the work done, the last ended
+    epoch's metrics, and an ETA measured from the epochs run (none before one ended).
+    """
     status = str(job.get("status", "?"))
     progress = job.get("progress") or {}
     parts = [f"{status:<10}"]
-    epoch, epochs = progress.get("epoch"), progress.get("epochs")
-    if epoch is not None:
-        parts.append(f"epoch {epoch}/{epochs}" if epochs else f"epoch {epoch}")
+    done = epochs_done(job)
+    if done:
+        parts.append(done)
     fraction = job_fraction(job)
     if fraction is not None:
         filled = int(fraction * BAR_WIDTH)
@@ -85,6 +122,9 @@ def render_job(job: dict[str, Any]) -> str:
 
 class ProgressDisplay:
     """Shows a job's progress on a stream (stderr by default) as updates come in.
+
+    On a terminal the line is rewritten in place and erased by `close`, so the caller prints the
+    outcome once; elsewhere a line is printed each time an epoch ends or the status changes.
 
     Example:
         display = ProgressDisplay()
@@ -109,16 +149,16 @@ class ProgressDisplay:
             self._last_line = line
             return
         # Off a terminal, print only when something a reader cares about changed.
-        key = (job.get("status"), (job.get("progress") or {}).get("epoch"))
+        key = (job.get("status"), (job.get("progress") or {}).get("completed"))
         if key != self._last_key:
             self.stream.write(line + "\n")
             self.stream.flush()
             self._last_key = key
 
     def close(self) -> None:
-        """End the live line so later output starts on a fresh one."""
+        """Erase the live line so later output starts on a clean one."""
         if self.live and self._last_line:
-            self.stream.write("\n")
+            self.stream.write("\r" + " " * len(self._last_line) + "\r")
             self.stream.flush()
             self._last_line = ""
 

@@ -29,8 +29,8 @@ import redis
 
 from core import datasets
 from core.cursors import decode_cursor, encode_cursor
-from core.errors import Conflict, FieldError, InvalidRequest, NotFound, pointer
-from core.jobs import LIVE, STATUSES, TERMINAL, TRANSITIONS, Status, parse_time
+from core.errors import Conflict, FieldError, InvalidRequest, NotFound, Unavailable, pointer
+from core.jobs import LIVE, STATUSES, TERMINAL, TRANSITIONS, Status, parse_time, stored_labels
 from core.leases import Leases
 from core.rediskeys import (
     ALL_BATCHES,
@@ -234,7 +234,7 @@ def parse_batch_request(
     manifest = _dataset(body.get("dataset"), dataset_manifest, errors)
     inputs: dict[str, str] = {}
     if servable is not None:
-        spec = read_json(servable.job_dir / "job.json")
+        spec = _stored_request(servable.job_dir, servable.job_id)
         signature = model_inputs(spec["spec"])
         if manifest is not None:
             inputs = _inputs(body.get("x", "x"), signature, manifest, errors)
@@ -248,8 +248,20 @@ def parse_batch_request(
         batch_size=batch_size,
         rows=int(manifest["rows"]),
         classify=is_classifier(spec["spec"]),
-        classes=job_classes(spec),
+        classes=stored_labels(spec)["classes"],
     )
+
+
+def _stored_request(job_dir: Path, job_id: str) -> dict:
+    """The model's `job.json`, whose spec gives its inputs; a file gone or unreadable is a 503
+    (the volume's fault, not the request's)."""
+    try:
+        document = read_json(job_dir / "job.json")
+    except (OSError, ValueError) as error:
+        raise Unavailable(f"Model {job_id}'s stored request cannot be read: {error}.") from None
+    if not isinstance(document, dict) or "model" not in (document.get("spec") or {}):
+        raise Unavailable(f"Model {job_id}'s stored request (job.json) has no model.")
+    return document
 
 
 def _invalid(errors: list[FieldError]) -> InvalidRequest:
@@ -409,15 +421,6 @@ def is_classifier(spec: Mapping[str, Any]) -> bool:
     name = loss.get("class_name") if isinstance(loss, dict) else loss
     outputs = (spec.get("model") or {}).get("outputs") or []
     return isinstance(name, str) and "categorical" in name.lower() and len(outputs) == 1
-
-
-def job_classes(job_document: Mapping[str, Any]) -> list[str] | None:
-    """The class names kept with the job (job.json `labels.classes`), None without names."""
-    labels = job_document.get("labels")
-    classes = labels.get("classes") if isinstance(labels, dict) else None
-    if isinstance(classes, list) and all(isinstance(name, str) for name in classes):
-        return classes
-    return None
 
 
 # The store ----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ the training loop. They only read logs, set `model.stop_training` and keep their
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -16,7 +17,16 @@ from pathlib import Path
 
 import keras
 
-from core.checkpoints import is_better, prune_checkpoints, save_checkpoint
+from core.checkpoints import (
+    CheckpointWriter,
+    ModelCopy,
+    Snapshot,
+    delete_checkpoint_files,
+    is_better,
+    save_checkpoint,
+    select_kept,
+    take_snapshot,
+)
 
 log = logging.getLogger("fitserve.training")
 
@@ -35,9 +45,16 @@ def format_metrics(metrics: dict[str, float]) -> str:
 class ProgressCallback(keras.callbacks.Callback):
     """Report progress inside an epoch at most every `interval` seconds, and at every epoch end.
 
+    Every figure is measured: `fraction` is the work done (epochs ended plus the steps of the
+    epoch in progress, over all epochs); `eta_seconds` comes from the time the epochs of this run
+    took (the first, which traces the graph, left out once others ended) and is None until one
+    ended; `metrics` are the logs of the last ended epoch, so two reports in one epoch never show
+    different metrics for it.
+
     Args:
-        report_progress: receives `{"epoch", "epochs", "step", "steps", "fraction",
-            "eta_seconds", "metrics"}`; `epoch` counts from 1 and is the epoch in progress.
+        report_progress: receives `{"epoch", "epochs", "completed", "step", "steps", "fraction",
+            "eta_seconds", "metrics"}`; `epoch` counts from 1 and is the epoch in progress (or
+            just ended), `completed` the epochs ended.
         report_epoch: receives `(epoch, metrics)` once per ended epoch, counted from 1.
         interval: the least number of seconds between two in-epoch reports.
 
@@ -63,45 +80,54 @@ class ProgressCallback(keras.callbacks.Callback):
         self.report_epoch = report_epoch
         self.interval = interval
         self.clock = clock
-        self.first_epoch: int | None = None
+        self.durations: list[float] = []
+        self.completed = 0
+        self.metrics: dict[str, float] | None = None
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        self.started = self.clock()
         self.last_report = -math.inf
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        if self.first_epoch is None:
-            self.first_epoch = epoch
         self.epoch = epoch
+        self.completed = epoch
         self.step = 0
+        self.epoch_started = self.clock()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self.step = batch + 1
         if self.clock() - self.last_report >= self.interval:
-            self._report(logs)
+            self._report()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self._report(logs)
-        metrics = _floats(logs)
-        log.info("epoch=%d/%d %s", epoch + 1, self.params["epochs"], format_metrics(metrics))
-        self.report_epoch(epoch + 1, metrics)
+        self.durations.append(self.clock() - self.epoch_started)
+        self.completed = epoch + 1
+        self.metrics = _floats(logs)
+        self._report()
+        log.info("epoch=%d/%d %s", epoch + 1, self.params["epochs"], format_metrics(self.metrics))
+        self.report_epoch(epoch + 1, self.metrics)
 
-    def _report(self, logs: dict | None) -> None:
-        now = self.clock()
-        self.last_report = now
+    def seconds_per_epoch(self) -> float | None:
+        """The measured time of one epoch, None before one ended."""
+        measured = self.durations[1:] or self.durations
+        return sum(measured) / len(measured) if measured else None
+
+    def _report(self) -> None:
+        self.last_report = self.clock()
         epochs, steps = self.params["epochs"], self.params.get("steps") or self.step or 1
-        done = self.epoch + min(self.step / steps, 1.0)
-        done_here = done - (self.first_epoch or 0)
-        eta = (now - self.started) / done_here * (epochs - done) if done_here > 0 else None
+        ended = self.completed == self.epoch + 1
+        done = self.completed if ended else self.epoch + min(self.step / steps, 1.0)
+        per_epoch = self.seconds_per_epoch()
+        eta = None if per_epoch is None else per_epoch * (epochs - done)
         self.report_progress(
             {
                 "epoch": self.epoch + 1,
                 "epochs": epochs,
-                "step": self.step,
+                "completed": self.completed,
+                "step": steps if ended else self.step,
                 "steps": steps,
                 "fraction": round(done / epochs, 4),
                 "eta_seconds": None if eta is None else round(eta, 1),
-                "metrics": _floats(logs),
+                "metrics": self.metrics,
             }
         )
 
@@ -150,6 +176,21 @@ class StopCallback(keras.callbacks.Callback):
             log.info("stop requested reason=%s batch=%d", reason, batch + 1)
             self.reason = reason
             self.model.stop_training = True
+
+    def at_epoch_end(self) -> keras.callbacks.Callback:
+        """A callback that asks once more at each epoch's end, placed after the one that
+        reports the epoch: what that report decided (a pruned sweep trial) stops training at
+        the epoch boundary, with the epoch whole."""
+
+        def ask(epoch: int, logs: dict | None = None) -> None:
+            reason = self.reason or self.should_stop()
+            if reason is not None and self.reason is None:
+                log.info("stop requested reason=%s at end of epoch=%d", reason, epoch + 1)
+                self.reason = reason
+            if reason is not None:
+                self.model.stop_training = True
+
+        return keras.callbacks.LambdaCallback(on_epoch_end=ask)
 
 
 class NaNGuard(keras.callbacks.Callback):
@@ -227,20 +268,29 @@ class TimeLimit(keras.callbacks.Callback):
 
 
 class CheckpointCallback(keras.callbacks.Callback):
-    """Save a checkpoint at every epoch end; keep the last `keep` and the best by `monitor`.
+    """Save a checkpoint at every epoch end, off the training thread; keep the last `keep` and
+    the best by `monitor`.
 
-    Version N is the model after epoch N (counted from 1). An epoch cut short by a stop (cancel,
-    shutdown, time limit) is saved all the same, marked `partial`, so a stop always leaves a
-    loadable checkpoint; a resume starts after it, as Keras counts a stopped epoch as ended. An
-    epoch whose loss is not finite is never saved. `history` holds every epoch's logs, including
-    those before a resume.
+    Version N holds the weights after epoch N (counted from 1), whatever a later callback does to
+    the model when training ends (EarlyStopping's `restore_best_weights`). The epoch end only
+    copies the weights and optimizer state; a `CheckpointWriter` thread writes, hashes and lists
+    them, one at a time, and `on_train_end` waits for it (call `close` after a fit() that
+    raised). The manifest lists a file only once it is complete and hashed, and a pruned file is
+    deleted only once the manifest no longer lists it, so a crash mid-write leaves the previous
+    checkpoint listed and valid.
+
+    An epoch cut short by a stop (cancel, shutdown, time limit) is saved all the same, marked
+    `partial`, so a stop always leaves a loadable checkpoint; a resume starts after it, as Keras
+    counts a stopped epoch as ended. An epoch whose loss is not finite is never saved. `history`
+    holds every epoch's logs, including those before a resume; `epoch_metrics` each epoch's logs
+    by epoch, for this run.
 
     Args:
         job_dir: the job's folder; files go to `checkpoints/`.
         keep: how many of the latest versions to keep (the best is kept as well).
         monitor: the log to rank versions by (`val_loss`, `accuracy`, ...).
         mode: `min` or `max`.
-        on_saved: receives `(entry, kept, best)` after each save.
+        on_saved: receives `(entry, kept, best)` after each save, on the writer's thread.
         entries: the kept entries of an earlier run of the job (resume), oldest first.
         best: the best entry of that run.
         history: its history up to the checkpoint resumed from.
@@ -277,6 +327,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.entries = list(entries or [])
         self.best = best
         self.history = {name: list(values) for name, values in (history or {}).items()}
+        self.epoch_metrics: dict[int, dict[str, float]] = {}
+        self._writer: CheckpointWriter | None = None
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.steps_done = 0
@@ -288,28 +340,43 @@ class CheckpointCallback(keras.callbacks.Callback):
         metrics = _floats(logs)
         for name, value in metrics.items():
             self.history.setdefault(name, []).append(value)
+        self.epoch_metrics[epoch + 1] = metrics
         if not math.isfinite(metrics.get("loss", 0.0)):
             return
-        version = epoch + 1
         steps = self.params.get("steps")
         partial = steps is not None and self.steps_done < steps
-        entry = save_checkpoint(
-            self.model, self.job_dir, version, metrics, self.history, partial=partial
-        )
-        monitored = metrics.get(self.monitor)
+        snapshot = take_snapshot(self.model, epoch + 1, metrics, self.history, partial=partial)
+        if self._writer is None:
+            self._writer = CheckpointWriter(functools.partial(self._write, ModelCopy(self.model)))
+        self._writer.submit(snapshot)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Wait for the checkpoints handed to the writer; raise a write's error."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+
+    def _write(self, copy: ModelCopy, snapshot: Snapshot) -> None:
+        """On the writer's thread: file, hash, best, manifest, then the pruned files."""
+        entry = save_checkpoint(copy.load(snapshot), self.job_dir, snapshot)
+        monitored = snapshot.metrics.get(self.monitor)
         if monitored is not None and is_better(monitored, self._best_value(), self.mode):
-            self.best = {"version": version, "monitor": self.monitor, "value": monitored}
-        self.entries = prune_checkpoints(self.job_dir, [*self.entries, entry], self.keep, self.best)
+            self.best = {"version": snapshot.version, "monitor": self.monitor, "value": monitored}
+        self.entries, dropped = select_kept([*self.entries, entry], self.keep, self.best)
         log.info(
             "checkpoint version=%d sha256=%s bytes=%d partial=%s kept=%s best=%s",
-            version,
+            snapshot.version,
             entry["sha256"],
             entry["bytes"],
-            partial,
+            snapshot.partial,
             [kept["version"] for kept in self.entries],
             self.best and self.best["version"],
         )
         self.on_saved(entry, self.entries, self.best)
+        delete_checkpoint_files(self.job_dir, dropped)
 
     def _best_value(self) -> float | None:
         if self.best is None or self.best.get("monitor") != self.monitor:

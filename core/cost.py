@@ -3,10 +3,10 @@
 Per layer: values per row (what the forward pass keeps for the backward pass, and as much again
 for gradients), parameters with their gradients and optimizer slots, and floating-point
 operations per row, and per step for the optimizer's update; then the data the worker holds
-(arrays, one-hot targets) and the graph that unrolled recurrent layers make. A job over the
-worker's budget (`worker_memory_bytes`, `max_flops_per_epoch`) is refused with the part that
-costs most, so it never reaches a worker it would take down. Pure Python over the shapes of
-core.grammar.shapes: nothing is built.
+(a few batches of each array as it streams, one-hot targets) and the graph that unrolled
+recurrent layers make. A job over the worker's budget (`worker_memory_bytes`,
+`max_flops_per_epoch`) is refused with the part that costs most, so it never reaches a worker it
+would take down. Pure Python over the shapes of core.grammar.shapes: nothing is built.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from core.batches import BATCHES_HELD
 from core.errors import FieldError
 from core.grammar.shapes import Shape, model_with_preprocessing, summarize_model
 from core.settings import Settings
@@ -84,7 +85,7 @@ def estimate_cost(
     values_per_row = input_values + sum(layer.values_per_row for layer in layers)
     trainable = summary["trainable_params"]
     slots = _optimizer_slots(spec["compile"]["optimizer"])
-    data = _data_bytes(spec, manifest_of)
+    data = _data_bytes(spec, manifest_of, batch)
     memory = {
         "weights": summary["total_params"] * FLOAT_BYTES,
         "gradients": trainable * FLOAT_BYTES,
@@ -302,16 +303,17 @@ def _array_rows(part: dict[str, Any], manifest_of: ManifestOf) -> int:
     return arrays[first]["shape"][0]
 
 
-def _data_bytes(spec: dict[str, Any], manifest_of: ManifestOf) -> dict[str, int]:
+def _data_bytes(spec: dict[str, Any], manifest_of: ManifestOf, batch: int) -> dict[str, int]:
     """What the worker holds of the data, by the request's pointer.
 
-    Keras's array adapter takes each array whole: floats are cast to float32, and `tf.data`
-    keeps one more copy as a tensor; so an array costs its stored bytes and a float32 (or same
-    width) copy, plus a cast copy for floats of another width. One-hot targets are made as
-    float64 (`to_categorical`), then cast and copied the same way.
+    Arrays stream from disk a batch at a time (core.batches): the worker holds BATCHES_HELD
+    batches of each array (of the validation batch size for validation and test data), each
+    as read and as the float32 tensor Keras makes of it; one-hot targets are made per batch as
+    float32. Nothing grows with the dataset's rows.
     """
     data = spec["data"]
     one_hot = data.get("one_hot") or {}
+    checked = spec["fit"].get("validation_batch_size") or batch
     out: dict[str, int] = {}
     for part in ("", "validation", "test"):
         source = data if not part else data.get(part)
@@ -325,19 +327,17 @@ def _data_bytes(spec: dict[str, Any], manifest_of: ManifestOf) -> dict[str, int]
             named.append(("sample_weight", "", data["sample_weight"]))
         for key, output, array in named:
             entry = arrays[array]
+            rows = min(entry["shape"][0], BATCHES_HELD * (checked if part else batch))
             if key == "y" and output in one_hot:
-                where, rows = "/data/preprocess/y/one_hot", entry["shape"][0]
-                size = rows * one_hot[output] * _held_bytes(np.dtype("float64"))
+                where, size = "/data/preprocess/y/one_hot", rows * one_hot[output] * FLOAT_BYTES
             else:
+                row_values = math.prod(entry["shape"][1:])
                 where = f"{prefix}/{key}"
-                size = math.prod(entry["shape"]) * _held_bytes(np.dtype(entry["dtype"]))
+                size = rows * row_values * _held_bytes(np.dtype(entry["dtype"]))
             out[where] = out.get(where, 0) + size
     return out
 
 
 def _held_bytes(dtype: np.dtype) -> int:
-    """Bytes held per value of a stored array while Keras trains on it."""
-    if dtype.kind != "f":
-        return 2 * dtype.itemsize
-    cast = 0 if dtype.itemsize == FLOAT_BYTES else FLOAT_BYTES
-    return dtype.itemsize + cast + FLOAT_BYTES
+    """Bytes held per value of a batch: as read, and as the tensor Keras makes of it."""
+    return dtype.itemsize + max(dtype.itemsize, FLOAT_BYTES)

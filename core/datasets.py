@@ -183,12 +183,18 @@ def load_manifest(data: DataDir, dataset_id: str) -> dict:
         ) from None
 
 
-def open_array(data: DataDir, dataset_id: str, name: str, *, verify: bool = False) -> np.ndarray:
-    """A stored array, memory-mapped read-only; `verify` checks its sha256 against the manifest."""
+def array_file(data: DataDir, dataset_id: str, name: str) -> Path:
+    """The `.npy` file of a stored array, as its manifest lists it."""
     entry = load_manifest(data, dataset_id)["arrays"].get(name)
     if entry is None:
         raise NotFound(f"Dataset {dataset_id} has no array named {name!r}.")
-    path = data.dataset(dataset_id) / entry["file"]
+    return data.dataset(dataset_id) / entry["file"]
+
+
+def open_array(data: DataDir, dataset_id: str, name: str, *, verify: bool = False) -> np.ndarray:
+    """A stored array, memory-mapped read-only; `verify` checks its sha256 against the manifest."""
+    path = array_file(data, dataset_id, name)
+    entry = load_manifest(data, dataset_id)["arrays"][name]
     if verify and sha256_file(path) != entry["sha256"]:
         raise InvalidData(
             f"Array {name!r} of dataset {dataset_id} does not match its manifest's sha256.",
@@ -290,6 +296,7 @@ def finish(
         "bytes": sum(entry["bytes"] for entry in described.values()),
         "arrays": described,
         "classes": arrays.classes,
+        "features": arrays.features,
         **(extra or {}),
     }
     write_json(folder / MANIFEST, manifest)

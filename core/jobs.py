@@ -81,7 +81,10 @@ class Job(TypedDict):
     """A job's record: the Redis hash (each field JSON-encoded) and, less LIVE_ONLY, its manifest.
 
     Epochs count from 1; `checkpoints` are `{"version", "file", "sha256", "bytes", ...}` entries,
-    `best` is `{"version", "monitor", "value"}`, `final` the final model's entry. `tags` are the
+    `best` is `{"version", "monitor", "value"}`, `final` the final model's entry (with the
+    `epoch` whose weights it holds and that epoch's `metrics`), `stop` why training ended:
+    `{"reason": "completed" | "early_stopping" | "cancelled" | "pruned" | "time_limit", "epoch",
+    "best_epoch", "monitor"}`. `tags` are the
     request's; `cloned_from` the job this one was cloned from; `warm_start` the source the
     weights came from, `{"job", "version", "strict", "loaded", "skipped"}` (layer names, null
     until the worker loaded them).
@@ -104,6 +107,7 @@ class Job(TypedDict):
     checkpoints: list[dict[str, Any]]
     best: dict[str, Any] | None
     final: dict[str, Any] | None
+    stop: dict[str, Any] | None
     test_metrics: Metrics | None
     request_id: str | None
     request_sha256: str | None
@@ -114,6 +118,9 @@ class Job(TypedDict):
     record: Provenance | None
     progress: dict[str, Any] | None
     metrics: Metrics | None
+    # A sweep's trial: the sweep's id and the trial's number in it (0 is the sweep's base).
+    sweep: str | None
+    trial: int | None
     tags: dict[str, str]
     cloned_from: str | None
     warm_start: dict[str, Any] | None
@@ -136,8 +143,11 @@ def queued_job(
     request_sha256: str | None = None,
     record: Provenance | None = None,
     cloned_from: str | None = None,
+    sweep: str | None = None,
+    trial: int | None = None,
 ) -> Job:
-    """The record of a job just submitted with the normalized request `spec`."""
+    """The record of a job just submitted with the normalized request `spec` (`sweep` and
+    `trial` for a sweep's trial)."""
     warm_start = spec.get("warm_start")
     return Job(
         id=job_id,
@@ -157,6 +167,7 @@ def queued_job(
         checkpoints=[],
         best=None,
         final=None,
+        stop=None,
         test_metrics=None,
         request_id=request_id,
         request_sha256=request_sha256,
@@ -168,6 +179,8 @@ def queued_job(
         record=record,
         progress=None,
         metrics=None,
+        sweep=sweep,
+        trial=trial,
         tags=spec.get("tags") or {},
         cloned_from=cloned_from,
         warm_start=None if not warm_start else {**warm_start, "loaded": None, "skipped": None},
@@ -226,6 +239,54 @@ def provenance(spec: Mapping[str, Any], manifests: Mapping[str, Mapping[str, Any
     )
 
 
+class Labels(TypedDict):
+    """What the model's numbers stand for, copied from the training dataset at submit: the names
+    of the class ids of a single output's labels (CSV strings, image folders) and the column
+    names of a single input's CSV features; null where the data had none."""
+
+    classes: list[str] | None
+    features: list[str] | None
+
+
+NO_LABELS = Labels(classes=None, features=None)
+
+
+def dataset_labels(spec: Mapping[str, Any], manifests: Mapping[str, Mapping[str, Any]]) -> Labels:
+    """The labels a job keeps, from the manifest of its training dataset (`data.dataset`).
+
+    Only a single output's class names and a single input's feature names: with several, no one
+    list says what the model answers.
+    """
+    data = spec.get("data") or {}
+    manifest = manifests.get(data.get("dataset") or "") or {}
+    return Labels(
+        classes=_single_array_names(data.get("y"), manifest.get("classes")),
+        features=_single_array_names(data.get("x"), manifest.get("features")),
+    )
+
+
+def _single_array_names(mapping: Any, names_by_array: Any) -> list[str] | None:
+    if not isinstance(mapping, dict) or len(mapping) != 1 or not isinstance(names_by_array, dict):
+        return None
+    return names_by_array.get(next(iter(mapping.values())))
+
+
+def job_labels(data: DataDir, job_id: str) -> Labels:
+    """The class and feature names a job keeps in `job.json`; all null for a job submitted before
+    jobs kept them. NotFound for an unknown job."""
+    try:
+        document = read_json(data.job(check_id(job_id, "job")) / "job.json")
+    except FileNotFoundError:
+        raise NotFound(f"No job with id {job_id!r}.") from None
+    return stored_labels(document)
+
+
+def stored_labels(job_document: Mapping[str, Any]) -> Labels:
+    """The names a `job.json` document keeps (all null in one written before jobs kept them)."""
+    stored = job_document.get("labels") if isinstance(job_document, Mapping) else None
+    return Labels(**(NO_LABELS | (stored if isinstance(stored, dict) else {})))  # type: ignore[typeddict-item]
+
+
 # The API view ---------------------------------------------------------------------------------
 
 
@@ -246,10 +307,13 @@ class ModelRecord(TypedDict):
 
 
 class Progress(TypedDict):
-    """Where training is: epochs count from 1; `fraction` of the whole job, 0 to 1."""
+    """Where training is: epochs count from 1 (`epoch` the one in progress or just ended,
+    `completed` those ended); `fraction` of the work done, 0 to 1; `eta_seconds` from the measured
+    epoch time (None before an epoch ended); `metrics` the last ended epoch's."""
 
     epoch: int
     epochs: int | None
+    completed: int
     step: int | None
     steps: int | None
     fraction: float
@@ -330,7 +394,10 @@ class _JobViewFields(TypedDict):
     record: ModelRecord
     checkpoints: list[dict[str, Any]]
     final: dict[str, Any] | None
+    stop: dict[str, Any] | None
     error: JobError | None
+    sweep: str | None
+    trial: int | None
     tags: dict[str, str]
     cloned_from: str | None
     warm_start: dict[str, Any] | None
@@ -366,6 +433,7 @@ def view_job(job: Job, *, now: float | None = None, ttl_seconds: int = 0) -> Job
         progress=Progress(
             epoch=progress.get("epoch", job.get("epoch") or 0),
             epochs=progress.get("epochs"),
+            completed=progress.get("completed", job.get("epoch") or 0),
             step=progress.get("step"),
             steps=progress.get("steps"),
             fraction=progress.get("fraction", 1.0 if job["status"] == "succeeded" else 0.0),
@@ -377,11 +445,14 @@ def view_job(job: Job, *, now: float | None = None, ttl_seconds: int = 0) -> Job
         record=describe_record(job),
         checkpoints=job.get("checkpoints") or [],
         final=job.get("final"),
+        stop=job.get("stop"),
         error=(
             JobError(reason=job.get("reason"), message=job.get("message"))
             if job["status"] == "failed"
             else None
         ),
+        sweep=job.get("sweep"),
+        trial=job.get("trial"),
         tags=job.get("tags") or {},
         cloned_from=job.get("cloned_from"),
         warm_start=job.get("warm_start"),
@@ -466,15 +537,20 @@ class JobStore:
         request_id: str | None = None,
         request_sha256: str | None = None,
         record: Provenance | None = None,
+        sweep: str | None = None,
+        trial: int | None = None,
         request: Any = None,
         cloned_from: str | None = None,
+        labels: Labels = NO_LABELS,
     ) -> Job:
         """Record a new queued job: Redis first, then `request.json`, `job.json` and
         `manifest.json`.
 
         `record` is the job's provenance (`provenance`); `request` what the client sent (kept
-        for clones); `cloned_from` the job it was cloned from. If the files cannot be written
-        the Redis records are removed again, so a failure leaves nothing half recorded.
+        for clones); `cloned_from` the job it was cloned from; `sweep` and `trial` mark a
+        sweep's trial; `labels` its class and feature names (`dataset_labels`), kept in
+        `job.json` so they outlive the dataset. If the files cannot be written the Redis
+        records are removed again, so a failure leaves nothing half recorded.
         """
         now = utc_now()
         job = queued_job(
@@ -485,6 +561,8 @@ class JobStore:
             request_id=request_id,
             request_sha256=request_sha256,
             record=record,
+            sweep=sweep,
+            trial=trial,
             cloned_from=cloned_from,
         )
         self._insert(job, score=time.time())
@@ -493,7 +571,13 @@ class JobStore:
             write_json(job_dir / REQUEST_FILE, spec if request is None else request)
             write_json(
                 job_dir / "job.json",
-                {"id": job["id"], "owner": owner, "created_at": now, "spec": spec},
+                {
+                    "id": job["id"],
+                    "owner": owner,
+                    "created_at": now,
+                    "spec": spec,
+                    "labels": labels,
+                },
             )
             # Nobody else knows the id yet: the manifest is written from the record in hand.
             write_json(job_dir / "manifest.json", job_manifest(job, []))
@@ -684,7 +768,7 @@ class JobStore:
             changes = {"status": status, "updated_at": utc_now(), **fields}
             if status in TERMINAL:
                 changes.setdefault("finished_at", changes["updated_at"])
-                changes["progress"] = _final_progress(job)
+                changes["progress"] = _final_progress(job, status)
             score = pipe.zscore(ALL_JOBS, job_id) or time.time()
             pipe.multi()
             pipe.hset(key, mapping=_encode(changes))
@@ -951,11 +1035,13 @@ def decode_event(entry: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
     return head | orjson.loads(entry[b"data"])
 
 
-def _final_progress(job: Job) -> dict | None:
+def _final_progress(job: Job, status: str) -> dict | None:
+    """The progress of a job that ended: nothing left to wait for, and a job that succeeded
+    (all its epochs, or stopped early) did all its work."""
     progress = job.get("progress")
     if not progress:
         return None
-    return {**progress, "eta_seconds": 0}
+    return {**progress, "eta_seconds": 0} | ({"fraction": 1.0} if status == "succeeded" else {})
 
 
 def _encode(fields: Mapping[str, Any]) -> dict[FieldT, EncodableT]:

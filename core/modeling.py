@@ -92,14 +92,22 @@ def make_layer(layer: dict[str, Any]) -> Any:
 
 
 def build_model(spec: dict[str, Any]) -> Any:
-    """The uncompiled Functional model of a normalized spec, preprocessing layers in front.
+    """The uncompiled model of a normalized spec, preprocessing layers in front.
 
+    A Sequential request builds a `keras.Sequential`, anything else a Functional model; either
+    keeps the model's name (a spec from before names were kept builds a Functional "model").
     Inputs, layers and outputs carry the spec's names, so weights, metadata and `data.x`
     mappings agree in every process.
     """
     import keras
 
     model = model_with_preprocessing(spec)
+    name = spec["model"].get("name") or "model"
+    if spec["model"].get("class_name") == "Sequential":
+        (given,) = model["inputs"]
+        start = keras.Input(shape=tuple(given["shape"]), dtype=given["dtype"], name=given["name"])
+        # The layers of a Sequential spec (preprocessing included) form one chain, in order.
+        return keras.Sequential([start, *map(make_layer, model["layers"])], name=name)
     tensors = {
         given["name"]: keras.Input(
             shape=tuple(given["shape"]), dtype=given["dtype"], name=given["name"]
@@ -118,7 +126,7 @@ def build_model(spec: dict[str, Any]) -> Any:
     return keras.Model(
         inputs=inputs[0] if len(inputs) == 1 else inputs,
         outputs=outputs[0] if len(outputs) == 1 else outputs,
-        name="model",
+        name=name,
     )
 
 

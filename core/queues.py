@@ -14,6 +14,8 @@ TRAIN_TASK = "fitserve.train"
 # Batch predictions run on the training workers, queued like a one-device job.
 BATCH_TASK = "fitserve.batch_predict"
 INGEST_TASK = "fitserve.ingest"
+# One step of a sweep's driver.
+SWEEP_TASK = "fitserve.sweep"
 # The CPU task worker's queues (worker.cpu): dataset ingest, and the sweep drivers.
 DATASETS_QUEUE = "datasets"
 SWEEPS_QUEUE = "sweeps"
@@ -46,6 +48,16 @@ def send_training(producer: Producer, job: Mapping[str, Any]) -> None:
         task_id=job["id"],
         queue=train_queue(job.get("gpus") or 1),
         priority=9 - int(job.get("priority", 5)),
+    )
+
+
+def send_sweep_step(
+    producer: Producer, sweep_id: str, task_id: str, *, countdown: float = 0.0
+) -> None:
+    """Enqueue one step of a sweep's driver; `task_id` is the step `core.sweeps.claim_driver`
+    lets act (any other is a stale duplicate and does nothing)."""
+    producer.send_task(
+        SWEEP_TASK, args=[sweep_id], task_id=task_id, queue=SWEEPS_QUEUE, countdown=countdown
     )
 
 

@@ -123,10 +123,12 @@ class NpyHeader:
 
 @dataclasses.dataclass
 class Arrays:
-    """A reader's result: array name -> `.npy` path, plus class names of string labels."""
+    """A reader's result: array name -> `.npy` path, plus class names of string labels and the
+    column names of a CSV's features (each by array name)."""
 
     files: dict[str, Path] = dataclasses.field(default_factory=dict)
     classes: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    features: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
 
 def detect_format(path: Path) -> str:
@@ -303,7 +305,7 @@ def _check_members(infos: list[zipfile.ZipInfo], max_bytes: int) -> list[tuple[s
         elif info.file_size > max_bytes:
             problems.add(
                 where,
-                f"The member declares {info.file_size} bytes uncompressed.",
+                f"The member declares {info.file_size} bytes uncompressed. {_too_large(max_bytes)}",
                 f"at most {max_bytes} bytes",
                 info.file_size,
             )
@@ -313,13 +315,22 @@ def _check_members(infos: list[zipfile.ZipInfo], max_bytes: int) -> list[tuple[s
     if not problems and total > max_bytes:
         problems.add(
             "/file",
-            f"The members declare {total} bytes uncompressed in all.",
+            f"The members declare {total} bytes uncompressed in all. {_too_large(max_bytes)}",
             f"at most {max_bytes} bytes",
             total,
         )
     if problems:
         raise problems.refusal("The .npz archive was refused before decompressing it.")
     return members
+
+
+def _too_large(max_bytes: int) -> str:
+    """How to fix an archive judged too large: its decompressed size counts, not its ratio."""
+    return (
+        f"A dataset may hold at most {max_bytes} bytes (FITSERVE_MAX_DATASET_BYTES), however "
+        "well it compresses: split the arrays into several datasets, or ask the operator to "
+        "raise the setting."
+    )
 
 
 def _copy_member(
@@ -483,6 +494,7 @@ def read_csv(source: Path, folder: Path, label: str, budget: CpuBudget) -> Array
     if writer.rows == 0:
         raise _invalid("/file", "The CSV has a header but no data rows.", "1 or more rows", 0)
     result = Arrays({"x": writer.path, "y": folder / "a1.npy"})
+    result.features["x"] = [header[index] for index in features]
     classes = labels.write(result.files["y"])
     if classes is not None:
         result.classes["y"] = classes

@@ -38,6 +38,8 @@ ORPHAN_PERIOD = 30
 EXPIRY_PERIOD = 60
 Send = Callable[[Job], None]
 BatchSend = Callable[[BatchPrediction], None]
+# Enqueue a sweep driver step: (sweep id, task id).
+SendSweep = Callable[[str, str], None]
 
 
 def reconcile(
@@ -47,6 +49,7 @@ def reconcile(
     *,
     batches: BatchStore | None = None,
     send_batch: BatchSend | None = None,
+    send_sweep: SendSweep | None = None,
 ) -> list[str]:
     """One pass; returns the ids of the jobs (and batch predictions) it changed. Does nothing if
     another holds the lock."""
@@ -54,6 +57,8 @@ def reconcile(
     if not store.redis.set(RECONCILER_LOCK, holder, nx=True, ex=period):
         return []
     changed = []
+    if send_sweep is not None:
+        restart_sweep_drivers(store, send_sweep, rebuild=store.records_lost())
     if store.records_lost():
         # Batch predictions first: the jobs' rebuild sets the marker both share.
         if batches is not None and send_batch is not None:
@@ -219,3 +224,21 @@ def _unleased(store: JobStore) -> Callable[[Job], str | None]:
         return None
 
     return check
+
+
+def restart_sweep_drivers(store: JobStore, send_sweep: SendSweep, *, rebuild: bool) -> list[str]:
+    """Start a driver chain for each live sweep without one; `rebuild` first restores the sweep
+    records from the volume (Redis lost its data). Returns the sweeps restarted."""
+    from core.sweeps import SweepStore, start_driver
+
+    sweeps = SweepStore(store.redis, store.data, store.settings)
+    if rebuild:
+        sweeps.rebuild_records()
+    restarted = []
+    for sweep_id in sweeps.live_ids():
+        task_id = start_driver(store.redis, sweep_id)
+        if task_id is not None:
+            log.info("sweep_driver_started sweep=%s task=%s", sweep_id, task_id)
+            send_sweep(sweep_id, task_id)
+            restarted.append(sweep_id)
+    return restarted

@@ -18,7 +18,13 @@ and `batch:<id>:lease`; a live one is in `dataset:<id>:jobs` too, so its dataset
 Workers: `worker:<name>` a heartbeat, `consumer:<name>` a consumer beat, `shutdown:<name>` a
 SIGTERM flag, and the reconciler's locks. The API: `session:<sha256>`, `ratelimit:<who>:<window>`,
 `authfail:<address>`, `idempotency:<kind>:<owner>:<sha256 of the key>` what a request with that
-`Idempotency-Key` made (core.idempotency). Celery's own queues are named by Celery
+`Idempotency-Key` made (core.idempotency).
+
+Sweeps (written by `core.sweeps.SweepStore`): `sweep:<id>` the sweep's record (one JSON value),
+`sweeps` and `sweeps:owner:<name>` sorted-set indexes, `sweeps:live` the sweeps not finished,
+`sweep:<id>:driver` the task id of the one driver step allowed to run next (with a TTL),
+`sweep:<id>:cancel` a cancel request; `study:<id>` is the prefix of the Optuna journal that
+holds the sweep's study. Celery's own queues are named by Celery
 (core.queues).
 """
 
@@ -35,6 +41,8 @@ REBUILT_GRACE = PREFIX + "records:grace"
 EPOCHS_DONE = PREFIX + "epochs"
 RECONCILER_LOCK = PREFIX + "reconciler:lock"
 ORPHAN_LOCK = PREFIX + "reconciler:orphans"
+ALL_SWEEPS = PREFIX + "sweeps"
+LIVE_SWEEPS = PREFIX + "sweeps:live"
 EXPIRY_LOCK = PREFIX + "reconciler:expiry"
 
 
@@ -123,6 +131,31 @@ def rate_limit_key(identity: str, window: int) -> str:
 def auth_failures_key(address: str) -> str:
     """The wrong API keys one client address sent in the last minute."""
     return f"{PREFIX}authfail:{address}"
+
+
+def sweep_key(sweep_id: str) -> str:
+    """A sweep's record: its settings, status and trials table, as one JSON value."""
+    return f"{PREFIX}sweep:{sweep_id}"
+
+
+def sweep_owner_index(owner: str) -> str:
+    return f"{PREFIX}sweeps:owner:{owner}"
+
+
+def sweep_driver_key(sweep_id: str) -> str:
+    """The task id of the one driver step of a sweep allowed to run next; it expires when the
+    driver's chain is lost, and the reconciler starts another."""
+    return f"{PREFIX}sweep:{sweep_id}:driver"
+
+
+def sweep_cancel_key(sweep_id: str) -> str:
+    return f"{PREFIX}sweep:{sweep_id}:cancel"
+
+
+def study_prefix(sweep_id: str) -> str:
+    """The prefix of the Redis keys of the Optuna journal holding a sweep's study (one journal
+    per sweep, so replaying it reads that sweep's trials only)."""
+    return f"{PREFIX}study:{sweep_id}"
 
 
 ALL_BATCHES = PREFIX + "batches"

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import redis
@@ -72,8 +72,18 @@ class LeasedWork(Protocol):
 class StoreControl:
     """`core.training.JobControl` over the job store, for one attempt of one job."""
 
-    def __init__(self, store: JobStore, job_id: str, attempt: int, worker: WorkerIdentity) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        job_id: str,
+        attempt: int,
+        worker: WorkerIdentity,
+        *,
+        trial: Mapping[str, Any] | None = None,
+    ) -> None:
         self.job_id = job_id
+        # `{"sweep", "trial"}` for a sweep's trial, whose epochs its sweep may prune.
+        self.trial = trial
         self.store = store
         self.attempt = attempt
         self.worker = worker
@@ -92,6 +102,17 @@ class StoreControl:
     def report_epoch(self, epoch: int, metrics: dict) -> None:
         self.store.record_epoch(self.job_id, epoch, metrics)
         self.event("epoch", epoch=epoch, metrics=metrics)
+        if self.trial is not None and self._pruned(self.trial, epoch, metrics):
+            # Asked for at this epoch's end (core.training's epoch-end stop check).
+            self.stop_reason = "prune"
+
+    def _pruned(self, trial: Mapping[str, Any], epoch: int, metrics: dict) -> bool:
+        """Whether the trial's sweep prunes it after `epoch`; a Redis blip prunes nothing."""
+        from core.sweeps import report_trial_epoch
+
+        with _tolerated("sweep report"):
+            return report_trial_epoch(self.store.redis, self.store.settings, trial, epoch, metrics)
+        return False
 
     def record_checkpoints(self, checkpoints: list[dict], best: dict | None) -> None:
         self.store.update(self.job_id, checkpoints=checkpoints, best=best)
@@ -155,7 +176,8 @@ def run_job(
         job, resume = _start_attempt(store, job, worker, devices)
         if job["status"] != "running":
             return job["status"]
-        control = StoreControl(store, job_id, job["attempt"], worker)
+        trial = {"sweep": job["sweep"], "trial": job.get("trial")} if job.get("sweep") else None
+        control = StoreControl(store, job_id, job["attempt"], worker, trial=trial)
         on_control(control)
         return _train_and_record(store, job, resume, control, train, send)
     finally:
@@ -256,7 +278,8 @@ def _train_and_record(
             # running without a lease; the reconciler requeues it to resume from its checkpoint.
             log.warning("redis_unavailable job=%s: attempt left to the reconciler", job_id)
             return "redis_unavailable"
-        _finish(store, job_id, "failed", reason=failure.reason, message=failure.message)
+        stop = {"stop": failure.stop} if failure.stop else {}
+        _finish(store, job_id, "failed", reason=failure.reason, message=failure.message, **stop)
         return "failed"
     except FitserveError as error:
         _finish(store, job_id, "failed", reason=error.code, message=error.detail)
@@ -270,11 +293,14 @@ def _train_and_record(
             message=f"Unexpected error: {type(error).__name__}: {error}",
         )
         raise
-    fields = {name: outcome.get(name) for name in ("epoch", "metrics", "final", "test_metrics")} | {
+    recorded = ("epoch", "metrics", "final", "test_metrics", "stop")
+    fields = {name: outcome.get(name) for name in recorded} | {
         name: outcome[name] for name in ("device", "warm_start") if outcome.get(name)
     }
     if outcome["status"] == "succeeded":
         _finish(store, job_id, "succeeded", **fields)
+    elif outcome["status"] == "cancelled" and control.stop_reason == "prune":
+        _finish(store, job_id, "cancelled", reason="pruned", message=PRUNED, **fields)
     elif outcome["status"] == "cancelled":
         _finish(store, job_id, "cancelled", reason="cancelled", message=CANCELLED, **fields)
     elif control.lease_lost:
@@ -320,3 +346,7 @@ def worker_lost_message(job: Job, limit: int) -> str:
 
 
 CANCELLED = "Cancelled by request; the checkpoints listed on the job are kept."
+PRUNED = (
+    "Pruned by its sweep: its objective at this epoch was worse than the sweep's other trials "
+    "at the same epoch. The checkpoints listed on the job are kept."
+)

@@ -47,6 +47,8 @@ class Settings:
     max_job_seconds: int = 24 * 3600
     max_attempts: int = 3
     max_gpus_per_job: int = 8
+    # Trials one sweep may make (and so run at once).
+    max_sweep_trials: int = 1000
     # The cost model's budget for one job on one worker (core.cost): host memory for weights,
     # optimizer state, a batch's activations and the data held, and operations per epoch.
     worker_memory_bytes: int = 16 << 30

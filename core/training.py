@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, overload
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core.checkpoints import CheckpointCorrupt, load_checkpoint, load_history, save_model_file
 from core.errors import FitserveError, InvalidData, NotFound
@@ -20,7 +22,8 @@ from core.storage import DataDir, read_json, write_json
 
 if TYPE_CHECKING:
     import keras
-    import numpy as np
+
+    from core.batches import Split
 
 log = logging.getLogger("fitserve.training")
 
@@ -54,12 +57,13 @@ class JobControl(Protocol):
 
 class TrainingFailed(Exception):
     """The job cannot finish: `reason` a code for the job's error (`nan_loss`, `no_space`...),
-    `message` says what to do."""
+    `message` says what to do, `stop` why training stopped where it ran to an end (time limit)."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, *, stop: dict | None = None) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
+        self.stop = stop
 
 
 def train_job(
@@ -107,6 +111,8 @@ def describe_failure(error: BaseException) -> TrainingFailed:
     """The failure reason and an actionable message for an exception raised while training."""
     import tensorflow as tf
 
+    from core.batches import FeedError
+
     if isinstance(error, TrainingFailed):
         return error
     detail = f"{type(error).__name__}: {error}"
@@ -123,6 +129,8 @@ def describe_failure(error: BaseException) -> TrainingFailed:
             "space on the data volume (delete finished jobs or datasets) and resubmit; the "
             "checkpoints already listed on the job are intact.",
         )
+    if isinstance(error, FeedError):
+        return TrainingFailed("invalid_data", str(error))
     if isinstance(error, ValueError | tf.errors.InvalidArgumentError):
         return TrainingFailed(
             "invalid_data",
@@ -177,15 +185,21 @@ def _train(
 ) -> dict:
     import keras
 
+    from core.batches import open_split, training_rows, with_statistics
     from core.callbacks import format_metrics
     from core.devices import describe_devices, job_devices
+    from core.feeds import evaluate_split, fit_feeds
     from core.modeling import build_callbacks, fit_arguments
 
     if spec.get("seed") is not None:
         keras.utils.set_random_seed(spec["seed"])
-    train = _split(data, spec["data"], None)
-    validation, test = (_split(data, spec["data"], part) for part in ("validation", "test"))
-    fit_kwargs = {**fit_arguments(spec), "verbose": 0}
+    train = open_split(data, spec["data"], None)
+    validation, test = (open_split(data, spec["data"], part) for part in ("validation", "test"))
+    if resume is None:
+        # A resumed model holds its Normalization statistics already.
+        rows, _ = training_rows(train, validation, spec["fit"].get("validation_split"))
+        spec = with_statistics(spec, train, rows)
+    fit_kwargs = fit_arguments(spec)
     epochs = fit_kwargs.pop("epochs")
     with job_devices(spec["resources"]) as strategy:
         device = describe_devices(strategy)
@@ -204,23 +218,29 @@ def _train(
         )
         control.event("training_started", initial_epoch=initial_epoch, epochs=epochs, device=device)
         ours = OurCallbacks(job_dir, spec, settings, control, earlier)
+        theirs = build_callbacks(spec)
+        feed, validation_feed, other_kwargs = fit_feeds(
+            train,
+            validation,
+            list(model.output_names),
+            fit_kwargs,
+            seed=_shuffle_seed(spec),
+            initial_epoch=initial_epoch,
+        )
         if initial_epoch < epochs:
             try:
                 model.fit(
-                    train.x,
-                    train.targets(model),
-                    sample_weight=train.sample_weight,
-                    validation_data=(
-                        None if validation is None else (validation.x, validation.targets(model))
-                    ),
+                    feed,
+                    validation_data=validation_feed,
                     initial_epoch=initial_epoch,
                     epochs=epochs,
-                    callbacks=[*ours.in_order(), *build_callbacks(spec)],
-                    **fit_kwargs,
+                    callbacks=[*ours.in_order(), *theirs],
+                    verbose=0,
+                    **other_kwargs,
                 )
             finally:
-                ours.summaries.close()
-        result = ours.outcome(initial_epoch) | {"device": device}
+                ours.close()
+        result = ours.outcome(initial_epoch, theirs) | {"device": device}
         if warm_start is not None:
             result["warm_start"] = warm_start
         if result["status"] != "succeeded":
@@ -229,10 +249,24 @@ def _train(
             result["test_metrics"] = evaluate_split(model, test, fit_kwargs.get("batch_size"))
             log.info("test %s", format_metrics(result["test_metrics"]))
         final = save_model_file(model, job_dir / "model.keras")
-        result["final"] = {"file": "model.keras", **final, "version": result["epoch"]}
+        held = ours.final_epoch(result["epoch"], theirs)
+        result["final"] = {
+            "file": "model.keras",
+            **final,
+            "version": held,
+            "epoch": held,
+            "metrics": ours.checkpoints.epoch_metrics.get(held, result["metrics"]),
+        }
         write_json(job_dir / "history.json", result["history"])
-    log.info("succeeded epoch=%d model sha256=%s", result["epoch"], final["sha256"])
+    log.info(
+        "succeeded epoch=%d final_epoch=%d model sha256=%s", result["epoch"], held, final["sha256"]
+    )
     return result
+
+
+def _shuffle_seed(spec: dict) -> int:
+    """The seed of the per-epoch row order: the job's, else one drawn for this run."""
+    return spec["seed"] if spec.get("seed") is not None else secrets.randbits(32)
 
 
 def _model_to_train(job_dir: Path, spec: dict, resume: dict | None) -> tuple[Any, int, dict]:
@@ -297,7 +331,9 @@ class OurCallbacks:
 
     def in_order(self) -> list:
         """The guard and the stop checks first, so the checkpoint sees their decision; the
-        epoch is reported after its checkpoint is on disk."""
+        epoch is reported after its checkpoint is handed to the writer. All come before the
+        user's callbacks, so each epoch's snapshot is taken before anything (EarlyStopping's
+        restore_best_weights) changes the weights."""
         return [
             self.guard,
             self.stop,
@@ -305,35 +341,106 @@ class OurCallbacks:
             self.checkpoints,
             self.progress,
             self.summaries,
+            # Once the epoch is reported (a sweep may prune its trial then): stop at the boundary.
+            self.stop.at_epoch_end(),
         ]
 
-    def outcome(self, initial_epoch: int) -> dict:
-        """The result so far: `succeeded` unless a stop came; TrainingFailed for nan or time."""
+    def close(self) -> None:
+        """After fit(), even one that raised: the event files closed, the checkpoints written."""
+        self.summaries.close()
+        self.checkpoints.close()
+
+    def outcome(self, initial_epoch: int, theirs: list) -> dict:
+        """The result so far: `succeeded` unless a stop came; TrainingFailed for nan or time.
+
+        A job that ends records why it stopped (`stop`, a `stopped` event and a log line).
+        """
         history = self.checkpoints.history
         # "loss" is in every epoch's logs (validation metrics may skip epochs).
         epoch = max(initial_epoch, len(history.get("loss", ())))
         if self.guard.failure is not None:
             raise TrainingFailed("nan_loss", self.guard.message())
         reason = self.stop.reason or ("timeout" if self.limit.exceeded else None)
+        # A pruned sweep trial ends cancelled too (core.runs says why).
+        endings = {
+            None: "succeeded",
+            "cancel": "cancelled",
+            "prune": "cancelled",
+            "timeout": "failed",
+        }
+        status = endings.get(reason, "interrupted")
+        stop = None if status == "interrupted" else self.stop_record(reason, epoch, theirs)
+        if stop is not None:
+            self.control.event("stopped", **stop)
+            log.info(
+                "stopped reason=%s epoch=%d best_epoch=%s monitor=%s",
+                stop["reason"],
+                epoch,
+                stop["best_epoch"],
+                stop["monitor"],
+            )
+        else:
+            self.control.event("interrupted", reason=reason, epoch=epoch)
+            log.info("interrupted reason=%s epoch=%d", reason, epoch)
         if reason == "timeout":
             raise TrainingFailed(
                 "timeout",
                 f"The job reached its time limit of {self.settings.max_job_seconds} s "
                 f"(FITSERVE_MAX_JOB_SECONDS) in epoch {epoch}; its checkpoints are kept. "
                 "Train fewer epochs, on less data, or ask the operator for a longer limit.",
+                stop=stop,
             )
-        status = {None: "succeeded", "cancel": "cancelled"}.get(reason, "interrupted")
-        if reason is not None:
-            self.control.event("training_stopped", reason=reason, epoch=epoch)
-            log.info("stopped reason=%s epoch=%d", reason, epoch)
         return {
             "status": status,
             "epoch": epoch,
+            "stop": stop,
             "metrics": {name: values[-1] for name, values in history.items() if values},
             "history": history,
             "final": None,
             "test_metrics": None,
         }
+
+    def stop_record(self, reason: str | None, epoch: int, theirs: list) -> dict:
+        """`{"reason", "epoch", "best_epoch", "monitor"}`: why training ended, and the best epoch
+        by the user's EarlyStopping where it has one, else by the checkpoints' monitor."""
+        early = _early_stopping(theirs)
+        if reason is None:
+            stopped = early is not None and early.stopped_epoch > 0
+            reason = "early_stopping" if stopped else "completed"
+        named = {"cancel": "cancelled", "prune": "pruned", "timeout": "time_limit"}.get(
+            reason, reason
+        )
+        # `best` is set once EarlyStopping saw its monitor (never, when fit() had no epoch left).
+        best_value = getattr(early, "best", None)
+        if early is not None and best_value is not None and math.isfinite(best_value):
+            return {
+                "reason": named,
+                "epoch": epoch,
+                "best_epoch": early.best_epoch + 1,
+                "monitor": early.monitor,
+            }
+        best = self.checkpoints.best
+        return {
+            "reason": named,
+            "epoch": epoch,
+            "best_epoch": best and best["version"],
+            "monitor": best and best["monitor"],
+        }
+
+    def final_epoch(self, epoch: int, theirs: list) -> int:
+        """The epoch whose weights the model holds after fit(): the best one where EarlyStopping
+        restored it (which Keras does at the end of training, stopped early or not)."""
+        early = _early_stopping(theirs)
+        if early is not None and early.restore_best_weights and early.best_weights is not None:
+            return early.best_epoch + 1
+        return epoch
+
+
+def _early_stopping(callbacks: list) -> Any:
+    """The user's EarlyStopping callback, if the job has one."""
+    import keras
+
+    return next((c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)), None)
 
 
 def _kept_checkpoints(job_dir: Path, resume: dict) -> dict[str, Any]:
@@ -351,85 +458,19 @@ def _kept_checkpoints(job_dir: Path, resume: dict) -> dict[str, Any]:
     return {"checkpoints": kept, "best": best}
 
 
-class Split:
-    """The arrays of one part of the data (training, validation or test), as `fit` takes them."""
-
-    def __init__(
-        self,
-        x: dict[str, np.ndarray],
-        y: dict[str, np.ndarray],
-        sample_weight: np.ndarray | None,
-        names: dict[str, str],
-    ) -> None:
-        self.inputs = x
-        self.names = names
-        self.x = _single(x)
-        self.y = _single(y)
-        self.sample_weight = sample_weight
-        arrays = {names[key]: array for key, array in {**x, **y}.items()}
-        if sample_weight is not None:
-            arrays["sample_weight"] = sample_weight
-        rows = {name: len(array) for name, array in arrays.items()}
-        if len(set(rows.values())) > 1:
-            shown = ", ".join(f"'{name}' has {count}" for name, count in rows.items())
-            raise TrainingFailed(
-                "invalid_data", f"The arrays must have the same number of rows, but {shown}."
-            )
-        self.rows = next(iter(rows.values()), 0)
-
-    def targets(self, model: keras.Model) -> Any:
-        """y as `fit` takes it: several targets in the model's output order. Keras matches a
-        dict of them to the outputs by name, but then cannot pair a sample weight with each
-        (a KeyError deep in its loss)."""
-        if isinstance(self.y, dict):
-            return [self.y[name] for name in model.output_names]
-        return self.y
-
-
-def _single(arrays: dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
-    """One array as itself (what a one-input model takes), several keyed by model names."""
-    return next(iter(arrays.values())) if len(arrays) == 1 else arrays
-
-
-@overload
-def _split(data: DataDir, spec_data: dict, part: None) -> Split: ...
-@overload
-def _split(data: DataDir, spec_data: dict, part: str) -> Split | None: ...
-def _split(data: DataDir, spec_data: dict, part: str | None) -> Split | None:
-    """Open the arrays of `part` (None: the training data) memory-mapped, one-hot encoding y."""
-    import keras
-
-    from core.datasets import open_array
-
-    source = spec_data if part is None else spec_data.get(part)
-    if source is None:
-        return None
-    dataset = source["dataset"]
-    names = {**source["x"], **source["y"]}
-    x = {name: open_array(data, dataset, array) for name, array in source["x"].items()}
-    y = {}
-    for name, array in source["y"].items():
-        values = open_array(data, dataset, array)
-        classes = spec_data.get("one_hot", {}).get(name)
-        y[name] = values if classes is None else keras.utils.to_categorical(values, classes)
-    weights = source.get("sample_weight")
-    sample_weight = None if weights is None else open_array(data, dataset, weights)
-    return Split(x, y, sample_weight, names)
-
-
 def check_inputs(model: keras.Model, split: Split) -> None:
     """Each input array must have the shape the model's input expects, else invalid_data."""
     for tensor in model.inputs:
         name = tensor.name
-        array = split.inputs.get(name)
-        if array is None and len(split.inputs) == 1 and len(model.inputs) == 1:
-            array = next(iter(split.inputs.values()))
-            name = next(iter(split.inputs))
+        array = split.x.get(name)
+        if array is None and len(split.x) == 1 and len(model.inputs) == 1:
+            array = next(iter(split.x.values()))
+            name = next(iter(split.x))
         if array is None:
             raise TrainingFailed(
                 "invalid_data",
                 f"The model has an input '{tensor.name}' but data.x maps no array to it; "
-                f"data.x maps {sorted(split.inputs)}.",
+                f"data.x maps {sorted(split.x)}.",
             )
         expected = tuple(tensor.shape)
         received = tuple(array.shape)
@@ -447,16 +488,3 @@ def check_inputs(model: keras.Model, split: Split) -> None:
 
 def _shape(shape: tuple) -> str:
     return "(" + ", ".join("None" if dim is None else str(dim) for dim in shape) + ")"
-
-
-def evaluate_split(model: keras.Model, split: Split, batch_size: int | None) -> dict[str, float]:
-    """The model's loss and metrics on `split`."""
-    results = model.evaluate(
-        split.x,
-        split.targets(model),
-        sample_weight=split.sample_weight,
-        batch_size=batch_size,
-        verbose=0,
-        return_dict=True,
-    )
-    return {name: float(value) for name, value in results.items()}

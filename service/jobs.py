@@ -17,7 +17,16 @@ from core import grammar
 from core.errors import FieldError, InvalidRequest, NotFound, escape_pointer
 from core.grammar.allowlist import MAX_TAGS
 from core.idempotency import fingerprint
-from core.jobs import STATUSES, TERMINAL, Job, JobView, QueueState, provenance, view_job
+from core.jobs import (
+    STATUSES,
+    TERMINAL,
+    Job,
+    JobView,
+    QueueState,
+    dataset_labels,
+    provenance,
+    view_job,
+)
 from core.patches import PatchError, get_pointer, merge_patch, set_pointer
 from core.queue_position import queue_places
 from core.queues import send_training, train_queue
@@ -93,6 +102,7 @@ def _submit(
             request_id=g.get("request_id"),
             request_sha256=fingerprint(body),
             record=provenance(parsed.spec, parsed.manifests),
+            labels=dataset_labels(parsed.spec, parsed.manifests),
             request=body,
             cloned_from=cloned_from,
         )

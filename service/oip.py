@@ -93,6 +93,9 @@ def model_metadata(model: str, version: str | None = None) -> Response:
         "platform": "keras",
         "inputs": [_tensor(info) for info in loaded.inputs],
         "outputs": [_tensor(info) for info in loaded.outputs],
+        # The class names of the one output's scores and the CSV feature names of the one
+        # input, where the training data had them (Triton puts such extras in `parameters`).
+        "parameters": dict(servables.labels(found)),
         "record": describe_record(found.manifest),
     }
     return tagged(json_response(document), loaded.servable.version)

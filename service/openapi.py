@@ -17,12 +17,14 @@ from typing import Any
 import swagger_ui_bundle
 from flask import Blueprint, Flask, Response, current_app, send_from_directory
 
+from core import sweeps
 from core.archives import COLOR_MODES, MAX_SIDE, ON_BAD_IMAGE
 from core.batch import BatchView
 from core.datasets import STATUSES as DATASET_STATUSES
 from core.downloads import FORMATS
-from core.jobs import STATUSES, JobView, ModelRecord
+from core.jobs import STATUSES, JobView, Labels, ModelRecord
 from core.serving.catalog import LABELS
+from core.sweeps import SweepView
 from core.typeschema import json_schema
 from core.uploads import CHECKSUM_ALGORITHMS
 from core.usage import UsageView
@@ -245,7 +247,15 @@ def _component_schemas() -> dict[str, dict]:
             },
             {
                 "owner": _text_or_null(),
-                "classes": any_object,
+                "classes": {
+                    "type": "object",
+                    "description": "Label array -> class names, in id order (CSV strings, "
+                    "image folders).",
+                },
+                "features": {
+                    "type": "object",
+                    "description": "Feature array -> a CSV's column names, in column order.",
+                },
                 "status": {
                     "enum": list(DATASET_STATUSES),
                     "description": "processing (an archive or import being read), ready, or "
@@ -332,7 +342,11 @@ def _component_schemas() -> dict[str, dict]:
         "Job": json_schema(JobView),
         "Usage": json_schema(UsageView),
         "JobPage": _page(_ref("Job")),
+        "SweepRequest": _sweep_request(),
+        "Sweep": json_schema(SweepView),
+        "SweepPage": _page(_ref("Sweep")),
         "ModelRecord": json_schema(ModelRecord),
+        "ModelLabels": json_schema(Labels),
         "JobMetrics": _object(
             {
                 "epochs": {"type": "array", "items": {"type": "integer"}},
@@ -349,8 +363,9 @@ def _component_schemas() -> dict[str, dict]:
             "type": "object",
             "description": "One Server-Sent Event. `event` is its kind: status (status, "
             "previous, reason), attempt_started, training_started, epoch (epoch, metrics), "
-            "checkpoint (version, partial), training_stopped, requeued. `data` is the event as "
-            "JSON, with `kind` and `time`; `id` is what Last-Event-ID takes.",
+            "checkpoint (version, partial), stopped (reason, epoch, best_epoch, monitor: why "
+            "training ended), interrupted (reason, epoch: a shutdown), requeued. `data` is the "
+            "event as JSON, with `kind` and `time`; `id` is what Last-Event-ID takes.",
             "properties": {
                 "id": {"type": "string", "pattern": "^[0-9]+-[0-9]+$"},
                 "event": {"type": "string"},
@@ -385,8 +400,48 @@ def _component_schemas() -> dict[str, dict]:
                 "metadata": any_object,
                 "inputs": {"type": "array", "items": any_object},
                 "outputs": {"type": "array", "items": any_object},
+                "labels": _ref("ModelLabels"),
                 "record": _ref("ModelRecord"),
             }
+        ),
+        "ClassifyRequest": {
+            "description": "A predict body, or TF Serving's `examples` (with an optional shared "
+            "`context`), each an object of features: the model's input names, or the CSV "
+            "columns a one-input model was trained on.",
+            "oneOf": [
+                _ref("PredictRequest"),
+                _object(
+                    {"examples": {"type": "array", "items": {"type": "object"}, "minItems": 1}},
+                    {
+                        "context": {"type": "object"},
+                        "signature_name": {"enum": ["", "serving_default"]},
+                    },
+                    additionalProperties=False,
+                ),
+            ],
+            "example": {"examples": [{"sepal_length": 5.1, "sepal_width": 3.5}]},
+        },
+        "ClassifyResponse": _object(
+            {
+                "result": {
+                    "type": "array",
+                    "description": "Per row, [class, score] pairs, best first; a class is its "
+                    "name where the training labels had names, else its id as a string.",
+                    "items": {
+                        "type": "array",
+                        "items": {
+                            "type": "array",
+                            "description": "[class, score]",
+                            "items": {"type": ["string", "number"]},
+                            "minItems": 2,
+                            "maxItems": 2,
+                        },
+                    },
+                }
+            }
+        ),
+        "RegressResponse": _object(
+            {"result": {"type": "array", "items": {"type": "number"}}},
         ),
         "ModelPage": _page(any_object),
         "InferTensor": _object(
@@ -428,10 +483,66 @@ def _component_schemas() -> dict[str, dict]:
                 "platform": {"type": "string"},
                 "inputs": {"type": "array", "items": any_object},
                 "outputs": {"type": "array", "items": any_object},
+                "parameters": _ref("ModelLabels"),
                 "record": _ref("ModelRecord"),
             }
         ),
     }
+
+
+def _sweep_request() -> dict:
+    """`POST /v1/sweeps`'s body, from the constants `core.sweeps.parse_sweep` checks against."""
+    bounds = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
+    scalar = {"type": ["string", "number", "boolean", "null"]}
+    dimension = {
+        "oneOf": [
+            _object({"float": bounds}, {"log": {"type": "boolean"}}, additionalProperties=False),
+            _object(
+                {"int": {**bounds, "items": {"type": "integer"}}},
+                {"step": {"type": "integer", "minimum": 1}},
+                additionalProperties=False,
+            ),
+            _object(
+                {
+                    "choice": {
+                        "type": "array",
+                        "items": scalar,
+                        "minItems": 1,
+                        "maxItems": sweeps.MAX_CHOICES,
+                    }
+                },
+                additionalProperties=False,
+            ),
+        ]
+    }
+    return _object(
+        {
+            "base": _ref("JobRequest"),
+            "space": {
+                "type": "object",
+                "description": "JSON pointers into `base` -> the values each may take. Trial 0 "
+                "is `base` itself, so each dimension holds the base's value.",
+                "minProperties": 1,
+                "maxProperties": sweeps.MAX_DIMENSIONS,
+                "additionalProperties": dimension,
+            },
+            "objective": _object(
+                {"metric": {"type": "string"}},
+                {"mode": {"enum": list(sweeps.MODES)}},
+                additionalProperties=False,
+            ),
+        },
+        {
+            "name": {"type": "string", "minLength": 1, "maxLength": sweeps.MAX_NAME_CHARS},
+            "sampler": {"enum": list(sweeps.SAMPLERS)},
+            "pruner": {"enum": list(sweeps.PRUNERS)},
+            "max_trials": {"type": "integer", "minimum": 1},
+            "max_concurrent": {"type": "integer", "minimum": 1},
+            "seed": {"type": "integer", "minimum": 0, "maximum": sweeps.MAX_SEED},
+            "priority": {"type": "integer", "minimum": 0, "maximum": 9},
+        },
+        additionalProperties=False,
+    )
 
 
 # Paths ----------------------------------------------------------------------------------------
@@ -458,6 +569,7 @@ def _query(name: str, schema: dict, description: str) -> dict:
 
 
 JOB_ID = _path_parameter("job_id", {"type": "string", "pattern": ID_PATTERN}, "A job id.")
+SWEEP_ID = _path_parameter("sweep_id", {"type": "string", "pattern": ID_PATTERN}, "A sweep id.")
 UPLOAD_ID = _path_parameter(
     "upload_id", {"type": "string", "pattern": ID_PATTERN}, "A resumable upload's id."
 )
@@ -575,7 +687,9 @@ BATCH_ID = _path_parameter(
     "batch_id", {"type": "string", "pattern": ID_PATTERN}, "A batch prediction id."
 )
 MODEL = _path_parameter(
-    "model", {"type": "string", "pattern": ID_PATTERN}, "A model: the id of the job that made it."
+    "model",
+    {"type": "string", "pattern": ID_PATTERN},
+    "A model: the id of the job that made it, or of a sweep (its best trial's job).",
 )
 VERSION = _path_parameter(
     "version", {"type": "integer", "minimum": 1}, "A checkpoint version (epochs completed)."
@@ -956,6 +1070,39 @@ def _paths() -> dict[str, dict]:
                 parameters=[JOB_ID],
             ),
         },
+        "/v1/sweeps": {
+            "post": _operation(
+                "Submit a hyperparameter sweep: each trial is a job made from `base`.",
+                "sweeps",
+                {202: _json("Sweep", "Running")},
+                body={JSON: {"schema": _ref("SweepRequest")}},
+            ),
+            "get": _operation(
+                "Sweeps, newest first.", "sweeps", {200: _json("SweepPage")}, parameters=PAGE
+            ),
+        },
+        "/v1/sweeps/{sweep_id}": {
+            "get": _operation(
+                "A sweep: its trials, their states and objectives, and its best job.",
+                "sweeps",
+                {200: _json("Sweep")},
+                parameters=[SWEEP_ID],
+            ),
+            "delete": _operation(
+                "Delete a finished sweep and its study (its trials' jobs stay).",
+                "sweeps",
+                {204: ("Deleted", None, None)},
+                parameters=[SWEEP_ID],
+            ),
+        },
+        "/v1/sweeps/{sweep_id}:cancel": {
+            "post": _operation(
+                "Cancel a sweep: no new trial starts and the live ones are cancelled.",
+                "sweeps",
+                {202: _json("Sweep", "Cancelling")},
+                parameters=[SWEEP_ID],
+            ),
+        },
         "/v1/jobs/{job_id}:pin": {
             "post": _operation(
                 "Keep a finished job past FITSERVE_JOB_TTL_SECONDS until unpinned.",
@@ -1001,7 +1148,14 @@ def _paths() -> dict[str, dict]:
                 "models",
                 {200: _json("ModelStatus")},
                 parameters=parameters,
-            )
+            ),
+            "post": _operation(
+                "Any other method than :predict, :classify or :regress (for example "
+                "`:explain`): a 404 problem that lists them.",
+                "models",
+                {404: ("Unknown method (code `unknown_method`).", PROBLEM, _ref("Problem"))},
+                parameters=parameters,
+            ),
         }
         paths[base + "/metadata"] = {
             "get": _operation(
@@ -1018,6 +1172,31 @@ def _paths() -> dict[str, dict]:
                 {200: _json("PredictResponse")},
                 parameters=parameters,
                 body=predict_body,
+            )
+        }
+        paths[base + ":classify"] = {
+            "post": _operation(
+                "TF Serving classify: each row's classes with their scores, best first.",
+                "models",
+                {200: _json("ClassifyResponse")},
+                parameters=[
+                    *parameters,
+                    _query(
+                        "k",
+                        {"type": "integer", "minimum": 1},
+                        "Only the k most likely classes of each row (default: all).",
+                    ),
+                ],
+                body={JSON: {"schema": _ref("ClassifyRequest")}},
+            )
+        }
+        paths[base + ":regress"] = {
+            "post": _operation(
+                "TF Serving regress: one value per row, for a model of one output of one unit.",
+                "models",
+                {200: _json("RegressResponse")},
+                parameters=parameters,
+                body={JSON: {"schema": _ref("ClassifyRequest")}},
             )
         }
         paths[base + "/download"] = {

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Iterator
 from typing import Any
 
 from flask import Flask, Response, current_app
 
-from core.errors import FitserveError
+from core.errors import FitserveError, NotFound
+from core.jobs import Labels, job_labels
 from core.serving import catalog
 from core.serving.cache import LoadedModel, ModelCache
 from core.serving.catalog import Servable
+from core.storage import DataDir
+from core.sweeps import best_job
 from service.auth import by_session, can_see, viewer
 from service.http import json_body, path_int
-from service.state import data_dir
+from service.state import data_dir, sweep_store
 
 VERSION_HEADER = "X-Model-Version"
 # How long a lookup's answer is reused: a new checkpoint, or a new succeeded job of a name, is
@@ -57,9 +61,24 @@ def manifests() -> catalog.Manifests:
 
 
 def find_job(model: str) -> dict[str, Any]:
-    """The manifest of the job `model` names (an id, or a name: its newest succeeded job) if this
-    caller may see it, else 404."""
-    return manifests().find_model(model, can_see)
+    """The manifest of the job `model` names (an id, or a name: its newest succeeded job; or a
+    sweep's id: its best trial's job) if this caller may see it, else 404."""
+    try:
+        return manifests().find_model(model, can_see)
+    except NotFound:
+        best = _best_job_of_sweep(model)
+        if best is None:
+            raise
+        return manifests().find_model(best, can_see)
+
+
+def _best_job_of_sweep(model: str) -> str | None:
+    """The best trial's job of the sweep `model` names, if it is one this caller may see."""
+    try:
+        sweep = sweep_store().get(model)
+    except NotFound:
+        return None
+    return best_job(sweep) if can_see(sweep["owner"]) else None
 
 
 def version_number(segment: str | None) -> int | None:
@@ -93,6 +112,17 @@ def load(found: Found) -> LoadedModel:
         if found.follows_latest:
             return cache.get_newest(found.servable)
         return cache.get(found.servable)
+
+
+def labels(found: Found) -> Labels:
+    """The class and feature names the model's job kept (all null for older jobs)."""
+    return _kept_labels(data_dir(), found.manifest["id"])
+
+
+# `job.json` never changes once written, so its labels are read once per process.
+@functools.lru_cache(maxsize=1024)
+def _kept_labels(data: DataDir, job_id: str) -> Labels:
+    return job_labels(data, job_id)
 
 
 @contextlib.contextmanager

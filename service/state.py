@@ -13,6 +13,7 @@ from core.keys import ApiKey, parse_api_keys
 from core.queues import celery_config
 from core.settings import Settings
 from core.storage import DataDir
+from core.sweeps import SweepStore
 
 
 def build(app: Flask, settings: Settings) -> None:
@@ -32,6 +33,7 @@ def build(app: Flask, settings: Settings) -> None:
             "fitserve.keys": parse_api_keys(settings.api_keys),
             "fitserve.redis": client,
             "fitserve.jobs": JobStore(client, data, settings),
+            "fitserve.sweeps": SweepStore(client, data, settings),
             "fitserve.celery": producer,
             "fitserve.idempotency.jobs": IdempotencyKeys(client, "jobs"),
             "fitserve.idempotency.datasets": IdempotencyKeys(client, "datasets"),
@@ -54,6 +56,10 @@ def redis_client() -> redis.Redis:
 def api_keys() -> tuple[ApiKey, ...]:
     """The keys `FITSERVE_API_KEYS` lists; none means keys are off."""
     return current_app.extensions["fitserve.keys"]
+
+
+def sweep_store() -> SweepStore:
+    return current_app.extensions["fitserve.sweeps"]
 
 
 def job_store() -> JobStore:

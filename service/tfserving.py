@@ -10,9 +10,9 @@ from __future__ import annotations
 from flask import Blueprint, Flask, Response, request, send_file
 
 from core.cursors import decode_cursor, encode_cursor
-from core.errors import FieldError, InvalidRequest
+from core.errors import FieldError, InvalidRequest, NotFound
 from core.jobs import describe_record
-from core.serving import catalog, tfserving
+from core.serving import catalog, classify, tfserving
 from core.serving.cache import LoadedModel
 from core.serving.export import export_savedmodel
 from core.serving.signature import TensorInfo
@@ -38,6 +38,9 @@ TF_DTYPES = {
     "bool": "DT_BOOL",
 }
 DOWNLOAD_FORMATS = ("keras", "savedmodel")
+METHODS = ("predict", "classify", "regress")
+# More classes than any output a model may have: `k` above the count answers them all.
+MAX_K = 1_000_000
 
 
 def register(app: Flask) -> None:
@@ -146,6 +149,7 @@ def model_metadata(model: str, version: str | None = None, label: str | None = N
         "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}},
         "inputs": [describe(i) for i in loaded.inputs],
         "outputs": [describe(o) for o in loaded.outputs],
+        "labels": servables.labels(found),
         "record": describe_record(found.manifest),
     }
     return tagged(json_response(document), loaded.servable.version)
@@ -163,6 +167,64 @@ def predict(model: str, version: str | None = None, label: str | None = None) ->
         outputs = loaded.run(batch)
     answer = tfserving.render_predict(outputs, loaded.outputs, layout)
     return tagged(json_response(answer), loaded.servable.version)
+
+
+@bp.post("/v1/models/<model>:classify")
+@bp.post("/v1/models/<model>/versions/<version>:classify")
+@bp.post("/v1/models/<model>/labels/<label>:classify")
+def classify_rows(model: str, version: str | None = None, label: str | None = None) -> Response:
+    """The predict body (or `examples`) -> `{"result": [[[class, score], ...] per row]}`, best
+    first, the top `?k=` (default all), named as the training labels were."""
+    k = query_int("k", MAX_K, 1, MAX_K)
+    body = servables.prediction_body()
+    found = servables.find(model, version_number(version), label)
+    loaded = servables.load(found)
+    kept = servables.labels(found)
+    with answering(loaded.servable.version):
+        kind = classify.score_kind(loaded.outputs, classify.output_activation(loaded.model))
+        batch = classify.parse_request(body, loaded.inputs, kept, settings().max_predict_rows)
+        outputs = loaded.run(batch)
+    scores = classify.class_scores(outputs[loaded.outputs[0].name], kind)
+    answer = classify.render_classify(scores, kept["classes"], k)
+    return tagged(json_response(answer), loaded.servable.version)
+
+
+@bp.post("/v1/models/<model>:regress")
+@bp.post("/v1/models/<model>/versions/<version>:regress")
+@bp.post("/v1/models/<model>/labels/<label>:regress")
+def regress_rows(model: str, version: str | None = None, label: str | None = None) -> Response:
+    """The predict body (or `examples`) of a one-value model -> `{"result": [value per row]}`."""
+    body = servables.prediction_body()
+    found = servables.find(model, version_number(version), label)
+    loaded = servables.load(found)
+    with answering(loaded.servable.version):
+        classify.check_regression(loaded.outputs)
+        batch = classify.parse_request(
+            body, loaded.inputs, servables.labels(found), settings().max_predict_rows
+        )
+        outputs = loaded.run(batch)
+    answer = classify.render_regress(outputs[loaded.outputs[0].name])
+    return tagged(json_response(answer), loaded.servable.version)
+
+
+@bp.post("/v1/models/<model>")
+@bp.post("/v1/models/<model>/versions/<version>")
+@bp.post("/v1/models/<model>/labels/<label>")
+def unknown_method(model: str, version: str | None = None, label: str | None = None) -> Response:
+    """A POST whose `:method` is none of TF Serving's: a 404 that lists them (Flask would answer
+    405, as if POST were the fault)."""
+    last = label or version or model
+    known = ", ".join(f":{name}" for name in METHODS)
+    if ":" not in last:
+        raise NotFound(
+            f"POST needs a method after the model, one of {known} "
+            "(for example /v1/models/<model>:predict).",
+            code="unknown_method",
+        )
+    method = last.rpartition(":")[2]
+    raise NotFound(
+        f"Unknown method :{method[:64]}; the methods are {known}.", code="unknown_method"
+    )
 
 
 @bp.get("/v1/models/<model>/download")

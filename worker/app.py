@@ -169,7 +169,7 @@ def start_heartbeat(devices: list[str]) -> None:
     """The child's store, identity and heartbeat thread; a stale shutdown flag is cleared."""
     from core.batch import BatchStore
     from core.jobs import JobStore
-    from core.queues import send_batch, send_training
+    from core.queues import send_batch, send_sweep_step, send_training
     from core.rediskeys import shutdown_key
     from core.runs import WorkerIdentity
     from core.storage import DataDir
@@ -200,6 +200,7 @@ def start_heartbeat(devices: list[str]) -> None:
         consumer_pid=os.getppid(),
         batches=batches,
         send_batch=lambda batch: send_batch(app, batch),
+        send_sweep=lambda sweep_id, task_id: send_sweep_step(app, sweep_id, task_id),
     )
     heartbeat.start()
     _child["state"] = ChildState(store, batches, worker, heartbeat)

@@ -20,7 +20,7 @@ import orjson
 
 from core.batch import BatchStore
 from core.jobs import JobStore
-from core.reconciler import BatchSend, Send, reconcile
+from core.reconciler import BatchSend, Send, SendSweep, reconcile
 from core.rediskeys import consumer_key, worker_key
 from core.runs import LeasedWork, WorkerIdentity
 from core.storage import utc_now
@@ -65,12 +65,14 @@ class Heartbeat:
         consumer_pid: int,
         batches: BatchStore | None = None,
         send_batch: BatchSend | None = None,
+        send_sweep: SendSweep | None = None,
     ) -> None:
         self.store = store
         self.worker = worker
         self.queues = queues
         self.devices = devices
         self.send = send
+        self.send_sweep = send_sweep
         self.consumer_pid = consumer_pid
         self.batches = batches
         self.send_batch = send_batch
@@ -117,6 +119,7 @@ class Heartbeat:
             self.worker.holder,
             batches=self.batches,
             send_batch=self.send_batch,
+            send_sweep=self.send_sweep,
         )
         if self.consumer.stalled(consumer_age, settings.consumer_stall_seconds):
             self.end_consumer(consumer_age)

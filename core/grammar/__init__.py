@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from core.errors import FieldError, FieldErrors, InvalidRequest
+from core.errors import FieldError, FieldErrors, InvalidRequest, escape_pointer
 from core.grammar.allowlist import (
     PRIORITY,
     REQUEST_KEYS,
@@ -96,6 +96,8 @@ def parse_job(
     spec["fit"] = parse_fit(body.get("fit"), place.at("fit"), settings)
     check_fit_with_compile(spec["fit"], spec["compile"], place.at("fit"))
     summary = _infer(parsed, settings, errors) if parsed is not None and not errors else None
+    if parsed is not None and summary is None:
+        errors.extend(_reshape_hints(body.get("data"), parsed.model["inputs"]))
     _parse_data_sections(body, spec, settings, read_once, errors, summary)
     if errors or summary is None or parsed is None:
         raise _invalid(errors)
@@ -186,6 +188,37 @@ def _infer(
     except InvalidRequest as error:
         errors.extend(error.errors)
         return None
+
+
+def _reshape_hints(data: Any, inputs: list[dict[str, Any]]) -> list[FieldError]:
+    """When the model does not infer and `data.preprocess.x.reshape` gives its input another
+    shape than the one declared: the input shape must be the shape after the reshape."""
+    preprocess = data.get("preprocess") if isinstance(data, dict) else None
+    steps = preprocess.get("x") if isinstance(preprocess, dict) else None
+    if not isinstance(steps, dict):
+        return []
+    single = len(inputs) == 1 and "reshape" in steps
+    per_input = {inputs[0]["name"]: steps} if single else steps
+    hints = []
+    for given in inputs:
+        own = per_input.get(given["name"])
+        target = own.get("reshape") if isinstance(own, dict) else None
+        if not isinstance(target, list) or target == given["shape"]:
+            continue
+        at = "/data/preprocess/x" + ("" if single else f"/{escape_pointer(given['name'])}")
+        hints.append(
+            FieldError(
+                f"{at}/reshape",
+                f"data.preprocess.x.reshape turns each row into shape {target} before the "
+                f"model's first layer, so the model's input shape must be {target}, the shape "
+                f"after the reshape; input {given['name']!r} declares {given['shape']} (the "
+                f"array's own row shape goes in the data, not in the model). Set the input "
+                f"shape to {target}.",
+                f"input shape {target}",
+                given["shape"],
+            )
+        )
+    return hints
 
 
 def _parse_data_sections(

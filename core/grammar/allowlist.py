@@ -260,6 +260,40 @@ RNN_LAYER = Catalog(
     object_keys=("module", "class_name", "config", "registered_name", "build_config"),
 )
 
+# A per-feature list has one value per entry of the axis it applies to; shapes check its length.
+MAX_FEATURES = 1 << 16
+SCALES = Either(
+    (FLOAT32, ListOf(FLOAT32, 1, MAX_FEATURES)),
+    "a number, or a list of one number per feature (the input's last axis)",
+)
+
+
+def _statistic(item: Kind, what: str) -> Either:
+    """Normalization's `mean` or `variance`: its constructor argument, never adapted."""
+    return Either(
+        (item, ListOf(item, 1, MAX_FEATURES)),
+        f"the {what}: a number, or a list of one per feature (an adapted Normalization keeps "
+        "its statistics in weights, not in its config: give them here, or set "
+        "data.preprocess.x.normalize to true and the worker computes them)",
+    )
+
+
+def _factor(bound: Number) -> Either:
+    """An augmentation's range: one number (-f to f) or a list [low, high]."""
+    return Either(
+        (bound, ListOf(bound, 2, 2)), f"{bound.expected}, or a list [low, high] of such numbers"
+    )
+
+
+_FILLING: dict[str, Kind] = {
+    "fill_mode": Choice(("reflect", "wrap", "constant", "nearest")),
+    "interpolation": Choice(("nearest", "bilinear")),
+    "seed": SEED,
+    "fill_value": FLOAT32,
+    "data_format": Nullable(DATA_FORMAT),
+}
+AUGMENTATION_LAYERS = frozenset({"RandomFlip", "RandomRotation", "RandomZoom", "RandomContrast"})
+
 LAYERS: dict[str, dict[str, Kind]] = {
     "InputLayer": {
         "shape": Shape(variable=True),
@@ -317,6 +351,9 @@ LAYERS: dict[str, dict[str, Kind]] = {
     "Conv3D": {**_conv(3), **_weights("kernel", "bias", kernels=CONV_INITIALIZER)},
     "Conv2DTranspose": {
         **_conv(2, groups=False),
+        # TensorFlow's CPU kernel refuses a dilation above 1 ("Current CPU implementations do
+        # not yet support dilation rates larger than 1"), and a job may train on a CPU.
+        "dilation_rate": IntTuple(2, 1, 1),
         "output_padding": Nullable(IntTuple(2, 0, MAX_KERNEL)),
         **_weights("kernel", "bias", kernels=CONV_INITIALIZER),
     },
@@ -393,7 +430,34 @@ LAYERS: dict[str, dict[str, Kind]] = {
     "Multiply": {},
     "Average": {},
     "Subtract": {},
-    "Rescaling": {"scale": Required(FLOAT), "offset": FLOAT},
+    "Rescaling": {"scale": Required(SCALES), "offset": SCALES},
+    "Normalization": {
+        "axis": Nullable(Axes()),
+        "mean": Required(_statistic(FLOAT32, "mean")),
+        "variance": Required(_statistic(NON_NEGATIVE, "variance")),
+        "invert": BOOL,
+    },
+    # Image augmentation: active while training only, seeded like the rest of the job.
+    "RandomFlip": {
+        "mode": Choice(("horizontal", "vertical", "horizontal_and_vertical")),
+        "seed": SEED,
+        "data_format": Nullable(DATA_FORMAT),
+    },
+    "RandomRotation": {
+        "factor": Required(_factor(Number(-1, 1))),
+        **_FILLING,
+    },
+    "RandomZoom": {
+        "height_factor": Required(_factor(Number(-1, 1, low_open=True))),
+        "width_factor": Nullable(_factor(Number(-1, 1, low_open=True))),
+        **_FILLING,
+    },
+    "RandomContrast": {
+        "factor": Required(_factor(FRACTION)),
+        "value_range": ListOf(FLOAT32, 2, 2, "a list [low, high] of the pixels' range"),
+        "seed": SEED,
+        "data_format": Nullable(DATA_FORMAT),
+    },
 }
 for _name, _arguments in LAYERS.items():
     if _name != "InputLayer":

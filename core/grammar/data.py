@@ -12,16 +12,18 @@ from typing import Any
 
 from core.datasets import PROCESSING, READY, status_of
 from core.errors import FieldError, FieldErrors, InvalidRequest, NotFound, show
-from core.grammar.allowlist import FLOAT32, MONITOR, monitor_mode
-from core.grammar.kinds import INVALID, Choice, Integer, Place
-from core.grammar.shapes import summarize_model, value_ranges
+from core.grammar.allowlist import MONITOR, SCALES, monitor_mode
+from core.grammar.kinds import INVALID, Boolean, Choice, Integer, Place
+from core.grammar.shapes import rescaled_range, summarize_model, value_ranges
 from core.settings import Settings
 
 DATA_KEYS = ("dataset", "x", "y", "sample_weight", "preprocess", "validation", "test")
 SPLIT_KEYS = ("dataset", "x", "y")
-X_STEPS = ("scale", "offset", "reshape")
-# preprocess.x becomes a Rescaling layer, whose scale and offset are float32 constants.
-SCALE = FLOAT32
+X_STEPS = ("scale", "offset", "normalize", "reshape")
+# preprocess.x becomes a Rescaling layer, whose scale and offset are float32 constants (one, or
+# one per feature), or a Normalization layer whose statistics the worker computes.
+SCALE = SCALES
+NORMALIZE = Boolean()
 ONE_HOT = Integer(2, 1_000_000)
 RESHAPE_DIM = Integer(1, 1 << 24)
 KEEP = Integer(1, 100)
@@ -69,8 +71,11 @@ def parse_data(
             place.refuse_key(key, list(DATA_KEYS), "key")
     model = _Model.of(spec, summary)
     main = _Split(raw, place, model, manifest_of, default_names=None)
-    preprocess_x, one_hot = _parse_preprocess(raw.get("preprocess"), place.at("preprocess"), model)
+    preprocess_x, one_hot, steps_at = _parse_preprocess(
+        raw.get("preprocess"), place.at("preprocess"), model
+    )
     main.check_x(preprocess_x)
+    main.check_per_feature(preprocess_x, steps_at)
     main.check_y(one_hot)
     weights = main.array_of(raw.get("sample_weight"), place.at("sample_weight"), "sample weights")
     main.check_weights(weights, place.at("sample_weight"))
@@ -425,6 +430,27 @@ class _Split:
                     f"input_dim={size} takes ids 0 to {size - 1}.",
                 )
 
+    def check_per_feature(
+        self, preprocess: dict[str, dict[str, Any]], places: dict[str, Place]
+    ) -> None:
+        """A list of scales or offsets has one value per feature: the array's last axis."""
+        for name, steps in preprocess.items():
+            entry = self._array(self.x.get(name, ""))
+            if entry is None:
+                continue
+            features = entry["shape"][-1] if len(entry["shape"]) > 1 else 1
+            for key in ("scale", "offset"):
+                value = steps.get(key)
+                if isinstance(value, list) and len(value) != features:
+                    places[name].at(key).refuse(
+                        value,
+                        f"a number, or a list of {features} numbers",
+                        f"data.preprocess.x.{key} lists {len(value)} values, and array "
+                        f"{self.x[name]!r} has {features} features (its last axis, of rows "
+                        f"of shape {entry['shape'][1:]}): give one value per feature, or one "
+                        "number for all.",
+                    )
+
     def check_y(self, one_hot: dict[str, int]) -> None:
         """Each output's units against its targets: shape, class count or one-hot count."""
         if self.model is None:
@@ -534,8 +560,7 @@ def _check_fit_against_data(fit: Any, main: _Split, weights: str | None, validat
 def _rescaled(found: tuple[float, float], steps: dict[str, Any]) -> tuple[float, float]:
     """An array's range after `preprocess.x`'s scale and offset (a Rescaling layer)."""
     scale = 1.0 if steps.get("scale") is None else steps["scale"]
-    ends = [value * scale + (steps.get("offset") or 0.0) for value in found]
-    return min(ends), max(ends)
+    return rescaled_range(*found, scale, steps.get("offset") or 0.0)
 
 
 def _without_ones(shape: Shape) -> Shape:
@@ -627,13 +652,14 @@ def _target_problem(
 
 def _parse_preprocess(
     raw: Any, place: Place, model: _Model | None
-) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
-    """`preprocess.x` steps per input and `preprocess.y.one_hot` per output."""
+) -> tuple[dict[str, dict[str, Any]], dict[str, int], dict[str, Place]]:
+    """`preprocess.x` steps per input, `preprocess.y.one_hot` per output, and where each
+    input's steps are in the request."""
     if raw is None:
-        return {}, {}
+        return {}, {}, {}
     if not isinstance(raw, dict):
         place.refuse(raw, 'an object with "x" and/or "y"')
-        return {}, {}
+        return {}, {}, {}
     for key in raw:
         if key not in ("x", "y"):
             place.refuse_key(key, ["x", "y"], "key")
@@ -647,7 +673,8 @@ def _parse_preprocess(
         count = ONE_HOT.check(value.get("one_hot"), at.at("one_hot"))
         if count is not INVALID:
             one_hot[name] = count
-    return {k: v for k, v in x.items() if v}, one_hot
+    places = {name: at for name, (_, at) in steps.items()}
+    return {k: v for k, v in x.items() if v}, one_hot, places
 
 
 def _per_name(
@@ -686,6 +713,18 @@ def _parse_steps(raw: dict[str, Any], place: Place) -> dict[str, Any]:
             value = SCALE.check(raw[key], place.at(key))
             if value is not INVALID:
                 out[key] = value
+    if raw.get("normalize") is not None:
+        normalize = NORMALIZE.check(raw["normalize"], place.at("normalize"))
+        if normalize is True and ("scale" in out or "offset" in out):
+            place.at("normalize").refuse(
+                normalize,
+                "normalize without scale or offset",
+                "data.preprocess.x.normalize centers and scales each feature by the training "
+                "data's own mean and variance, so a scale or offset before it changes nothing: "
+                "give normalize alone, or scale and offset alone.",
+            )
+        elif normalize is True:
+            out["normalize"] = True
     if raw.get("reshape") is not None:
         target = raw["reshape"]
         at = place.at("reshape")

@@ -220,6 +220,7 @@ def _parse_short(value: dict[str, Any], place: Place, max_layers: int) -> Parsed
     parsed = _sequential(layers, place.at("layers"), top_shape, dtype, output_name="output")
     if parsed is None or not keys_ok or top_shape is INVALID or dtype is INVALID:
         return None
+    parsed.model |= {"class_name": "Sequential", "name": "sequential"}
     return parsed
 
 
@@ -321,12 +322,21 @@ def _parse_keras(value: dict[str, Any], place: Place, max_layers: int) -> Parsed
         parsed = _parse_sequential_config(config, place.at("config"), max_layers)
     else:
         parsed = _parse_functional(config, place.at("config"), max_layers)
-    if parsed is None or not keys_ok:
+    name = _model_name(config, kind, place.at("config").at("name"))
+    if parsed is None or not keys_ok or name is INVALID:
         return None
+    parsed.model |= {"class_name": kind, "name": name}
     if value.get("compile_config"):
         parsed.compile_config = value["compile_config"]
         parsed.compile_path = place.at("compile_config").path
     return parsed
+
+
+def _model_name(config: dict[str, Any], kind: str, place: Place) -> Any:
+    """The model's own name, kept so a downloaded model is named as the one sent; Keras's
+    default for its class when the config has none."""
+    name = config.get("name")
+    return snake_case(kind) if name is None else LAYER_NAME.check(name, place)
 
 
 def _parse_sequential_config(

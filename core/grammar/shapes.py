@@ -590,6 +590,45 @@ def softmax(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
     return shape, 0, 0
 
 
+def _per_feature(value: Any, size: int | None, what: str, argument: str) -> None:
+    """A list of values per feature must have one value for each entry of its axis."""
+    if isinstance(value, list) and len(value) != 1 and len(value) != size:
+        raise ShapeMismatch(
+            f"{argument} lists {len(value)} values, and the {what} has {size}",
+            f"a number, or a list of {size} values (one per entry of the {what})",
+            argument,
+        )
+
+
+def rescaling(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+    shape = _one(shapes)
+    for argument in ("scale", "offset"):
+        _per_feature(cfg.get(argument), shape[-1] if shape else None, "last axis", argument)
+    return shape, 0, 0
+
+
+def normalization(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+    """Given statistics are constants, not weights: no parameters."""
+    shape = _one(shapes)
+    axes = cfg.get("axis", -1)
+    dims = [] if axes is None else _axis_dims(shape, axes)
+    for argument in ("mean", "variance"):
+        value = cfg.get(argument)
+        if isinstance(value, list) and len(dims) != 1:
+            raise ShapeMismatch(
+                f"{argument} is a list, and it can apply only to one axis (axis={axes})",
+                "one axis for a list of statistics, or one number for all",
+                argument,
+            )
+        _per_feature(value, dims[0] if dims else None, f"axis {axes}", argument)
+    return shape, 0, 0
+
+
+def augmentation(cfg: dict[str, Any], shapes: list[Shape]) -> Counted:
+    """Image augmentations take rows of images: height, width and channels."""
+    return _rank(_one(shapes), 3, "(images: batch, height, width, channels)"), 0, 0
+
+
 RULES: dict[str, Rule] = {
     "InputLayer": identity,
     "Dense": dense,
@@ -641,7 +680,12 @@ RULES: dict[str, Rule] = {
     "Multiply": elementwise(2),
     "Average": elementwise(2),
     "Subtract": elementwise(2, 2),
-    "Rescaling": identity,
+    "Rescaling": rescaling,
+    "Normalization": normalization,
+    "RandomFlip": augmentation,
+    "RandomRotation": augmentation,
+    "RandomZoom": augmentation,
+    "RandomContrast": augmentation,
 }
 
 
@@ -739,6 +783,17 @@ class ValueRange:
     inputs: frozenset[str]
 
 
+def rescaled_range(
+    low: float, high: float, scale: float | list[float], offset: float | list[float]
+) -> tuple[float, float]:
+    """The range of values in [low, high] once rescaled; per-feature lists give the range
+    over every feature."""
+    scales = scale if isinstance(scale, list) else [scale]
+    offsets = offset if isinstance(offset, list) else [offset]
+    ends = [v * s + o for v in (low, high) for s in scales for o in offsets]
+    return min(ends), max(ends)
+
+
 def value_ranges(
     model: dict[str, Any], inputs: Mapping[str, tuple[float, float]]
 ) -> dict[str, ValueRange]:
@@ -758,8 +813,7 @@ def value_ranges(
         if class_name in ZERO_PADDING:
             low, high = min(low, 0.0), max(high, 0.0)
         elif class_name == "Rescaling":
-            ends = [v * cfg["scale"] + cfg.get("offset", 0.0) for v in (low, high)]
-            low, high = min(ends), max(ends)
+            low, high = rescaled_range(low, high, cfg["scale"], cfg.get("offset", 0.0))
         elif class_name not in VALUE_KEEPING:
             continue
         ranges[layer["name"]] = ValueRange(low, high, sources)
@@ -986,6 +1040,11 @@ def _preprocess_layers(steps: dict[str, Any]) -> list[tuple[dict[str, Any], str]
     if steps.get("scale") is not None or steps.get("offset") is not None:
         scale = 1.0 if steps.get("scale") is None else steps["scale"]
         out.append(({"scale": scale, "offset": steps.get("offset") or 0.0}, "rescaling"))
+    if steps.get("normalize"):
+        # The worker fills in the training data's statistics before it builds the model; until
+        # then (validation, shape inference) the layer is the identity.
+        statistics = {"mean": steps.get("mean", 0.0), "variance": steps.get("variance", 1.0)}
+        out.append(({"axis": -1, **statistics}, "normalization"))
     if steps.get("reshape") is not None:
         out.append(({"target_shape": list(steps["reshape"])}, "reshape"))
     return out

@@ -6,10 +6,10 @@ the file's sha256), so a second download is a file read. The caches of all jobs 
 LRU under a byte cap (FITSERVE_EXPORT_CACHE_BYTES): a hit freshens its file's mtime, and each new
 export removes the stalest ones past the cap.
 
-The ONNX file is written by the worker beside each saved `.keras` file (`write_onnx`), its sha256
-in the manifest entry; the API loads it with ONNX Runtime, a call of a few microseconds where
-TensorFlow's graph call costs a few hundred (core/serving/cache.py checks it against TensorFlow
-at load). The API never converts.
+The ONNX file is written by the worker beside the final model (`write_onnx`; checkpoints are not
+converted, as converting costs more than saving), its sha256 in the manifest entry; the API loads
+it with ONNX Runtime, a call of a few microseconds where TensorFlow's graph call costs a few
+hundred (core/serving/cache.py checks it against TensorFlow at load). The API never converts.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def write_onnx(model: Any, keras_path: Path) -> dict[str, Any] | None:
     )
     try:
         proto, _ = tf2onnx.convert.from_function(function, input_signature=specs, opset=ONNX_OPSET)
+        _inline_captured(proto, function.get_concrete_function(*specs), len(specs))
         data = proto.SerializeToString()
     except Exception as error:  # an op tf2onnx cannot map, a model past 2 GB: TensorFlow serves
         log.info("onnx_skipped file=%s error=%r", keras_path.name, str(error)[:200])
@@ -67,6 +68,21 @@ def write_onnx(model: Any, keras_path: Path) -> dict[str, Any] | None:
     with atomic_file(onnx_path(keras_path)) as handle:
         handle.write(data)
     return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def _inline_captured(proto: Any, concrete: Any, own_inputs: int) -> None:
+    """Constants the traced graph captured (a Normalization layer's mean and variance) are
+    graph inputs in tf2onnx's conversion, which no caller feeds: make them initializers."""
+    import tensorflow as tf
+    from onnx import numpy_helper
+
+    captured = zip(concrete.inputs[own_inputs:], concrete.captured_inputs, strict=True)
+    values = {inner.name: outer for inner, outer in captured if inner.dtype != tf.resource}
+    for graph_input in list(proto.graph.input):
+        if graph_input.name in values:
+            proto.graph.input.remove(graph_input)
+            array = values[graph_input.name].numpy()
+            proto.graph.initializer.append(numpy_helper.from_array(array, graph_input.name))
 
 
 def savedmodel_path(loaded: LoadedModel) -> Path:

@@ -49,6 +49,7 @@ def keyed_server_url(settings: Settings) -> Iterator[str]:
 
 
 FITSERVE = Path(sys.executable).parent / "fitserve"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def fitserve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -56,6 +57,8 @@ def fitserve(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     if not FITSERVE.exists():
         pytest.fail("the fitserve command is not installed: run `pip install -e .`")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FITSERVE_")}
+    # The command runs this checkout's code, wherever the package was installed from.
+    clean["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), clean.get("PYTHONPATH")]))
     return subprocess.run(
         [str(FITSERVE), *args],
         env={**clean, **(env or {})},

@@ -39,7 +39,7 @@ def test_url_and_key_come_from_the_environment(keyed_server_url):
 def test_unreachable_server_exits_3():
     result = fitserve("jobs", "show", "0" * 32, "--url", f"http://127.0.0.1:{free_port()}")
     assert result.returncode == 3
-    assert result.stderr.startswith("error: cannot reach the server at http://127.0.0.1:")
+    assert result.stderr.startswith("error: cannot reach fitserve at http://127.0.0.1:")
 
 
 def test_local_mistakes_exit_2_before_any_request(tmp_path):

@@ -84,7 +84,7 @@ def test_cli_upload_list_show_rm(server_url, tmp_path):
     assert row.startswith(dataset_id)
     assert "x(6, 2):float32" in row
 
-    shown = fitserve("datasets", "show", dataset_id, "--url", server_url)
+    shown = fitserve("datasets", "show", dataset_id, "--url", server_url, "--json")
     assert json.loads(shown.stdout)["rows"] == 6
 
     removed = fitserve("datasets", "rm", dataset_id, "--url", server_url, "--json")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from client import spec_from_keras
+from client.api import CALLBACK_SETTINGS, CHECKPOINT_SETTINGS
 from tests.support.seed_model import build_seed_model
 
 
@@ -68,3 +70,49 @@ def test_an_uncompiled_model_needs_a_compile_section(keras):
         spec_from_keras(model, "ab" * 16)
     given = {"optimizer": "adam", "loss": "mse"}
     assert spec_from_keras(model, "ab" * 16, compile=given)["compile"] == given
+
+
+def test_live_callbacks_become_their_request_form(keras):
+    model = build_seed_model()
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(factor=0.5, min_lr=np.float32(1e-5)),
+        keras.callbacks.ModelCheckpoint("best.keras", monitor="val_accuracy", mode="max"),
+        {"class_name": "TerminateOnNaN", "config": {}},
+    ]
+    spec = spec_from_keras(model, "ab" * 16, fit={"epochs": 3, "callbacks": callbacks})
+    early, plateau, nan = spec["fit"]["callbacks"]
+    assert early == {
+        "class_name": "EarlyStopping",
+        "config": {
+            "monitor": "val_loss",
+            "min_delta": 0,
+            "patience": 2,
+            "verbose": 0,
+            "mode": "auto",
+            "restore_best_weights": True,
+            "start_from_epoch": 0,
+        },
+    }
+    assert plateau["config"]["factor"] == 0.5
+    assert plateau["config"]["min_lr"] == pytest.approx(1e-5)
+    assert nan == {"class_name": "TerminateOnNaN", "config": {}}
+    assert spec["checkpoint"] == {"monitor": "val_accuracy", "mode": "max"}
+    json.dumps(spec, allow_nan=False)
+
+
+def test_callbacks_the_service_does_not_run_are_refused_clearly(keras):
+    model = build_seed_model()
+    logger = keras.callbacks.CSVLogger("log.csv")
+    with pytest.raises(ValueError, match=r"fit.callbacks\[0\] is a CSVLogger, which the service"):
+        spec_from_keras(model, "ab" * 16, fit={"callbacks": [logger]})
+
+
+def test_the_client_takes_the_callback_settings_the_server_accepts():
+    from core.grammar.allowlist import CALLBACK_CLASSES
+    from core.grammar.data import CHECKPOINT_KINDS
+
+    assert {name: set(keys) for name, keys in CALLBACK_SETTINGS.items()} == {
+        name: set(kinds) for name, kinds in CALLBACK_CLASSES.items()
+    }
+    assert set(CHECKPOINT_SETTINGS) < set(CHECKPOINT_KINDS)

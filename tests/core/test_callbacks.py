@@ -61,22 +61,47 @@ def test_progress_throttled_reports_only_epoch_ends() -> None:
     fit([recorder.callback(interval=3600)])
 
     # The first batch end reports (nothing reported yet), then only the three epoch ends.
-    ends = [p for p in recorder.progress if p["step"] == 8]
+    first, *ends = recorder.progress
     assert len(recorder.progress) == 4
-    assert [p["epoch"] for p in ends] == [1, 2, 3]
+    assert (first["completed"], first["eta_seconds"], first["metrics"]) == (0, None, None)
+    assert [p["epoch"] for p in ends] == [p["completed"] for p in ends] == [1, 2, 3]
     assert ends[-1]["fraction"] == 1.0
     assert ends[-1]["eta_seconds"] == 0.0
     assert set(ends[-1]["metrics"]) == {"loss"}
     assert [epoch for epoch, _ in recorder.epochs] == [1, 2, 3]
 
 
-def test_progress_unthrottled_reports_every_batch() -> None:
-    recorder = Recorder()
-    fit([recorder.callback(interval=0)], epochs=1)
+class Ticks:
+    """A clock that moves one second each time it is read."""
 
-    assert [p["step"] for p in recorder.progress] == [*range(1, 9), 8]
-    assert [p["fraction"] for p in recorder.progress[:2]] == [0.125, 0.25]
-    assert all(p["eta_seconds"] >= 0 for p in recorder.progress)
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_progress_is_measured_from_the_epochs_run() -> None:
+    recorder = Recorder()
+    progress = ProgressCallback(
+        recorder.progress.append,
+        lambda epoch, metrics: recorder.epochs.append((epoch, metrics)),
+        interval=0,
+        clock=Ticks(),
+    )
+    fit([progress], epochs=2)
+
+    first_epoch = recorder.progress[:9]
+    assert [p["step"] for p in first_epoch] == [*range(1, 9), 8]
+    assert [p["fraction"] for p in first_epoch[:2]] == [0.0625, 0.125]
+    # No ETA before an epoch ended; then the measured epoch time times the work left.
+    assert all(p["eta_seconds"] is None for p in first_epoch[:8])
+    assert first_epoch[8]["eta_seconds"] == pytest.approx(progress.durations[0])
+    # The metrics of a report are those of the last ended epoch, the same all through the next.
+    second_epoch = recorder.progress[9:-1]
+    assert all(p["metrics"] == recorder.epochs[0][1] for p in second_epoch)
+    assert all(p["completed"] == 1 and p["epoch"] == 2 for p in second_epoch)
 
 
 def test_stop_asks_and_stops_within_the_epoch() -> None:
@@ -223,3 +248,42 @@ def test_epoch_summaries_are_written_for_tensorboard(tmp_path: Path) -> None:
     assert set(validation) == {"epoch_loss"}
     assert [step for step, _ in train["epoch_loss"]] == [0, 1]
     assert [value for _, value in validation["epoch_loss"]] == pytest.approx(history["val_loss"])
+
+
+def test_a_write_that_fails_leaves_the_previous_checkpoint_listed_and_valid(
+    tmp_path: Path,
+) -> None:
+    saved: list = []
+    # A folder where version 3 goes: its temp file is written, then os.replace fails.
+    (tmp_path / "checkpoints" / "epoch-0003.keras").mkdir(parents=True)
+    callback = checkpoints(tmp_path, saved, keep=1)
+    with pytest.raises(IsADirectoryError):
+        fit([callback], epochs=5)
+
+    _, kept, _ = saved[-1]
+    assert [entry["version"] for entry in kept] == [2]
+    verify_checkpoint(tmp_path, kept[0])
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "epoch-0002.history.json",
+        "epoch-0002.keras",
+        "epoch-0003.keras",  # the folder in the way; no temp file left behind
+    ]
+
+
+def test_each_version_holds_its_epoch_though_early_stopping_restores_the_best(
+    tmp_path: Path,
+) -> None:
+    saved: list = []
+    # Loss falls every epoch; in mode "max" the first epoch is the best, so training stops at 3.
+    early = keras.callbacks.EarlyStopping(
+        monitor="loss", mode="max", patience=2, restore_best_weights=True
+    )
+    model = fit([checkpoints(tmp_path, saved, keep=5), early], epochs=10)
+
+    versions = [entry for entry, _, _ in saved]
+    assert [entry["version"] for entry in versions] == [1, 2, 3]
+    first = load_checkpoint(tmp_path, versions[0]).get_weights()
+    last = load_checkpoint(tmp_path, versions[-1]).get_weights()
+    for restored, version_1, version_3 in zip(model.get_weights(), first, last, strict=True):
+        np.testing.assert_array_equal(restored, version_1)  # the model holds epoch 1 again
+        assert not np.array_equal(version_3, version_1)  # version 3 still holds epoch 3

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from core.batches import BATCHES_HELD
 from core.cost import MAX_UNROLLED_STEPS, estimate_cost
 from core.errors import InvalidRequest
 from core.grammar import parse_job_request
@@ -53,8 +54,9 @@ def test_the_estimate_of_a_small_mlp() -> None:
     assert cost["memory"]["optimizer"] == 2 * params * 4
     assert cost["values_per_row"] == 8 + 4 + 2
     assert cost["memory"]["activations"] == 8 * (8 + 4 + 2) * 4 * 2
-    # Each float32 value stored and once more as Keras's tensor.
-    assert cost["memory"]["data"] == (100 * 8 + 100 * 2) * 4 * 2
+    # The worker holds BATCHES_HELD batches of 8 rows as it streams, each float32 value as read
+    # and once more as Keras's tensor.
+    assert cost["memory"]["data"] == BATCHES_HELD * 8 * (8 + 2) * 4 * 2
     assert [layer["flops_per_row"] for layer in cost["layers"]] == [2 * 36, 2 * 10]
     # 80 training rows (three passes) in 10 steps of 8, each updating 46 parameters; 20 to validate.
     assert cost["flops_per_epoch"] == 3 * 92 * 80 + 10 * 46 * 10 + 92 * 20
@@ -115,7 +117,9 @@ def test_a_conv1d_of_ten_trillion_operations_per_row() -> None:
     assert "FITSERVE_MAX_FLOPS_PER_EPOCH" in message
 
 
-def test_one_hot_of_100000_classes_on_60000_rows() -> None:
+def test_one_hot_of_100000_classes_on_60000_rows_is_made_per_batch() -> None:
+    """Once 96 GB (the whole one-hot array, as float64, cast and copied); streamed, the worker
+    holds a few batches of it."""
     manifest_of = manifests(
         {
             "x": ([60_000, 4], "float32", stats(0, 1)),
@@ -125,10 +129,21 @@ def test_one_hot_of_100000_classes_on_60000_rows() -> None:
     body = request([dense(100_000, activation="softmax")], [4])
     body["compile"]["loss"] = "categorical_crossentropy"
     body["data"]["preprocess"] = {"y": {"one_hot": 100_000}}
-    path, message = refusal(body, manifest_of)
-    assert path == "/data/preprocess/y/one_hot"
-    # 24 GB of float32 values, made as float64, cast and copied into a tensor: 96 GB.
-    assert "96.0 GB" in message
+    spec = parse_job_request(body, settings=SETTINGS, manifest_of=manifest_of)
+    cost = estimate_cost(spec, SETTINGS, manifest_of)
+    assert cost["data"]["/data/preprocess/y/one_hot"] == BATCHES_HELD * 8 * 100_000 * 4
+
+
+def test_the_data_side_does_not_grow_with_the_rows() -> None:
+    def data_bytes(rows: int) -> int:
+        manifest_of = manifests(
+            {"x": ([rows, 8], "float32", stats(0, 1)), "y": ([rows, 2], "float32", stats(0, 1))}
+        )
+        body = request([dense(2)], [8])
+        spec = parse_job_request(body, settings=SETTINGS, manifest_of=manifest_of)
+        return estimate_cost(spec, SETTINGS, manifest_of)["memory"]["data"]
+
+    assert data_bytes(10_000) == data_bytes(10_000_000)
 
 
 TOKENS = manifests(

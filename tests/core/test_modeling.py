@@ -141,8 +141,8 @@ def test_preprocessing_layers_take_raw_inputs(datasets):
     body["data"]["preprocess"] = {"x": {"scale": 1 / 255, "offset": -0.5, "reshape": [16]}}
     spec = datasets.parse(body)
     model = build_model(spec)
+    assert [tensor.name for tensor in model.inputs] == ["input"]
     assert [layer.name for layer in model.layers] == [
-        "input",
         "input_rescaling",
         "input_reshape",
         "output",

@@ -94,6 +94,7 @@ def make_spec(
     epochs: int = 3,
     learning_rate: float = 0.1,
     keep: int = 2,
+    callbacks: list | None = None,
 ) -> dict:
     """The normalized spec of a small MLP request with validation and test data."""
     request = {
@@ -110,7 +111,12 @@ def make_spec(
             "loss": "categorical_crossentropy",
             "metrics": ["accuracy"],
         },
-        "fit": {"batch_size": BATCH, "epochs": epochs, "validation_split": 0.25},
+        "fit": {
+            "batch_size": BATCH,
+            "epochs": epochs,
+            "validation_split": 0.25,
+            "callbacks": callbacks or [],
+        },
         "data": {
             "dataset": dataset,
             "x": "x",
@@ -184,9 +190,59 @@ def test_job_trains_and_leaves_its_files(trainer: Trainer, spec) -> None:
     assert on_disk == [f"epoch-{v:04d}.keras" for v in versions]
     for entry in kept:
         verify_checkpoint(job_dir, entry)
-    epoch_ends = [p for p in control.progress if p["step"] == p["steps"]]
+    epoch_ends = [p for p in control.progress if p["completed"] == p["epoch"]]
     assert [p["epoch"] for p in epoch_ends] == [1, 2, 3, 4]
     assert epoch_ends[-1]["fraction"] == 1.0
+    assert ("stopped", {"reason": "completed", "epoch": 4, "best_epoch": best["version"],
+                        "monitor": "val_loss"}) in control.events  # fmt: skip
+    assert result["stop"]["reason"] == "completed"
+    assert final["epoch"] == 4
+    assert final["metrics"] == {name: values[-1] for name, values in result["history"].items()}
+
+
+def test_early_stopped_versions_hold_their_epochs_and_final_holds_the_best(
+    trainer: Trainer, data: DataDir, settings: Settings, tmp_path: Path
+) -> None:
+    # Labels with no relation to x: the model learns the training rows, so val_loss turns up.
+    arrays = blobs(seed=5)
+    arrays["y"] = np.random.default_rng(5).permutation(arrays["y"])
+    dataset = store(data, settings, tmp_path, **arrays)
+    early = {
+        "class_name": "EarlyStopping",
+        "config": {"monitor": "val_loss", "patience": 2, "restore_best_weights": True},
+    }
+    job = make_spec(data, settings, dataset, epochs=40, keep=40, callbacks=[early])
+    control = RecordingControl()
+    result = trainer.run(job, control, resume=None)
+
+    val_losses = result["history"]["val_loss"]
+    best_epoch = int(np.argmin(val_losses)) + 1
+    stop = result["stop"]
+    assert stop == {"reason": "early_stopping", "epoch": best_epoch + 2, "best_epoch": best_epoch,
+                    "monitor": "val_loss"}  # fmt: skip
+    assert result["epoch"] == stop["epoch"] < 40
+    assert ("stopped", stop) in control.events
+    assert (
+        f"stopped reason=early_stopping epoch={stop['epoch']} best_epoch={best_epoch}"
+        in (trainer.job_dir / "train.log").read_text()
+    )
+
+    # Every version evaluates to the val_loss listed with it: version N holds epoch N's weights.
+    split = len(arrays["x"]) - len(arrays["x"]) // 4  # validation_split takes the last quarter
+    x_val, y_val = arrays["x"][split:], np.eye(CLASSES)[arrays["y"][split:].astype(int)]
+    kept, _ = control.saves[-1]
+    assert [entry["version"] for entry in kept] == list(range(1, stop["epoch"] + 1))
+    for entry in kept:
+        model = load_checkpoint(trainer.job_dir, entry)
+        loss = model.evaluate(x_val, y_val, batch_size=BATCH, verbose=0, return_dict=True)["loss"]
+        assert loss == pytest.approx(entry["metrics"]["val_loss"], rel=1e-4)
+
+    final = result["final"]
+    assert final["epoch"] == final["version"] == best_epoch
+    assert final["metrics"]["val_loss"] == val_losses[best_epoch - 1]
+    model = load_checkpoint_file(trainer.job_dir / "model.keras")
+    loss = model.evaluate(x_val, y_val, batch_size=BATCH, verbose=0, return_dict=True)["loss"]
+    assert loss == pytest.approx(val_losses[best_epoch - 1], rel=1e-4)
 
 
 def test_resume_continues_epochs_optimizer_and_history(trainer: Trainer, spec) -> None:
@@ -220,13 +276,17 @@ def test_cancel_leaves_a_loadable_checkpoint(trainer: Trainer, spec) -> None:
     assert kept[0]["partial"] is True
     model = load_checkpoint(job_dir, kept[0])
     assert 1 <= int(model.optimizer.iterations.numpy()) < 5
-    assert ("training_stopped", {"reason": "cancel", "epoch": 1}) in control.events
+    stop = {"reason": "cancelled", "epoch": 1, "best_epoch": 1, "monitor": "val_loss"}
+    assert result["stop"] == stop
+    assert ("stopped", stop) in control.events
 
 
 def test_shutdown_interrupts_and_the_resume_starts_after_it(trainer: Trainer, spec) -> None:
     stopping = RecordingControl(stop="shutdown")
     first = trainer.run(spec(epochs=3), stopping, resume=None)
     assert first["status"] == "interrupted"
+    assert first["stop"] is None
+    assert ("interrupted", {"reason": "shutdown", "epoch": 1}) in stopping.events
     entry = stopping.saves[-1][0][-1]
 
     again = RecordingControl()
@@ -326,6 +386,7 @@ def test_time_limit_fails_with_timeout_after_a_checkpoint(trainer: Trainer, spec
         trainer.run(spec(), control, resume=None, settings={"max_job_seconds": 0})
 
     assert caught.value.reason == "timeout"
+    assert caught.value.stop["reason"] == "time_limit"
     assert "FITSERVE_MAX_JOB_SECONDS" in caught.value.message
     [(kept, _)] = control.saves
     verify_checkpoint(trainer.job_dir, kept[0])
@@ -403,3 +464,10 @@ def test_every_exception_has_a_reason(error: Exception, reason: str, words: str)
     failed = describe_failure(error)
     assert failed.reason == reason
     assert words in failed.message
+
+
+def load_checkpoint_file(path: Path) -> Any:
+    """A model file the test itself wrote (the final model), loaded as serving loads it."""
+    import keras
+
+    return keras.saving.load_model(path, safe_mode=True)

@@ -42,8 +42,11 @@ def cancel_jobs_left_live(request: pytest.FixtureRequest) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """redis-server, the main worker, the CPU task worker and gunicorn, ready (the worker's
-    heartbeat seen, the task worker answering pings)."""
-    with running_stack(tmp_path_factory.mktemp("stack"), "main", tasks=True) as running:
+    heartbeat seen, the task worker answering pings); imports read `imports/` in its folder."""
+    folder = tmp_path_factory.mktemp("stack")
+    (folder / "imports").mkdir()
+    settings = {"FITSERVE_IMPORT_DIR": str(folder / "imports")}
+    with running_stack(folder, "main", settings, tasks=True) as running:
         yield running
 
 

@@ -110,7 +110,7 @@ def test_cli_submit_follow_predict_download(stack: Stack, tmp_path):
 
     inputs = tmp_path / "inputs.npy"
     np.save(inputs, x[:4])
-    printed = fitserve("predict", job["id"], str(inputs), *url)
+    printed = fitserve("predict", job["id"], str(inputs), *url, "--json")
     assert printed.returncode == 0, printed.stderr
     outputs = np.asarray(json.loads(printed.stdout)["outputs"], dtype="float32")
     assert outputs.shape == (4, 10)
@@ -130,7 +130,7 @@ def test_cli_submit_follow_predict_download(stack: Stack, tmp_path):
 
     as_json = tmp_path / "inputs.json"
     as_json.write_text(json.dumps({"instances": x[:4].tolist()}))
-    from_json = fitserve("predict", job["id"], str(as_json), *url)
+    from_json = fitserve("predict", job["id"], str(as_json), *url, "--json")
     assert from_json.returncode == 0, from_json.stderr
     np.testing.assert_allclose(json.loads(from_json.stdout)["outputs"], outputs, atol=1e-6)
 

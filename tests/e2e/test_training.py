@@ -157,7 +157,10 @@ def test_early_stopping_ends_before_epochs(stack: Stack, seed_dataset) -> None:
     done = stack.wait_finished(job["id"])
 
     assert done["status"] == "succeeded", done["error"]
-    assert done["final"]["version"] == 2
+    assert done["final"]["version"] == done["final"]["epoch"] == 2
+    assert done["stop"]["reason"] == "early_stopping"
+    assert done["stop"]["epoch"] == 2
+    assert done["progress"]["fraction"] == 1.0
     metrics = requests.get(stack.url(done["links"]["metrics"]), timeout=30).json()
     assert metrics["epochs"] == [1, 2]
 

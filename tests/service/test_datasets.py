@@ -169,6 +169,9 @@ def test_zip_bomb_npz_is_refused_before_decompressing(settings):
     size = single_error(upload(client, content, "bomb.npz"), 422, "invalid_data")
     assert (size["path"], size["received"]) == ("/file/arrays/x", 4_000_000_000)
     assert size["expected"] == f"at most {1 << 30} bytes"
+    # The refusal says which limit and how to get past it.
+    assert "FITSERVE_MAX_DATASET_BYTES" in size["message"]
+    assert "split the arrays into several datasets" in size["message"]
     assert_nothing_stored(settings)
 
 

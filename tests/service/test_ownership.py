@@ -10,12 +10,15 @@ import re
 from collections.abc import Iterator
 
 import pytest
+import redis
 
+from core.batch import BatchStore, ParsedBatch
 from core.keys import hash_key
 from core.settings import Settings
 from core.storage import DataDir, read_json
 from service import create_app
 from tests.service.test_jobs import X, Y, job_request
+from tests.service.test_sweeps import sweep_request
 from tests.support.models import SINGLE, copy_job, write_trained_job
 
 KEYS = {"ann": "fs_ann", "bob": "fs_bob", "ops": "fs_ops"}
@@ -48,7 +51,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[DataDir, str]:
 
 @pytest.fixture
 def owned(app, client, settings: Settings, trained) -> dict[str, str]:
-    """ann's dataset, queued job and trained model (named `tiny`)."""
+    """ann's dataset, queued job, trained model (named `tiny`), upload and batch prediction."""
     upload = client.post("/v1/datasets", json={"arrays": {"x": X, "y": Y}}, headers=as_("ann"))
     assert upload.status_code == 201, upload.get_json()
     dataset = upload.get_json()["id"]
@@ -61,7 +64,22 @@ def owned(app, client, settings: Settings, trained) -> dict[str, str]:
     )
     assert created.status_code == 201, created.get_json()
     upload = created.headers["Location"].rsplit("/", 1)[1]
-    return {"dataset": dataset, "job": job.get_json()["id"], "model": model, "upload": upload}
+    # Recorded directly: the copied model has no job.json for the submit to read its inputs.
+    parsed = ParsedBatch(model, 1, dataset, {"input": "x"}, 8, len(X), False, None)
+    store = BatchStore(
+        redis.Redis.from_url(settings.redis_url), DataDir(settings.data_dir), settings
+    )
+    batch = store.create(parsed, owner="ann", request_id=None)
+    sweep = client.post("/v1/sweeps", json=sweep_request(dataset), headers=as_("ann"))
+    assert sweep.status_code == 202, sweep.get_json()
+    return {
+        "dataset": dataset,
+        "job": job.get_json()["id"],
+        "model": model,
+        "upload": upload,
+        "batch": batch["id"],
+        "sweep": sweep.get_json()["id"],
+    }
 
 
 def id_routes(app) -> Iterator[tuple[str, str]]:
@@ -77,10 +95,12 @@ def fill(pattern: str, owned: dict[str, str]) -> str:
     values = {
         "dataset_id": owned["dataset"],
         "job_id": owned["job"],
+        "sweep_id": owned["sweep"],
         "model": owned["model"],
         "label": "latest",
         "version": "1",
         "upload_id": owned["upload"],
+        "batch_id": owned["batch"],
     }
     return _VARIABLE.sub(lambda match: values[match.group(1)], pattern)
 
@@ -110,6 +130,8 @@ def test_every_route_hides_another_keys_resource(app, client, owned):
         "DELETE /v1/datasets/<dataset_id>",
         "POST /v1/jobs/<job_id>:cancel",
         "DELETE /v1/jobs/<job_id>",
+        "POST /v1/sweeps/<sweep_id>:cancel",
+        "DELETE /v1/sweeps/<sweep_id>",
         "GET /v1/jobs/<job_id>/logs",
         "GET /v1/jobs/<job_id>/metrics",
         "GET /v1/models/<model>/download",
@@ -146,6 +168,9 @@ def test_the_owner_and_an_admin_reach_it(client, owned, who):
         assert response.headers["X-Model-Version"] == "1"
     assert client.post(f"/v1/jobs/{job}:cancel", headers=as_(who)).status_code == 202
     assert client.delete(f"/v1/jobs/{job}", headers=as_(who)).status_code == 204
+    # The queued batch prediction reads the dataset: it ends before the dataset can go.
+    batch = owned["batch"]
+    assert client.post(f"/v1/batch-predictions/{batch}:cancel", headers=as_(who)).status_code == 202
     assert client.delete(f"/v1/datasets/{dataset}", headers=as_(who)).status_code == 204
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from core.checkpoints import save_checkpoint, save_model_file
+from core.checkpoints import save_checkpoint, save_model_file, take_snapshot
 from core.storage import DataDir, new_id, read_json, utc_now, write_json
 
 SINGLE = "single"
@@ -103,7 +103,8 @@ def write_trained_job(
         logs = model.fit(x, y, epochs=epoch, initial_epoch=epoch - 1, batch_size=8, verbose=0)
         loss = float(logs.history["loss"][-1])
         history["loss"].append(loss)
-        checkpoints.append(save_checkpoint(model, job_dir, epoch, {"loss": loss}, history))
+        snapshot = take_snapshot(model, epoch, {"loss": loss}, history)
+        checkpoints.append(save_checkpoint(model, job_dir, snapshot))
     manifest = job_manifest(job_id, name=name, owner=owner, status="running", epoch=epochs)
     manifest["checkpoints"] = checkpoints
     manifest["device"] = {
@@ -180,6 +181,14 @@ def write_job(data: DataDir, manifest: dict) -> None:
         },
     )
     write_json(job_dir / "manifest.json", manifest)
+
+
+def keep_labels(
+    data: DataDir, job_id: str, classes: list[str] | None, features: list[str] | None
+) -> None:
+    """Give a job's `job.json` the class and feature names a submit keeps."""
+    path = data.job(job_id) / "job.json"
+    write_json(path, read_json(path) | {"labels": {"classes": classes, "features": features}})
 
 
 def model_library(root: Path) -> dict[str, str]:

@@ -185,6 +185,21 @@ class Stack:
         assert response.status_code == 201, response.text
         return response.json()["id"]
 
+    def import_dataset(self, relative: str, timeout: float = JOB_SECONDS) -> str:
+        """Import a file under the stack's FITSERVE_IMPORT_DIR; its id once `ready`."""
+        response = requests.post(self.url("/v1/datasets"), json={"import": relative}, timeout=60)
+        assert response.status_code == 202, response.text
+        dataset_id = response.json()["id"]
+
+        def ready() -> bool:
+            found = requests.get(self.url(f"/v1/datasets/{dataset_id}"), timeout=30)
+            status = expect_status(found, 200).json()["status"]
+            assert status != "failed", found.text
+            return status == "ready"
+
+        wait_for(ready, timeout, f"dataset {dataset_id} imported", interval=0.2)
+        return dataset_id
+
     def submit(self, request: dict, **headers: str) -> dict:
         response = requests.post(self.url("/v1/jobs"), json=request, headers=headers, timeout=60)
         assert response.status_code == 202, response.text

@@ -11,7 +11,7 @@
   const STREAMING_MS = 5000;
   // The kinds of a job's Server-Sent Events (GET /v1/jobs/<id>/events); each one means the
   // job changed, so the page refreshes at once instead of at the next poll.
-  const EVENT_KINDS = ["status", "epoch", "checkpoint", "training_started", "training_stopped", "requeued"];
+  const EVENT_KINDS = ["status", "epoch", "checkpoint", "training_started", "stopped", "interrupted", "requeued"];
   // Each PATCH of a dashboard upload: well under the server's per-request cap.
   const UPLOAD_CHUNK_BYTES = 16 * 1024 * 1024;
   const PALETTE = ["#1f5fbf", "#b3261e", "#1b7f3b", "#7b3fa0", "#a15c00", "#00707a",

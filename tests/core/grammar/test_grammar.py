@@ -72,6 +72,11 @@ LAYER_INSTANCES = {
     "Average": L.Average,
     "Subtract": L.Subtract,
     "Rescaling": lambda: L.Rescaling(0.5),
+    "Normalization": lambda: L.Normalization(mean=[1.0, 2.0], variance=[1.0, 4.0]),
+    "RandomFlip": lambda: L.RandomFlip(),
+    "RandomRotation": lambda: L.RandomRotation(0.1),
+    "RandomZoom": lambda: L.RandomZoom(0.1),
+    "RandomContrast": lambda: L.RandomContrast(0.2),
     "InputLayer": lambda: L.InputLayer(shape=(3,)),
 }
 # Keyword arguments every Keras layer takes through its base class.

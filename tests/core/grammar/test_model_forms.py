@@ -150,11 +150,14 @@ def test_seed_model_short_form_with_input_shape_at_the_top() -> None:
             },
         ],
         "outputs": ["output"],
+        "class_name": "Sequential",
+        "name": "sequential",
     }
     assert spec["compile"]["optimizer"] == {"class_name": "RMSprop", "config": {}}
     ours = assert_same(spec, build_seed_model(), RNG.random((4, 784), dtype=np.float32))
+    assert isinstance(ours, keras.Sequential)
+    assert [tensor.name for tensor in ours.inputs] == ["input"]
     assert [layer.name for layer in ours.layers] == [
-        "input",
         "dense",
         "activation",
         "dense_1",
@@ -420,3 +423,17 @@ def test_compile_config_with_keras_objects_compiles() -> None:
     assert np.isfinite(history.history["loss"][0])
     assert "accuracy" in history.history
     assert any(name.startswith("auc") for name in history.history)
+
+
+def test_a_model_keeps_its_class_and_name() -> None:
+    """A Sequential comes back a Sequential, a Functional a Functional, each with its name."""
+    sequential = keras.Sequential(
+        [keras.Input((784,)), keras.layers.Dense(10, activation="softmax")], name="iris"
+    )
+    ours = build_model(parse(request(json.loads(sequential.to_json()), compile=COMPILE)))
+    assert (type(ours), ours.name) == (keras.Sequential, "iris")
+    start = keras.Input((784,), name="features")
+    scores = keras.layers.Dense(10, activation="softmax", name="scores")(start)
+    functional = keras.Model(start, scores, name="net")
+    ours = build_model(parse(request(json.loads(functional.to_json()), compile=COMPILE)))
+    assert (type(ours).__name__, ours.name) == ("Functional", "net")

@@ -160,6 +160,14 @@ CASES: list[tuple[str, dict[str, Any], list[list[int | None]]]] = [
     ("Average", {}, [[1, 3], [4, 3]]),
     ("Subtract", {}, [[6], [6]]),
     ("Rescaling", {"scale": 0.5, "offset": 1.0}, [[4]]),
+    ("Rescaling", {"scale": [0.5, 1.0, 2.0], "offset": [0.0, 1.0, -1.0]}, [[5, 3]]),
+    ("Normalization", {"mean": [1.0, 2.0, 3.0], "variance": [1.0, 4.0, 9.0]}, [[3]]),
+    ("Normalization", {"axis": 1, "mean": [1.0, 2.0], "variance": [1.0, 4.0]}, [[2, 5]]),
+    ("Normalization", {"axis": None, "mean": 2.0, "variance": 4.0}, [[4, 4, 3]]),
+    ("RandomFlip", {"mode": "horizontal", "seed": 1}, [[8, 8, 3]]),
+    ("RandomRotation", {"factor": [-0.2, 0.3], "fill_mode": "constant"}, [[8, 8, 1]]),
+    ("RandomZoom", {"height_factor": 0.2, "width_factor": [-0.1, 0.1]}, [[6, 8, 3]]),
+    ("RandomContrast", {"factor": 0.3, "value_range": [0.0, 1.0]}, [[8, 8, 3]]),
 ]
 
 
@@ -444,6 +452,13 @@ FUZZED: dict[str, tuple[dict, dict]] = {
     "LeakyReLU": ({}, {"negative_slope": st.just(0.2)}),
     "ELU": ({}, {"alpha": st.just(0.5)}),
     "Rescaling": ({"scale": st.just(0.5)}, {"offset": st.just(1.0)}),
+    "Normalization": ({"mean": st.just(1.0), "variance": st.just(4.0)},
+                      {"axis": st.integers(-4, 3)}),
+    "RandomFlip": ({}, {"mode": st.sampled_from(["horizontal", "vertical"]), "seed": SMALL}),
+    "RandomRotation": ({"factor": st.just(0.2)},
+                       {"fill_mode": st.sampled_from(["wrap", "nearest"])}),
+    "RandomZoom": ({"height_factor": st.just(0.2)}, {"width_factor": st.just([-0.1, 0.2])}),
+    "RandomContrast": ({"factor": st.just(0.3)}, {"value_range": st.just([0.0, 1.0])}),
     "BatchNormalization": ({}, {"axis": st.integers(-4, 3), "center": st.booleans()}),
     "LayerNormalization": ({}, {"axis": AXES, "scale": st.booleans()}),
     "PReLU": ({}, {"shared_axes": st.lists(st.integers(1, 4), min_size=1, max_size=2)}),
@@ -460,7 +475,14 @@ def layer_cases(draw: st.DrawFn) -> tuple[str, dict[str, Any], list[list[int]]]:
     class_name = draw(st.sampled_from(sorted(FUZZED)))
     required, optional = FUZZED[class_name]
     config = draw(st.fixed_dictionaries(required, optional=optional))
-    return class_name, config, [draw(st.lists(st.integers(1, 6), min_size=1, max_size=4))]
+    # Augmentations are refused on purpose on anything but rows of images (rank 3), though
+    # Keras runs some of them on other ranks.
+    rank = (3, 3) if class_name in allowlist.AUGMENTATION_LAYERS else (1, 4)
+    return (
+        class_name,
+        config,
+        [draw(st.lists(st.integers(1, 6), min_size=rank[0], max_size=rank[1]))],
+    )
 
 
 MERGED = ["Add", "Average", "Bidirectional", "Concatenate", "Multiply", "Subtract"]
