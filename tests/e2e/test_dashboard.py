@@ -4,9 +4,11 @@ A second gunicorn with `FITSERVE_API_KEYS` set serves the session stack's Redis 
 so the stack's worker trains what the browser submits. The browser signs in with a key, uploads
 a dataset (the request editor fits itself to it and suggests from the schema), validates and
 submits a job, watches its curve grow, pins it, downloads a checkpoint and predicts with the
-session cookie, cancels the job, compares it on the compare page, finds the dataset on the
-datasets page and keeps a screenshot in tests/artifacts/ (docs/dashboard.png, which the README
-shows, is a copy of one: a test run never rewrites a tracked file).
+session cookie, cancels the job (which says why it stopped), clones it with changes onto named
+classes and predicts class names, filters the list by tag, compares jobs, finds, downloads,
+uploads and deletes datasets on the datasets page, and reads a small sweep's page. Screenshots
+go to tests/artifacts/ (docs/dashboard.png, which the README shows, is a copy of one: a test
+run never rewrites a tracked file).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ CHROMIUM_ARGS = [
 ]
 WAIT_MS = 120_000  # an epoch on a busy shared CPU; the happy path takes a few seconds
 SCREENSHOT = ROOT / "tests" / "artifacts" / "dashboard.png"
+PETS_CSV = "weight,height,label\n4.0,25,cat\n30.5,60,dog\n5.2,23,cat\n"
+DENSE_2 = {"class_name": "Dense", "config": {"units": 2, "activation": "softmax"}}
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +176,7 @@ def test_sign_in_submit_watch_predict_cancel(
     page.click("#cancel-button")
     page.wait_for_selector("#job-status.status-cancelled", timeout=WAIT_MS)
     page.wait_for_selector("#cancel-button", state="hidden")
+    page.wait_for_selector("#job-stop:has-text('cancelled at epoch')")
     job = requests.get(
         f"{keyed_api}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {KEY}"}, timeout=30
     ).json()
@@ -183,14 +188,35 @@ def test_sign_in_submit_watch_predict_cancel(
     page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert SCREENSHOT.stat().st_size > 10_000
 
-    # Clone with changes: a merge patch over the request; the clone says where it came from.
-    page.fill("#clone-patch", json.dumps({"fit": {"epochs": 1}, "tags": {"project": "e2e"}}))
+    # Clone with changes: a merge patch over the request, here onto a CSV with named classes;
+    # the clone says where it came from, and its predictions come back as class names.
+    pets = requests.post(
+        f"{keyed_api}/v1/datasets",
+        files={"file": ("pets.csv", PETS_CSV)},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=60,
+    )
+    assert pets.status_code == 201, pets.text
+    patch = {
+        "model": {"input_shape": [2], "layers": [DENSE_2]},
+        "fit": {"epochs": 1, "validation_split": 0},
+        "data": {"dataset": pets.json()["id"]},
+        "tags": {"project": "e2e"},
+    }
+    page.fill("#clone-patch", json.dumps(patch))
     with page.expect_navigation():
         page.click("#clone-form button[type=submit]")
     clone_id = page.url.rsplit("/", 1)[1]
     assert clone_id != job_id
     page.wait_for_selector(f'#job-cloned-from a[href="/jobs/{job_id}"]')
     assert page.inner_text("#job-tags") == "project:e2e"
+    page.wait_for_selector("#job-status.status-succeeded", timeout=WAIT_MS)
+    page.fill("#predict-instances", "[[4.0, 25], [30.5, 60]]")
+    page.click("#predict-form button[type=submit]")
+    page.wait_for_selector("#predictions-table", timeout=WAIT_MS)
+    assert page.locator("#predictions-table th").all_inner_texts()[1] == "Class"
+    for cell in page.locator("#predictions-table tbody td:nth-child(2)").all_inner_texts():
+        assert cell in ("cat", "dog")
     page.goto(f"{keyed_api}/?tag=project:e2e")
     page.wait_for_selector(f'tr[data-job-id="{clone_id}"]')
     assert page.locator("#jobs tbody tr").count() == 1
@@ -220,7 +246,7 @@ def test_sign_in_submit_watch_predict_cancel(
     assert np.array_equal(archive["y"], data["y"])
     # Upload from the datasets page: a CSV's string labels become named classes; then delete it.
     csv_file = tmp_path / "pets.csv"
-    csv_file.write_text("weight,height,label\n4.0,25,cat\n30.5,60,dog\n5.2,23,cat\n")
+    csv_file.write_text(PETS_CSV)
     page.set_input_files("#dataset-file", str(csv_file))
     page.click("#upload-form button[type=submit]")
     pets_id = page.get_attribute("#dataset-id", "data-id")
@@ -231,6 +257,35 @@ def test_sign_in_submit_watch_predict_cancel(
     pets_row.locator("button:text-is('Delete')").click()
     pets_row.wait_for(state="detached")
     assert page.locator(f'tr[data-dataset-id="{dataset_id}"]').count() == 1
+    # A two-trial sweep (the task worker drives it): its page draws every view of the trials.
+    sweep = {
+        "name": "dashboard-sweep",
+        "base": tiny_request(dataset_id, epochs=2, batch_size=64),
+        "space": {
+            "/compile/optimizer/config/learning_rate": {"float": [0.0001, 0.1], "log": True},
+            "/model/layers/0/config/units": {"choice": [16, 32]},
+        },
+        "objective": {"metric": "val_loss", "mode": "min"},
+        "sampler": "random",
+        "pruner": "none",
+        "max_trials": 2,
+        "max_concurrent": 1,
+    }
+    created = requests.post(
+        f"{keyed_api}/v1/sweeps", json=sweep, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
+    )
+    assert created.status_code == 202, created.text
+    sweep_id = created.json()["id"]
+    page.click("nav >> text=Sweeps")
+    page.click(f'tr[data-sweep-id="{sweep_id}"] a')
+    page.wait_for_url(f"{keyed_api}/sweeps/{sweep_id}")
+    page.wait_for_selector("#sweep-status.status-succeeded", timeout=WAIT_MS)
+    page.wait_for_selector('#trial-curves[data-series="2"]')
+    assert page.locator("#trials tbody tr").count() == 2
+    assert page.locator(".param-scatter").count() == 2
+    assert page.locator(".param-scatter .trial-point").count() == 4
+    assert page.locator("#parallel-plot .trial-line").count() == 2
+    page.screenshot(path=str(SCREENSHOT.with_name("dashboard-sweep.png")), full_page=True)
     page.click("text=Sign out")
     page.wait_for_url(f"{keyed_api}/sign-in")
     page.goto(f"{keyed_api}/jobs/{job_id}")
