@@ -120,8 +120,15 @@ def fit_feeds(
     return feed, checked, rest
 
 
+def output_names(model: Any) -> list[str]:
+    """The model's output names in order; a Sequential's is its last layer's (Keras gives a
+    Sequential no `output_names`)."""
+    names = getattr(model, "output_names", None)
+    return list(names) if names else [model.layers[-1].name]
+
+
 def evaluate_split(model: Any, split: Split, batch_size: int | None) -> dict[str, float]:
     """The model's loss and metrics on `split`, read a batch at a time."""
-    feed = Feed(split, list(model.output_names), range(split.rows), batch_size or 32)
+    feed = Feed(split, output_names(model), range(split.rows), batch_size or 32)
     results = model.evaluate(feed, verbose=0, return_dict=True)
     return {name: float(value) for name, value in results.items()}

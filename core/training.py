@@ -188,7 +188,7 @@ def _train(
     from core.batches import open_split, training_rows, with_statistics
     from core.callbacks import format_metrics
     from core.devices import describe_devices, job_devices
-    from core.feeds import evaluate_split, fit_feeds
+    from core.feeds import evaluate_split, fit_feeds, output_names
     from core.modeling import build_callbacks, fit_arguments
 
     if spec.get("seed") is not None:
@@ -222,7 +222,7 @@ def _train(
         feed, validation_feed, other_kwargs = fit_feeds(
             train,
             validation,
-            list(model.output_names),
+            output_names(model),
             fit_kwargs,
             seed=_shuffle_seed(spec),
             initial_epoch=initial_epoch,
