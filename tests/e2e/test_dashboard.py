@@ -286,6 +286,8 @@ def test_sign_in_submit_watch_predict_cancel(
     assert page.locator(".param-scatter .trial-point").count() == 4
     assert page.locator("#parallel-plot .trial-line").count() == 2
     page.screenshot(path=str(SCREENSHOT.with_name("dashboard-sweep.png")), full_page=True)
+    page.click("#trials tbody tr:first-child td:last-child a")
+    page.wait_for_selector(f'#job-sweep a[href="/sweeps/{sweep_id}"]')
     page.click("text=Sign out")
     page.wait_for_url(f"{keyed_api}/sign-in")
     page.goto(f"{keyed_api}/jobs/{job_id}")

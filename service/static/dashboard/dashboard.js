@@ -846,6 +846,7 @@
           ? `loaded ${warm.loaded.join(", ") || "no layer"}` +
             (warm.skipped && warm.skipped.length ? `; skipped ${warm.skipped.join(", ")}` : "")
           : "layers load when training starts"),
+        "job-sweep": job.sweep && element("a", `trial ${job.trial} of sweep ${job.sweep.slice(0, 8)}`, { href: `/sweeps/${job.sweep}` }),
       };
       for (const [id, value] of Object.entries(facts)) {
         const fact = document.getElementById(id);
