@@ -1,4 +1,5 @@
-"""The browser dashboard: the jobs list at `/`, a page per job, and sign-in with an API key.
+"""The browser dashboard: the jobs list at `/`, a page per job, the datasets, a comparison of
+jobs' curves, the sweeps, and sign-in with an API key.
 
 The pages are plain HTML; `static/dashboard/dashboard.js` fills them from the same `/v1` API
 scripts use, authorized by the session cookie (service/sessions.py) when keys are on.
@@ -22,7 +23,7 @@ from service.state import api_keys
 bp = Blueprint("dashboard", __name__)
 
 # Where a sign-in may send the browser back to: our own pages only, never another site.
-_NEXT_PAGE = re.compile(r"/(jobs/[0-9a-f]{32})?")
+_NEXT_PAGE = re.compile(r"/(jobs/[0-9a-f]{32}|datasets|compare|sweeps(/[0-9a-f]{32})?)?")
 # The pages load only our own scripts and styles; no other site may frame them (the cancel
 # button must not be clickable through someone else's page).
 _PAGE_HEADERS = {
@@ -69,6 +70,32 @@ def show_job(job_id: str) -> BaseResponse:
     """One job: live curves, checkpoints with downloads, cancel, and a predict form."""
     check_id(job_id, "job")
     return _page("dashboard/job.html", job_id=job_id)
+
+
+@bp.get("/datasets")
+def show_datasets() -> BaseResponse:
+    """The datasets: status, arrays, classes and statistics; upload, download and delete."""
+    return _page("dashboard/datasets.html")
+
+
+@bp.get("/compare")
+def show_comparison() -> BaseResponse:
+    """Several jobs' curves on one chart: the jobs come from `?jobs=a,b,c`, read by the page."""
+    return _page("dashboard/compare.html")
+
+
+@bp.get("/sweeps")
+def show_sweeps() -> BaseResponse:
+    """The sweeps, their status and best trial."""
+    return _page("dashboard/sweeps.html")
+
+
+@bp.get("/sweeps/<sweep_id>")
+def show_sweep(sweep_id: str) -> BaseResponse:
+    """One sweep: its trials, their curves, the objective against each parameter, and a
+    parallel-coordinates view."""
+    check_id(sweep_id, "sweep")
+    return _page("dashboard/sweep.html", sweep_id=sweep_id)
 
 
 @bp.get("/sign-in")

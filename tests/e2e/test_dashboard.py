@@ -2,9 +2,13 @@
 
 A second gunicorn with `FITSERVE_API_KEYS` set serves the session stack's Redis and data folder,
 so the stack's worker trains what the browser submits. The browser signs in with a key, uploads
-a dataset, submits a job, watches its curve grow, downloads a checkpoint and predicts with the
-session cookie, cancels the job and keeps a screenshot in tests/artifacts/ (docs/dashboard.png,
-which the README shows, is a copy of one: a test run never rewrites a tracked file).
+a dataset (the request editor fits itself to it and suggests from the schema), validates and
+submits a job, watches its curve grow, pins it, downloads a checkpoint and predicts with the
+session cookie, cancels the job (which says why it stopped), clones it with changes onto named
+classes and predicts class names, filters the list by tag, compares jobs, finds, downloads,
+uploads and deletes datasets on the datasets page, and reads a small sweep's page. Screenshots
+go to tests/artifacts/ (docs/dashboard.png, which the README shows, is a copy of one: a test
+run never rewrites a tracked file).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ CHROMIUM_ARGS = [
 ]
 WAIT_MS = 120_000  # an epoch on a busy shared CPU; the happy path takes a few seconds
 SCREENSHOT = ROOT / "tests" / "artifacts" / "dashboard.png"
+PETS_CSV = "weight,height,label\n4.0,25,cat\n30.5,60,dog\n5.2,23,cat\n"
+DENSE_2 = {"class_name": "Dense", "config": {"units": 2, "activation": "softmax"}}
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +120,30 @@ def test_sign_in_submit_watch_predict_cancel(
     page.click("#upload-form button[type=submit]")
     dataset_id = page.get_attribute("#dataset-id", "data-id")
     assert len(dataset_id) == 32
-    assert dataset_id in page.input_value("#job-spec")
+    fitted = json.loads(page.input_value("#job-spec"))
+    assert fitted["data"]["dataset"] == dataset_id
+    assert fitted["model"]["input_shape"] == [16]
+    assert fitted["model"]["layers"][-1]["config"]["units"] == 3
+    assert "Used" in page.inner_text("#usage")
+
+    # The editor suggests from the JSON schema at the cursor (the end of the text here).
+    page.fill("#job-spec", '{"compile": {"optimizer": "ad')
+    page.locator("#spec-suggestions").get_by_role("button", name='"adamw"', exact=True).click()
+    assert page.input_value("#job-spec") == '{"compile": {"optimizer": "adamw"'
+    # A Keras to_json() file becomes the request's model.
+    keras_json = {"class_name": "Sequential", "config": {"name": "from-file", "layers": []}}
+    model_file = tmp_path / "model.json"
+    model_file.write_text(json.dumps(keras_json))
+    page.fill("#job-spec", json.dumps(fitted))
+    page.set_input_files("#model-file", str(model_file))
+    page.wait_for_selector("#model-loaded")
+    assert json.loads(page.input_value("#job-spec"))["model"] == keras_json
 
     # Many epochs, so the job is still running when the test cancels it.
     request = tiny_request(dataset_id, epochs=200, batch_size=16, name="dashboard-e2e")
     page.fill("#job-spec", json.dumps(request, indent=2))
+    page.click("#validate-button")
+    assert "can run" in page.inner_text("#validate-result")
     page.click("#submit-form button[type=submit]")
     page.wait_for_url(f"{keyed_api}/jobs/*")
     job_id = page.url.rsplit("/", 1)[1]
@@ -138,27 +163,131 @@ def test_sign_in_submit_watch_predict_cancel(
 
     page.fill("#predict-instances", json.dumps(data["x"][:2].tolist()))
     page.click("#predict-form button[type=submit]")
-    predictions = json.loads(page.inner_text("#predictions", timeout=WAIT_MS))
+    page.wait_for_selector("#predictions-table", timeout=WAIT_MS)
+    assert page.locator("#predictions-table tbody tr").count() == 2
+    predictions = json.loads(page.text_content("#predictions"))
     assert np.asarray(predictions).shape == (2, 3)
     assert np.allclose(np.sum(predictions, axis=1), 1.0, atol=1e-4)
 
+    page.click("#pin-button")
+    page.wait_for_selector("#unpin-button:visible")
+    assert "pinned" in page.inner_text("#job-retention")
+
     page.click("#cancel-button")
     page.wait_for_selector("#job-status.status-cancelled", timeout=WAIT_MS)
-    assert page.is_disabled("#cancel-button")
+    page.wait_for_selector("#cancel-button", state="hidden")
+    page.wait_for_selector("#job-stop:has-text('cancelled at epoch')")
     job = requests.get(
         f"{keyed_api}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {KEY}"}, timeout=30
     ).json()
     assert job["status"] == "cancelled"
     assert job["owner"] == "dashboard"
+    assert job["retention"]["pinned"] is True
     page.wait_for_timeout(300)  # the last refresh redraws the charts
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert SCREENSHOT.stat().st_size > 10_000
 
+    # Clone with changes: a merge patch over the request, here onto a CSV with named classes;
+    # the clone says where it came from, and its predictions come back as class names.
+    pets = requests.post(
+        f"{keyed_api}/v1/datasets",
+        files={"file": ("pets.csv", PETS_CSV)},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=60,
+    )
+    assert pets.status_code == 201, pets.text
+    patch = {
+        "model": {"input_shape": [2], "layers": [DENSE_2]},
+        "fit": {"epochs": 1, "validation_split": 0},
+        "data": {"dataset": pets.json()["id"]},
+        "tags": {"project": "e2e"},
+    }
+    page.fill("#clone-patch", json.dumps(patch))
+    with page.expect_navigation():
+        page.click("#clone-form button[type=submit]")
+    clone_id = page.url.rsplit("/", 1)[1]
+    assert clone_id != job_id
+    page.wait_for_selector(f'#job-cloned-from a[href="/jobs/{job_id}"]')
+    assert page.inner_text("#job-tags") == "project:e2e"
+    page.wait_for_selector("#job-status.status-succeeded", timeout=WAIT_MS)
+    page.fill("#predict-instances", "[[4.0, 25], [30.5, 60]]")
+    page.click("#predict-form button[type=submit]")
+    page.wait_for_selector("#predictions-table", timeout=WAIT_MS)
+    assert page.locator("#predictions-table th").all_inner_texts()[1] == "Class"
+    for cell in page.locator("#predictions-table tbody td:nth-child(2)").all_inner_texts():
+        assert cell in ("cat", "dog")
+    page.goto(f"{keyed_api}/?tag=project:e2e")
+    page.wait_for_selector(f'tr[data-job-id="{clone_id}"]')
+    assert page.locator("#jobs tbody tr").count() == 1
+    assert "project:e2e" in page.inner_text(f'tr[data-job-id="{clone_id}"]')
+
     page.goto(f"{keyed_api}/")
     row = page.locator(f'tr[data-job-id="{job_id}"]')
     assert "cancelled" in row.inner_text()
     page.screenshot(path=str(SCREENSHOT.with_name("dashboard-jobs.png")), full_page=True)
+    row.locator("input[type=checkbox]").check()
+    page.click("#compare-button")
+    page.wait_for_url(f"{keyed_api}/compare?jobs={job_id}")
+    page.wait_for_selector('#compare-charts[data-series="1"]')
+    assert page.input_value("#compare-metric") == "val_loss"
+    assert page.locator("#compare-chart canvas").count() == 1
+    assert "dashboard-e2e" in page.inner_text("#compare-jobs")
+
+    page.click("nav >> text=Datasets")
+    dataset_row = page.locator(f'tr[data-dataset-id="{dataset_id}"]')
+    assert "ready" in dataset_row.inner_text()
+    assert "x [3000, 16] float32" in dataset_row.inner_text()
+    dataset_row.locator("button.link").click()
+    assert "Distinct values" in page.inner_text("#dataset-stats")
+    npz = page.locator('#dataset-details-body a:text-is("npz")').get_attribute("href")
+    assert npz == f"/v1/datasets/{dataset_id}/download?format=npz"
+    archive = np.load(io.BytesIO(page.context.request.get(keyed_api + npz).body()))
+    assert np.array_equal(archive["y"], data["y"])
+    # Upload from the datasets page: a CSV's string labels become named classes; then delete it.
+    csv_file = tmp_path / "pets.csv"
+    csv_file.write_text(PETS_CSV)
+    page.set_input_files("#dataset-file", str(csv_file))
+    page.click("#upload-form button[type=submit]")
+    pets_id = page.get_attribute("#dataset-id", "data-id")
+    pets_row = page.locator(f'tr[data-dataset-id="{pets_id}"]')
+    assert "y: 2 (cat, dog)" in pets_row.inner_text()
+    page.screenshot(path=str(SCREENSHOT.with_name("dashboard-datasets.png")), full_page=True)
+    page.once("dialog", lambda dialog: dialog.accept())
+    pets_row.locator("button:text-is('Delete')").click()
+    pets_row.wait_for(state="detached")
+    assert page.locator(f'tr[data-dataset-id="{dataset_id}"]').count() == 1
+    # A two-trial sweep (the task worker drives it): its page draws every view of the trials.
+    sweep = {
+        "name": "dashboard-sweep",
+        "base": tiny_request(dataset_id, epochs=2, batch_size=64),
+        "space": {
+            "/compile/optimizer/config/learning_rate": {"float": [0.0001, 0.1], "log": True},
+            "/model/layers/0/config/units": {"choice": [16, 32]},
+        },
+        "objective": {"metric": "val_loss", "mode": "min"},
+        "sampler": "random",
+        "pruner": "none",
+        "max_trials": 2,
+        "max_concurrent": 1,
+    }
+    created = requests.post(
+        f"{keyed_api}/v1/sweeps", json=sweep, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
+    )
+    assert created.status_code == 202, created.text
+    sweep_id = created.json()["id"]
+    page.click("nav >> text=Sweeps")
+    page.click(f'tr[data-sweep-id="{sweep_id}"] a')
+    page.wait_for_url(f"{keyed_api}/sweeps/{sweep_id}")
+    page.wait_for_selector("#sweep-status.status-succeeded", timeout=WAIT_MS)
+    page.wait_for_selector('#trial-curves[data-series="2"]')
+    assert page.locator("#trials tbody tr").count() == 2
+    assert page.locator(".param-scatter").count() == 2
+    assert page.locator(".param-scatter .trial-point").count() == 4
+    assert page.locator("#parallel-plot .trial-line").count() == 2
+    page.screenshot(path=str(SCREENSHOT.with_name("dashboard-sweep.png")), full_page=True)
+    page.click("#trials tbody tr:first-child td:last-child a")
+    page.wait_for_selector(f'#job-sweep a[href="/sweeps/{sweep_id}"]')
     page.click("text=Sign out")
     page.wait_for_url(f"{keyed_api}/sign-in")
     page.goto(f"{keyed_api}/jobs/{job_id}")

@@ -66,8 +66,32 @@ def test_pages_and_assets_are_served_without_keys(client: FlaskClient) -> None:
         response.close()
 
 
-def test_a_job_page_for_a_malformed_id_is_a_404(client: FlaskClient) -> None:
-    response = client.get("/jobs/..%2F..%2Fetc")
+@pytest.mark.parametrize(
+    ("path", "marker"),
+    [
+        ("/datasets", 'data-page="datasets"'),
+        (f"/compare?jobs={JOB_ID}", 'data-page="compare"'),
+        ("/sweeps", 'data-page="sweeps"'),
+        (f"/sweeps/{JOB_ID}", f'data-sweep-id="{JOB_ID}"'),
+    ],
+)
+def test_the_other_pages_are_served_with_the_same_headers(
+    client: FlaskClient, path: str, marker: str
+) -> None:
+    page = client.get(path)
+    assert page.status_code == 200
+    assert marker in page.get_data(as_text=True)
+    assert (
+        page.headers["Content-Security-Policy"]
+        == client.get("/").headers["Content-Security-Policy"]
+    )
+    for link in ('href="/datasets"', 'href="/sweeps"'):
+        assert link in page.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("path", ["/jobs/..%2F..%2Fetc", "/sweeps/not-an-id"])
+def test_a_page_for_a_malformed_id_is_a_404(client: FlaskClient, path: str) -> None:
+    response = client.get(path)
     assert response.status_code == 404
 
 
@@ -86,6 +110,12 @@ def test_pages_redirect_to_sign_in_when_keys_are_on(keyed: FlaskClient) -> None:
     form = keyed.get(f"/sign-in?next=/jobs/{JOB_ID}").get_data(as_text=True)
     assert 'type="password"' in form
     assert f'value="/jobs/{JOB_ID}"' in form
+    for page in ("/datasets", "/compare", "/sweeps", f"/sweeps/{JOB_ID}"):
+        response = keyed.get(page)
+        assert response.status_code == 303
+        assert response.headers["Location"] == f"/sign-in?next={page}"
+        form = keyed.get(response.headers["Location"]).get_data(as_text=True)
+        assert f'value="{page}"' in form
 
 
 def test_a_wrong_key_is_refused_and_sets_no_cookie(keyed: FlaskClient) -> None:
