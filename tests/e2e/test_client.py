@@ -53,7 +53,7 @@ def test_notebook_trains_the_seed_model_follows_predicts_and_downloads(stack: St
 
     assert finished["status"] == "succeeded"
     progress_lines = capsys.readouterr().err.splitlines()
-    assert any("epoch 3/3" in line for line in progress_lines)
+    assert any("3/3 epochs" in line for line in progress_lines)
     assert progress_lines[-1].startswith("succeeded")
     history = client.job_metrics(job["id"])
     assert len(history["loss"]) == 3
@@ -106,7 +106,7 @@ def test_cli_submit_follow_predict_download(stack: Stack, tmp_path):
     job = json.loads(run.stdout)
     assert job["status"] == "succeeded"
     assert job["progress"]["epoch"] == 2
-    assert "epoch 2/2" in run.stderr
+    assert "2/2 epochs" in run.stderr
 
     inputs = tmp_path / "inputs.npy"
     np.save(inputs, x[:4])
