@@ -586,19 +586,24 @@ def check_arguments(
     return INVALID if bad else out
 
 
+# What Keras's serializer writes beside every object's class and config.
+KERAS_ENVELOPE: dict[str, Any] = {
+    "module": {"type": "string", "pattern": r"^keras(\..+)?$"},
+    "registered_name": {"type": "null"},
+}
+
+
 def keras_object_schema(
-    class_name: str, arguments: Mapping[str, Kind], *, closed: bool, **extra: dict[str, Any]
+    class_name: str, arguments: Mapping[str, Kind], *, closed: bool, envelope: bool = True
 ) -> dict[str, Any]:
-    """The schema of `{class_name, config}` as Keras writes it for an allowlisted class;
-    `extra` adds properties (a layer's `name` and `inbound`)."""
+    """The schema of `{class_name, config}` as Keras writes it for an allowlisted class, with
+    its `module` and `registered_name` unless `envelope` is False (the caller spells them)."""
     schema: dict[str, Any] = {
         "type": "object",
         "properties": {
             "class_name": {"const": class_name},
             "config": arguments_schema(arguments),
-            "module": {"type": "string", "pattern": r"^keras(\..+)?$"},
-            "registered_name": {"type": "null"},
-            **extra,
+            **(KERAS_ENVELOPE if envelope else {}),
         },
         "required": ["class_name"],
     }

@@ -13,6 +13,7 @@ from core.grammar.allowlist import (
     ACTIVATION,
     CONSTRAINT,
     CONV_INITIALIZER,
+    DTYPE_POLICY,
     INITIALIZER,
     INPUT_DTYPE,
     LAYER_NAME,
@@ -32,7 +33,7 @@ from core.grammar.allowlist import (
 from core.grammar.compile import JIT_COMPILE, STEPS_PER_EXECUTION
 from core.grammar.data import CHECKPOINT_KINDS
 from core.grammar.fit import fit_kinds
-from core.grammar.kinds import Shape, arguments_schema, keras_object_schema
+from core.grammar.kinds import KERAS_ENVELOPE, Shape, arguments_schema, keras_object_schema
 from core.settings import Settings
 
 
@@ -44,7 +45,7 @@ def grammar_schema(settings: Settings | None = None) -> dict[str, Any]:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "fitserve job request",
         "type": "object",
-        "$defs": {"layer": {"anyOf": _layer_objects()}},
+        "$defs": {"layer": _layer_schema()},
         "properties": {
             "name": REQUEST_NAME.schema(),
             "seed": SEED.schema(),
@@ -78,6 +79,7 @@ def grammar_schema(settings: Settings | None = None) -> dict[str, Any]:
 # What many layers and every optimizer take, by the name of its definition.
 SHARED_KINDS = {
     "activation": ACTIVATION,
+    "dtype_policy": DTYPE_POLICY,
     "initializer": INITIALIZER,
     "vector_initializer": VECTOR_INITIALIZER,
     "conv_initializer": CONV_INITIALIZER,
@@ -99,17 +101,19 @@ def _referenced(node: Any, shared: dict[str, dict[str, Any]]) -> Any:
     return node
 
 
-def _layer_objects() -> list[dict[str, Any]]:
-    return [
-        keras_object_schema(
-            name,
-            arguments,
-            closed=False,
-            name=LAYER_NAME.schema(),
-            inbound={"type": "array", "items": LAYER_NAME.schema()},
-        )
-        for name, arguments in LAYERS.items()
-    ]
+def _layer_schema() -> dict[str, Any]:
+    """One allowlisted layer: a branch per class for its config, and beside the branches what
+    every layer shares (layer objects are open: Keras writes more). Spelled in each branch, the
+    shared part makes the schema too large for generators to expand."""
+    name = LAYER_NAME.schema()
+    return {
+        "type": "object",
+        "properties": {**KERAS_ENVELOPE, "name": name, "inbound": {"type": "array", "items": name}},
+        "anyOf": [
+            keras_object_schema(class_name, arguments, closed=False, envelope=False)
+            for class_name, arguments in LAYERS.items()
+        ],
+    }
 
 
 def model_schema() -> dict[str, Any]:

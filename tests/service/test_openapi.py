@@ -15,7 +15,7 @@ from service.openapi import SEED_MODEL_REQUEST
 from tests.support.datasets import upload_npz
 
 # Routes that are pages for people, not the API.
-PAGES = re.compile(r"^/($|docs|static/|sign-|jobs/)")
+PAGES = re.compile(r"^/($|docs|static/|sign-|jobs/|datasets$|compare$|sweeps)")
 
 
 @pytest.fixture

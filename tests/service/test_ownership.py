@@ -25,6 +25,8 @@ KEYS = {"ann": "fs_ann", "bob": "fs_bob", "ops": "fs_ops"}
 PREDICT_ROWS = [[0.5, -1.0, 2.0, 0.0]]
 BODIES = {
     ":predict": {"instances": PREDICT_ROWS},
+    ":classify": {"instances": PREDICT_ROWS},
+    ":regress": {"instances": PREDICT_ROWS},
     "/infer": {
         "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": PREDICT_ROWS[0]}]
     },

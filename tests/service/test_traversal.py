@@ -49,6 +49,8 @@ ALLOWED = {404, 422}
 _VARIABLE = re.compile(r"<(?:[a-z]+:)?([a-z_]+)>")
 BODIES = {
     ":predict": {"instances": [[0.0, 1.0, 2.0, 3.0]]},
+    ":classify": {"instances": [[0.0, 1.0, 2.0, 3.0]]},
+    ":regress": {"instances": [[0.0, 1.0, 2.0, 3.0]]},
     "/infer": {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [0] * 4}]},
 }
 
