@@ -30,8 +30,8 @@ from tests.support.stack import Stack, running_stack
 
 pytestmark = pytest.mark.e2e
 
-MAX_EXAMPLES = 150
-NEGATIVE_EXAMPLES = 60
+MAX_EXAMPLES = 100
+NEGATIVE_EXAMPLES = 40
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
