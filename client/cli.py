@@ -392,7 +392,7 @@ def jobs_clone(client: Client, args: argparse.Namespace) -> int:
         path, value = split_assignment(assignment, "--set")
         parsed = parse_value(value)
         keys = path.split(".")
-        if path.startswith("/") or any(key.isdigit() for key in keys):
+        if path.startswith("/") or any(key.isascii() and key.isdigit() for key in keys):
             setters[path if path.startswith("/") else "/" + "/".join(map(escape, keys))] = parsed
         else:
             patch = merge_into(patch, keys, parsed)
