@@ -13,7 +13,7 @@ from flask import Blueprint, Flask, Response, current_app, g
 from core.batch import BatchPrediction, BatchStore, parse_batch_request, view_batch
 from core.errors import NotFound
 from core.queues import send_batch
-from service.auth import can_see, owner
+from service.auth import can_see, owner, viewer
 from service.datasets import visible_manifest
 from service.http import json_body, json_response, page_args
 from service.limits import check_dataset_quota
@@ -64,9 +64,7 @@ def submit_batch() -> Response:
 def list_batches() -> Response:
     """The caller's batch predictions (everyone's for admins), newest first."""
     limit, cursor = page_args()
-    principal = g.get("principal")
-    scope = None if principal is None or principal.admin else principal.name
-    items, next_cursor = batch_store().list(owner=scope, limit=limit, cursor=cursor)
+    items, next_cursor = batch_store().list(owner=viewer(), limit=limit, cursor=cursor)
     return json_response({"items": [view_batch(b) for b in items], "next_cursor": next_cursor})
 
 

@@ -33,7 +33,7 @@ from core.queues import send_training, train_queue
 from core.storage import check_id
 from core.warmstart import source_finder
 from core.workers import queue_workers, waiting_message
-from service.auth import can_see, owner
+from service.auth import can_see, owner, viewer
 from service.datasets import visible_manifest
 from service.http import idempotency_key, json_body, json_response, page_args, query_int
 from service.limits import check_job_quota
@@ -230,10 +230,8 @@ def list_jobs() -> Response:
                 FieldError("/status", "unknown status", f"one of {', '.join(STATUSES)}", status)
             ],
         )
-    principal = g.get("principal")
-    scope = None if principal is None or principal.admin else principal.name
     items, next_cursor = job_store().list(
-        owner=scope, status=status, limit=limit, cursor=cursor, tags=tags
+        owner=viewer(), status=status, limit=limit, cursor=cursor, tags=tags
     )
     views = [job_view(job) for job in items]
     states = _queue_states([job for job in items if job["status"] == "queued"])

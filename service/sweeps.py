@@ -12,7 +12,7 @@ from core.errors import Conflict, NotFound
 from core.jobs import Job
 from core.queues import send_sweep_step
 from core.sweeps import Sweep, live_trial_jobs, parse_sweep, start_driver, view_sweep
-from service.auth import can_see, owner
+from service.auth import can_see, owner, viewer
 from service.http import json_body, json_response, page_args
 from service.jobs import parse_request
 from service.limits import check_job_quota
@@ -45,9 +45,7 @@ def submit_sweep() -> Response:
 def list_sweeps() -> Response:
     """The caller's sweeps (everyone's for admins), newest first."""
     limit, cursor = page_args()
-    principal = g.get("principal")
-    scope = None if principal is None or principal.admin else principal.name
-    items, next_cursor = sweep_store().list(owner=scope, limit=limit, cursor=cursor)
+    items, next_cursor = sweep_store().list(owner=viewer(), limit=limit, cursor=cursor)
     return json_response({"items": [_view(sweep) for sweep in items], "next_cursor": next_cursor})
 
 
